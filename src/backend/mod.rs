@@ -1,0 +1,65 @@
+//! Storage backends: the only way bytes reach or leave the disk.
+//!
+//! The engine talks to a [`StorageDir`] (a directory: open files, take the
+//! process lock, sync the directory) and to [`StorageFile`]s (positional
+//! reads and writes, `fdatasync`, length, preallocation, hole punching).
+//! [`FileDir`] is the real implementation over the operating system;
+//! [`crate::testing::SimDir`] models a disk with a volatile write cache so
+//! tests can cut the power at any operation and inject errors.
+
+mod file;
+
+pub use file::FileDir;
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::io;
+use std::sync::Arc;
+
+/// One file of the store, addressed by byte offset.
+///
+/// Implementations must be safe to call from many threads at once; writes to
+/// disjoint ranges must not interfere.
+pub trait StorageFile: Send + Sync + Debug {
+    /// Fills `buf` from `offset`. Bytes past the end of the file read as zero.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`, extending the file if needed. The data
+    /// is volatile until [`StorageFile::sync`] returns.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every earlier write and length change of this file durable
+    /// (`fdatasync`). An error means nothing about earlier writes can be assumed.
+    fn sync(&self) -> io::Result<()>;
+    /// The current length of the file in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves space for `[offset, offset + len)` so later writes there
+    /// cannot fail for lack of space (`fallocate`). Fails with `ENOSPC` when
+    /// the file system is full.
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Gives the space of `[offset, offset + len)` back to the file system;
+    /// the range then reads as zeroes. Best effort: an unsupported punch is
+    /// not an error.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// A held exclusive lock on a store directory; dropping it releases the lock.
+pub type DirLock = Box<dyn Any + Send + Sync>;
+
+/// The directory a store lives in.
+pub trait StorageDir: Send + Sync + Debug {
+    /// Opens the named file, creating it when `create` is set. Opening a
+    /// missing file without `create` fails with `ErrorKind::NotFound`.
+    fn open_file(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>>;
+    /// Makes the directory's entries (created, renamed, removed files) durable.
+    fn sync_dir(&self) -> io::Result<()>;
+    /// Renames `from` to `to`, atomically replacing `to` if it exists.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Removes the named file; a missing file is not an error.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Takes the exclusive process lock on the store. Fails with
+    /// `ErrorKind::WouldBlock` when another opener holds it.
+    fn lock(&self) -> io::Result<DirLock>;
+    /// A human-readable location, used in error messages.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,133 @@
+//! The one error type users match on.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Result type of every fallible cowvol call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, as a kind the caller can match on plus the
+/// context that explains it.
+///
+/// `Busy` and `Timeout` are promises as well as failures: when an operation
+/// returns either of them, nothing was applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The named volume, snapshot or object does not exist.
+    #[error("{what} was not found")]
+    NotFound {
+        /// What was looked for, e.g. `volume vol-3`.
+        what: String,
+    },
+    /// An object with that name already exists.
+    #[error("{what} already exists")]
+    AlreadyExists {
+        /// The object that collides, e.g. `volume "db"`.
+        what: String,
+    },
+    /// Another administrative operation holds the object; retry later.
+    /// Nothing was applied.
+    #[error("{what} is busy: {reason}")]
+    Busy {
+        /// The object that is held.
+        what: String,
+        /// Who holds it.
+        reason: String,
+    },
+    /// In-flight I/O did not drain within the allowed time. Nothing was applied.
+    #[error("{what} timed out after {waited_ms} ms waiting for in-flight I/O to drain; nothing was changed")]
+    Timeout {
+        /// The operation that gave up.
+        what: String,
+        /// How long it waited.
+        waited_ms: u64,
+    },
+    /// An I/O range falls outside the volume.
+    #[error("range {offset}+{len} is outside {what} of {size} bytes")]
+    OutOfRange {
+        /// The volume or snapshot addressed.
+        what: String,
+        /// Start of the requested range.
+        offset: u64,
+        /// Length of the requested range.
+        len: u64,
+        /// Logical size of the target.
+        size: u64,
+    },
+    /// A write was attempted through a read-only handle or on a read-only object.
+    #[error("{what} is read-only")]
+    ReadOnly {
+        /// The read-only target.
+        what: String,
+    },
+    /// Another process holds the store.
+    #[error("store {} is locked by another process", path.display())]
+    Locked {
+        /// The store directory.
+        path: PathBuf,
+    },
+    /// The underlying file system is full. Nothing was written; the store works
+    /// again once space is freed.
+    #[error("no space left while {during}")]
+    NoSpace {
+        /// The operation that needed space.
+        during: String,
+    },
+    /// An argument is not acceptable.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Stored data or metadata failed verification.
+    #[error("corruption in {what} at {location}: {detail}")]
+    Corruption {
+        /// Which structure is damaged (superblock, WAL, tree node, data block, ...).
+        what: String,
+        /// Where: file and byte offset, or block address.
+        location: String,
+        /// What check failed.
+        detail: String,
+    },
+    /// An I/O error from the operating system; the store refuses further
+    /// writes after a failed write or sync.
+    #[error("I/O error while {during}: {source}")]
+    Io {
+        /// What the store was doing.
+        during: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound { what: what.into() }
+    }
+
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+
+    pub(crate) fn corruption(
+        what: impl Into<String>,
+        location: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::Corruption {
+            what: what.into(),
+            location: location.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Wraps an OS error, turning "disk full" into [`Error::NoSpace`].
+    pub(crate) fn io(during: impl Into<String>, source: io::Error) -> Self {
+        let during = during.into();
+        if source.raw_os_error() == Some(libc::ENOSPC) || source.kind() == io::ErrorKind::StorageFull
+        {
+            Error::NoSpace { during }
+        } else {
+            Error::Io { during, source }
+        }
+    }
+}

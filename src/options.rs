@@ -1,0 +1,141 @@
+//! Options and result types of the public API.
+
+use crate::catalog::{AccessMode, SnapshotId, VolumeId};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How a store is opened. Every field has a documented default.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Block size in bytes: a power of two from 4 KiB to 1 MiB. Fixed when
+    /// the store is created; ignored when opening an existing store, which
+    /// keeps its own. Default: 4096.
+    pub block_size: u32,
+    /// WAL bytes written after a checkpoint before the next one starts.
+    /// Bounds recovery time and the space held by overwritten blocks.
+    /// Default: 64 MiB.
+    pub checkpoint_wal_bytes: u64,
+    /// Run checkpoints on a background thread (the default). When false,
+    /// the operation that crosses the threshold runs the checkpoint itself
+    /// after releasing its locks, which makes the order of disk operations
+    /// deterministic (useful for crash-point enumeration).
+    pub background_checkpoints: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            block_size: 4096,
+            checkpoint_wal_bytes: 64 << 20,
+            background_checkpoints: true,
+        }
+    }
+}
+
+/// How a volume is created.
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    /// Unique among live volumes; 1 to 255 bytes, no control characters.
+    pub name: String,
+    /// Logical size in bytes (at least 1).
+    pub size_bytes: u64,
+    /// Who may write. Default: [`AccessMode::ReadWriteOnce`].
+    pub access_mode: AccessMode,
+    /// Read cache budget in bytes. Data reads go through the operating
+    /// system's page cache and all extent metadata stays in memory, so this
+    /// is recorded in the catalog and reported, and 0 (the default) means
+    /// "no cowvol-level cache".
+    pub cache_bytes: u64,
+    /// Bytes written without a flush after which cowvol flushes on its own,
+    /// bounding what a crash can lose. 0 means the default, 64 MiB.
+    pub write_buffer_bytes: u64,
+}
+
+impl VolumeOptions {
+    /// Options for a volume of `size_bytes` named `name`, defaults elsewhere.
+    pub fn new(name: impl Into<String>, size_bytes: u64) -> Self {
+        VolumeOptions {
+            name: name.into(),
+            size_bytes,
+            access_mode: AccessMode::default(),
+            cache_bytes: 0,
+            write_buffer_bytes: 0,
+        }
+    }
+}
+
+/// How a snapshot is taken.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotOptions {
+    /// Unique among the snapshots of the volume.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Free-form owner.
+    pub owner: String,
+    /// Free key/value labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl SnapshotOptions {
+    /// A snapshot named `name` with no description.
+    pub fn named(name: impl Into<String>) -> Self {
+        SnapshotOptions {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// How a restore waits for in-flight I/O.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// How long to wait for I/O in flight on the volume to drain before
+    /// giving up with [`crate::Error::Timeout`]. Default: 30 seconds.
+    pub timeout: Duration,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How a fork is made.
+#[derive(Debug, Clone, Default)]
+pub struct ForkOptions {
+    /// Name of the new volume.
+    pub name: String,
+    /// Fork this snapshot of the source instead of its live state.
+    pub from_snapshot: Option<SnapshotId>,
+    /// Access mode of the new volume. Default: read-write-once.
+    pub access_mode: AccessMode,
+}
+
+/// Whether a handle may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpenMode {
+    /// Read and write (the default), subject to the volume's access mode.
+    #[default]
+    ReadWrite,
+    /// Read only; never counts against read-write-once.
+    ReadOnly,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The volume rolled back.
+    pub volume_id: VolumeId,
+    /// The snapshot it now matches.
+    pub snapshot_id: SnapshotId,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// False when the object was already gone (the delete still succeeded).
+    pub existed: bool,
+}

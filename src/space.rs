@@ -1,0 +1,362 @@
+//! The block store's bookkeeping: which pages of the data file are free,
+//! how many tree leaves reference each data page, and which pages hold
+//! metadata that the durable checkpoint or the WAL still needs.
+//!
+//! Invariants enforced here:
+//! - page 0 is never handed out, so 0 can mean "no page" everywhere;
+//! - a page whose reference count drops to zero goes to quarantine, and a
+//!   tree node that stops being current goes to `obsolete`; both are reused
+//!   only after the next checkpoint is durable. Recovery replays the WAL
+//!   from that checkpoint, so within the replayed window every page is
+//!   written at most once, and no page the durable state needs is overwritten;
+//! - a reserved page (checkpoint metadata, WAL segment) never has a
+//!   reference count and is never in the free map.
+
+use crate::backend::StorageFile;
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A contiguous run of pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+}
+
+/// How much the data file grows at a time: an eighth of its size, between
+/// these bounds. Growth reserves space with `fallocate` so later writes into
+/// it cannot hit a full disk, and growing in steps keeps that rare.
+const GROW_MIN_BYTES: u64 = 1 << 20;
+const GROW_MAX_BYTES: u64 = 256 << 20;
+
+#[derive(Debug)]
+pub(crate) struct Space {
+    file: Arc<dyn StorageFile>,
+    block_size: u64,
+    data_start: u64,
+    /// Pages the data file holds (all of them allocated on disk).
+    npages: u64,
+    /// Leaf references per page.
+    refcnt: Vec<u32>,
+    /// One bit per page: metadata still needed by the durable checkpoint or WAL.
+    reserved: Vec<u64>,
+    /// Free extents: start page -> length.
+    free: BTreeMap<u64, u64>,
+    free_pages: u64,
+    /// Where the next search for free space starts, so allocation sweeps
+    /// forward and sequential writes get sequential pages.
+    cursor: u64,
+    pub(crate) quarantine: Vec<u64>,
+    pub(crate) obsolete: Vec<u64>,
+}
+
+impl Space {
+    /// An empty space map over a file of `npages` pages, all free but page 0.
+    pub(crate) fn new(file: Arc<dyn StorageFile>, block_size: u32, data_start: u64, npages: u64) -> Space {
+        let npages = npages.max(1);
+        let mut s = Space {
+            file,
+            block_size: block_size as u64,
+            data_start,
+            npages,
+            refcnt: vec![0; npages as usize],
+            reserved: vec![0; (npages as usize).div_ceil(64)],
+            free: BTreeMap::new(),
+            free_pages: 0,
+            cursor: 1,
+            quarantine: Vec::new(),
+            obsolete: Vec::new(),
+        };
+        s.set_reserved(0, true);
+        s
+    }
+
+    /// Marks every page that is neither referenced nor reserved as free.
+    /// Called once after recovery has set references and reservations.
+    pub(crate) fn rebuild_free_map(&mut self) {
+        self.free.clear();
+        self.free_pages = 0;
+        let mut p = 1;
+        while p < self.npages {
+            if self.is_free_candidate(p) {
+                let start = p;
+                while p < self.npages && self.is_free_candidate(p) {
+                    p += 1;
+                }
+                self.insert_free(start, p - start);
+            } else {
+                p += 1;
+            }
+        }
+    }
+
+    fn is_free_candidate(&self, p: u64) -> bool {
+        self.refcnt[p as usize] == 0 && !self.is_reserved(p)
+    }
+
+    pub(crate) fn offset_of(&self, page: u64) -> u64 {
+        self.data_start + page * self.block_size
+    }
+
+    pub(crate) fn npages(&self) -> u64 {
+        self.npages
+    }
+
+    pub(crate) fn free_pages(&self) -> u64 {
+        self.free_pages
+    }
+
+    pub(crate) fn refcount(&self, page: u64) -> u32 {
+        self.refcnt.get(page as usize).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn is_reserved(&self, page: u64) -> bool {
+        self.reserved
+            .get((page / 64) as usize)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    pub(crate) fn set_reserved(&mut self, page: u64, on: bool) {
+        let w = &mut self.reserved[(page / 64) as usize];
+        if on {
+            *w |= 1 << (page % 64);
+        } else {
+            *w &= !(1 << (page % 64));
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_free(&self, page: u64) -> bool {
+        self.free
+            .range(..=page)
+            .next_back()
+            .is_some_and(|(&s, &l)| page < s + l)
+    }
+
+    /// Iterates the free extents (for `check`).
+    pub(crate) fn free_runs(&self) -> impl Iterator<Item = Run> + '_ {
+        self.free.iter().map(|(&start, &len)| Run { start, len })
+    }
+
+    /// A new leaf references `page`.
+    pub(crate) fn inc(&mut self, page: u64) {
+        self.refcnt[page as usize] += 1;
+    }
+
+    /// A leaf that referenced `page` is gone or changed; at zero the page is
+    /// quarantined until the next checkpoint is durable.
+    pub(crate) fn dec(&mut self, page: u64) {
+        let c = &mut self.refcnt[page as usize];
+        debug_assert!(*c > 0, "refcount underflow on page {page}");
+        *c = c.saturating_sub(1);
+        if *c == 0 {
+            self.quarantine.push(page);
+        }
+    }
+
+    /// Sets the reference count directly (recovery only).
+    pub(crate) fn set_refcount(&mut self, page: u64, n: u32) {
+        self.refcnt[page as usize] = n;
+    }
+
+    /// The on-disk copy of a tree node is no longer current.
+    pub(crate) fn obsolete(&mut self, page: u64) {
+        self.obsolete.push(page);
+    }
+
+    /// Ensures the page arrays cover `npages` pages (recovery reads a file
+    /// whose length fixes the count).
+    pub(crate) fn ensure_pages(&mut self, npages: u64) {
+        if npages > self.npages {
+            self.npages = npages;
+            self.refcnt.resize(npages as usize, 0);
+            self.reserved.resize((npages as usize).div_ceil(64), 0);
+        }
+    }
+
+    /// Allocates one contiguous run of between 1 and `max` pages, growing
+    /// the file when nothing is free.
+    pub(crate) fn alloc_run(&mut self, max: u64) -> Result<Run> {
+        debug_assert!(max > 0);
+        if self.free.is_empty() {
+            self.grow(max)?;
+        }
+        let (&start, &len) = self
+            .free
+            .range(self.cursor..)
+            .next()
+            .or_else(|| self.free.iter().next())
+            .expect("free map is not empty after growing");
+        let take = len.min(max);
+        self.take_free(start, len, take);
+        Ok(Run { start, len: take })
+    }
+
+    /// Allocates exactly `n` contiguous pages.
+    pub(crate) fn alloc_contiguous(&mut self, n: u64) -> Result<u64> {
+        let found = self.free.iter().find(|(_, &l)| l >= n).map(|(&s, &l)| (s, l));
+        let (start, len) = match found {
+            Some(x) => x,
+            None => {
+                self.grow(n)?;
+                let (&s, &l) = self.free.iter().next_back().expect("grown");
+                debug_assert!(l >= n);
+                (s, l)
+            }
+        };
+        self.take_free(start, len, n);
+        Ok(start)
+    }
+
+    /// Allocates `n` pages as runs.
+    pub(crate) fn alloc(&mut self, n: u64) -> Result<Vec<Run>> {
+        let mut runs = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            match self.alloc_run(left) {
+                Ok(r) => {
+                    left -= r.len;
+                    runs.push(r);
+                }
+                Err(e) => {
+                    for r in runs {
+                        self.free_run(r);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    fn take_free(&mut self, start: u64, len: u64, take: u64) {
+        self.free.remove(&start);
+        if take < len {
+            self.free.insert(start + take, len - take);
+        }
+        self.free_pages -= take;
+        self.cursor = start + take;
+    }
+
+    /// Returns a run that was allocated but never referenced (a failed write).
+    pub(crate) fn free_run(&mut self, r: Run) {
+        self.insert_free(r.start, r.len);
+    }
+
+    fn insert_free(&mut self, mut start: u64, mut len: u64) {
+        debug_assert!(len > 0 && start > 0);
+        self.free_pages += len;
+        if let Some((&ps, &pl)) = self.free.range(..start).next_back() {
+            debug_assert!(ps + pl <= start, "double free of page {start}");
+            if ps + pl == start {
+                self.free.remove(&ps);
+                start = ps;
+                len += pl;
+            }
+        }
+        if let Some(&nl) = self.free.get(&(start + len)) {
+            self.free.remove(&(start + len));
+            len += nl;
+        }
+        self.free.insert(start, len);
+    }
+
+    /// Releases pages a durable checkpoint no longer needs: quarantined data
+    /// pages and obsolete metadata pages.
+    pub(crate) fn release(&mut self, data: Vec<u64>, meta: Vec<u64>) {
+        for p in data {
+            debug_assert_eq!(self.refcnt[p as usize], 0);
+            if self.refcnt[p as usize] == 0 && !self.is_reserved(p) {
+                self.insert_free(p, 1);
+            }
+        }
+        for p in meta {
+            debug_assert!(self.is_reserved(p));
+            if self.is_reserved(p) {
+                self.set_reserved(p, false);
+                self.insert_free(p, 1);
+            }
+        }
+    }
+
+    fn grow(&mut self, min_pages: u64) -> Result<()> {
+        let bytes = (self.npages * self.block_size / 8).clamp(GROW_MIN_BYTES, GROW_MAX_BYTES);
+        let chunk = (bytes / self.block_size).max(1);
+        let old = self.npages;
+        let attempt = |s: &Space, pages: u64| s.file.allocate(s.offset_of(old), pages * s.block_size);
+        let want = min_pages.max(chunk);
+        let grown = match attempt(self, want) {
+            Ok(()) => want,
+            Err(_) if want > min_pages => {
+                attempt(self, min_pages).map_err(|e| Error::io("growing the data file", e))?;
+                min_pages
+            }
+            Err(e) => return Err(Error::io("growing the data file", e)),
+        };
+        self.ensure_pages(old + grown);
+        self.insert_free(old, grown);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::SimDir;
+    use crate::backend::StorageDir;
+
+    fn space() -> Space {
+        let dir = SimDir::new();
+        let f = dir.open_file("f", true).unwrap();
+        Space::new(f, 4096, 8192, 1)
+    }
+
+    #[test]
+    fn allocation_is_sequential_and_skips_page_zero() {
+        let mut s = space();
+        let a = s.alloc_run(4).unwrap();
+        let b = s.alloc_run(4).unwrap();
+        assert_eq!(a, Run { start: 1, len: 4 });
+        assert_eq!(b, Run { start: 5, len: 4 });
+    }
+
+    #[test]
+    fn quarantined_pages_return_only_on_release() {
+        let mut s = space();
+        let r = s.alloc_run(1).unwrap();
+        s.inc(r.start);
+        let before = s.free_pages();
+        s.dec(r.start);
+        assert_eq!(s.free_pages(), before);
+        assert!(!s.is_free(r.start));
+        let q = std::mem::take(&mut s.quarantine);
+        s.release(q, vec![]);
+        assert!(s.is_free(r.start));
+        assert_eq!(s.free_pages(), before + 1);
+    }
+
+    #[test]
+    fn freed_runs_coalesce() {
+        let mut s = space();
+        let a = s.alloc_run(2).unwrap();
+        let b = s.alloc_run(2).unwrap();
+        let total = s.free_pages();
+        s.free_run(a);
+        s.free_run(b);
+        assert_eq!(s.free_pages(), total + 4);
+        assert!(s.free_runs().any(|r| r.start == 1 && r.len >= 4));
+    }
+
+    #[test]
+    fn full_disk_is_no_space_and_leaves_map_intact() {
+        let dir = SimDir::new();
+        dir.set_capacity(Some(8192 + 4096 * 8));
+        let f = dir.open_file("f", true).unwrap();
+        let mut s = Space::new(f, 4096, 8192, 1);
+        let got = s.alloc(7).unwrap();
+        assert_eq!(got.iter().map(|r| r.len).sum::<u64>(), 7);
+        assert!(matches!(s.alloc(100), Err(Error::NoSpace { .. })));
+        assert_eq!(s.free_pages(), 0);
+    }
+}

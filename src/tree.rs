@@ -1,0 +1,580 @@
+//! Extent trees: the map from a volume's logical blocks to data pages.
+//!
+//! A tree is a radix tree of fixed fan-out whose nodes are shared between
+//! volumes and snapshots through `Arc` (path copying, as in dm-thin or
+//! btrfs). Taking a snapshot or fork copies a root pointer; the first write
+//! under a shared node copies the nodes on its path and nothing else.
+//!
+//! Reference counting has two halves:
+//! - a node's reference count is its `Arc` strong count; every `Arc<Node>`
+//!   lives in a tree, the garbage list, or a checkpoint's captured roots, and
+//!   is created and dropped only under the store's state lock;
+//! - a data page's reference count (in [`Space`]) is the number of distinct
+//!   leaves that contain it. Copying a leaf adds one to each of its pages;
+//!   a leaf freed for good subtracts one.
+//!
+//! Every node has a stable identity on disk once a checkpoint has written
+//! it (`addr`, its page). Invariant: a node with a non-zero `addr` has a
+//! subtree identical to what is on disk at that page, because any change
+//! below it goes through [`make_mut`] on every node of the path, which
+//! clears the address. Two trees can therefore be compared by skipping
+//! equal addresses, and a checkpoint writes only nodes without one.
+
+use crate::error::{Error, Result};
+use crate::format::{Crc, Dec, Enc, INTERIOR_ENTRY_LEN, LEAF_ENTRY_LEN, MAX_PAGE, NODE_HEADER_LEN, NODE_MAGIC};
+use crate::space::Space;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Where one logical block lives: its page and the CRC of its contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mapping {
+    pub(crate) page: u64,
+    pub(crate) crc: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeafEntry {
+    pub(crate) idx: u32,
+    pub(crate) crc: u32,
+    pub(crate) page: u64,
+}
+
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// Sorted by `idx`; only mapped blocks have an entry.
+    Leaf(Vec<LeafEntry>),
+    /// One slot per child index.
+    Interior(Box<[Option<Arc<Node>>]>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    /// Page holding this node on disk, 0 when it has not been written.
+    addr: AtomicU64,
+    pub(crate) body: Body,
+}
+
+pub(crate) type Root = Option<Arc<Node>>;
+
+impl Node {
+    fn empty(level: u32, fanout: usize) -> Node {
+        let body = if level == 0 {
+            Body::Leaf(Vec::new())
+        } else {
+            Body::Interior(vec![None; fanout].into_boxed_slice())
+        };
+        Node {
+            addr: AtomicU64::new(0),
+            body,
+        }
+    }
+
+    pub(crate) fn addr(&self) -> u64 {
+        self.addr.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_addr(&self, page: u64) {
+        self.addr.store(page, Ordering::Release);
+    }
+
+    fn is_empty(&self) -> bool {
+        match &self.body {
+            Body::Leaf(v) => v.is_empty(),
+            Body::Interior(c) => c.iter().all(Option::is_none),
+        }
+    }
+
+    /// Bytes this node occupies in memory (for stats).
+    pub(crate) fn mem_bytes(&self) -> usize {
+        std::mem::size_of::<Node>()
+            + 16
+            + match &self.body {
+                Body::Leaf(v) => v.capacity() * std::mem::size_of::<LeafEntry>(),
+                Body::Interior(c) => c.len() * std::mem::size_of::<Option<Arc<Node>>>(),
+            }
+    }
+}
+
+/// The shape of one volume's tree: fan-out bits and number of levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub(crate) bits: u32,
+    pub(crate) levels: u32,
+}
+
+impl Geometry {
+    /// The smallest tree that addresses `nblocks` blocks.
+    pub(crate) fn for_blocks(bits: u32, nblocks: u64) -> Geometry {
+        let need = 64 - nblocks.saturating_sub(1).leading_zeros();
+        Geometry {
+            bits,
+            levels: need.div_ceil(bits).max(1),
+        }
+    }
+
+    fn fanout(self) -> usize {
+        1 << self.bits
+    }
+
+    fn index(self, lblock: u64, level: u32) -> usize {
+        ((lblock >> (level * self.bits)) & (self.fanout() as u64 - 1)) as usize
+    }
+
+    /// Logical blocks one node at `level` covers.
+    fn span(self, level: u32) -> u64 {
+        1u64 << ((level + 1) * self.bits).min(63)
+    }
+}
+
+/// Returns the mapping of `lblock`, if it is mapped.
+pub(crate) fn lookup(root: &Root, geo: Geometry, lblock: u64) -> Option<Mapping> {
+    let mut node = root.as_deref()?;
+    let mut level = geo.levels - 1;
+    loop {
+        match &node.body {
+            Body::Interior(children) => {
+                node = children[geo.index(lblock, level)].as_deref()?;
+                level -= 1;
+            }
+            Body::Leaf(entries) => {
+                let idx = geo.index(lblock, 0) as u32;
+                let i = entries.binary_search_by_key(&idx, |e| e.idx).ok()?;
+                let e = entries[i];
+                return Some(Mapping {
+                    page: e.page,
+                    crc: e.crc,
+                });
+            }
+        }
+    }
+}
+
+/// Gives write access to the node in `slot`, copying it first when it is
+/// shared. A copied leaf adds a reference to each of its pages. A node
+/// changed in place loses its disk identity, and its old page becomes
+/// obsolete.
+fn make_mut<'a>(slot: &'a mut Arc<Node>, space: &mut Space) -> &'a mut Node {
+    if Arc::get_mut(slot).is_none() {
+        let body = match &slot.body {
+            Body::Leaf(v) => {
+                for e in v {
+                    space.inc(e.page);
+                }
+                Body::Leaf(v.clone())
+            }
+            Body::Interior(c) => Body::Interior(c.clone()),
+        };
+        *slot = Arc::new(Node {
+            addr: AtomicU64::new(0),
+            body,
+        });
+    }
+    let node = Arc::get_mut(slot).expect("unique after copy");
+    let old = *node.addr.get_mut();
+    if old != 0 {
+        space.obsolete(old);
+        *node.addr.get_mut() = 0;
+    }
+    node
+}
+
+/// Maps `lblock` to `m`, dropping the reference of whatever it mapped before.
+pub(crate) fn insert(root: &mut Root, geo: Geometry, lblock: u64, m: Mapping, space: &mut Space) {
+    insert_at(root, geo, geo.levels - 1, lblock, m, space);
+}
+
+fn insert_at(slot: &mut Root, geo: Geometry, level: u32, lblock: u64, m: Mapping, space: &mut Space) {
+    let arc = slot.get_or_insert_with(|| Arc::new(Node::empty(level, geo.fanout())));
+    let node = make_mut(arc, space);
+    let idx = geo.index(lblock, level);
+    match &mut node.body {
+        Body::Interior(children) => insert_at(&mut children[idx], geo, level - 1, lblock, m, space),
+        Body::Leaf(entries) => {
+            let e = LeafEntry {
+                idx: idx as u32,
+                crc: m.crc,
+                page: m.page,
+            };
+            space.inc(m.page);
+            match entries.binary_search_by_key(&e.idx, |e| e.idx) {
+                Ok(i) => {
+                    let old = std::mem::replace(&mut entries[i], e);
+                    space.dec(old.page);
+                }
+                Err(i) => entries.insert(i, e),
+            }
+        }
+    }
+}
+
+/// Unmaps logical blocks `[start, end)`. Subtrees that fall wholly inside
+/// the range are moved to `garbage` for release in bounded steps.
+pub(crate) fn remove_range(
+    root: &mut Root,
+    geo: Geometry,
+    start: u64,
+    end: u64,
+    space: &mut Space,
+    garbage: &mut Vec<Arc<Node>>,
+) {
+    remove_at(root, geo, geo.levels - 1, 0, start, end, space, garbage);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn remove_at(
+    slot: &mut Root,
+    geo: Geometry,
+    level: u32,
+    base: u64,
+    start: u64,
+    end: u64,
+    space: &mut Space,
+    garbage: &mut Vec<Arc<Node>>,
+) {
+    let span = geo.span(level);
+    if slot.is_none() || end <= base || start >= base.saturating_add(span) {
+        return;
+    }
+    if start <= base && end >= base.saturating_add(span) {
+        garbage.extend(slot.take());
+        return;
+    }
+    let node = make_mut(slot.as_mut().expect("checked"), space);
+    match &mut node.body {
+        Body::Interior(children) => {
+            let child_span = geo.span(level - 1);
+            for (i, child) in children.iter_mut().enumerate() {
+                let cbase = base + i as u64 * child_span;
+                remove_at(child, geo, level - 1, cbase, start, end, space, garbage);
+            }
+        }
+        Body::Leaf(entries) => entries.retain(|e| {
+            let lb = base + e.idx as u64;
+            let keep = lb < start || lb >= end;
+            if !keep {
+                space.dec(e.page);
+            }
+            keep
+        }),
+    }
+    if node.is_empty() {
+        *slot = None;
+    }
+}
+
+/// Releases up to `budget` nodes from `garbage`: a node this list owns alone
+/// gives back its pages (leaf) or hands its children to the list (interior);
+/// a node still shared elsewhere is only un-referenced. Returns whether the
+/// list is now empty.
+pub(crate) fn release_some(garbage: &mut Vec<Arc<Node>>, space: &mut Space, mut budget: usize) -> bool {
+    while budget > 0 {
+        let Some(arc) = garbage.pop() else {
+            return true;
+        };
+        budget -= 1;
+        if let Ok(node) = Arc::try_unwrap(arc) {
+            let addr = node.addr();
+            if addr != 0 {
+                space.obsolete(addr);
+            }
+            match node.body {
+                Body::Leaf(entries) => entries.iter().for_each(|e| space.dec(e.page)),
+                Body::Interior(children) => garbage.extend(children.into_vec().into_iter().flatten()),
+            }
+        }
+    }
+    garbage.is_empty()
+}
+
+/// Visits every node reachable from `roots` once, however many trees share
+/// it, calling `f(node, level)`; shared subtrees are skipped after the first
+/// visit.
+pub(crate) fn visit_unique<'a>(
+    roots: impl IntoIterator<Item = (&'a Node, u32)>,
+    mut f: impl FnMut(&'a Node, u32),
+) {
+    let mut seen: HashSet<*const Node> = HashSet::new();
+    let mut stack: Vec<(&'a Node, u32)> = roots.into_iter().collect();
+    while let Some((node, level)) = stack.pop() {
+        if !seen.insert(node as *const Node) {
+            continue;
+        }
+        f(node, level);
+        if let Body::Interior(children) = &node.body {
+            stack.extend(children.iter().flatten().map(|c| (&**c, level.saturating_sub(1))));
+        }
+    }
+}
+
+/// Calls `f(lblock, mapping)` for every mapped block of one tree, in order.
+pub(crate) fn for_each_mapping(root: &Root, geo: Geometry, mut f: impl FnMut(u64, Mapping)) {
+    fn walk(node: &Node, geo: Geometry, level: u32, base: u64, f: &mut dyn FnMut(u64, Mapping)) {
+        match &node.body {
+            Body::Leaf(entries) => {
+                for e in entries {
+                    f(base + e.idx as u64, Mapping { page: e.page, crc: e.crc });
+                }
+            }
+            Body::Interior(children) => {
+                let span = geo.span(level - 1);
+                for (i, c) in children.iter().enumerate() {
+                    if let Some(c) = c {
+                        walk(c, geo, level - 1, base + i as u64 * span, f);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(r) = root {
+        walk(r, geo, geo.levels - 1, 0, &mut f);
+    }
+}
+
+// ------------------------------------------------------------ disk encoding
+
+/// Encodes a node into one page. Children must already have addresses.
+pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize) -> Vec<u8> {
+    let mut e = Enc::with_capacity(block_size);
+    e.u32(NODE_MAGIC);
+    e.u32(0);
+    e.u64(page);
+    e.u8(level as u8);
+    e.bytes(&[0; 3]);
+    match &node.body {
+        Body::Leaf(entries) => {
+            e.u32(entries.len() as u32);
+            for x in entries {
+                e.u16(x.idx as u16);
+                e.u48(x.page);
+                e.u32(x.crc);
+            }
+        }
+        Body::Interior(children) => {
+            let n = children.iter().flatten().count();
+            e.u32(n as u32);
+            for (i, c) in children.iter().enumerate() {
+                if let Some(c) = c {
+                    debug_assert!(c.addr() != 0, "child written before parent");
+                    e.u16(i as u16);
+                    e.u48(c.addr());
+                }
+            }
+        }
+    }
+    let crc = Crc::of(&e.buf[8..]);
+    e.buf[4..8].copy_from_slice(&crc.0.to_le_bytes());
+    e.buf.resize(block_size, 0);
+    e.buf
+}
+
+/// What a decoded node page holds before its children are resolved.
+pub(crate) enum DecodedNode {
+    Leaf(Vec<LeafEntry>),
+    Interior(Vec<(usize, u64)>),
+}
+
+/// Decodes and verifies the node page at `page`, which must be at `level`.
+pub(crate) fn decode_node(buf: &[u8], page: u64, level: u32, geo: Geometry, npages: u64) -> Result<DecodedNode> {
+    let loc = || format!("tree node at page {page}");
+    let mut d = Dec::new(buf, "tree node");
+    if d.u32()? != NODE_MAGIC {
+        return Err(Error::corruption("tree node", loc(), "bad magic"));
+    }
+    let crc = d.u32()?;
+    let self_addr = d.u64()?;
+    let lvl = d.u8()? as u32;
+    d.bytes(3)?;
+    let count = d.u32()? as usize;
+    let entry_len = if lvl == 0 { LEAF_ENTRY_LEN } else { INTERIOR_ENTRY_LEN };
+    let body_len = count
+        .checked_mul(entry_len)
+        .filter(|&n| NODE_HEADER_LEN + n <= buf.len())
+        .ok_or_else(|| Error::corruption("tree node", loc(), format!("entry count {count} overflows the page")))?;
+    Crc(crc).verify(&buf[8..NODE_HEADER_LEN + body_len], "tree node", loc)?;
+    if self_addr != page {
+        return Err(Error::corruption("tree node", loc(), format!("node claims to live at page {self_addr}")));
+    }
+    if lvl != level {
+        return Err(Error::corruption("tree node", loc(), format!("level {lvl}, expected {level}")));
+    }
+    let fanout = 1usize << geo.bits;
+    let mut last: Option<usize> = None;
+    let mut check_idx = |i: usize, d: &Dec<'_>| -> Result<()> {
+        if i >= fanout || last.is_some_and(|l| l >= i) {
+            return Err(Error::corruption("tree node", loc(), format!("entry index {i} out of order at byte {}", d.pos())));
+        }
+        last = Some(i);
+        Ok(())
+    };
+    let check_page = |p: u64| -> Result<()> {
+        if p == 0 || p >= npages || p > MAX_PAGE {
+            return Err(Error::corruption("tree node", loc(), format!("points to page {p} outside the file")));
+        }
+        Ok(())
+    };
+    if level == 0 {
+        let mut v = Vec::with_capacity(count);
+        for _ in 0..count {
+            let idx = d.u16()? as usize;
+            check_idx(idx, &d)?;
+            let p = d.u48()?;
+            check_page(p)?;
+            v.push(LeafEntry {
+                idx: idx as u32,
+                page: p,
+                crc: d.u32()?,
+            });
+        }
+        Ok(DecodedNode::Leaf(v))
+    } else {
+        let mut v = Vec::with_capacity(count);
+        for _ in 0..count {
+            let idx = d.u16()? as usize;
+            check_idx(idx, &d)?;
+            let p = d.u48()?;
+            check_page(p)?;
+            v.push((idx, p));
+        }
+        Ok(DecodedNode::Interior(v))
+    }
+}
+
+/// Builds a node from its decoded parts (recovery).
+pub(crate) fn build_node(decoded: DecodedNode, children: Vec<(usize, Arc<Node>)>, geo: Geometry, page: u64) -> Node {
+    let body = match decoded {
+        DecodedNode::Leaf(v) => Body::Leaf(v),
+        DecodedNode::Interior(_) => {
+            let mut slots: Vec<Option<Arc<Node>>> = vec![None; geo.fanout()];
+            for (i, c) in children {
+                slots[i] = Some(c);
+            }
+            Body::Interior(slots.into_boxed_slice())
+        }
+    };
+    Node {
+        addr: AtomicU64::new(page),
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::StorageDir;
+    use crate::testing::SimDir;
+
+    fn space() -> Space {
+        let f = SimDir::new().open_file("f", true).unwrap();
+        let mut s = Space::new(f, 4096, 8192, 1);
+        s.ensure_pages(10_000);
+        s
+    }
+
+    const GEO: Geometry = Geometry { bits: 2, levels: 3 };
+
+    #[test]
+    fn geometry_covers_the_volume() {
+        assert_eq!(Geometry::for_blocks(8, 1).levels, 1);
+        assert_eq!(Geometry::for_blocks(8, 256).levels, 1);
+        assert_eq!(Geometry::for_blocks(8, 257).levels, 2);
+        assert_eq!(Geometry::for_blocks(8, 1 << 28).levels, 4);
+    }
+
+    #[test]
+    fn insert_lookup_and_overwrite_keep_refcounts() {
+        let mut s = space();
+        let mut root = None;
+        insert(&mut root, GEO, 5, Mapping { page: 100, crc: 1 }, &mut s);
+        insert(&mut root, GEO, 63, Mapping { page: 101, crc: 2 }, &mut s);
+        assert_eq!(lookup(&root, GEO, 5), Some(Mapping { page: 100, crc: 1 }));
+        assert_eq!(lookup(&root, GEO, 6), None);
+        insert(&mut root, GEO, 5, Mapping { page: 102, crc: 3 }, &mut s);
+        assert_eq!(s.refcount(100), 0);
+        assert_eq!(s.quarantine, vec![100]);
+        assert_eq!(s.refcount(102), 1);
+    }
+
+    #[test]
+    fn shared_tree_is_copied_on_write_only_along_the_path() {
+        let mut s = space();
+        let mut a = None;
+        for lb in 0..64 {
+            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: 0 }, &mut s);
+        }
+        let snap = a.clone();
+        insert(&mut a, GEO, 0, Mapping { page: 999, crc: 9 }, &mut s);
+        assert_eq!(lookup(&snap, GEO, 0).unwrap().page, 200);
+        assert_eq!(lookup(&a, GEO, 0).unwrap().page, 999);
+        // The copied leaf (4 entries) referenced its pages again, minus the overwritten one.
+        assert_eq!(s.refcount(201), 2);
+        assert_eq!(s.refcount(200), 1);
+        assert_eq!(s.refcount(210), 1);
+        let (ra, rs) = (a.as_ref().unwrap(), snap.as_ref().unwrap());
+        if let (Body::Interior(ca), Body::Interior(cs)) = (&ra.body, &rs.body) {
+            assert!(Arc::ptr_eq(ca[3].as_ref().unwrap(), cs[3].as_ref().unwrap()));
+            assert!(!Arc::ptr_eq(ca[0].as_ref().unwrap(), cs[0].as_ref().unwrap()));
+        } else {
+            panic!("root is interior");
+        }
+    }
+
+    #[test]
+    fn releasing_a_snapshot_frees_only_what_it_owned() {
+        let mut s = space();
+        let mut a = None;
+        for lb in 0..64 {
+            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: 0 }, &mut s);
+        }
+        let snap = a.clone();
+        insert(&mut a, GEO, 0, Mapping { page: 999, crc: 9 }, &mut s);
+        s.quarantine.clear();
+        let mut garbage: Vec<_> = snap.into_iter().collect();
+        while !release_some(&mut garbage, &mut s, 3) {}
+        assert_eq!(s.quarantine, vec![200]);
+        assert_eq!(s.refcount(201), 1);
+    }
+
+    #[test]
+    fn remove_range_unmaps_and_drops_empty_nodes() {
+        let mut s = space();
+        let mut a = None;
+        for lb in 0..64 {
+            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: 0 }, &mut s);
+        }
+        let mut g = Vec::new();
+        remove_range(&mut a, GEO, 3, 40, &mut s, &mut g);
+        while !release_some(&mut g, &mut s, 100) {}
+        let mut seen = Vec::new();
+        for_each_mapping(&a, GEO, |lb, _| seen.push(lb));
+        let expect: Vec<u64> = (0..3).chain(40..64).collect();
+        assert_eq!(seen, expect);
+        assert_eq!(s.refcount(210), 0);
+        remove_range(&mut a, GEO, 0, 64, &mut s, &mut g);
+        assert!(a.is_none());
+    }
+
+    #[test]
+    fn node_encoding_round_trips_and_rejects_damage() {
+        let mut s = space();
+        let mut root = None;
+        let geo = Geometry { bits: 8, levels: 1 };
+        for lb in [0u64, 7, 255] {
+            insert(&mut root, geo, lb, Mapping { page: 300 + lb, crc: lb as u32 }, &mut s);
+        }
+        let node = root.unwrap();
+        let buf = encode_node(&node, 0, 42, 4096);
+        let DecodedNode::Leaf(v) = decode_node(&buf, 42, 0, geo, 10_000).unwrap() else {
+            panic!("leaf expected");
+        };
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[2], LeafEntry { idx: 255, page: 555, crc: 255 });
+        assert!(decode_node(&buf, 43, 0, geo, 10_000).is_err(), "misdirected node accepted");
+        for i in [0usize, 5, 12, 16, 30, 40] {
+            let mut b = buf.clone();
+            b[i] ^= 1;
+            assert!(decode_node(&b, 42, 0, geo, 10_000).is_err(), "flip at {i} accepted");
+        }
+    }
+}

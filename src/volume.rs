@@ -1,0 +1,524 @@
+//! Volume handles: byte-addressed reads and writes over the extent tree.
+//!
+//! A write allocates fresh pages, writes the data with no lock held, then
+//! maps the pages and logs the change under the state lock. A read takes a
+//! plan (which page, or a hole, per block) under the state lock and reads
+//! after releasing it. Blocks are never written in place, so a plan stays
+//! valid until the page is reused, which the quarantine delays past the
+//! next checkpoint; a read whose CRC fails re-plans once before it reports
+//! corruption, which covers a reader that slept across that window.
+
+use crate::catalog::{SnapshotId, VolumeId};
+use crate::error::{Error, Result};
+use crate::format::Crc;
+use crate::space::Run;
+use crate::store::{Inner, Keeper, Store, VolRuntime};
+use crate::tree::{self, Geometry, Mapping, Root};
+use crate::wal::{Record, MAX_MAP_BLOCKS};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// What a handle reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Volume(VolumeId),
+    Snapshot(SnapshotId),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Volume(v) => write!(f, "volume {v}"),
+            Target::Snapshot(s) => write!(f, "snapshot {s}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Lease {
+    rt: Arc<VolRuntime>,
+    writable: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.writable {
+            self.rt.writers.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A handle on a volume (read-write or read-only) or a snapshot (read-only).
+///
+/// `Send + Sync + Clone`: clones share one lease, so a read-write-once
+/// volume counts all clones of a handle as one writer. I/O from many threads
+/// at once is safe; writes to the same bytes race as they would on a disk.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    // Dropped before `inner`: see `Store`.
+    _store: Arc<Keeper>,
+    inner: Arc<Inner>,
+    target: Target,
+    size: u64,
+    lease: Arc<Lease>,
+}
+
+impl Volume {
+    pub(crate) fn new(store: Store, target: Target, size: u64, rt: Arc<VolRuntime>, writable: bool) -> Volume {
+        Volume {
+            _store: store.keeper,
+            inner: store.inner,
+            target,
+            size,
+            lease: Arc::new(Lease { rt, writable }),
+        }
+    }
+
+    /// Logical size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether this handle may write.
+    pub fn is_writable(&self) -> bool {
+        self.lease.writable
+    }
+
+    /// The volume this handle reads, or the snapshot's volume.
+    pub fn volume_id(&self) -> Option<VolumeId> {
+        match self.target {
+            Target::Volume(v) => Some(v),
+            Target::Snapshot(_) => None,
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(Error::OutOfRange {
+                what: self.target.to_string(),
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    fn bs(&self) -> u64 {
+        self.inner.block_size as u64
+    }
+
+    /// Looks up the mappings of blocks `first..first+n` under the state lock.
+    fn plan(&self, first: u64, n: u64) -> Result<Vec<Option<Mapping>>> {
+        let st = self.inner.state.lock();
+        let (root, geo): (&Root, Geometry) = match self.target {
+            Target::Volume(v) => {
+                let v = st.vol(v)?;
+                (&v.root, v.geo)
+            }
+            Target::Snapshot(s) => {
+                let s = st
+                    .snapshots
+                    .get(&s.0)
+                    .ok_or_else(|| Error::not_found(format!("snapshot {s}")))?;
+                (&s.root, s.geo)
+            }
+        };
+        Ok((first..first + n).map(|lb| tree::lookup(root, geo, lb)).collect())
+    }
+
+    /// Reads `buf.len()` bytes at `offset`. Never-written and discarded
+    /// ranges read as zeroes. Every block read is checked against its CRC.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`]; [`Error::Corruption`] when a block fails its
+    /// checksum (no wrong data is ever returned); [`Error::NotFound`] when
+    /// the volume was deleted.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let _gate = self.lease.rt.gate.read();
+        let bs = self.bs();
+        let first = offset / bs;
+        let last = (offset + buf.len() as u64 - 1) / bs;
+        let plan = self.plan(first, last - first + 1)?;
+        let mut block = Vec::new();
+        let mut i = 0usize;
+        while i < plan.len() {
+            let lb = first + i as u64;
+            let bstart = lb * bs;
+            let from = offset.max(bstart);
+            let to = (offset + buf.len() as u64).min(bstart + bs);
+            let out = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            let Some(m) = plan[i] else {
+                out.fill(0);
+                i += 1;
+                continue;
+            };
+            if out.len() as u64 == bs {
+                // Whole blocks on consecutive pages: one read straight into `buf`.
+                let mut n = 1;
+                while i + n < plan.len()
+                    && plan[i + n].is_some_and(|x| x.page == m.page + n as u64)
+                    && (lb + n as u64 + 1) * bs <= offset + buf.len() as u64
+                {
+                    n += 1;
+                }
+                let span = &mut buf[(from - offset) as usize..(from - offset + n as u64 * bs) as usize];
+                self.read_pages(m.page, span)?;
+                for k in 0..n {
+                    let chunk = &mut span[k * bs as usize..(k + 1) * bs as usize];
+                    let want = plan[i + k].expect("mapped").crc;
+                    if Crc::of(chunk).0 != want {
+                        self.reread_block(lb + k as u64, plan[i + k].expect("mapped"), chunk, 0)?;
+                    }
+                }
+                i += n;
+            } else {
+                block.resize(bs as usize, 0);
+                self.read_pages(m.page, &mut block)?;
+                if Crc::of(&block).0 != m.crc {
+                    self.reread_block(lb, m, &mut block, 0)?;
+                }
+                let inner_off = (from - bstart) as usize;
+                out.copy_from_slice(&block[inner_off..inner_off + out.len()]);
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_pages(&self, page: u64, into: &mut [u8]) -> Result<()> {
+        let off = self.inner.state.lock().space.offset_of(page);
+        self.inner
+            .file
+            .read_at(into, off)
+            .map_err(|e| Error::io(format!("reading {} at page {page}", self.target), e))
+    }
+
+    /// A block failed its CRC: look it up again in case it was remapped
+    /// while we read; if the mapping is unchanged the block is damaged.
+    fn reread_block(&self, lb: u64, old: Mapping, block: &mut [u8], attempt: u32) -> Result<()> {
+        let bs = self.bs() as usize;
+        let now = self.plan(lb, 1)?[0];
+        match now {
+            Some(m) if m == old || attempt >= 3 => Err(Error::corruption(
+                "data block",
+                format!("page {} ({} block {lb})", m.page, self.target),
+                format!("checksum mismatch: expected {:#010x}", m.crc),
+            )),
+            None => {
+                block[..bs].fill(0);
+                Ok(())
+            }
+            Some(m) => {
+                let mut tmp = vec![0u8; bs];
+                self.read_pages(m.page, &mut tmp)?;
+                if Crc::of(&tmp).0 == m.crc {
+                    block[..bs].copy_from_slice(&tmp);
+                    Ok(())
+                } else {
+                    self.reread_block(lb, m, block, attempt + 1)
+                }
+            }
+        }
+    }
+
+    /// Writes `data` at `offset`. Partial blocks are read, merged and written
+    /// to a new block; no block is ever changed in place. The write is
+    /// durable after the next [`Volume::flush`].
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`]; [`Error::ReadOnly`] on a read-only handle;
+    /// [`Error::NoSpace`] when the disk is full (nothing changed);
+    /// [`Error::NotFound`] when the volume was deleted.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
+        let Target::Volume(vol) = self.target else {
+            return Err(Error::ReadOnly {
+                what: self.target.to_string(),
+            });
+        };
+        if !self.lease.writable {
+            return Err(Error::ReadOnly {
+                what: format!("{} (this handle was opened read-only)", self.target),
+            });
+        }
+        self.check_range(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.inner.ensure_writable()?;
+        let _gate = self.lease.rt.gate.read();
+        let bs = self.bs();
+        let first = offset / bs;
+        let last = (offset + data.len() as u64 - 1) / bs;
+        let n = last - first + 1;
+        let _stripes = self.lock_stripes(first, n);
+        let aligned = offset % bs == 0 && data.len() as u64 % bs == 0;
+        let merged;
+        let payload: &[u8] = if aligned {
+            data
+        } else {
+            merged = self.merge_partial(data, offset, first, last)?;
+            &merged
+        };
+        let crcs: Vec<u32> = payload.chunks(bs as usize).map(|b| Crc::of(b).0).collect();
+        let runs = self.inner.state.lock().space.alloc(n)?;
+        if let Err(e) = self.write_runs(&runs, payload) {
+            self.free_runs(&runs);
+            return Err(e);
+        }
+        let mut recs = Vec::new();
+        let mut lb = first;
+        for r in &runs {
+            let mut done = 0;
+            while done < r.len {
+                let k = (r.len - done).min(MAX_MAP_BLOCKS as u64);
+                let at = (lb - first) as usize;
+                recs.push(Record::Map {
+                    vol: vol.0,
+                    lblock: lb,
+                    page: r.start + done,
+                    crcs: crcs[at..at + k as usize].to_vec(),
+                });
+                lb += k;
+                done += k;
+            }
+        }
+        let logged = {
+            let mut st = self.inner.state.lock();
+            st.vol(vol).map(|_| ())?;
+            self.inner.apply_and_log_many(&mut st, &recs)
+        };
+        if let Err(e) = logged {
+            self.free_runs(&runs);
+            return Err(e);
+        }
+        let limit = self.inner.state.lock().vol(vol).map(|v| v.info.write_buffer_bytes).unwrap_or(u64::MAX);
+        let pending = self.lease.rt.unflushed.fetch_add(data.len() as u64, Ordering::AcqRel) + data.len() as u64;
+        if pending > limit {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn free_runs(&self, runs: &[Run]) {
+        let mut st = self.inner.state.lock();
+        for r in runs {
+            st.space.free_run(*r);
+        }
+    }
+
+    fn write_runs(&self, runs: &[Run], payload: &[u8]) -> Result<()> {
+        let bs = self.bs() as usize;
+        let mut at = 0usize;
+        for r in runs {
+            let len = r.len as usize * bs;
+            let off = self.inner.state.lock().space.offset_of(r.start);
+            self.inner
+                .file
+                .write_at(&payload[at..at + len], off)
+                .map_err(|e| Error::io(format!("writing {} data", self.target), e))?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// Builds whole blocks for an unaligned write: the old contents of the
+    /// first and last block around the new bytes.
+    fn merge_partial(&self, data: &[u8], offset: u64, first: u64, last: u64) -> Result<Vec<u8>> {
+        let bs = self.bs();
+        let mut out = vec![0u8; ((last - first + 1) * bs) as usize];
+        let head = (offset - first * bs) as usize;
+        if head != 0 {
+            self.read_existing(first, &mut out[..bs as usize])?;
+        }
+        let end = head + data.len();
+        // When the write starts and ends inside one block, the head read
+        // already fetched it.
+        if end % bs as usize != 0 && (last != first || head == 0) {
+            let start = ((last - first) * bs) as usize;
+            self.read_existing(last, &mut out[start..start + bs as usize])?;
+        }
+        out[head..end].copy_from_slice(data);
+        Ok(out)
+    }
+
+    /// Reads the current contents of one block, clamped to the volume size.
+    fn read_existing(&self, lb: u64, into: &mut [u8]) -> Result<()> {
+        let bs = self.bs();
+        let start = lb * bs;
+        let end = (start + bs).min(self.size);
+        self.read_unlocked(&mut into[..(end - start) as usize], start)
+    }
+
+    /// A read for the write path, which already holds the gate.
+    fn read_unlocked(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let bs = self.bs();
+        let lb = offset / bs;
+        debug_assert!(offset % bs == 0 && buf.len() as u64 <= bs);
+        match self.plan(lb, 1)?[0] {
+            None => buf.fill(0),
+            Some(m) => {
+                let mut block = vec![0u8; bs as usize];
+                self.read_pages(m.page, &mut block)?;
+                if Crc::of(&block).0 != m.crc {
+                    self.reread_block(lb, m, &mut block, 0)?;
+                }
+                buf.copy_from_slice(&block[..buf.len()]);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_stripes(&self, first: u64, n: u64) -> Vec<parking_lot::MutexGuard<'_, ()>> {
+        let stripes = &self.lease.rt.stripes;
+        let mut idx: Vec<usize> = (first..first + n.min(stripes.len() as u64))
+            .map(|lb| (lb % stripes.len() as u64) as usize)
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| stripes[i].lock()).collect()
+    }
+
+    /// Makes every write that completed before the call durable; one sync,
+    /// shared with concurrent flushes of any volume (group commit).
+    ///
+    /// # Errors
+    /// An I/O error of the sync; the store then refuses further writes.
+    pub fn flush(&self) -> Result<()> {
+        self.lease.rt.unflushed.store(0, Ordering::Release);
+        self.inner.flush()
+    }
+
+    /// Unmaps `[offset, offset + len)`: it reads as zeroes afterwards, and
+    /// blocks nobody else references are freed. Whole blocks are unmapped;
+    /// the partial blocks at either end are rewritten with zeroes.
+    ///
+    /// # Errors
+    /// As [`Volume::write_at`].
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        let Target::Volume(vol) = self.target else {
+            return Err(Error::ReadOnly {
+                what: self.target.to_string(),
+            });
+        };
+        if !self.lease.writable {
+            return Err(Error::ReadOnly {
+                what: format!("{} (this handle was opened read-only)", self.target),
+            });
+        }
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let bs = self.bs();
+        let end = offset + len;
+        let whole_first = offset.div_ceil(bs);
+        let whole_end = if end == self.size { end.div_ceil(bs) } else { end / bs };
+        let zero_edge = |from: u64, to: u64| -> Result<()> {
+            if to > from {
+                self.write_at(&vec![0u8; (to - from) as usize], from)?;
+            }
+            Ok(())
+        };
+        if whole_first >= whole_end {
+            return zero_edge(offset, end);
+        }
+        zero_edge(offset, whole_first * bs)?;
+        if end != self.size {
+            zero_edge(whole_end * bs, end)?;
+        }
+        self.inner.ensure_writable()?;
+        {
+            let _gate = self.lease.rt.gate.read();
+            let mut st = self.inner.state.lock();
+            st.vol(vol)?;
+            self.inner.apply_and_log(
+                &mut st,
+                Record::Unmap {
+                    vol: vol.0,
+                    lblock: whole_first,
+                    count: whole_end - whole_first,
+                },
+            )?;
+        }
+        self.inner.reclaim();
+        Ok(())
+    }
+
+    /// A `std::io::{Read, Write, Seek}` view of this handle starting at byte 0.
+    pub fn cursor(&self) -> VolumeCursor {
+        VolumeCursor {
+            vol: self.clone(),
+            pos: 0,
+        }
+    }
+}
+
+/// Adapts a [`Volume`] to `std::io::{Read, Write, Seek}`. Reads stop at the
+/// end of the volume; writes past it fail. `flush` is a durable flush.
+#[derive(Debug, Clone)]
+pub struct VolumeCursor {
+    vol: Volume,
+    pos: u64,
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match &e {
+            Error::NotFound { .. } => io::ErrorKind::NotFound,
+            Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+            Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
+            Error::OutOfRange { .. } | Error::InvalidArgument(_) => io::ErrorKind::InvalidInput,
+            Error::Timeout { .. } => io::ErrorKind::TimedOut,
+            Error::NoSpace { .. } => io::ErrorKind::StorageFull,
+            Error::Corruption { .. } => io::ErrorKind::InvalidData,
+            Error::Busy { .. } | Error::Locked { .. } => io::ErrorKind::ResourceBusy,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+impl io::Read for VolumeCursor {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.vol.size().saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        self.vol.read_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl io::Write for VolumeCursor {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.vol.size().saturating_sub(self.pos);
+        if room == 0 && !buf.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write past the end of the volume"));
+        }
+        let n = room.min(buf.len() as u64) as usize;
+        self.vol.write_at(&buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(self.vol.flush()?)
+    }
+}
+
+impl io::Seek for VolumeCursor {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        let target = match pos {
+            io::SeekFrom::Start(p) => Some(p),
+            io::SeekFrom::End(d) => self.vol.size().checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        let p = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before byte 0"))?;
+        self.pos = p;
+        Ok(p)
+    }
+}

@@ -1,0 +1,542 @@
+//! The write-ahead log: CRC-framed batches of records in a chain of
+//! segments that live in the data file's own pages.
+//!
+//! Because the WAL shares the data file with the blocks it maps, one
+//! `fdatasync` makes both durable: a flush costs one sync.
+//!
+//! Records are numbered by LSN. They are appended to an in-memory batch
+//! under the store's state lock (so LSN order is the order changes were made
+//! in memory), and written as one batch at a time, always starting on a
+//! [`SECTOR`] boundary so a later write never touches bytes an earlier sync
+//! made durable. A batch header carries `durable_lsn`: every record below it
+//! was known durable when the batch was written. Recovery uses it to know
+//! which records' data blocks must be verified.
+
+use crate::backend::StorageFile;
+use crate::catalog::{SnapshotInfo, VolumeInfo};
+use crate::error::{Error, Result};
+use crate::format::{BatchHeader, Dec, Enc, LogStart, SegmentHeader, BATCH_HEADER_LEN, SECTOR};
+use std::sync::Arc;
+
+/// Largest number of blocks one `Map` record describes; longer writes are
+/// split so that a record always fits in a batch.
+pub(crate) const MAX_MAP_BLOCKS: usize = 4096;
+
+/// One logged change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// Logical blocks `lblock..` of `vol` now live in pages `page..`, one
+    /// CRC per block.
+    Map { vol: u64, lblock: u64, page: u64, crcs: Vec<u32> },
+    /// Logical blocks `lblock..lblock+count` of `vol` are unmapped.
+    Unmap { vol: u64, lblock: u64, count: u64 },
+    CreateVolume(VolumeInfo),
+    /// A fork: a new volume whose tree is its origin's (volume or snapshot).
+    Fork(VolumeInfo),
+    DeleteVolume { vol: u64 },
+    CreateSnapshot(SnapshotInfo),
+    DeleteSnapshot { snap: u64 },
+    Restore { vol: u64, snap: u64 },
+}
+
+const TAG_MAP: u8 = 1;
+const TAG_UNMAP: u8 = 2;
+const TAG_CREATE_VOLUME: u8 = 3;
+const TAG_FORK: u8 = 4;
+const TAG_DELETE_VOLUME: u8 = 5;
+const TAG_CREATE_SNAPSHOT: u8 = 6;
+const TAG_DELETE_SNAPSHOT: u8 = 7;
+const TAG_RESTORE: u8 = 8;
+
+impl Record {
+    pub(crate) fn encode(&self, e: &mut Enc) {
+        match self {
+            Record::Map { vol, lblock, page, crcs } => {
+                e.u8(TAG_MAP);
+                e.u64(*vol);
+                e.u64(*lblock);
+                e.u64(*page);
+                e.u32(crcs.len() as u32);
+                for c in crcs {
+                    e.u32(*c);
+                }
+            }
+            Record::Unmap { vol, lblock, count } => {
+                e.u8(TAG_UNMAP);
+                e.u64(*vol);
+                e.u64(*lblock);
+                e.u64(*count);
+            }
+            Record::CreateVolume(v) => {
+                e.u8(TAG_CREATE_VOLUME);
+                v.encode(e);
+            }
+            Record::Fork(v) => {
+                e.u8(TAG_FORK);
+                v.encode(e);
+            }
+            Record::DeleteVolume { vol } => {
+                e.u8(TAG_DELETE_VOLUME);
+                e.u64(*vol);
+            }
+            Record::CreateSnapshot(s) => {
+                e.u8(TAG_CREATE_SNAPSHOT);
+                s.encode(e);
+            }
+            Record::DeleteSnapshot { snap } => {
+                e.u8(TAG_DELETE_SNAPSHOT);
+                e.u64(*snap);
+            }
+            Record::Restore { vol, snap } => {
+                e.u8(TAG_RESTORE);
+                e.u64(*vol);
+                e.u64(*snap);
+            }
+        }
+    }
+
+    pub(crate) fn decode(d: &mut Dec<'_>) -> Result<Record> {
+        Ok(match d.u8()? {
+            TAG_MAP => {
+                let vol = d.u64()?;
+                let lblock = d.u64()?;
+                let page = d.u64()?;
+                let n = d.u32()? as usize;
+                if n == 0 || n > MAX_MAP_BLOCKS {
+                    return Err(d.bad(format!("map record of {n} blocks")));
+                }
+                let crcs = (0..n).map(|_| d.u32()).collect::<Result<_>>()?;
+                Record::Map { vol, lblock, page, crcs }
+            }
+            TAG_UNMAP => Record::Unmap {
+                vol: d.u64()?,
+                lblock: d.u64()?,
+                count: d.u64()?,
+            },
+            TAG_CREATE_VOLUME => Record::CreateVolume(VolumeInfo::decode(d)?),
+            TAG_FORK => Record::Fork(VolumeInfo::decode(d)?),
+            TAG_DELETE_VOLUME => Record::DeleteVolume { vol: d.u64()? },
+            TAG_CREATE_SNAPSHOT => Record::CreateSnapshot(SnapshotInfo::decode(d)?),
+            TAG_DELETE_SNAPSHOT => Record::DeleteSnapshot { snap: d.u64()? },
+            TAG_RESTORE => Record::Restore {
+                vol: d.u64()?,
+                snap: d.u64()?,
+            },
+            t => return Err(d.bad(format!("unknown record tag {t}"))),
+        })
+    }
+}
+
+/// Decodes every record of a verified batch payload.
+pub(crate) fn decode_batch(payload: &[u8], count: u32) -> Result<Vec<Record>> {
+    let mut d = Dec::new(payload, "WAL batch");
+    let recs = (0..count).map(|_| Record::decode(&mut d)).collect::<Result<Vec<_>>>()?;
+    if d.remaining() != 0 {
+        return Err(d.bad("trailing bytes after the last record"));
+    }
+    Ok(recs)
+}
+
+/// Layout of the WAL inside the data file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogGeometry {
+    pub(crate) data_start: u64,
+    pub(crate) block_size: u64,
+    pub(crate) segment_pages: u64,
+}
+
+impl LogGeometry {
+    pub(crate) fn new(data_start: u64, block_size: u32) -> LogGeometry {
+        let block_size = block_size as u64;
+        let segment_pages = ((1u64 << 20) / block_size).max(2);
+        LogGeometry {
+            data_start,
+            block_size,
+            segment_pages,
+        }
+    }
+    pub(crate) fn segment_bytes(&self) -> u64 {
+        self.segment_pages * self.block_size
+    }
+    fn segment_offset(&self, page: u64) -> u64 {
+        self.data_start + page * self.block_size
+    }
+    /// The largest payload one batch may carry so it fits in a fresh segment.
+    pub(crate) fn max_payload(&self) -> usize {
+        (self.segment_bytes() - SECTOR) as usize - BATCH_HEADER_LEN
+    }
+}
+
+/// The writing end of the log.
+#[derive(Debug)]
+pub(crate) struct Wal {
+    file: Arc<dyn StorageFile>,
+    geo: LogGeometry,
+    log_id: u64,
+    seg_page: u64,
+    seg_seq: u64,
+    seg_next: u64,
+    /// Write offset inside the current segment.
+    offset: u64,
+    buf: Enc,
+    buf_count: u32,
+    buf_first_lsn: u64,
+    next_lsn: u64,
+    durable_lsn: u64,
+    /// Preallocated segments (first page of each), reserved in the space map.
+    pub(crate) spares: Vec<u64>,
+    /// Segments written since the current checkpoint's start, oldest first;
+    /// the last one is the current segment.
+    segments: Vec<u64>,
+    /// Bytes of WAL written since the last checkpoint started.
+    pub(crate) bytes_since_checkpoint: u64,
+    /// Batch size at which appends write the batch out.
+    buffer_limit: usize,
+    failed: bool,
+}
+
+impl Wal {
+    /// Starts a new log in the segment at `first` (with `next` preallocated
+    /// after it) and writes the first segment header.
+    pub(crate) fn start(
+        file: Arc<dyn StorageFile>,
+        geo: LogGeometry,
+        log_id: u64,
+        first: u64,
+        next: u64,
+        lsn: u64,
+    ) -> Result<Wal> {
+        let hdr = SegmentHeader {
+            log_id,
+            seq: 1,
+            next_page: next,
+        };
+        file.write_at(&hdr.encode(), geo.segment_offset(first))
+            .map_err(|e| Error::io("writing a WAL segment header", e))?;
+        Ok(Wal {
+            file,
+            geo,
+            log_id,
+            seg_page: first,
+            seg_seq: 1,
+            seg_next: next,
+            offset: SECTOR,
+            buf: Enc::default(),
+            buf_count: 0,
+            buf_first_lsn: lsn,
+            next_lsn: lsn,
+            durable_lsn: lsn,
+            spares: Vec::new(),
+            segments: vec![first],
+            bytes_since_checkpoint: 0,
+            buffer_limit: (256 << 10).min(geo.max_payload() / 2),
+            failed: false,
+        })
+    }
+
+    /// The LSN the next record will get.
+    pub(crate) fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// How many more spare segments appends may need before the state lock
+    /// holder tops them up.
+    pub(crate) fn spares_wanted(&self) -> usize {
+        2usize.saturating_sub(self.spares.len())
+    }
+
+    /// Adds a record to the open batch and returns its LSN. The batch is
+    /// written out (not synced) when it reaches the buffer limit.
+    pub(crate) fn append(&mut self, rec: &Record) -> Result<u64> {
+        let before = self.buf.len();
+        rec.encode(&mut self.buf);
+        if self.buf.len() > self.geo.max_payload() {
+            self.buf.buf.truncate(before);
+            return Err(Error::invalid("a WAL record does not fit in one segment"));
+        }
+        if self.buf.len() > self.buffer_limit && before > 0 {
+            let tail = self.buf.buf.split_off(before);
+            self.write_out()?;
+            self.buf.buf = tail;
+        }
+        if self.buf_count == 0 {
+            self.buf_first_lsn = self.next_lsn;
+        }
+        self.buf_count += 1;
+        let lsn = self.next_lsn;
+        self.next_lsn += 1;
+        Ok(lsn)
+    }
+
+    /// Writes the open batch to its place in the log without syncing.
+    pub(crate) fn write_out(&mut self) -> Result<()> {
+        if self.buf_count == 0 {
+            return Ok(());
+        }
+        if self.failed {
+            return Err(Error::Io {
+                during: "writing the WAL".into(),
+                source: std::io::Error::other("an earlier WAL write failed; the store refuses further writes"),
+            });
+        }
+        let hdr = BatchHeader {
+            log_id: self.log_id,
+            first_lsn: self.buf_first_lsn,
+            count: self.buf_count,
+            payload_len: self.buf.len() as u32,
+            durable_lsn: self.durable_lsn,
+        };
+        let bytes = hdr.encode_with(&self.buf.buf);
+        if self.offset + bytes.len() as u64 > self.geo.segment_bytes() {
+            self.next_segment()?;
+        }
+        let at = self.geo.segment_offset(self.seg_page) + self.offset;
+        if let Err(e) = self.file.write_at(&bytes, at) {
+            self.failed = true;
+            return Err(Error::io("writing the WAL", e));
+        }
+        self.offset += bytes.len() as u64;
+        self.bytes_since_checkpoint += bytes.len() as u64;
+        self.buf.buf.clear();
+        self.buf_count = 0;
+        Ok(())
+    }
+
+    fn next_segment(&mut self) -> Result<()> {
+        let next = self.spares.pop().ok_or_else(|| Error::NoSpace {
+            during: "extending the WAL (no spare segment)".into(),
+        })?;
+        let hdr = SegmentHeader {
+            log_id: self.log_id,
+            seq: self.seg_seq + 1,
+            next_page: next,
+        };
+        let page = self.seg_next;
+        if let Err(e) = self.file.write_at(&hdr.encode(), self.geo.segment_offset(page)) {
+            self.failed = true;
+            self.spares.push(next);
+            return Err(Error::io("writing a WAL segment header", e));
+        }
+        self.seg_page = page;
+        self.seg_seq += 1;
+        self.seg_next = next;
+        self.offset = SECTOR;
+        self.segments.push(page);
+        Ok(())
+    }
+
+    /// Records that every record below `lsn` is durable.
+    pub(crate) fn mark_durable(&mut self, lsn: u64) {
+        self.durable_lsn = self.durable_lsn.max(lsn);
+    }
+
+    /// Marks the WAL failed: after a failed sync nothing written since the
+    /// last good sync can be trusted, so no further batch is written.
+    pub(crate) fn poison(&mut self) {
+        self.failed = true;
+    }
+
+    /// Begins a checkpoint: writes the open batch out and returns where
+    /// replay must start for a checkpoint of the state as of now, plus the
+    /// segments that only older records use (free once the checkpoint is
+    /// durable).
+    pub(crate) fn checkpoint_start(&mut self) -> Result<(LogStart, Vec<u64>)> {
+        self.write_out()?;
+        let start = LogStart {
+            log_id: self.log_id,
+            segment_page: self.seg_page,
+            segment_seq: self.seg_seq,
+            offset: self.offset,
+            lsn: self.next_lsn,
+        };
+        let cur = self.segments.pop().expect("current segment");
+        let retired = std::mem::replace(&mut self.segments, vec![cur]);
+        self.bytes_since_checkpoint = 0;
+        Ok((start, retired))
+    }
+}
+
+/// What recovery found in the log.
+#[derive(Debug, Default)]
+pub(crate) struct LogContents {
+    pub(crate) records: Vec<(u64, Record)>,
+    /// Every record below this LSN is known to have been durable.
+    pub(crate) durable_lsn: u64,
+    /// First page of every segment the log passed through.
+    pub(crate) segments: Vec<u64>,
+    pub(crate) batches: u64,
+}
+
+/// Reads the log from `start` to its end: the first batch that is missing,
+/// torn, from another log, or out of sequence.
+pub(crate) fn read_log(file: &dyn StorageFile, geo: LogGeometry, start: LogStart, npages: u64) -> Result<LogContents> {
+    let mut out = LogContents {
+        durable_lsn: start.lsn,
+        ..Default::default()
+    };
+    let seg_bytes = geo.segment_bytes() as usize;
+    let mut buf = vec![0u8; seg_bytes];
+    let mut page = start.segment_page;
+    let mut seq = start.segment_seq;
+    let mut offset = start.offset as usize;
+    let mut lsn = start.lsn;
+    let read_segment = |page: u64, buf: &mut [u8]| -> Result<Option<SegmentHeader>> {
+        if page == 0 || page + geo.segment_pages > npages {
+            return Ok(None);
+        }
+        file.read_at(buf, geo.segment_offset(page))
+            .map_err(|e| Error::io(format!("reading WAL segment at page {page}"), e))?;
+        Ok(SegmentHeader::decode(buf))
+    };
+    let Some(mut hdr) = read_segment(page, &mut buf)?.filter(|h| h.log_id == start.log_id && h.seq == seq) else {
+        return Err(Error::corruption(
+            "WAL",
+            format!("segment at page {page}"),
+            "the checkpoint's log start is not a valid segment",
+        ));
+    };
+    out.segments.push(page);
+    loop {
+        match parse_batch(&buf, offset, start.log_id, lsn) {
+            Some((bh, recs, len)) => {
+                out.durable_lsn = out.durable_lsn.max(bh.durable_lsn.min(lsn));
+                lsn += recs.len() as u64;
+                out.records.extend(recs.into_iter().enumerate().map(|(i, r)| (bh.first_lsn + i as u64, r)));
+                out.batches += 1;
+                offset += len;
+            }
+            None => {
+                // Either the writer moved on to the next segment here, or this
+                // is the end of the log; the next segment decides.
+                let next = hdr.next_page;
+                let mut nbuf = vec![0u8; seg_bytes];
+                match read_segment(next, &mut nbuf)? {
+                    Some(h) if h.log_id == start.log_id && h.seq == seq + 1 => {
+                        if parse_batch(&nbuf, SECTOR as usize, start.log_id, lsn).is_none() {
+                            break;
+                        }
+                        buf = nbuf;
+                        hdr = h;
+                        page = next;
+                        seq += 1;
+                        offset = SECTOR as usize;
+                        out.segments.push(page);
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    // Durable markers can only vouch for records that exist.
+    out.durable_lsn = out.durable_lsn.min(lsn);
+    let _ = page;
+    Ok(out)
+}
+
+fn parse_batch(seg: &[u8], offset: usize, log_id: u64, lsn: u64) -> Option<(BatchHeader, Vec<Record>, usize)> {
+    let (bh, crc) = BatchHeader::decode(seg.get(offset..)?)?;
+    if bh.log_id != log_id || bh.first_lsn != lsn || bh.count == 0 {
+        return None;
+    }
+    let len = bh.padded_len() as usize;
+    let end = offset + BATCH_HEADER_LEN + bh.payload_len as usize;
+    if offset + len > seg.len() || !BatchHeader::verify(crc, &seg[offset..end]) {
+        return None;
+    }
+    let recs = decode_batch(&seg[offset + BATCH_HEADER_LEN..end], bh.count).ok()?;
+    Some((bh, recs, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::StorageDir;
+    use crate::testing::SimDir;
+
+    fn setup() -> (Arc<dyn StorageFile>, LogGeometry) {
+        let f = SimDir::new().open_file("d", true).unwrap();
+        (f, LogGeometry::new(8192, 4096))
+    }
+
+    fn map(i: u64) -> Record {
+        Record::Map {
+            vol: 1,
+            lblock: i,
+            page: 1000 + i,
+            crcs: vec![i as u32; 3],
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_segments() {
+        let (f, geo) = setup();
+        let sp = geo.segment_pages;
+        let mut w = Wal::start(f.clone(), geo, 77, 1, 1 + sp, 5).unwrap();
+        w.spares = (2..40).map(|i| i * sp).collect();
+        let start = LogStart {
+            log_id: 77,
+            segment_page: 1,
+            segment_seq: 1,
+            offset: SECTOR,
+            lsn: 5,
+        };
+        let mut expect = Vec::new();
+        for i in 0..60_000u64 {
+            let r = map(i);
+            assert_eq!(w.append(&r).unwrap(), 5 + i);
+            expect.push((5 + i, r));
+            if i % 1000 == 999 {
+                w.write_out().unwrap();
+            }
+        }
+        w.write_out().unwrap();
+        let got = read_log(&*f, geo, start, 100 * sp).unwrap();
+        assert!(got.segments.len() > 1, "the log spans segments");
+        assert_eq!(got.records, expect);
+    }
+
+    #[test]
+    fn a_torn_batch_ends_the_log() {
+        let (f, geo) = setup();
+        let sp = geo.segment_pages;
+        let mut w = Wal::start(f.clone(), geo, 9, 1, 1 + sp, 1).unwrap();
+        w.append(&map(1)).unwrap();
+        w.write_out().unwrap();
+        w.append(&map(2)).unwrap();
+        w.write_out().unwrap();
+        w.append(&map(3)).unwrap();
+        w.write_out().unwrap();
+        // Damage the second batch: the third must not be replayed either.
+        f.write_at(&[0xff], 8192 + 4096 + SECTOR + 4096 + 50).unwrap();
+        let start = LogStart {
+            log_id: 9,
+            segment_page: 1,
+            segment_seq: 1,
+            offset: SECTOR,
+            lsn: 1,
+        };
+        let got = read_log(&*f, geo, start, 10 * sp).unwrap();
+        assert_eq!(got.records, vec![(1, map(1))]);
+    }
+
+    #[test]
+    fn records_from_another_log_are_ignored() {
+        let (f, geo) = setup();
+        let sp = geo.segment_pages;
+        let mut w = Wal::start(f.clone(), geo, 1, 1, 1 + sp, 1).unwrap();
+        w.append(&map(1)).unwrap();
+        w.write_out().unwrap();
+        let mut w2 = Wal::start(f.clone(), geo, 2, 1, 1 + sp, 1).unwrap();
+        w2.append(&map(9)).unwrap();
+        let start = LogStart {
+            log_id: 2,
+            segment_page: 1,
+            segment_seq: 1,
+            offset: SECTOR,
+            lsn: 1,
+        };
+        // The old log's batch sits where log 2 expects its first batch.
+        let got = read_log(&*f, geo, start, 10 * sp).unwrap();
+        assert!(got.records.is_empty());
+    }
+}
