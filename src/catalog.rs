@@ -36,17 +36,9 @@ macro_rules! typed_id {
             type Err = Error;
             fn from_str(s: &str) -> Result<Self> {
                 let digits = s.strip_prefix(concat!($prefix, "-")).unwrap_or(s);
-                digits
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .map($name)
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            concat!("{:?} is not a ", $prefix, " id (expected ", $prefix, "-N)"),
-                            s
-                        ))
-                    })
+                digits.parse::<u64>().ok().filter(|&n| n > 0).map($name).ok_or_else(|| {
+                    Error::invalid(format!(concat!("{:?} is not a ", $prefix, " id (expected ", $prefix, "-N)"), s))
+                })
             }
         }
     };
@@ -87,10 +79,7 @@ impl AccessMode {
 
 /// Seconds since the Unix epoch, as stored in the catalog.
 pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// What a volume is, as stored in the catalog.
@@ -160,16 +149,7 @@ impl VolumeInfo {
         let ov = d.u64()?;
         let os = d.u64()?;
         let origin = (ov != 0).then(|| (VolumeId(ov), (os != 0).then_some(SnapshotId(os))));
-        Ok(VolumeInfo {
-            id,
-            name,
-            size_bytes,
-            access_mode,
-            cache_bytes,
-            write_buffer_bytes,
-            created_at,
-            origin,
-        })
+        Ok(VolumeInfo { id, name, size_bytes, access_mode, cache_bytes, write_buffer_bytes, created_at, origin })
     }
 }
 
@@ -204,16 +184,7 @@ impl SnapshotInfo {
             let v = d.str()?;
             labels.insert(k, v);
         }
-        Ok(SnapshotInfo {
-            id,
-            volume_id,
-            name,
-            description,
-            size_bytes,
-            created_at,
-            owner,
-            labels,
-        })
+        Ok(SnapshotInfo { id, volume_id, name, description, size_bytes, created_at, owner, labels })
     }
 }
 
@@ -271,12 +242,7 @@ impl CatalogImage {
         if d.remaining() != 0 {
             return Err(d.bad("trailing bytes"));
         }
-        Ok(CatalogImage {
-            next_volume,
-            next_snapshot,
-            volumes,
-            snapshots,
-        })
+        Ok(CatalogImage { next_volume, next_snapshot, volumes, snapshots })
     }
 }
 
@@ -315,12 +281,7 @@ mod tests {
             owner: "ops".into(),
             labels: [("env".to_string(), "prod".to_string())].into(),
         };
-        let img = CatalogImage {
-            next_volume: 2,
-            next_snapshot: 3,
-            volumes: vec![(v, 9)],
-            snapshots: vec![(s, 0)],
-        };
+        let img = CatalogImage { next_volume: 2, next_snapshot: 3, volumes: vec![(v, 9)], snapshots: vec![(s, 0)] };
         let bytes = img.encode();
         let crc = Crc::of(&bytes).0;
         assert_eq!(CatalogImage::decode(&bytes, crc, "t").unwrap(), img);

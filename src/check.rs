@@ -134,17 +134,17 @@ impl Store {
     /// # Errors
     /// I/O errors reading nodes are reported as problems, not errors.
     pub fn check(&self) -> Result<CheckReport> {
+        // No checkpoint may run meanwhile: it holds pages and trees outside
+        // the state while it writes.
+        let _no_checkpoint = self.inner.checkpoint_guard();
         self.inner.reclaim();
         let st = self.inner.state.lock();
-        let mut report = CheckReport {
-            volumes: st.volumes.len(),
-            snapshots: st.snapshots.len(),
-            ..Default::default()
-        };
+        let mut report = CheckReport { volumes: st.volumes.len(), snapshots: st.snapshots.len(), ..Default::default() };
         let npages = st.space.npages();
         let mut actual = vec![0u32; npages as usize];
         let mut persisted = Vec::new();
-        let roots: Vec<(&Node, u32)> = st.all_roots().into_iter().chain(st.garbage.iter().map(|n| (&**n, u32::MAX))).collect();
+        let roots: Vec<(&Node, u32)> =
+            st.all_roots().into_iter().chain(st.garbage.iter().map(|n| (&**n, u32::MAX))).collect();
         tree::visit_unique(roots, |n, _| {
             report.nodes += 1;
             if n.addr() != 0 {
@@ -161,6 +161,11 @@ impl Store {
         let mut waiting = vec![false; npages as usize];
         for &p in st.space.quarantine.iter() {
             waiting[p as usize] = true;
+        }
+        for r in st.space.in_flight_runs() {
+            for p in r.start..r.start + r.len {
+                waiting[p as usize] = true;
+            }
         }
         let mut free = vec![false; npages as usize];
         for r in st.space.free_runs() {
@@ -200,10 +205,7 @@ impl Store {
                 .map_err(|e| Error::io("reading a tree node", e))
                 .and_then(|_| verify_node_page(&buf, page));
             if let Err(e) = res {
-                report.problems.push(Problem::UnreadableNode {
-                    page,
-                    detail: e.to_string(),
-                });
+                report.problems.push(Problem::UnreadableNode { page, detail: e.to_string() });
             }
         }
         Ok(report)
@@ -261,19 +263,8 @@ impl Store {
     }
 
     fn owners_of(&self, pages: &[u64]) -> Vec<DamagedBlock> {
-        let mut out: BTreeMap<u64, DamagedBlock> = pages
-            .iter()
-            .map(|&p| {
-                (
-                    p,
-                    DamagedBlock {
-                        page: p,
-                        volumes: vec![],
-                        snapshots: vec![],
-                    },
-                )
-            })
-            .collect();
+        let mut out: BTreeMap<u64, DamagedBlock> =
+            pages.iter().map(|&p| (p, DamagedBlock { page: p, volumes: vec![], snapshots: vec![] })).collect();
         let st = self.inner.state.lock();
         for v in st.volumes.values() {
             tree::for_each_mapping(&v.root, v.geo, |lb, m| {

@@ -108,23 +108,14 @@ impl Error {
         Error::InvalidArgument(msg.into())
     }
 
-    pub(crate) fn corruption(
-        what: impl Into<String>,
-        location: impl Into<String>,
-        detail: impl Into<String>,
-    ) -> Self {
-        Error::Corruption {
-            what: what.into(),
-            location: location.into(),
-            detail: detail.into(),
-        }
+    pub(crate) fn corruption(what: impl Into<String>, location: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Corruption { what: what.into(), location: location.into(), detail: detail.into() }
     }
 
     /// Wraps an OS error, turning "disk full" into [`Error::NoSpace`].
     pub(crate) fn io(during: impl Into<String>, source: io::Error) -> Self {
         let during = during.into();
-        if source.raw_os_error() == Some(libc::ENOSPC) || source.kind() == io::ErrorKind::StorageFull
-        {
+        if source.raw_os_error() == Some(libc::ENOSPC) || source.kind() == io::ErrorKind::StorageFull {
             Error::NoSpace { during }
         } else {
             Error::Io { during, source }

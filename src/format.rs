@@ -49,9 +49,7 @@ pub(crate) struct Enc {
 
 impl Enc {
     pub(crate) fn with_capacity(n: usize) -> Enc {
-        Enc {
-            buf: Vec::with_capacity(n),
-        }
+        Enc { buf: Vec::with_capacity(n) }
     }
     pub(crate) fn u8(&mut self, v: u8) {
         self.buf.push(v);
@@ -136,9 +134,8 @@ impl<'a> Dec<'a> {
     pub(crate) fn str(&mut self) -> Result<String> {
         let n = self.u32()? as usize;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| {
-            Error::corruption(self.what, format!("byte {}", self.pos - n), "string is not UTF-8")
-        })
+        String::from_utf8(b.to_vec())
+            .map_err(|_| Error::corruption(self.what, format!("byte {}", self.pos - n), "string is not UTF-8"))
     }
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len() - self.pos
@@ -328,11 +325,7 @@ impl SegmentHeader {
         if Crc::of(&buf[8..SEGMENT_HEADER_LEN]).0 != crc {
             return None;
         }
-        Some(SegmentHeader {
-            log_id: d.u64().ok()?,
-            seq: d.u64().ok()?,
-            next_page: d.u64().ok()?,
-        })
+        Some(SegmentHeader { log_id: d.u64().ok()?, seq: d.u64().ok()?, next_page: d.u64().ok()? })
     }
 }
 
@@ -415,13 +408,7 @@ mod tests {
             catalog_page: 12,
             catalog_len: 300,
             catalog_crc: 0xdead_beef,
-            log: LogStart {
-                log_id: 5,
-                segment_page: 3,
-                segment_seq: 1,
-                offset: 4096,
-                lsn: 42,
-            },
+            log: LogStart { log_id: 5, segment_page: 3, segment_seq: 1, offset: 4096, lsn: 42 },
         };
         let bytes = sb.encode();
         assert_eq!(Superblock::decode(&bytes).unwrap(), Some(sb));

@@ -67,6 +67,8 @@ mod wal;
 pub use catalog::{AccessMode, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
 pub use check::{CheckReport, DamagedBlock, Problem, ScrubReport, StoreStats};
 pub use error::{Error, Result};
-pub use options::{Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions};
+pub use options::{
+    Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,
+};
 pub use store::Store;
 pub use volume::{Volume, VolumeCursor};

@@ -24,11 +24,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            block_size: 4096,
-            checkpoint_wal_bytes: 64 << 20,
-            background_checkpoints: true,
-        }
+        StoreOptions { block_size: 4096, checkpoint_wal_bytes: 64 << 20, background_checkpoints: true }
     }
 }
 
@@ -80,10 +76,7 @@ pub struct SnapshotOptions {
 impl SnapshotOptions {
     /// A snapshot named `name` with no description.
     pub fn named(name: impl Into<String>) -> Self {
-        SnapshotOptions {
-            name: name.into(),
-            ..Default::default()
-        }
+        SnapshotOptions { name: name.into(), ..Default::default() }
     }
 }
 
@@ -97,9 +90,7 @@ pub struct RestoreOptions {
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions {
-            timeout: Duration::from_secs(30),
-        }
+        RestoreOptions { timeout: Duration::from_secs(30) }
     }
 }
 

@@ -49,6 +49,8 @@ pub(crate) struct Space {
     cursor: u64,
     pub(crate) quarantine: Vec<u64>,
     pub(crate) obsolete: Vec<u64>,
+    /// Pages a write has claimed and is filling but has not mapped yet.
+    in_flight: BTreeMap<u64, u64>,
 }
 
 impl Space {
@@ -67,6 +69,7 @@ impl Space {
             cursor: 1,
             quarantine: Vec::new(),
             obsolete: Vec::new(),
+            in_flight: BTreeMap::new(),
         };
         s.set_reserved(0, true);
         s
@@ -112,9 +115,7 @@ impl Space {
     }
 
     pub(crate) fn is_reserved(&self, page: u64) -> bool {
-        self.reserved
-            .get((page / 64) as usize)
-            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+        self.reserved.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
 
     pub(crate) fn set_reserved(&mut self, page: u64, on: bool) {
@@ -128,10 +129,7 @@ impl Space {
 
     #[cfg(test)]
     pub(crate) fn is_free(&self, page: u64) -> bool {
-        self.free
-            .range(..=page)
-            .next_back()
-            .is_some_and(|(&s, &l)| page < s + l)
+        self.free.range(..=page).next_back().is_some_and(|(&s, &l)| page < s + l)
     }
 
     /// Iterates the free extents (for `check`).
@@ -230,6 +228,37 @@ impl Space {
         Ok(runs)
     }
 
+    /// Allocates `n` pages for a data write; they stay accounted as in
+    /// flight until [`Space::settle`] (mapped) or [`Space::unclaim`] (failed).
+    pub(crate) fn claim(&mut self, n: u64) -> Result<Vec<Run>> {
+        let runs = self.alloc(n)?;
+        for r in &runs {
+            self.in_flight.insert(r.start, r.len);
+        }
+        Ok(runs)
+    }
+
+    /// The claimed pages are now referenced by a tree.
+    pub(crate) fn settle(&mut self, runs: &[Run]) {
+        for r in runs {
+            self.in_flight.remove(&r.start);
+        }
+    }
+
+    /// The write that claimed these pages failed; they are free again. No
+    /// record references them, so they need no quarantine.
+    pub(crate) fn unclaim(&mut self, runs: &[Run]) {
+        self.settle(runs);
+        for r in runs {
+            self.free_run(*r);
+        }
+    }
+
+    /// Pages claimed by writes in progress (for `check`).
+    pub(crate) fn in_flight_runs(&self) -> impl Iterator<Item = Run> + '_ {
+        self.in_flight.iter().map(|(&start, &len)| Run { start, len })
+    }
+
     fn take_free(&mut self, start: u64, len: u64, take: u64) {
         self.free.remove(&start);
         if take < len {
@@ -303,8 +332,8 @@ impl Space {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::SimDir;
     use crate::backend::StorageDir;
+    use crate::testing::SimDir;
 
     fn space() -> Space {
         let dir = SimDir::new();

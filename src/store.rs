@@ -10,7 +10,9 @@ use crate::backend::{DirLock, FileDir, StorageDir, StorageFile};
 use crate::catalog::{now_secs, AccessMode, CatalogImage, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::format::{self, Crc, Superblock, DATA_FILE, SUPERBLOCK_SLOTS};
-use crate::options::{Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions};
+use crate::options::{
+    Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,
+};
 use crate::space::Space;
 use crate::tree::{self, Geometry, Mapping, Node, Root};
 use crate::volume::{Target, Volume};
@@ -182,18 +184,13 @@ pub struct Store {
 }
 
 fn random_u64() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     std::collections::hash_map::RandomState::new().hash_one((t, std::process::id()))
 }
 
 fn validate_name(kind: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
-        return Err(Error::invalid(format!(
-            "{kind} name {name:?} must be 1 to 255 bytes without control characters"
-        )));
+        return Err(Error::invalid(format!("{kind} name {name:?} must be 1 to 255 bytes without control characters")));
     }
     Ok(())
 }
@@ -227,9 +224,7 @@ impl Store {
         }
         let lock = dir.lock().map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
-                Error::Locked {
-                    path: dir.describe().into(),
-                }
+                Error::Locked { path: dir.describe().into() }
             } else {
                 Error::io("locking the store", e)
             }
@@ -248,10 +243,7 @@ impl Store {
         } else {
             None
         };
-        let keeper = Arc::new(Keeper {
-            maint: inner.maint.clone(),
-            thread: Mutex::new(thread),
-        });
+        let keeper = Arc::new(Keeper { maint: inner.maint.clone(), thread: Mutex::new(thread) });
         Ok(Store { keeper, inner })
     }
 
@@ -358,9 +350,7 @@ impl Store {
         if writable {
             match v.info.access_mode {
                 AccessMode::ReadOnlyMany => {
-                    return Err(Error::ReadOnly {
-                        what: format!("volume {id} (access mode read-only-many)"),
-                    })
+                    return Err(Error::ReadOnly { what: format!("volume {id} (access mode read-only-many)") })
                 }
                 AccessMode::ReadWriteOnce => {
                     if v.rt.writers.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
@@ -375,13 +365,7 @@ impl Store {
                 }
             }
         }
-        Ok(Volume::new(
-            self.clone(),
-            Target::Volume(id),
-            v.info.size_bytes,
-            v.rt.clone(),
-            writable,
-        ))
+        Ok(Volume::new(self.clone(), Target::Volume(id), v.info.size_bytes, v.rt.clone(), writable))
     }
 
     /// Opens a read-only handle on a snapshot.
@@ -449,9 +433,7 @@ impl Store {
             let v = st.vol(volume)?;
             let size = v.info.size_bytes;
             if st.snapshots.values().any(|s| s.info.volume_id == volume && s.info.name == opts.name) {
-                return Err(Error::AlreadyExists {
-                    what: format!("snapshot {:?} of volume {volume}", opts.name),
-                });
+                return Err(Error::AlreadyExists { what: format!("snapshot {:?} of volume {volume}", opts.name) });
             }
             let info = SnapshotInfo {
                 id: SnapshotId(st.next_snapshot),
@@ -474,11 +456,7 @@ impl Store {
     /// volume whose snapshots remain.
     pub fn list_snapshots(&self, volume: VolumeId) -> Vec<SnapshotInfo> {
         let st = self.inner.state.lock();
-        st.snapshots
-            .values()
-            .filter(|s| s.info.volume_id == volume)
-            .map(|s| s.info.clone())
-            .collect()
+        st.snapshots.values().filter(|s| s.info.volume_id == volume).map(|s| s.info.clone()).collect()
     }
 
     /// Every snapshot in the store, oldest first.
@@ -519,20 +497,11 @@ impl Store {
         let lsn = {
             let mut st = inner.state.lock();
             st.snap_of(volume, snapshot)?;
-            inner.apply_and_log(
-                &mut st,
-                Record::Restore {
-                    vol: volume.0,
-                    snap: snapshot.0,
-                },
-            )?
+            inner.apply_and_log(&mut st, Record::Restore { vol: volume.0, snap: snapshot.0 })?
         };
         inner.sync_to(lsn)?;
         inner.reclaim();
-        Ok(Restored {
-            volume_id: volume,
-            snapshot_id: snapshot,
-        })
+        Ok(Restored { volume_id: volume, snapshot_id: snapshot })
     }
 
     /// Deletes a snapshot. Idempotent: a snapshot that is already gone is
@@ -614,7 +583,9 @@ impl Store {
 fn try_admin<'a>(rt: &'a VolRuntime, id: VolumeId, op: &str) -> Result<parking_lot::MutexGuard<'a, ()>> {
     rt.admin.try_lock().ok_or_else(|| Error::Busy {
         what: format!("volume {id}"),
-        reason: format!("another administrative operation (restore, fork, snapshot or delete) holds it; {op} was not applied"),
+        reason: format!(
+            "another administrative operation (restore, fork, snapshot or delete) holds it; {op} was not applied"
+        ),
     })
 }
 
@@ -632,9 +603,7 @@ impl State {
 
     fn check_volume_name_free(&self, name: &str) -> Result<()> {
         if self.volumes.values().any(|v| v.info.name == name) {
-            return Err(Error::AlreadyExists {
-                what: format!("volume {name:?}"),
-            });
+            return Err(Error::AlreadyExists { what: format!("volume {name:?}") });
         }
         Ok(())
     }
@@ -652,10 +621,7 @@ impl State {
             Record::Map { vol, lblock, page, crcs } => {
                 let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
                 for (i, &crc) in crcs.iter().enumerate() {
-                    let m = Mapping {
-                        page: page + i as u64,
-                        crc,
-                    };
+                    let m = Mapping { page: page + i as u64, crc };
                     tree::insert(&mut v.root, v.geo, lblock + i as u64, m, &mut self.space);
                 }
             }
@@ -678,12 +644,9 @@ impl State {
                 self.garbage.extend(v.root);
             }
             Record::CreateSnapshot(info) => {
-                let v = self.volumes.get(&info.volume_id.0).ok_or_else(|| missing(format!("volume {}", info.volume_id)))?;
-                let snap = SnapState {
-                    info: info.clone(),
-                    root: v.root.clone(),
-                    geo: v.geo,
-                };
+                let v =
+                    self.volumes.get(&info.volume_id.0).ok_or_else(|| missing(format!("volume {}", info.volume_id)))?;
+                let snap = SnapState { info: info.clone(), root: v.root.clone(), geo: v.geo };
                 self.next_snapshot = self.next_snapshot.max(info.id.0 + 1);
                 self.snapshots.insert(info.id.0, snap);
             }
@@ -704,15 +667,7 @@ impl State {
     fn insert_volume(&mut self, info: VolumeInfo, root: Root) {
         let geo = self.geometry(info.size_bytes);
         self.next_volume = self.next_volume.max(info.id.0 + 1);
-        self.volumes.insert(
-            info.id.0,
-            VolState {
-                info,
-                root,
-                geo,
-                rt: Arc::new(VolRuntime::default()),
-            },
-        );
+        self.volumes.insert(info.id.0, VolState { info, root, geo, rt: Arc::new(VolRuntime::default()) });
     }
 
     /// Every tree root with its geometry: volumes, snapshots, and garbage
@@ -736,6 +691,11 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// Holds off checkpoints (for `check`).
+    pub(crate) fn checkpoint_guard(&self) -> impl Drop + '_ {
+        self.checkpoint.lock()
     }
 
     fn fail(&self) {
@@ -902,13 +862,8 @@ impl Inner {
                     (s.info.clone(), s.root.clone())
                 })
                 .collect();
-            let cap = Captured {
-                roots,
-                volumes,
-                snapshots,
-                next_volume: st.next_volume,
-                next_snapshot: st.next_snapshot,
-            };
+            let cap =
+                Captured { roots, volumes, snapshots, next_volume: st.next_volume, next_snapshot: st.next_snapshot };
             let q = std::mem::take(&mut st.space.quarantine);
             let o = std::mem::take(&mut st.space.obsolete);
             (cap, log_start, retired, q, o)
@@ -933,9 +888,7 @@ impl Inner {
             }
             (p, st.space.offset_of(p))
         };
-        self.file
-            .write_at(&bytes, offset)
-            .map_err(|e| Error::io("writing the catalog", e))?;
+        self.file.write_at(&bytes, offset).map_err(|e| Error::io("writing the catalog", e))?;
         self.file.sync().map_err(|e| Error::io("syncing a checkpoint", e))?;
         let sb = Superblock {
             block_size: self.block_size,
@@ -948,9 +901,7 @@ impl Inner {
             log: log_start,
         };
         let slot = SUPERBLOCK_SLOTS[(sb.generation % 2) as usize];
-        self.file
-            .write_at(&sb.encode(), slot)
-            .map_err(|e| Error::io("writing the superblock", e))?;
+        self.file.write_at(&sb.encode(), slot).map_err(|e| Error::io("writing the superblock", e))?;
         self.file.sync().map_err(|e| Error::io("syncing the superblock", e))?;
         {
             let mut c = self.commit.lock();
@@ -1121,10 +1072,7 @@ fn new_inner(
         log_geo,
         commit: Mutex::new(CommitState::default()),
         commit_cv: Condvar::new(),
-        checkpoint: Mutex::new(CheckpointState {
-            generation,
-            catalog_pages,
-        }),
+        checkpoint: Mutex::new(CheckpointState { generation, catalog_pages }),
         failed: AtomicBool::new(false),
         maint: Arc::new(Maintenance::default()),
     })
@@ -1182,8 +1130,7 @@ fn recover(
         ));
     }
     let mut cat = vec![0u8; sb.catalog_len as usize];
-    file.read_at(&mut cat, st.space.offset_of(sb.catalog_page))
-        .map_err(|e| Error::io("reading the catalog", e))?;
+    file.read_at(&mut cat, st.space.offset_of(sb.catalog_page)).map_err(|e| Error::io("reading the catalog", e))?;
     let image = CatalogImage::decode(&cat, sb.catalog_crc, &format!("{DATA_FILE} page {}", sb.catalog_page))?;
     for p in sb.catalog_page..sb.catalog_page + cat_pages {
         st.space.set_reserved(p, true);
@@ -1231,9 +1178,7 @@ fn recover(
     records.truncate(keep);
     for (lsn, rec) in &records {
         validate_record(&st, rec, npages).map_err(|e| match e {
-            Error::Corruption { detail, .. } => {
-                Error::corruption("WAL", format!("record {lsn}"), detail)
-            }
+            Error::Corruption { detail, .. } => Error::corruption("WAL", format!("record {lsn}"), detail),
             e => e,
         })?;
         st.apply(rec)?;
@@ -1257,17 +1202,7 @@ fn recover(
             st.space.obsolete(p);
         }
     }
-    let inner = new_inner(
-        dir,
-        file,
-        lock,
-        opts,
-        bs,
-        sb.store_id,
-        st,
-        sb.generation,
-        (sb.catalog_page, cat_pages),
-    )?;
+    let inner = new_inner(dir, file, lock, opts, bs, sb.store_id, st, sb.generation, (sb.catalog_page, cat_pages))?;
     inner.checkpoint()?;
     Ok(inner)
 }

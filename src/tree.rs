@@ -60,15 +60,9 @@ pub(crate) type Root = Option<Arc<Node>>;
 
 impl Node {
     fn empty(level: u32, fanout: usize) -> Node {
-        let body = if level == 0 {
-            Body::Leaf(Vec::new())
-        } else {
-            Body::Interior(vec![None; fanout].into_boxed_slice())
-        };
-        Node {
-            addr: AtomicU64::new(0),
-            body,
-        }
+        let body =
+            if level == 0 { Body::Leaf(Vec::new()) } else { Body::Interior(vec![None; fanout].into_boxed_slice()) };
+        Node { addr: AtomicU64::new(0), body }
     }
 
     pub(crate) fn addr(&self) -> u64 {
@@ -108,10 +102,7 @@ impl Geometry {
     /// The smallest tree that addresses `nblocks` blocks.
     pub(crate) fn for_blocks(bits: u32, nblocks: u64) -> Geometry {
         let need = 64 - nblocks.saturating_sub(1).leading_zeros();
-        Geometry {
-            bits,
-            levels: need.div_ceil(bits).max(1),
-        }
+        Geometry { bits, levels: need.div_ceil(bits).max(1) }
     }
 
     fn fanout(self) -> usize {
@@ -142,10 +133,7 @@ pub(crate) fn lookup(root: &Root, geo: Geometry, lblock: u64) -> Option<Mapping>
                 let idx = geo.index(lblock, 0) as u32;
                 let i = entries.binary_search_by_key(&idx, |e| e.idx).ok()?;
                 let e = entries[i];
-                return Some(Mapping {
-                    page: e.page,
-                    crc: e.crc,
-                });
+                return Some(Mapping { page: e.page, crc: e.crc });
             }
         }
     }
@@ -166,10 +154,7 @@ fn make_mut<'a>(slot: &'a mut Arc<Node>, space: &mut Space) -> &'a mut Node {
             }
             Body::Interior(c) => Body::Interior(c.clone()),
         };
-        *slot = Arc::new(Node {
-            addr: AtomicU64::new(0),
-            body,
-        });
+        *slot = Arc::new(Node { addr: AtomicU64::new(0), body });
     }
     let node = Arc::get_mut(slot).expect("unique after copy");
     let old = *node.addr.get_mut();
@@ -192,11 +177,7 @@ fn insert_at(slot: &mut Root, geo: Geometry, level: u32, lblock: u64, m: Mapping
     match &mut node.body {
         Body::Interior(children) => insert_at(&mut children[idx], geo, level - 1, lblock, m, space),
         Body::Leaf(entries) => {
-            let e = LeafEntry {
-                idx: idx as u32,
-                crc: m.crc,
-                page: m.page,
-            };
+            let e = LeafEntry { idx: idx as u32, crc: m.crc, page: m.page };
             space.inc(m.page);
             match entries.binary_search_by_key(&e.idx, |e| e.idx) {
                 Ok(i) => {
@@ -291,10 +272,7 @@ pub(crate) fn release_some(garbage: &mut Vec<Arc<Node>>, space: &mut Space, mut 
 /// Visits every node reachable from `roots` once, however many trees share
 /// it, calling `f(node, level)`; shared subtrees are skipped after the first
 /// visit.
-pub(crate) fn visit_unique<'a>(
-    roots: impl IntoIterator<Item = (&'a Node, u32)>,
-    mut f: impl FnMut(&'a Node, u32),
-) {
+pub(crate) fn visit_unique<'a>(roots: impl IntoIterator<Item = (&'a Node, u32)>, mut f: impl FnMut(&'a Node, u32)) {
     let mut seen: HashSet<*const Node> = HashSet::new();
     let mut stack: Vec<(&'a Node, u32)> = roots.into_iter().collect();
     while let Some((node, level)) = stack.pop() {
@@ -403,7 +381,11 @@ pub(crate) fn decode_node(buf: &[u8], page: u64, level: u32, geo: Geometry, npag
     let mut last: Option<usize> = None;
     let mut check_idx = |i: usize, d: &Dec<'_>| -> Result<()> {
         if i >= fanout || last.is_some_and(|l| l >= i) {
-            return Err(Error::corruption("tree node", loc(), format!("entry index {i} out of order at byte {}", d.pos())));
+            return Err(Error::corruption(
+                "tree node",
+                loc(),
+                format!("entry index {i} out of order at byte {}", d.pos()),
+            ));
         }
         last = Some(i);
         Ok(())
@@ -421,11 +403,7 @@ pub(crate) fn decode_node(buf: &[u8], page: u64, level: u32, geo: Geometry, npag
             check_idx(idx, &d)?;
             let p = d.u48()?;
             check_page(p)?;
-            v.push(LeafEntry {
-                idx: idx as u32,
-                page: p,
-                crc: d.u32()?,
-            });
+            v.push(LeafEntry { idx: idx as u32, page: p, crc: d.u32()? });
         }
         Ok(DecodedNode::Leaf(v))
     } else {
@@ -453,10 +431,7 @@ pub(crate) fn build_node(decoded: DecodedNode, children: Vec<(usize, Arc<Node>)>
             Body::Interior(slots.into_boxed_slice())
         }
     };
-    Node {
-        addr: AtomicU64::new(page),
-        body,
-    }
+    Node { addr: AtomicU64::new(page), body }
 }
 
 #[cfg(test)]

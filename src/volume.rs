@@ -66,13 +66,7 @@ pub struct Volume {
 
 impl Volume {
     pub(crate) fn new(store: Store, target: Target, size: u64, rt: Arc<VolRuntime>, writable: bool) -> Volume {
-        Volume {
-            _store: store.keeper,
-            inner: store.inner,
-            target,
-            size,
-            lease: Arc::new(Lease { rt, writable }),
-        }
+        Volume { _store: store.keeper, inner: store.inner, target, size, lease: Arc::new(Lease { rt, writable }) }
     }
 
     /// Logical size in bytes.
@@ -96,12 +90,7 @@ impl Volume {
     fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
-            _ => Err(Error::OutOfRange {
-                what: self.target.to_string(),
-                offset,
-                len,
-                size: self.size,
-            }),
+            _ => Err(Error::OutOfRange { what: self.target.to_string(), offset, len, size: self.size }),
         }
     }
 
@@ -118,10 +107,7 @@ impl Volume {
                 (&v.root, v.geo)
             }
             Target::Snapshot(s) => {
-                let s = st
-                    .snapshots
-                    .get(&s.0)
-                    .ok_or_else(|| Error::not_found(format!("snapshot {s}")))?;
+                let s = st.snapshots.get(&s.0).ok_or_else(|| Error::not_found(format!("snapshot {s}")))?;
                 (&s.root, s.geo)
             }
         };
@@ -193,10 +179,7 @@ impl Volume {
 
     fn read_pages(&self, page: u64, into: &mut [u8]) -> Result<()> {
         let off = self.inner.state.lock().space.offset_of(page);
-        self.inner
-            .file
-            .read_at(into, off)
-            .map_err(|e| Error::io(format!("reading {} at page {page}", self.target), e))
+        self.inner.file.read_at(into, off).map_err(|e| Error::io(format!("reading {} at page {page}", self.target), e))
     }
 
     /// A block failed its CRC: look it up again in case it was remapped
@@ -237,14 +220,10 @@ impl Volume {
     /// [`Error::NotFound`] when the volume was deleted.
     pub fn write_at(&self, data: &[u8], offset: u64) -> Result<()> {
         let Target::Volume(vol) = self.target else {
-            return Err(Error::ReadOnly {
-                what: self.target.to_string(),
-            });
+            return Err(Error::ReadOnly { what: self.target.to_string() });
         };
         if !self.lease.writable {
-            return Err(Error::ReadOnly {
-                what: format!("{} (this handle was opened read-only)", self.target),
-            });
+            return Err(Error::ReadOnly { what: format!("{} (this handle was opened read-only)", self.target) });
         }
         self.check_range(offset, data.len() as u64)?;
         if data.is_empty() {
@@ -266,7 +245,7 @@ impl Volume {
             &merged
         };
         let crcs: Vec<u32> = payload.chunks(bs as usize).map(|b| Crc::of(b).0).collect();
-        let runs = self.inner.state.lock().space.alloc(n)?;
+        let runs = self.inner.state.lock().space.claim(n)?;
         if let Err(e) = self.write_runs(&runs, payload) {
             self.free_runs(&runs);
             return Err(e);
@@ -288,14 +267,16 @@ impl Volume {
                 done += k;
             }
         }
-        let logged = {
+        {
             let mut st = self.inner.state.lock();
-            st.vol(vol).map(|_| ())?;
-            self.inner.apply_and_log_many(&mut st, &recs)
-        };
-        if let Err(e) = logged {
-            self.free_runs(&runs);
-            return Err(e);
+            let logged = st.vol(vol).map(|_| ()).and_then(|_| self.inner.apply_and_log_many(&mut st, &recs));
+            match logged {
+                Ok(_) => st.space.settle(&runs),
+                Err(e) => {
+                    st.space.unclaim(&runs);
+                    return Err(e);
+                }
+            }
         }
         let limit = self.inner.state.lock().vol(vol).map(|v| v.info.write_buffer_bytes).unwrap_or(u64::MAX);
         let pending = self.lease.rt.unflushed.fetch_add(data.len() as u64, Ordering::AcqRel) + data.len() as u64;
@@ -306,10 +287,7 @@ impl Volume {
     }
 
     fn free_runs(&self, runs: &[Run]) {
-        let mut st = self.inner.state.lock();
-        for r in runs {
-            st.space.free_run(*r);
-        }
+        self.inner.state.lock().space.unclaim(runs);
     }
 
     fn write_runs(&self, runs: &[Run], payload: &[u8]) -> Result<()> {
@@ -376,9 +354,8 @@ impl Volume {
 
     fn lock_stripes(&self, first: u64, n: u64) -> Vec<parking_lot::MutexGuard<'_, ()>> {
         let stripes = &self.lease.rt.stripes;
-        let mut idx: Vec<usize> = (first..first + n.min(stripes.len() as u64))
-            .map(|lb| (lb % stripes.len() as u64) as usize)
-            .collect();
+        let mut idx: Vec<usize> =
+            (first..first + n.min(stripes.len() as u64)).map(|lb| (lb % stripes.len() as u64) as usize).collect();
         idx.sort_unstable();
         idx.dedup();
         idx.into_iter().map(|i| stripes[i].lock()).collect()
@@ -402,14 +379,10 @@ impl Volume {
     /// As [`Volume::write_at`].
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         let Target::Volume(vol) = self.target else {
-            return Err(Error::ReadOnly {
-                what: self.target.to_string(),
-            });
+            return Err(Error::ReadOnly { what: self.target.to_string() });
         };
         if !self.lease.writable {
-            return Err(Error::ReadOnly {
-                what: format!("{} (this handle was opened read-only)", self.target),
-            });
+            return Err(Error::ReadOnly { what: format!("{} (this handle was opened read-only)", self.target) });
         }
         self.check_range(offset, len)?;
         if len == 0 {
@@ -439,11 +412,7 @@ impl Volume {
             st.vol(vol)?;
             self.inner.apply_and_log(
                 &mut st,
-                Record::Unmap {
-                    vol: vol.0,
-                    lblock: whole_first,
-                    count: whole_end - whole_first,
-                },
+                Record::Unmap { vol: vol.0, lblock: whole_first, count: whole_end - whole_first },
             )?;
         }
         self.inner.reclaim();
@@ -452,10 +421,7 @@ impl Volume {
 
     /// A `std::io::{Read, Write, Seek}` view of this handle starting at byte 0.
     pub fn cursor(&self) -> VolumeCursor {
-        VolumeCursor {
-            vol: self.clone(),
-            pos: 0,
-        }
+        VolumeCursor { vol: self.clone(), pos: 0 }
     }
 }
 
@@ -487,6 +453,9 @@ impl From<Error> for io::Error {
 impl io::Read for VolumeCursor {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = (self.vol.size().saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
         self.vol.read_at(&mut buf[..n], self.pos)?;
         self.pos += n as u64;
         Ok(n)
@@ -500,6 +469,9 @@ impl io::Write for VolumeCursor {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "write past the end of the volume"));
         }
         let n = room.min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
         self.vol.write_at(&buf[..n], self.pos)?;
         self.pos += n as u64;
         Ok(n)

@@ -27,16 +27,32 @@ pub(crate) const MAX_MAP_BLOCKS: usize = 4096;
 pub(crate) enum Record {
     /// Logical blocks `lblock..` of `vol` now live in pages `page..`, one
     /// CRC per block.
-    Map { vol: u64, lblock: u64, page: u64, crcs: Vec<u32> },
+    Map {
+        vol: u64,
+        lblock: u64,
+        page: u64,
+        crcs: Vec<u32>,
+    },
     /// Logical blocks `lblock..lblock+count` of `vol` are unmapped.
-    Unmap { vol: u64, lblock: u64, count: u64 },
+    Unmap {
+        vol: u64,
+        lblock: u64,
+        count: u64,
+    },
     CreateVolume(VolumeInfo),
     /// A fork: a new volume whose tree is its origin's (volume or snapshot).
     Fork(VolumeInfo),
-    DeleteVolume { vol: u64 },
+    DeleteVolume {
+        vol: u64,
+    },
     CreateSnapshot(SnapshotInfo),
-    DeleteSnapshot { snap: u64 },
-    Restore { vol: u64, snap: u64 },
+    DeleteSnapshot {
+        snap: u64,
+    },
+    Restore {
+        vol: u64,
+        snap: u64,
+    },
 }
 
 const TAG_MAP: u8 = 1;
@@ -108,20 +124,13 @@ impl Record {
                 let crcs = (0..n).map(|_| d.u32()).collect::<Result<_>>()?;
                 Record::Map { vol, lblock, page, crcs }
             }
-            TAG_UNMAP => Record::Unmap {
-                vol: d.u64()?,
-                lblock: d.u64()?,
-                count: d.u64()?,
-            },
+            TAG_UNMAP => Record::Unmap { vol: d.u64()?, lblock: d.u64()?, count: d.u64()? },
             TAG_CREATE_VOLUME => Record::CreateVolume(VolumeInfo::decode(d)?),
             TAG_FORK => Record::Fork(VolumeInfo::decode(d)?),
             TAG_DELETE_VOLUME => Record::DeleteVolume { vol: d.u64()? },
             TAG_CREATE_SNAPSHOT => Record::CreateSnapshot(SnapshotInfo::decode(d)?),
             TAG_DELETE_SNAPSHOT => Record::DeleteSnapshot { snap: d.u64()? },
-            TAG_RESTORE => Record::Restore {
-                vol: d.u64()?,
-                snap: d.u64()?,
-            },
+            TAG_RESTORE => Record::Restore { vol: d.u64()?, snap: d.u64()? },
             t => return Err(d.bad(format!("unknown record tag {t}"))),
         })
     }
@@ -149,11 +158,7 @@ impl LogGeometry {
     pub(crate) fn new(data_start: u64, block_size: u32) -> LogGeometry {
         let block_size = block_size as u64;
         let segment_pages = ((1u64 << 20) / block_size).max(2);
-        LogGeometry {
-            data_start,
-            block_size,
-            segment_pages,
-        }
+        LogGeometry { data_start, block_size, segment_pages }
     }
     pub(crate) fn segment_bytes(&self) -> u64 {
         self.segment_pages * self.block_size
@@ -206,11 +211,7 @@ impl Wal {
         next: u64,
         lsn: u64,
     ) -> Result<Wal> {
-        let hdr = SegmentHeader {
-            log_id,
-            seq: 1,
-            next_page: next,
-        };
+        let hdr = SegmentHeader { log_id, seq: 1, next_page: next };
         file.write_at(&hdr.encode(), geo.segment_offset(first))
             .map_err(|e| Error::io("writing a WAL segment header", e))?;
         Ok(Wal {
@@ -303,14 +304,11 @@ impl Wal {
     }
 
     fn next_segment(&mut self) -> Result<()> {
-        let next = self.spares.pop().ok_or_else(|| Error::NoSpace {
-            during: "extending the WAL (no spare segment)".into(),
-        })?;
-        let hdr = SegmentHeader {
-            log_id: self.log_id,
-            seq: self.seg_seq + 1,
-            next_page: next,
-        };
+        let next = self
+            .spares
+            .pop()
+            .ok_or_else(|| Error::NoSpace { during: "extending the WAL (no spare segment)".into() })?;
+        let hdr = SegmentHeader { log_id: self.log_id, seq: self.seg_seq + 1, next_page: next };
         let page = self.seg_next;
         if let Err(e) = self.file.write_at(&hdr.encode(), self.geo.segment_offset(page)) {
             self.failed = true;
@@ -370,10 +368,7 @@ pub(crate) struct LogContents {
 /// Reads the log from `start` to its end: the first batch that is missing,
 /// torn, from another log, or out of sequence.
 pub(crate) fn read_log(file: &dyn StorageFile, geo: LogGeometry, start: LogStart, npages: u64) -> Result<LogContents> {
-    let mut out = LogContents {
-        durable_lsn: start.lsn,
-        ..Default::default()
-    };
+    let mut out = LogContents { durable_lsn: start.lsn, ..Default::default() };
     let seg_bytes = geo.segment_bytes() as usize;
     let mut buf = vec![0u8; seg_bytes];
     let mut page = start.segment_page;
@@ -459,12 +454,7 @@ mod tests {
     }
 
     fn map(i: u64) -> Record {
-        Record::Map {
-            vol: 1,
-            lblock: i,
-            page: 1000 + i,
-            crcs: vec![i as u32; 3],
-        }
+        Record::Map { vol: 1, lblock: i, page: 1000 + i, crcs: vec![i as u32; 3] }
     }
 
     #[test]
@@ -473,13 +463,7 @@ mod tests {
         let sp = geo.segment_pages;
         let mut w = Wal::start(f.clone(), geo, 77, 1, 1 + sp, 5).unwrap();
         w.spares = (2..40).map(|i| i * sp).collect();
-        let start = LogStart {
-            log_id: 77,
-            segment_page: 1,
-            segment_seq: 1,
-            offset: SECTOR,
-            lsn: 5,
-        };
+        let start = LogStart { log_id: 77, segment_page: 1, segment_seq: 1, offset: SECTOR, lsn: 5 };
         let mut expect = Vec::new();
         for i in 0..60_000u64 {
             let r = map(i);
@@ -508,13 +492,7 @@ mod tests {
         w.write_out().unwrap();
         // Damage the second batch: the third must not be replayed either.
         f.write_at(&[0xff], 8192 + 4096 + SECTOR + 4096 + 50).unwrap();
-        let start = LogStart {
-            log_id: 9,
-            segment_page: 1,
-            segment_seq: 1,
-            offset: SECTOR,
-            lsn: 1,
-        };
+        let start = LogStart { log_id: 9, segment_page: 1, segment_seq: 1, offset: SECTOR, lsn: 1 };
         let got = read_log(&*f, geo, start, 10 * sp).unwrap();
         assert_eq!(got.records, vec![(1, map(1))]);
     }
@@ -528,13 +506,7 @@ mod tests {
         w.write_out().unwrap();
         let mut w2 = Wal::start(f.clone(), geo, 2, 1, 1 + sp, 1).unwrap();
         w2.append(&map(9)).unwrap();
-        let start = LogStart {
-            log_id: 2,
-            segment_page: 1,
-            segment_seq: 1,
-            offset: SECTOR,
-            lsn: 1,
-        };
+        let start = LogStart { log_id: 2, segment_page: 1, segment_seq: 1, offset: SECTOR, lsn: 1 };
         // The old log's batch sits where log 2 expects its first batch.
         let got = read_log(&*f, geo, start, 10 * sp).unwrap();
         assert!(got.records.is_empty());

@@ -17,11 +17,7 @@ const BS: usize = 4096;
 const BLOCKS: u64 = 48;
 
 fn opts() -> StoreOptions {
-    StoreOptions {
-        checkpoint_wal_bytes: 24 << 10,
-        background_checkpoints: false,
-        ..Default::default()
-    }
+    StoreOptions { checkpoint_wal_bytes: 24 << 10, background_checkpoints: false, ..Default::default() }
 }
 
 /// The contents of a block written by write `w`.
@@ -87,12 +83,7 @@ impl Rng {
 
 /// Runs the workload until the disk fails; returns what recovery must show.
 fn workload(disk: &SimDir) -> Expect {
-    let mut t = Tracker {
-        current: BTreeMap::new(),
-        snaps: BTreeMap::new(),
-        expect: Expect::default(),
-        next_write: 1,
-    };
+    let mut t = Tracker { current: BTreeMap::new(), snaps: BTreeMap::new(), expect: Expect::default(), next_write: 1 };
     let _ = run_steps(disk, &mut t);
     t.expect
 }
@@ -135,7 +126,10 @@ fn run_steps(disk: &SimDir, t: &mut Tracker) -> Result<()> {
                 };
                 let content = if snap_id.is_some() { content } else { t.current[&vname].clone() };
                 t.expect.may.insert(fname.clone(), Tracker::allowed_now(&content));
-                let f = store.fork_volume(vid, ForkOptions { name: fname.clone(), from_snapshot: snap_id, access_mode: AccessMode::ReadWriteMany })?;
+                let f = store.fork_volume(
+                    vid,
+                    ForkOptions { name: fname.clone(), from_snapshot: snap_id, access_mode: AccessMode::ReadWriteMany },
+                )?;
                 t.expect.may.remove(&fname);
                 t.current.insert(fname.clone(), content);
                 ack_flush(t);
@@ -234,13 +228,20 @@ fn verify(disk: SimDir, exp: &Expect, what: &str) {
         for lb in 0..BLOCKS {
             v.read_at(&mut buf, lb * BS as u64).unwrap_or_else(|e| panic!("{what}: {name} block {lb}: {e}"));
             let w = decode(&buf, lb).unwrap_or_else(|| panic!("{what}: {name} block {lb} holds garbage"));
-            assert!(allowed[lb as usize].contains(&w), "{what}: {name} block {lb} shows write {w}, allowed {:?}", allowed[lb as usize]);
+            assert!(
+                allowed[lb as usize].contains(&w),
+                "{what}: {name} block {lb} shows write {w}, allowed {:?}",
+                allowed[lb as usize]
+            );
         }
     }
     let snaps = store.all_snapshots();
     for (sname, content) in exp.must_snaps.iter().chain(exp.may_snaps.iter()) {
         let Some(s) = snaps.iter().find(|s| &s.name == sname) else {
-            assert!(!exp.must_snaps.contains_key(sname) || exp.may_be_gone.contains(sname), "{what}: snapshot {sname} lost");
+            assert!(
+                !exp.must_snaps.contains_key(sname) || exp.may_be_gone.contains(sname),
+                "{what}: snapshot {sname} lost"
+            );
             continue;
         };
         let h = store.open_snapshot(s.volume_id, s.id).unwrap();

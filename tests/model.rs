@@ -59,11 +59,7 @@ fn pick<K: Copy, V>(m: &BTreeMap<K, V>, i: u8) -> Option<K> {
 }
 
 fn opts() -> StoreOptions {
-    StoreOptions {
-        checkpoint_wal_bytes: 64 << 10,
-        background_checkpoints: false,
-        ..Default::default()
-    }
+    StoreOptions { checkpoint_wal_bytes: 64 << 10, background_checkpoints: false, ..Default::default() }
 }
 
 fn verify(store: &Store, model: &Model) {
@@ -137,11 +133,7 @@ fn run(ops: Vec<Op>) {
                 let Some(id) = pick(&model.volumes, vol) else { continue };
                 let of_vol: BTreeMap<_, _> = model.snapshots.iter().filter(|(_, (v, _))| *v == id).collect();
                 let from = snap.and_then(|s| pick(&of_vol, s)).copied();
-                let opts = ForkOptions {
-                    name: format!("f{names}"),
-                    from_snapshot: from,
-                    ..Default::default()
-                };
+                let opts = ForkOptions { name: format!("f{names}"), from_snapshot: from, ..Default::default() };
                 let info = store.fork_volume(id, opts).unwrap();
                 let data = match from {
                     Some(s) => model.snapshots[&s].1.clone(),

@@ -18,9 +18,7 @@ impl FileDir {
     /// Uses `path` as the store directory, creating it (and its parents) when missing.
     pub fn create(path: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(path)?;
-        Ok(FileDir {
-            path: path.to_path_buf(),
-        })
+        Ok(FileDir { path: path.to_path_buf() })
     }
 }
 
@@ -31,12 +29,8 @@ struct HostFile {
 
 impl StorageDir for FileDir {
     fn open_file(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(self.path.join(name))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create(create).truncate(false).open(self.path.join(name))?;
         Ok(Arc::new(HostFile { file }))
     }
 
@@ -56,12 +50,8 @@ impl StorageDir for FileDir {
     }
 
     fn lock(&self) -> io::Result<DirLock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.path.join("LOCK"))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path.join("LOCK"))?;
         match file.try_lock() {
             Ok(()) => Ok(Box::new(file)),
             Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),

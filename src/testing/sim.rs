@@ -142,10 +142,7 @@ struct SimFileState {
 
 impl SimFileState {
     fn new(name: String) -> Self {
-        SimFileState {
-            name,
-            ..SimFileState::default()
-        }
+        SimFileState { name, ..SimFileState::default() }
     }
 
     /// Space the file takes: its length, or further if space was reserved
@@ -219,9 +216,7 @@ impl Disk {
     }
 
     fn usage(&self) -> u64 {
-        self.files
-            .iter()
-            .fold(0u64, |sum, f| sum.saturating_add(f.usage()))
+        self.files.iter().fold(0u64, |sum, f| sum.saturating_add(f.usage()))
     }
 
     /// Refuses a change that would raise file `idx`'s usage to `new_usage`
@@ -384,10 +379,7 @@ impl SimDir {
 
     fn from_disk(disk: Disk) -> SimDir {
         let id = disk.id;
-        SimDir {
-            disk: Arc::new(Mutex::new(disk)),
-            id,
-        }
+        SimDir { disk: Arc::new(Mutex::new(disk)), id }
     }
 
     /// Cuts the power and returns the disk as it is found afterwards.
@@ -412,11 +404,7 @@ impl SimDir {
         // Prefix mode cuts the disk-wide issue order, so find the sequence
         // number of the first lost operation before looking at any file.
         let prefix_cut = if loss == LossMode::Prefix {
-            let mut seqs: Vec<u64> = old
-                .files
-                .iter()
-                .flat_map(|f| f.pending.iter().map(|p| p.seq))
-                .collect();
+            let mut seqs: Vec<u64> = old.files.iter().flat_map(|f| f.pending.iter().map(|p| p.seq)).collect();
             seqs.sort_unstable();
             let cut = rng.up_to(seqs.len() as u64) as usize;
             seqs.get(cut).copied().unwrap_or(u64::MAX)
@@ -430,10 +418,7 @@ impl SimDir {
             let (image, alloc) = match loss {
                 LossMode::DropAll => (file.durable.clone(), file.durable_alloc),
                 LossMode::KeepAll => (file.visible.clone(), file.alloc),
-                LossMode::Random {
-                    keep_prob,
-                    tear_prob,
-                } => {
+                LossMode::Random { keep_prob, tear_prob } => {
                     let mut img = file.durable.clone();
                     let mut alloc = file.durable_alloc;
                     for p in &file.pending {
@@ -603,12 +588,7 @@ impl StorageDir for SimDir {
             }
             None => return Err(io::ErrorKind::NotFound.into()),
         };
-        Ok(Arc::new(SimFile {
-            disk: Arc::clone(&self.disk),
-            index,
-            name: name.to_string(),
-            disk_id: self.id,
-        }))
+        Ok(Arc::new(SimFile { disk: Arc::clone(&self.disk), index, name: name.to_string(), disk_id: self.id }))
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -655,10 +635,7 @@ impl StorageDir for SimDir {
         let token = disk.next_token;
         disk.next_token += 1;
         disk.lock_token = Some(token);
-        Ok(Box::new(SimLock {
-            disk: Arc::clone(&self.disk),
-            token,
-        }))
+        Ok(Box::new(SimLock { disk: Arc::clone(&self.disk), token }))
     }
 
     fn describe(&self) -> String {
@@ -693,10 +670,7 @@ struct SimFile {
 
 impl fmt::Debug for SimFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimFile")
-            .field("disk", &self.disk_id)
-            .field("name", &self.name)
-            .finish()
+        f.debug_struct("SimFile").field("disk", &self.disk_id).field("name", &self.name).finish()
     }
 }
 
@@ -706,11 +680,7 @@ impl StorageFile for SimFile {
         disk.alive()?;
         let img = &disk.files[self.index].visible;
         let size = img.len() as u64;
-        let n = if offset >= size {
-            0
-        } else {
-            (size - offset).min(buf.len() as u64) as usize
-        };
+        let n = if offset >= size { 0 } else { (size - offset).min(buf.len() as u64) as usize };
         if n > 0 {
             let start = offset as usize;
             buf[..n].copy_from_slice(&img[start..start + n]);
@@ -728,13 +698,7 @@ impl StorageFile for SimFile {
             let file = &disk.files[self.index];
             let new_usage = file.usage().max(end);
             disk.check_space(self.index, new_usage)?;
-            disk.push(
-                self.index,
-                Op::Write {
-                    offset,
-                    data: buf.to_vec(),
-                },
-            )?;
+            disk.push(self.index, Op::Write { offset, data: buf.to_vec() })?;
         }
         disk.stats.writes += 1;
         disk.stats.bytes_written += buf.len() as u64;
@@ -884,10 +848,7 @@ mod tests {
         let after = dir.crash(LossMode::KeepAll, 0);
         assert_eq!(raw(&f.write_at(b"y", 0).unwrap_err()), Some(libc::EIO));
         assert_eq!(raw(&f.read_at(&mut [0], 0).unwrap_err()), Some(libc::EIO));
-        assert_eq!(
-            raw(&dir.open_file("a", false).unwrap_err()),
-            Some(libc::EIO)
-        );
+        assert_eq!(raw(&dir.open_file("a", false).unwrap_err()), Some(libc::EIO));
         // The power cut released the lock: the recovered disk can be opened.
         let lock2 = after.lock().unwrap();
         drop(lock2);
@@ -905,10 +866,7 @@ mod tests {
         assert_eq!(raw(&f.sync().unwrap_err()), Some(libc::EIO));
         assert_eq!(dir.read_durable("a").unwrap(), b"");
         assert_eq!(read(&f, 0, 4), b"data");
-        assert_eq!(
-            dir.crash(LossMode::DropAll, 0).read_durable("a").unwrap(),
-            b""
-        );
+        assert_eq!(dir.crash(LossMode::DropAll, 0).read_durable("a").unwrap(), b"");
 
         let dir = SimDir::new();
         let f = dir.open_file("a", true).unwrap();
@@ -998,10 +956,7 @@ mod tests {
         let after = dir.crash(LossMode::KeepAll, 0);
         assert_eq!(after.used_bytes(), 600);
         let c = after.open_file("c", true).unwrap();
-        assert_eq!(
-            raw(&c.write_at(&[0; 401], 0).unwrap_err()),
-            Some(libc::ENOSPC)
-        );
+        assert_eq!(raw(&c.write_at(&[0; 401], 0).unwrap_err()), Some(libc::ENOSPC));
     }
 
     #[test]
@@ -1014,13 +969,7 @@ mod tests {
             f.sync().unwrap();
             // Unaligned on purpose: tearing follows absolute sector boundaries.
             f.write_at(&[0xAA; 1200], 100).unwrap();
-            let after = dir.crash(
-                LossMode::Random {
-                    keep_prob: 1.0,
-                    tear_prob: 1.0,
-                },
-                seed,
-            );
+            let after = dir.crash(LossMode::Random { keep_prob: 1.0, tear_prob: 1.0 }, seed);
             let img = after.read_durable("a").unwrap();
             assert_eq!(img.len(), 2048);
             assert!(img[..100].iter().all(|&b| b == 0));
@@ -1049,10 +998,7 @@ mod tests {
             for i in 0..16u8 {
                 f.write_at(&[i + 1], u64::from(i)).unwrap();
             }
-            let mode = LossMode::Random {
-                keep_prob: 0.5,
-                tear_prob: 0.0,
-            };
+            let mode = LossMode::Random { keep_prob: 0.5, tear_prob: 0.0 };
             dir.crash(mode, seed).read_durable("a").unwrap()
         };
         assert_eq!(run(3), run(3));
@@ -1082,10 +1028,7 @@ mod tests {
             let ib = after.read_durable("b").unwrap();
             let survived: Vec<bool> = (0..4).flat_map(|i| [ia[i] == 1, ib[i] == 1]).collect();
             let n = survived.iter().take_while(|&&s| s).count();
-            assert!(
-                survived[n..].iter().all(|&s| !s),
-                "not a prefix: {survived:?}"
-            );
+            assert!(survived[n..].iter().all(|&s| !s), "not a prefix: {survived:?}");
             lengths.insert(n);
         }
         assert!(lengths.len() >= 5, "{lengths:?}");
@@ -1154,9 +1097,7 @@ mod tests {
         let img = dir.crash(LossMode::DropAll, 0).read_durable("a").unwrap();
         assert_eq!(img.len(), 3200);
         for t in 0..4usize {
-            assert!(img[t * 800..(t + 1) * 800]
-                .iter()
-                .all(|&b| b == t as u8 + 1));
+            assert!(img[t * 800..(t + 1) * 800].iter().all(|&b| b == t as u8 + 1));
         }
     }
 }
