@@ -428,7 +428,12 @@ pub(crate) fn read_log(file: &dyn StorageFile, geo: LogGeometry, start: LogStart
     Ok(out)
 }
 
-fn parse_batch(seg: &[u8], offset: usize, log_id: u64, lsn: u64) -> Option<(BatchHeader, Vec<Record>, usize)> {
+pub(crate) fn parse_batch(
+    seg: &[u8],
+    offset: usize,
+    log_id: u64,
+    lsn: u64,
+) -> Option<(BatchHeader, Vec<Record>, usize)> {
     let (bh, crc) = BatchHeader::decode(seg.get(offset..)?)?;
     if bh.log_id != log_id || bh.first_lsn != lsn || bh.count == 0 {
         return None;
