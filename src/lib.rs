@@ -53,6 +53,7 @@
 
 pub mod backend;
 mod catalog;
+pub mod bench;
 mod check;
 mod error;
 mod format;

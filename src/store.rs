@@ -693,6 +693,11 @@ impl Inner {
         Ok(())
     }
 
+    /// Makes the store drop like a crashed process (see `testing::abandon`).
+    pub(crate) fn abandon(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
     /// Holds off checkpoints (for `check`).
     pub(crate) fn checkpoint_guard(&self) -> impl Drop + '_ {
         self.checkpoint.lock()
@@ -1036,6 +1041,10 @@ fn read_superblock(file: &dyn StorageFile) -> Result<Superblock> {
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one constructor shared by create and recover; each argument is a distinct piece of opened state"
+)]
 fn new_inner(
     dir: Arc<dyn StorageDir>,
     file: Arc<dyn StorageFile>,

@@ -236,7 +236,7 @@ impl Volume {
         let last = (offset + data.len() as u64 - 1) / bs;
         let n = last - first + 1;
         let _stripes = self.lock_stripes(first, n);
-        let aligned = offset % bs == 0 && data.len() as u64 % bs == 0;
+        let aligned = offset.is_multiple_of(bs) && (data.len() as u64).is_multiple_of(bs);
         let merged;
         let payload: &[u8] = if aligned {
             data
@@ -317,7 +317,7 @@ impl Volume {
         let end = head + data.len();
         // When the write starts and ends inside one block, the head read
         // already fetched it.
-        if end % bs as usize != 0 && (last != first || head == 0) {
+        if !end.is_multiple_of(bs as usize) && (last != first || head == 0) {
             let start = ((last - first) * bs) as usize;
             self.read_existing(last, &mut out[start..start + bs as usize])?;
         }
@@ -337,7 +337,7 @@ impl Volume {
     fn read_unlocked(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let bs = self.bs();
         let lb = offset / bs;
-        debug_assert!(offset % bs == 0 && buf.len() as u64 <= bs);
+        debug_assert!(offset.is_multiple_of(bs) && buf.len() as u64 <= bs);
         match self.plan(lb, 1)?[0] {
             None => buf.fill(0),
             Some(m) => {

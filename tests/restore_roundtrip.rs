@@ -54,7 +54,7 @@ fn assert_same(what: &str, got: &[u8], want: &[u8]) {
 /// `n` random writes (unaligned, sometimes crossing blocks) to volume and model.
 fn scribble(rng: &mut Rng, vol: &Volume, model: &mut [u8], n: usize) {
     for _ in 0..n {
-        let len = if rng.next() % 2 == 0 { rng.range(1, 300) } else { rng.range(BS, 4 * BS) };
+        let len = if rng.next().is_multiple_of(2) { rng.range(1, 300) } else { rng.range(BS, 4 * BS) };
         let off = rng.range(0, model.len() as u64 - len + 1);
         let data = rng.bytes(len as usize);
         vol.write_at(&data, off).unwrap();

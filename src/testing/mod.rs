@@ -54,3 +54,12 @@ pub fn decode_tree_node(bytes: &[u8], page: u64, level: u32) -> Result<usize> {
 pub fn crc32(bytes: &[u8]) -> u32 {
     crate::format::Crc::of(bytes).0
 }
+
+/// Drops a store the way a crashed process leaves it: no final checkpoint,
+/// and the open WAL batch (records not yet written) is lost. What was
+/// written to the files stays, as it does in the page cache after `kill -9`.
+/// Volume handles still open on the store fail from now on.
+pub fn abandon(store: crate::Store) {
+    store.inner.abandon();
+    drop(store);
+}

@@ -1,0 +1,624 @@
+//! Workloads that measure cowvol against the physical limit of the same
+//! disk, in the same run: raw `pwrite`, `pread` and `fdatasync` on a plain
+//! file in the same directory with the same access pattern. Used by
+//! `cowvol bench` and the criterion benches; see `docs/performance.md`.
+//!
+//! Every figure is the median of several repetitions, because shared
+//! machines are noisy.
+
+use crate::{Error, ForkOptions, RestoreOptions, Result, SnapshotOptions, Store, StoreOptions, VolumeOptions};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BS: u64 = 4096;
+const MIB: u64 = 1 << 20;
+
+/// How much work a benchmark run does.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Directory for the stores and raw files (removed afterwards).
+    pub dir: PathBuf,
+    /// Smaller sizes and fewer repetitions: a few minutes on 2 cores.
+    pub quick: bool,
+    /// Mapped-block counts for the snapshot latency table.
+    pub snapshot_sizes: Vec<u64>,
+}
+
+impl BenchOptions {
+    /// Defaults for `dir`: sizes up to one million mapped blocks.
+    pub fn new(dir: impl Into<PathBuf>, quick: bool) -> Self {
+        BenchOptions { dir: dir.into(), quick, snapshot_sizes: vec![1_000, 100_000, 1_000_000] }
+    }
+    fn reps(&self) -> usize {
+        if self.quick {
+            3
+        } else {
+            5
+        }
+    }
+    fn volume_bytes(&self) -> u64 {
+        if self.quick {
+            256 * MIB
+        } else {
+            1024 * MIB
+        }
+    }
+    fn random_ops(&self) -> u64 {
+        if self.quick {
+            20_000
+        } else {
+            100_000
+        }
+    }
+    fn durable_ops(&self) -> u64 {
+        if self.quick {
+            1_000
+        } else {
+            4_000
+        }
+    }
+}
+
+/// One workload: cowvol and the raw file side by side.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// Stable name, e.g. `rand4k_write`.
+    pub name: String,
+    /// Unit of both figures (`ops/s`, `MiB/s`, `us`, ...).
+    pub unit: String,
+    /// cowvol's median.
+    pub cowvol: f64,
+    /// The raw file's median, when the workload has a raw equivalent.
+    pub raw: Option<f64>,
+    /// cowvol / raw for rates; raw / cowvol for latencies (so higher is
+    /// better and 1.0 means "as fast as the raw disk").
+    pub ratio: Option<f64>,
+}
+
+/// Administrative latencies at one volume size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotLatency {
+    /// Blocks mapped by the volume.
+    pub mapped_blocks: u64,
+    /// Median snapshot create, microseconds (includes its one sync).
+    pub create_us: f64,
+    /// Median fork.
+    pub fork_us: f64,
+    /// Median restore.
+    pub restore_us: f64,
+    /// Median delete of a snapshot that shares everything.
+    pub delete_us: f64,
+    /// Median raw 4 KiB `pwrite` + `fdatasync` in the same directory.
+    pub raw_fdatasync_us: f64,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BenchReport {
+    /// Throughput and latency workloads.
+    pub workloads: Vec<Workload>,
+    /// Snapshot, fork, restore and delete latency by size.
+    pub snapshot_latency: Vec<SnapshotLatency>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn block(&mut self, nblocks: u64) -> u64 {
+        self.next() % nblocks
+    }
+}
+
+fn io_err(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(what.to_string(), e)
+}
+
+/// A plain file: the physical limit.
+struct Raw {
+    file: File,
+    path: PathBuf,
+}
+
+impl Raw {
+    fn create(dir: &Path, name: &str) -> Result<Raw> {
+        let path = dir.join(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err("creating the raw file"))?;
+        Ok(Raw { file, path })
+    }
+    fn write(&self, buf: &[u8], off: u64) -> Result<()> {
+        self.file.write_all_at(buf, off).map_err(io_err("raw pwrite"))
+    }
+    fn read(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.file.read_exact_at(buf, off).map_err(io_err("raw pread"))
+    }
+    fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(io_err("raw fdatasync"))
+    }
+    fn fill(&self, bytes: u64) -> Result<()> {
+        let buf = pattern(MIB as usize, 1);
+        for off in (0..bytes).step_by(MIB as usize) {
+            self.write(&buf, off)?;
+        }
+        self.sync()
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    (0..len).map(|_| r.next() as u8).collect()
+}
+
+fn store_opts() -> StoreOptions {
+    StoreOptions::default()
+}
+
+/// A fresh store in a fresh subdirectory, removed on drop.
+struct Scratch {
+    store: Option<Store>,
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(root: &Path, name: &str, opts: StoreOptions) -> Result<Scratch> {
+        let dir = root.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, opts)?;
+        Ok(Scratch { store: Some(store), dir })
+    }
+    fn store(&self) -> &Store {
+        self.store.as_ref().expect("open")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        drop(self.store.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rate(ops: u64, d: Duration) -> f64 {
+    ops as f64 / d.as_secs_f64()
+}
+
+fn push(report: &mut BenchReport, name: &str, unit: &str, cowvol: f64, raw: Option<f64>, higher_is_better: bool) {
+    let ratio =
+        raw.filter(|r| *r > 0.0 && cowvol > 0.0).map(|r| if higher_is_better { cowvol / r } else { r / cowvol });
+    report.workloads.push(Workload { name: name.into(), unit: unit.into(), cowvol, raw, ratio });
+}
+
+/// Runs every workload, calling `progress` with the name of each as it starts.
+///
+/// # Errors
+/// I/O errors of the scratch directory, or of the store.
+pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
+    std::fs::create_dir_all(&opts.dir).map_err(io_err("creating the bench directory"))?;
+    let mut report = BenchReport::default();
+    random_io(opts, &mut report, progress)?;
+    sequential(opts, &mut report, progress)?;
+    durable(opts, &mut report, progress)?;
+    admin_latency(opts, &mut report, progress)?;
+    Ok(report)
+}
+
+/// 4 KiB random writes (fresh, after a snapshot, with 100 snapshots) and reads.
+fn random_io(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let size = opts.volume_bytes();
+    let nblocks = size / BS;
+    let n = opts.random_ops();
+    let buf = pattern(BS as usize, 7);
+    let (mut fresh, mut after, mut hundred, mut reads) = (vec![], vec![], vec![], vec![]);
+    let (mut raw_w, mut raw_over, mut raw_r) = (vec![], vec![], vec![]);
+    for rep in 0..opts.reps() {
+        progress("rand4k");
+        // Raw: fresh sparse file, then overwrite in place, then read.
+        let raw = Raw::create(&opts.dir, "raw.img")?;
+        raw.file.set_len(size).map_err(io_err("sizing the raw file"))?;
+        let mut rng = Rng(rep as u64 + 11);
+        let t = Instant::now();
+        for _ in 0..n {
+            raw.write(&buf, rng.block(nblocks) * BS)?;
+        }
+        raw_w.push(rate(n, t.elapsed()));
+        raw.fill(size)?;
+        let t = Instant::now();
+        for _ in 0..n {
+            raw.write(&buf, rng.block(nblocks) * BS)?;
+        }
+        raw_over.push(rate(n, t.elapsed()));
+        let mut rbuf = vec![0u8; BS as usize];
+        let t = Instant::now();
+        for _ in 0..n {
+            raw.read(&mut rbuf, rng.block(nblocks) * BS)?;
+        }
+        raw_r.push(rate(n, t.elapsed()));
+        drop(raw);
+
+        let s = Scratch::new(&opts.dir, "store", store_opts())?;
+        let store = s.store();
+        let id = store.create_volume(VolumeOptions::new("v", size))?.id;
+        let vol = store.open_volume(id)?;
+        let mut rng = Rng(rep as u64 + 11);
+        let t = Instant::now();
+        for _ in 0..n {
+            vol.write_at(&buf, rng.block(nblocks) * BS)?;
+        }
+        fresh.push(rate(n, t.elapsed()));
+        let fill = pattern(MIB as usize, 1);
+        for off in (0..size).step_by(MIB as usize) {
+            vol.write_at(&fill, off)?;
+        }
+        vol.flush()?;
+        store.create_snapshot(id, SnapshotOptions::named("base"))?;
+        let t = Instant::now();
+        for _ in 0..n {
+            vol.write_at(&buf, rng.block(nblocks) * BS)?;
+        }
+        after.push(rate(n, t.elapsed()));
+        for i in 0..99 {
+            store.create_snapshot(id, SnapshotOptions::named(format!("s{i}")))?;
+            for _ in 0..n / 100 {
+                vol.write_at(&buf, rng.block(nblocks) * BS)?;
+            }
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            vol.write_at(&buf, rng.block(nblocks) * BS)?;
+        }
+        hundred.push(rate(n, t.elapsed()));
+        let mut rbuf = vec![0u8; BS as usize];
+        let t = Instant::now();
+        for _ in 0..n {
+            vol.read_at(&mut rbuf, rng.block(nblocks) * BS)?;
+        }
+        reads.push(rate(n, t.elapsed()));
+    }
+    let (rw, ro, rr) = (median(raw_w), median(raw_over), median(raw_r));
+    push(report, "rand4k_write", "ops/s", median(fresh), Some(rw), true);
+    push(report, "rand4k_write_after_snapshot", "ops/s", median(after), Some(ro), true);
+    push(report, "rand4k_write_100_snapshots", "ops/s", median(hundred), Some(ro), true);
+    push(report, "rand4k_read", "ops/s", median(reads), Some(rr), true);
+    Ok(())
+}
+
+/// 1 MiB sequential writes and reads over a whole volume.
+fn sequential(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let size = opts.volume_bytes();
+    let buf = pattern(MIB as usize, 3);
+    let mut rbuf = vec![0u8; MIB as usize];
+    let (mut cw, mut cr, mut rw, mut rr) = (vec![], vec![], vec![], vec![]);
+    let mib = (size / MIB) as f64;
+    for _ in 0..opts.reps() {
+        progress("seq1m");
+        let raw = Raw::create(&opts.dir, "raw.img")?;
+        let t = Instant::now();
+        for off in (0..size).step_by(MIB as usize) {
+            raw.write(&buf, off)?;
+        }
+        rw.push(mib / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for off in (0..size).step_by(MIB as usize) {
+            raw.read(&mut rbuf, off)?;
+        }
+        rr.push(mib / t.elapsed().as_secs_f64());
+        drop(raw);
+        let s = Scratch::new(&opts.dir, "store", store_opts())?;
+        let id = s.store().create_volume(VolumeOptions::new("v", size))?.id;
+        let vol = s.store().open_volume(id)?;
+        let t = Instant::now();
+        for off in (0..size).step_by(MIB as usize) {
+            vol.write_at(&buf, off)?;
+        }
+        cw.push(mib / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for off in (0..size).step_by(MIB as usize) {
+            vol.read_at(&mut rbuf, off)?;
+        }
+        cr.push(mib / t.elapsed().as_secs_f64());
+    }
+    push(report, "seq1m_write", "MiB/s", median(cw), Some(median(rw)), true);
+    push(report, "seq1m_read", "MiB/s", median(cr), Some(median(rr)), true);
+    Ok(())
+}
+
+/// Write + flush of 4 KiB from 1, 2 and 4 threads, against pwrite + fdatasync.
+fn durable(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let size = 64 * MIB;
+    let nblocks = size / BS;
+    for threads in [1u64, 2, 4] {
+        progress(&format!("durable4k x{threads}"));
+        let n = opts.durable_ops();
+        let (mut c, mut r) = (vec![], vec![]);
+        for _ in 0..opts.reps() {
+            let raw = Arc::new(Raw::create(&opts.dir, "raw.img")?);
+            raw.fill(size)?;
+            let t = Instant::now();
+            run_threads(threads, |i| {
+                let buf = pattern(BS as usize, i);
+                let mut rng = Rng(i + 5);
+                for _ in 0..n / threads {
+                    raw.write(&buf, rng.block(nblocks) * BS)?;
+                    raw.sync()?;
+                }
+                Ok(())
+            })?;
+            r.push(rate(n / threads * threads, t.elapsed()));
+            drop(raw);
+            let s = Scratch::new(&opts.dir, "store", store_opts())?;
+            let info = s.store().create_volume(VolumeOptions {
+                access_mode: crate::AccessMode::ReadWriteMany,
+                ..VolumeOptions::new("v", size)
+            })?;
+            let vol = s.store().open_volume(info.id)?;
+            let fill = pattern(MIB as usize, 1);
+            for off in (0..size).step_by(MIB as usize) {
+                vol.write_at(&fill, off)?;
+            }
+            vol.flush()?;
+            let t = Instant::now();
+            run_threads(threads, |i| {
+                let buf = pattern(BS as usize, i);
+                let mut rng = Rng(i + 5);
+                for _ in 0..n / threads {
+                    vol.write_at(&buf, rng.block(nblocks) * BS)?;
+                    vol.flush()?;
+                }
+                Ok(())
+            })?;
+            c.push(rate(n / threads * threads, t.elapsed()));
+        }
+        let name = match threads {
+            1 => "durable4k_write".to_string(),
+            t => format!("durable4k_write_{t}threads"),
+        };
+        push(report, &name, "ops/s", median(c), Some(median(r)), true);
+    }
+    Ok(())
+}
+
+fn run_threads(n: u64, f: impl Fn(u64) -> Result<()> + Sync) -> Result<()> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                s.spawn({
+                    let f = &f;
+                    move || f(i)
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::invalid("bench thread panicked"))))
+    })
+}
+
+fn raw_fdatasync_us(dir: &Path, reps: usize) -> Result<f64> {
+    let raw = Raw::create(dir, "raw-sync.img")?;
+    raw.fill(MIB)?;
+    let buf = pattern(BS as usize, 9);
+    let mut v = Vec::new();
+    for i in 0..reps.max(20) {
+        let t = Instant::now();
+        raw.write(&buf, (i as u64 % 256) * BS)?;
+        raw.sync()?;
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(median(v))
+}
+
+fn time_us<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
+    let t = Instant::now();
+    let out = f()?;
+    Ok((t.elapsed().as_secs_f64() * 1e6, out))
+}
+
+/// Snapshot, fork, restore and delete latency at each size; then, at the
+/// largest, open and recovery time, check cost, metadata memory, snapshot
+/// listing and I/O latency while a big snapshot is deleted.
+fn admin_latency(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let reps = opts.reps().max(5);
+    let sync_us = raw_fdatasync_us(&opts.dir, reps)?;
+    push(report, "raw_fdatasync", "us", sync_us, Some(sync_us), false);
+    let mut last: Option<(Scratch, u64)> = None;
+    for &blocks in &opts.snapshot_sizes {
+        progress(&format!("snapshot latency at {blocks} blocks"));
+        // The previous size's store goes first: the new one reuses its directory.
+        drop(last.take());
+        let s = Scratch::new(&opts.dir, "store", store_opts())?;
+        let store = s.store();
+        let size = blocks * BS;
+        let id = store.create_volume(VolumeOptions::new("v", size))?.id;
+        let vol = store.open_volume(id)?;
+        let fill = pattern(MIB as usize, 1);
+        for off in (0..size).step_by(MIB as usize) {
+            let len = MIB.min(size - off) as usize;
+            vol.write_at(&fill[..len], off)?;
+        }
+        vol.flush()?;
+        store.checkpoint()?;
+        let (mut c, mut f, mut r, mut d) = (vec![], vec![], vec![], vec![]);
+        for i in 0..reps {
+            let (us, snap) = time_us(|| store.create_snapshot(id, SnapshotOptions::named(format!("s{i}"))))?;
+            c.push(us);
+            let (us, _) = time_us(|| {
+                store.fork_volume(
+                    id,
+                    ForkOptions { name: format!("f{i}"), from_snapshot: Some(snap.id), ..Default::default() },
+                )
+            })?;
+            f.push(us);
+            vol.write_at(&fill[..BS as usize], 0)?;
+            let (us, _) = time_us(|| store.restore_snapshot(id, snap.id, RestoreOptions::default()))?;
+            r.push(us);
+            let (us, _) = time_us(|| store.delete_snapshot(id, snap.id))?;
+            d.push(us);
+        }
+        report.snapshot_latency.push(SnapshotLatency {
+            mapped_blocks: blocks,
+            create_us: median(c),
+            fork_us: median(f),
+            restore_us: median(r),
+            delete_us: median(d),
+            raw_fdatasync_us: sync_us,
+        });
+        drop(vol);
+        last = Some((s, id.get()));
+    }
+    if let Some((s, _)) = last {
+        large_store_figures(opts, report, progress, s, sync_us)?;
+    }
+    Ok(())
+}
+
+fn large_store_figures(
+    opts: &BenchOptions,
+    report: &mut BenchReport,
+    progress: &mut dyn FnMut(&str),
+    mut s: Scratch,
+    sync_us: f64,
+) -> Result<()> {
+    progress("check, memory, open and recovery");
+    let store = s.store().clone();
+    let stats = store.stats();
+    let mapped = stats.data_blocks.max(1);
+    push(
+        report,
+        "metadata_bytes_per_mapped_block",
+        "bytes",
+        stats.metadata_memory_bytes as f64 / mapped as f64,
+        None,
+        false,
+    );
+    let (us, rep) = time_us(|| store.check())?;
+    let nodes_one = rep.nodes;
+    push(report, "check_us_per_mapped_block", "us", us / mapped as f64, None, false);
+    let id = store.list_volumes()[0].id;
+    for i in 0..100 {
+        store.create_snapshot(id, SnapshotOptions::named(format!("c{i}")))?;
+    }
+    let (us100, rep100) = time_us(|| store.check())?;
+    push(report, "check_us_per_mapped_block_100_snapshots", "us", us100 / mapped as f64, None, false);
+    debug_assert!(rep100.nodes >= nodes_one);
+    let (us, scrub) = time_us(|| store.scrub())?;
+    let scrub_mib = scrub.bytes_read as f64 / MIB as f64 / (us / 1e6);
+    let raw_mib = {
+        let raw = Raw::create(&opts.dir, "raw-scrub.img")?;
+        raw.fill(scrub.bytes_read.max(MIB))?;
+        let mut buf = vec![0u8; 4 * MIB as usize];
+        let t = Instant::now();
+        let mut off = 0;
+        while off < scrub.bytes_read {
+            let n = (4 * MIB).min(scrub.bytes_read - off) as usize;
+            raw.read(&mut buf[..n], off)?;
+            off += n as u64;
+        }
+        (scrub.bytes_read as f64 / MIB as f64) / t.elapsed().as_secs_f64()
+    };
+    push(report, "scrub", "MiB/s", scrub_mib, Some(raw_mib), true);
+    let (us, _) = time_us(|| Ok(store.all_snapshots()))?;
+    push(report, "list_100_snapshots", "us", us, None, false);
+
+    // p99 of 4 KiB writes on another volume while the big snapshot is deleted.
+    let other = store.create_volume(VolumeOptions::new("other", 64 * MIB))?.id;
+    let ov = store.open_volume(other)?;
+    let big = store.create_snapshot(id, SnapshotOptions::named("big"))?;
+    let vol = store.open_volume(id)?;
+    let fill = pattern(MIB as usize, 2);
+    let size = store.volume(id)?.size_bytes;
+    for off in (0..size).step_by(MIB as usize) {
+        vol.write_at(&fill[..MIB.min(size - off) as usize], off)?;
+    }
+    drop(vol);
+    for i in 0..100 {
+        let s = store.list_snapshots(id).into_iter().find(|s| s.name == format!("c{i}"));
+        if let Some(s) = s {
+            store.delete_snapshot(id, s.id)?;
+        }
+    }
+    let buf = pattern(BS as usize, 4);
+    let mut rng = Rng(3);
+    let mut quiet = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        ov.write_at(&buf, rng.block(64 * MIB / BS) * BS)?;
+        quiet.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut busy = Vec::new();
+    std::thread::scope(|sc| -> Result<()> {
+        let h = sc.spawn(|| store.delete_snapshot(id, big.id));
+        while !h.is_finished() || busy.len() < 200 {
+            let t = Instant::now();
+            ov.write_at(&buf, rng.block(64 * MIB / BS) * BS)?;
+            busy.push(t.elapsed().as_secs_f64() * 1e6);
+            if busy.len() > 2_000_000 {
+                break;
+            }
+        }
+        h.join().unwrap_or_else(|_| Err(Error::invalid("delete thread panicked")))?;
+        Ok(())
+    })?;
+    push(
+        report,
+        "p99_write4k_us_during_big_delete",
+        "us",
+        percentile(busy, 0.99),
+        Some(percentile(quiet, 0.99)),
+        false,
+    );
+    drop(ov);
+
+    // Open time after a clean close, then recovery after a crash with a full WAL.
+    let dir = s.dir.clone();
+    drop(store);
+    drop(s.store.take());
+    let (open_us, store) = time_us(|| Store::open(&dir, store_opts()))?;
+    push(report, "open_clean_ms", "ms", open_us / 1000.0, None, false);
+    let wal_opts = StoreOptions { checkpoint_wal_bytes: 16 * MIB, ..store_opts() };
+    drop(store);
+    let store = Store::open(&dir, wal_opts.clone())?;
+    let vol = store.open_volume(id)?;
+    let nblocks = size / BS;
+    let mut rng = Rng(17);
+    // Single-block writes make the WAL grow fastest per byte of data; stop
+    // just short of the checkpoint threshold.
+    let writes = (16 * MIB / 48).min(nblocks * 4);
+    for _ in 0..writes {
+        vol.write_at(&buf, rng.block(nblocks) * BS)?;
+    }
+    vol.flush()?;
+    drop(vol);
+    crate::testing::abandon(store);
+    let (rec_us, store) = time_us(|| Store::open(&dir, wal_opts))?;
+    push(report, "open_after_crash_full_wal_ms", "ms", rec_us / 1000.0, None, false);
+    let _ = sync_us;
+    s.store = Some(store);
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! `cowvol volume ...`: create, list, info, delete, fork.
+
+use super::args::VolumeCmd;
+use super::error::{out_err, CliResult, LibContext};
+use super::fmt::{self, Align, Table};
+use super::json::{access_str, SnapshotJson, VolumeJson};
+use super::{access_mode, close, image, resolve_snapshot, resolve_volume, resolve_volume_id, Ctx};
+use cowvol::{ForkOptions, Store, VolumeInfo, VolumeOptions};
+use serde::Serialize;
+use std::io::Write;
+
+/// Runs a volume subcommand.
+pub fn run(ctx: &Ctx, cmd: VolumeCmd) -> CliResult {
+    match cmd {
+        VolumeCmd::Create { name, size, access_mode: am } => create(ctx, name, size, am),
+        VolumeCmd::List => list(ctx),
+        VolumeCmd::Info { volume } => info(ctx, &volume),
+        VolumeCmd::Delete { volume } => delete(ctx, &volume),
+        VolumeCmd::Fork { volume, new, from_snapshot, access_mode: am } => {
+            fork(ctx, &volume, new, from_snapshot.as_deref(), am)
+        }
+        VolumeCmd::Import { name, file } => image::import(ctx, name, &file),
+        VolumeCmd::Export { volume, file, snapshot } => image::export(ctx, &volume, &file, snapshot.as_deref()),
+        VolumeCmd::Write { volume, offset, file } => image::write(ctx, &volume, offset, &file),
+        VolumeCmd::Read { volume, offset, length, snapshot, file } => {
+            image::read(ctx, &volume, offset, length, snapshot.as_deref(), file.as_deref())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct VolumeOut {
+    volume: VolumeJson,
+}
+
+fn origin_str(v: &VolumeInfo) -> String {
+    match v.origin {
+        None => "-".into(),
+        Some((vol, None)) => vol.to_string(),
+        Some((vol, Some(s))) => format!("{vol}@{s}"),
+    }
+}
+
+fn create(ctx: &Ctx, name: String, size: u64, am: super::args::AccessArg) -> CliResult {
+    let store = ctx.open_store()?;
+    let mut opts = VolumeOptions::new(name.clone(), size);
+    opts.access_mode = access_mode(am);
+    let info = store.create_volume(opts).ctx(format_args!("creating volume {name:?}"))?;
+    if ctx.json {
+        ctx.print_json(&VolumeOut { volume: VolumeJson::new(&info, 0) })?;
+    } else {
+        ctx.say(format_args!(
+            "created volume {} ({}): {}, {}",
+            info.name,
+            info.id,
+            fmt::bytes(info.size_bytes),
+            access_str(info.access_mode)
+        ))?;
+    }
+    close(store)
+}
+
+fn list(ctx: &Ctx) -> CliResult {
+    let store = ctx.open_store()?;
+    let vols = store.list_volumes();
+    if ctx.json {
+        #[derive(Serialize)]
+        struct Out {
+            volumes: Vec<VolumeJson>,
+        }
+        ctx.print_json(&Out { volumes: vols.iter().map(|v| VolumeJson::of(&store, v)).collect() })?;
+    } else {
+        let mut t = Table::new(&[
+            ("ID", Align::Left),
+            ("NAME", Align::Left),
+            ("SIZE", Align::Right),
+            ("ACCESS", Align::Left),
+            ("SNAPSHOTS", Align::Right),
+            ("ORIGIN", Align::Left),
+            ("CREATED", Align::Left),
+        ]);
+        for v in &vols {
+            t.row(vec![
+                v.id.to_string(),
+                v.name.clone(),
+                fmt::bytes(v.size_bytes),
+                access_str(v.access_mode).into(),
+                store.list_snapshots(v.id).len().to_string(),
+                origin_str(v),
+                fmt::timestamp(v.created_at),
+            ]);
+        }
+        t.print(&mut ctx.out(), "no volumes").map_err(out_err)?;
+    }
+    close(store)
+}
+
+fn info(ctx: &Ctx, volume: &str) -> CliResult {
+    let store = ctx.open_store()?;
+    let v = resolve_volume(&store, volume)?;
+    let snaps = store.list_snapshots(v.id);
+    if ctx.json {
+        #[derive(Serialize)]
+        struct Out {
+            volume: VolumeJson,
+            snapshots: Vec<SnapshotJson>,
+        }
+        ctx.print_json(&Out {
+            volume: VolumeJson::new(&v, snaps.len()),
+            snapshots: snaps.iter().map(|s| SnapshotJson::new(s, Some(v.name.clone()))).collect(),
+        })?;
+    } else {
+        let mut out = ctx.out();
+        let origin = match v.origin {
+            None => "-".to_string(),
+            Some((vol, None)) => format!("fork of {vol} (live state)"),
+            Some((vol, Some(s))) => format!("fork of {vol}, snapshot {s}"),
+        };
+        fmt::key_values(
+            &mut out,
+            &[
+                ("id", v.id.to_string()),
+                ("name", v.name.clone()),
+                ("size", format!("{} ({} bytes)", fmt::bytes(v.size_bytes), v.size_bytes)),
+                ("access mode", access_str(v.access_mode).to_string()),
+                ("created", fmt::timestamp(v.created_at)),
+                ("origin", origin),
+                ("write buffer", fmt::bytes(v.write_buffer_bytes)),
+                ("snapshots", snaps.len().to_string()),
+            ],
+        )
+        .map_err(out_err)?;
+        if !snaps.is_empty() {
+            writeln!(out).map_err(out_err)?;
+            super::snapshot::table(&snaps).print(&mut out, "").map_err(out_err)?;
+        }
+    }
+    close(store)
+}
+
+fn delete(ctx: &Ctx, volume: &str) -> CliResult {
+    let store = ctx.open_store()?;
+    let v = resolve_volume(&store, volume)?;
+    store.delete_volume(v.id).ctx(format_args!("deleting volume {:?} ({})", v.name, v.id))?;
+    if ctx.json {
+        #[derive(Serialize)]
+        struct Out {
+            volume_id: String,
+            name: String,
+            deleted: bool,
+        }
+        ctx.print_json(&Out { volume_id: v.id.to_string(), name: v.name.clone(), deleted: true })?;
+    } else {
+        let kept = store.list_snapshots(v.id).len();
+        let note = if kept > 0 {
+            format!("; its {kept} snapshot(s) remain, listed by `cowvol snapshot list {}`", v.id)
+        } else {
+            String::new()
+        };
+        ctx.say(format_args!("deleted volume {} ({}){note}", v.name, v.id))?;
+    }
+    close(store)
+}
+
+fn fork(ctx: &Ctx, volume: &str, new: String, from: Option<&str>, am: super::args::AccessArg) -> CliResult {
+    let store: Store = ctx.open_store()?;
+    let (src, snap) = match from {
+        Some(s) => {
+            let (id, _) = resolve_volume_id(&store, volume)?;
+            let snap = resolve_snapshot(&store, id, volume, s)?;
+            (id, Some(snap))
+        }
+        None => (resolve_volume(&store, volume)?.id, None),
+    };
+    let what = match &snap {
+        Some(s) => format!("forking snapshot {:?} ({}) of {src} into {new:?}", s.name, s.id),
+        None => format!("forking volume {src} into {new:?}"),
+    };
+    let info = store
+        .fork_volume(
+            src,
+            ForkOptions { name: new, from_snapshot: snap.as_ref().map(|s| s.id), access_mode: access_mode(am) },
+        )
+        .ctx(what)?;
+    if ctx.json {
+        ctx.print_json(&VolumeOut { volume: VolumeJson::new(&info, 0) })?;
+    } else {
+        let from = match &snap {
+            Some(s) => format!("snapshot {} ({}) of {src}", s.name, s.id),
+            None => format!("volume {src}"),
+        };
+        ctx.say(format_args!(
+            "created volume {} ({}) as a fork of {from}: {}",
+            info.name,
+            info.id,
+            fmt::bytes(info.size_bytes)
+        ))?;
+    }
+    close(store)
+}
