@@ -17,7 +17,19 @@ pub struct FileDir {
 impl FileDir {
     /// Uses `path` as the store directory, creating it (and its parents) when missing.
     pub fn create(path: &Path) -> io::Result<Self> {
+        // Every directory this call creates must be durable in its parent,
+        // or a power cut can take the whole store away with its entry.
+        let mut missing = Vec::new();
+        let mut p = Some(path);
+        while let Some(dir) = p.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            missing.push(dir.to_path_buf());
+            p = dir.parent();
+        }
         std::fs::create_dir_all(path)?;
+        for dir in missing.iter().rev() {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            File::open(parent)?.sync_all()?;
+        }
         Ok(FileDir { path: path.to_path_buf() })
     }
 }

@@ -1,0 +1,147 @@
+//! Workload and verifier for the `powercut` harness (a FUSE file system
+//! that models a volatile disk cache and cuts the power at any operation).
+//!
+//! `powercut workload` writes numbered generations of blocks, flushing
+//! every few writes and taking snapshots, and prints `BEGIN`/`ACK` lines;
+//! `powercut verify` reopens the recovered store and checks that every
+//! acknowledged write and snapshot survived, that no block holds anything
+//! but a whole generation that was begun, and that `check()` is clean.
+//! Both use `$POWERCUT_DIR`; see docs/reliability.md for the command line.
+
+use cowvol::{Error, SnapshotOptions, Store, StoreOptions, VolumeOptions};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+
+const BS: usize = 4096;
+const BLOCKS: u64 = 64;
+const WRITES: u64 = 400;
+
+fn content(b: u64, g: u64) -> Vec<u8> {
+    let mut v = vec![0u8; BS];
+    v[..8].copy_from_slice(&b.to_le_bytes());
+    v[8..16].copy_from_slice(&g.to_le_bytes());
+    for (i, x) in v[16..].iter_mut().enumerate() {
+        *x = (b as u8) ^ (g as u8).wrapping_mul(29) ^ (i as u8);
+    }
+    v
+}
+
+fn say(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn workload(dir: &str) -> Result<(), Error> {
+    let store =
+        Store::open(format!("{dir}/store"), StoreOptions { checkpoint_wal_bytes: 64 << 10, ..Default::default() })?;
+    let id = match store.volume_by_name("pc") {
+        Some(v) => v.id,
+        None => store.create_volume(VolumeOptions::new("pc", BLOCKS * BS as u64))?.id,
+    };
+    say("ACK volume".into());
+    let vol = store.open_volume(id)?;
+    let mut unacked = Vec::new();
+    for g in 1..=WRITES {
+        let b = (g * 7 + g / 3) % BLOCKS;
+        say(format!("BEGIN {b}:{g}"));
+        vol.write_at(&content(b, g), b * BS as u64)?;
+        unacked.push((b, g));
+        if g % 4 == 0 {
+            vol.flush()?;
+            for (b, g) in unacked.drain(..) {
+                say(format!("ACK {b}:{g}"));
+            }
+        }
+        if g % 50 == 0 {
+            store.create_snapshot(id, SnapshotOptions::named(format!("s{g}")))?;
+            say(format!("ACK snap:s{g}"));
+        }
+    }
+    Ok(())
+}
+
+fn verify(dir: &str) -> Result<(), String> {
+    let acks = std::fs::read_to_string(std::env::var("POWERCUT_ACKS").map_err(|e| e.to_string())?).unwrap_or_default();
+    let out = std::fs::read_to_string(std::env::var("POWERCUT_STDOUT").map_err(|e| e.to_string())?).unwrap_or_default();
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut snaps = BTreeSet::new();
+    let mut volume_acked = false;
+    for line in acks.lines() {
+        if line == "volume" {
+            volume_acked = true;
+        } else if let Some(s) = line.strip_prefix("snap:") {
+            snaps.insert(s.to_string());
+        } else if let Some((b, g)) = line.split_once(':') {
+            let (b, g) = (b.parse::<u64>().map_err(|e| e.to_string())?, g.parse::<u64>().map_err(|e| e.to_string())?);
+            let e = acked.entry(b).or_default();
+            *e = (*e).max(g);
+        }
+    }
+    let mut begun: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for line in out.lines() {
+        if let Some((b, g)) = line.strip_prefix("BEGIN ").and_then(|r| r.split_once(':')) {
+            begun.entry(b.parse().unwrap_or(0)).or_default().insert(g.parse().unwrap_or(0));
+        }
+    }
+    let store_dir = format!("{dir}/store");
+    if !std::path::Path::new(&store_dir).join("cowvol.dat").exists() {
+        return if volume_acked {
+            Err("the store is gone although the volume was acknowledged".into())
+        } else {
+            Ok(())
+        };
+    }
+    let store = Store::open(&store_dir, StoreOptions::default()).map_err(|e| format!("open: {e}"))?;
+    let report = store.check().map_err(|e| e.to_string())?;
+    if !report.is_clean() {
+        return Err(format!("check found problems: {:?}", report.problems));
+    }
+    let Some(info) = store.volume_by_name("pc") else {
+        return if volume_acked { Err("volume lost".into()) } else { Ok(()) };
+    };
+    let vol = store.open_volume(info.id).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; BS];
+    for b in 0..BLOCKS {
+        vol.read_at(&mut buf, b * BS as u64).map_err(|e| format!("block {b}: {e}"))?;
+        let g =
+            if buf.iter().all(|&x| x == 0) { 0 } else { u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()) };
+        if g != 0 && buf != content(b, g) {
+            return Err(format!("block {b} holds garbage"));
+        }
+        let min = acked.get(&b).copied().unwrap_or(0);
+        if g < min {
+            return Err(format!("block {b}: generation {g} is older than acknowledged {min}"));
+        }
+        if g != 0 && !begun.get(&b).is_some_and(|s| s.contains(&g)) {
+            return Err(format!("block {b}: generation {g} was never written"));
+        }
+    }
+    let names: BTreeSet<String> = store.list_snapshots(info.id).into_iter().map(|s| s.name).collect();
+    if let Some(lost) = snaps.iter().find(|s| !names.contains(*s)) {
+        return Err(format!("acknowledged snapshot {lost} lost"));
+    }
+    Ok(())
+}
+
+fn main() {
+    let dir = std::env::var("POWERCUT_DIR").unwrap_or_else(|_| ".".into());
+    match std::env::args().nth(1).as_deref() {
+        Some("workload") => {
+            if let Err(e) = workload(&dir) {
+                eprintln!("workload stopped: {e}");
+            }
+        }
+        Some("verify") => {
+            if let Err(e) = verify(&dir) {
+                eprintln!("verify failed: {e}");
+                std::process::exit(1);
+            }
+            println!("verified");
+        }
+        _ => {
+            eprintln!("usage: powercut workload|verify (with POWERCUT_DIR set)");
+            std::process::exit(2);
+        }
+    }
+}
