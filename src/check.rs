@@ -218,6 +218,9 @@ impl Store {
     /// # Errors
     /// Only when the store itself cannot be accessed; damage is reported.
     pub fn scrub(&self) -> Result<ScrubReport> {
+        // Pages freed while scrub reads stay unused until a checkpoint; none
+        // runs meanwhile, so a page read here still holds what was planned.
+        let _no_checkpoint = self.inner.checkpoint_guard();
         let mut pages: Vec<(u64, u32)> = {
             let st = self.inner.state.lock();
             let mut v = Vec::new();

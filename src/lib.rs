@@ -52,8 +52,8 @@
 #![deny(missing_docs)]
 
 pub mod backend;
-mod catalog;
 pub mod bench;
+mod catalog;
 mod check;
 mod error;
 mod format;

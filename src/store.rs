@@ -2,9 +2,19 @@
 //! group commit, and the administrative operations on volumes and snapshots.
 //!
 //! Lock order (outermost first): `checkpoint` → a volume's `admin` → its
-//! `gate` → its `stripes` → `state` → `wal` → `commit`. Data `pread` and
-//! `pwrite` and every `fdatasync` happen with no lock of this list held
-//! except, for a checkpoint, `checkpoint` itself.
+//! `gate` → its `stripes` → `state` → `wal` → `commit`. Two exceptions are
+//! safe because the later lock never waits for the earlier one: a sync that
+//! finds a checkpoint due runs it inline (with `background_checkpoints`
+//! off) while the caller may hold `admin`, `gate` or `stripes`, and a
+//! checkpoint never takes those.
+//!
+//! `state`, `wal` and `commit` are never held across a data `pread` or
+//! `pwrite` or an `fdatasync` (the WAL batch itself is written under
+//! `wal`). Held across I/O, by design: `gate` (shared) and `stripes` for the
+//! whole of a write, including its automatic flush; `admin`, and for restore
+//! and delete the exclusive `gate`, through the operation's one sync and the
+//! release of the old tree; `checkpoint` through a checkpoint's writes and
+//! syncs, and through `check` and `scrub`.
 
 use crate::backend::{DirLock, FileDir, StorageDir, StorageFile};
 use crate::catalog::{now_secs, AccessMode, CatalogImage, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
@@ -218,10 +228,6 @@ impl Store {
     /// # Errors
     /// As [`Store::open`].
     pub fn open_in(dir: Arc<dyn StorageDir>, opts: StoreOptions) -> Result<Store> {
-        let bs = opts.block_size;
-        if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
-            return Err(Error::invalid(format!("block size {bs} must be a power of two from 4096 to 1048576")));
-        }
         let lock = dir.lock().map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 Error::Locked { path: dir.describe().into() }
@@ -693,6 +699,10 @@ impl Inner {
         Ok(())
     }
 
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     /// Makes the store drop like a crashed process (see `testing::abandon`).
     pub(crate) fn abandon(&self) {
         self.failed.store(true, Ordering::Release);
@@ -716,8 +726,21 @@ impl Inner {
     }
 
     pub(crate) fn apply_and_log_many(&self, st: &mut State, recs: &[Record]) -> Result<u64> {
+        // Measure first: nothing is applied unless every record can be logged.
+        let mut scratch = crate::format::Enc::default();
+        let mut incoming = 0;
         let mut wal = self.wal.lock();
-        while wal.spares_wanted() > 0 {
+        for rec in recs {
+            scratch.buf.clear();
+            rec.encode(&mut scratch);
+            if !wal.fits(scratch.len()) {
+                return Err(Error::invalid(
+                    "the change is too large for one WAL record (a name, description or label is too long)",
+                ));
+            }
+            incoming += scratch.len();
+        }
+        while wal.spares.len() < wal.spares_needed(incoming) {
             let n = self.log_geo.segment_pages;
             let page = st.space.alloc_contiguous(n)?;
             for p in page..page + n {
@@ -725,11 +748,15 @@ impl Inner {
             }
             wal.spares.push(page);
         }
-        for rec in recs {
-            st.apply(rec)?;
-            if let Err(e) = wal.append(rec) {
-                drop(wal);
-                self.fail();
+        for (i, rec) in recs.iter().enumerate() {
+            let result = st.apply(rec).and_then(|()| wal.append(rec).map(drop));
+            if let Err(e) = result {
+                if i > 0 || !matches!(e, Error::Corruption { .. }) {
+                    // The in-memory state changed but the log did not follow:
+                    // the store can no longer promise anything after this.
+                    drop(wal);
+                    self.fail();
+                }
                 return Err(e);
             }
         }
@@ -1105,10 +1132,13 @@ fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u64) -> Stat
 const NEW_DATA_FILE: &str = "cowvol.dat.new";
 
 fn create(dir: Arc<dyn StorageDir>, lock: DirLock, opts: StoreOptions) -> Result<Inner> {
+    let bs = opts.block_size;
+    if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
+        return Err(Error::invalid(format!("block size {bs} must be a power of two from 4096 to 1048576")));
+    }
     let io = |what: &'static str| move |e| Error::io(what, e);
     dir.remove(NEW_DATA_FILE).map_err(io("removing an unfinished store file"))?;
     let file = dir.open_file(NEW_DATA_FILE, true).map_err(io("creating the data file"))?;
-    let bs = opts.block_size;
     let state = empty_state(file.clone(), bs, 1);
     let inner = new_inner(dir.clone(), file, lock, opts, bs, random_u64(), state, 0, (0, 0))?;
     inner.checkpoint()?;
@@ -1160,6 +1190,14 @@ fn recover(
         st.snapshots.insert(info.id.0, SnapState { info, root, geo });
     }
     drop(loaded);
+    // Read the log first so its segments count as metadata below.
+    let log_geo = LogGeometry::new(ds, bs);
+    let log = wal::read_log(&*file, log_geo, sb.log, npages)?;
+    for &s in &log.segments {
+        for p in s..(s + log_geo.segment_pages).min(npages) {
+            st.space.set_reserved(p, true);
+        }
+    }
     // Reference counts are what the trees reference, recomputed, never read.
     let mut counts: Vec<(u64, u32)> = Vec::new();
     tree::visit_unique(st.all_roots(), |n, _| {
@@ -1175,13 +1213,6 @@ fn recover(
         st.space.set_refcount(p, c + 1);
     }
     // Replay the WAL.
-    let log_geo = LogGeometry::new(ds, bs);
-    let log = wal::read_log(&*file, log_geo, sb.log, npages)?;
-    for &s in &log.segments {
-        for p in s..(s + log_geo.segment_pages).min(npages) {
-            st.space.set_reserved(p, true);
-        }
-    }
     let mut records = log.records;
     let keep = first_unverifiable(&*file, &st, &records, log.durable_lsn, npages)?;
     records.truncate(keep);

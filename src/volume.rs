@@ -273,7 +273,13 @@ impl Volume {
             match logged {
                 Ok(_) => st.space.settle(&runs),
                 Err(e) => {
-                    st.space.unclaim(&runs);
+                    // A failure after part of the write was mapped poisons the
+                    // store; the mapped pages must then stay owned.
+                    if self.inner.is_failed() {
+                        st.space.settle(&runs);
+                    } else {
+                        st.space.unclaim(&runs);
+                    }
                     return Err(e);
                 }
             }

@@ -240,10 +240,16 @@ impl Wal {
         self.next_lsn
     }
 
-    /// How many more spare segments appends may need before the state lock
-    /// holder tops them up.
-    pub(crate) fn spares_wanted(&self) -> usize {
-        2usize.saturating_sub(self.spares.len())
+    /// Spare segments that must be on hand before `incoming` bytes of
+    /// records are appended: a batch holds at least half a segment's
+    /// payload before a segment switch, plus two for slack.
+    pub(crate) fn spares_needed(&self, incoming: usize) -> usize {
+        2 + (self.buf.len() + incoming).div_ceil(self.geo.max_payload() / 2)
+    }
+
+    /// Whether one record of `len` encoded bytes fits in a batch.
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        len <= self.geo.max_payload()
     }
 
     /// Adds a record to the open batch and returns its LSN. The batch is
@@ -251,7 +257,7 @@ impl Wal {
     pub(crate) fn append(&mut self, rec: &Record) -> Result<u64> {
         let before = self.buf.len();
         rec.encode(&mut self.buf);
-        if self.buf.len() > self.geo.max_payload() {
+        if self.buf.len() - before > self.geo.max_payload() {
             self.buf.buf.truncate(before);
             return Err(Error::invalid("a WAL record does not fit in one segment"));
         }
@@ -482,6 +488,26 @@ mod tests {
         let got = read_log(&*f, geo, start, 100 * sp).unwrap();
         assert!(got.segments.len() > 1, "the log spans segments");
         assert_eq!(got.records, expect);
+    }
+
+    /// Regression: a single large change could need more WAL segments than
+    /// the two spares kept on hand, and failed half-applied.
+    #[test]
+    fn spares_needed_covers_a_burst_of_records_without_write_outs() {
+        let (f, geo) = setup();
+        let sp = geo.segment_pages;
+        let mut w = Wal::start(f.clone(), geo, 3, 1, 1 + sp, 1).unwrap();
+        let recs: Vec<Record> =
+            (0..2000).map(|i| Record::Map { vol: 1, lblock: i, page: 9, crcs: vec![1; 400] }).collect();
+        let mut e = Enc::default();
+        recs.iter().for_each(|r| r.encode(&mut e));
+        let need = w.spares_needed(e.len());
+        assert!(need > 2, "the burst spans several segments");
+        w.spares = (0..need as u64).map(|i| (i + 2) * sp).collect();
+        for r in &recs {
+            w.append(r).unwrap();
+        }
+        w.write_out().unwrap();
     }
 
     #[test]
