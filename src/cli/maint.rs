@@ -15,8 +15,11 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> CliResult {
     let existed = std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
     let mut opts = StoreOptions::default();
     if let Some(bs) = a.block_size {
-        opts.block_size = u32::try_from(bs)
-            .map_err(|_| CliError::usage(format!("block size {bs} must be a power of two from 4096 to 1048576")))?;
+        let bad = || CliError::usage(format!("block size {bs} must be a power of two from 4096 to 1048576"));
+        opts.block_size = u32::try_from(bs).map_err(|_| bad())?;
+        if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
+            return Err(bad());
+        }
     }
     let store = open_at(dir, opts)?;
     let bs = store.block_size();
