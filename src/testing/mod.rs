@@ -43,7 +43,7 @@ pub fn decode_superblock(bytes: &[u8]) -> Result<Option<u64>> {
 /// # Errors
 /// [`crate::Error::Corruption`] for anything malformed.
 pub fn decode_tree_node(bytes: &[u8], page: u64, level: u32) -> Result<usize> {
-    let geo = crate::tree::Geometry { bits: crate::format::fanout_bits_for(4096), levels: level + 1 };
+    let geo = crate::tree::Geometry { bits: crate::format::fanout_bits_for(4096), levels: level.saturating_add(1) };
     Ok(match crate::tree::decode_node(bytes, page, level, geo, 1 << 40)? {
         crate::tree::DecodedNode::Leaf(v) => v.len(),
         crate::tree::DecodedNode::Interior(v) => v.len(),

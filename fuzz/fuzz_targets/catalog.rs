@@ -1,0 +1,49 @@
+//! The checkpoint metadata decoders on arbitrary bytes:
+//!
+//! * the catalog, with its CRC computed over the input so the checksum passes
+//!   and the parser proper (volumes, snapshots, labels, strings) is exercised;
+//! * a superblock slot (the first 112 bytes, and the whole input);
+//! * a tree node page, read as if at the page and level taken from the first
+//!   bytes of the input.
+//!
+//! Every decoder must return `Ok` or `Err`, never panic.
+#![no_main]
+
+use cowvol::testing::{crc32, decode_catalog, decode_superblock, decode_tree_node};
+use libfuzzer_sys::fuzz_target;
+
+/// Superblock length (`format::SUPERBLOCK_LEN`).
+const SUPERBLOCK_LEN: usize = 112;
+
+fuzz_target!(|data: &[u8]| {
+    // Catalog: the CRC matches, so only structure can fail.
+    if let Ok((nv, ns)) = decode_catalog(data, crc32(data)) {
+        // Every volume record is at least 61 bytes and every snapshot 48,
+        // plus an 8-byte root each: the counts are bounded by the input.
+        assert!(nv * 69 + ns * 56 <= data.len(), "{nv} volumes, {ns} snapshots from {} bytes", data.len());
+    }
+    // A wrong CRC must always be refused.
+    assert!(decode_catalog(data, crc32(data) ^ 1).is_err(), "catalog accepted with a wrong CRC");
+
+    // Superblock slot: the first 112 bytes, and the whole input (the decoder
+    // reads only its prefix).
+    let sb = decode_superblock(&data[..data.len().min(SUPERBLOCK_LEN)]);
+    let _ = decode_superblock(data);
+    if data.len() < SUPERBLOCK_LEN {
+        assert!(matches!(sb, Ok(None)), "a short slot holds no superblock");
+    }
+
+    // Tree node: page (u64) and level (u8, as stored on disk) from the first
+    // 9 bytes, the rest is the page image.
+    if data.len() >= 9 {
+        let page = u64::from_le_bytes(data[..8].try_into().unwrap());
+        let level = data[8] as u32;
+        let node = &data[9..];
+        if let Ok(n) = decode_tree_node(node, page, level) {
+            assert!(24 + n * 8 <= node.len(), "{n} entries from a {}-byte node", node.len());
+        }
+    }
+    // The whole input as the node, at page 1 / level 0 and at page 1 / level 1.
+    let _ = decode_tree_node(data, 1, 0);
+    let _ = decode_tree_node(data, 1, 1);
+});
