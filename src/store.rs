@@ -1053,6 +1053,9 @@ fn read_superblock(file: &dyn StorageFile) -> Result<Superblock> {
                 }
             }
             Ok(None) => {}
+            Err(Error::Corruption { detail, .. }) => {
+                errors.push(Error::corruption("superblock", format!("{DATA_FILE} byte offset {slot}"), detail))
+            }
             Err(e) => errors.push(e),
         }
     }

@@ -428,10 +428,46 @@ pub(crate) fn read_log(file: &dyn StorageFile, geo: LogGeometry, start: LogStart
             }
         }
     }
+    // The log ends at the first batch that does not verify. That is a torn
+    // tail when nothing later vouches for it; but if a later batch of this
+    // log (in the rest of this segment, or in the next one, whatever its
+    // header) says records from `lsn` on were durable, the end is damage
+    // to synced data and must not pass for a clean end.
+    let mut next_buf = vec![0u8; seg_bytes];
+    let next = hdr.next_page;
+    let next_ok = next != 0 && next + geo.segment_pages <= npages;
+    if next_ok {
+        file.read_at(&mut next_buf, geo.segment_offset(next))
+            .map_err(|e| Error::io(format!("reading WAL segment at page {next}"), e))?;
+    }
+    let here = vouching_batch(&buf, offset + SECTOR as usize, start.log_id, lsn).map(|o| (page, o));
+    let there =
+        if next_ok { vouching_batch(&next_buf, SECTOR as usize, start.log_id, lsn).map(|o| (next, o)) } else { None };
+    if let Some((p, o)) = here.or(there) {
+        return Err(Error::corruption(
+            "WAL",
+            format!("segment at page {page}, byte {offset} (record {lsn})"),
+            format!("the log breaks here, but the batch at page {p} byte {o} shows record {lsn} was synced"),
+        ));
+    }
     // Durable markers can only vouch for records that exist.
     out.durable_lsn = out.durable_lsn.min(lsn);
     let _ = page;
     Ok(out)
+}
+
+/// Finds, from `from` on, a valid batch of `log_id` that lies after record
+/// `lsn` and vouches that record `lsn` was durable.
+fn vouching_batch(seg: &[u8], from: usize, log_id: u64, lsn: u64) -> Option<usize> {
+    (from..seg.len()).step_by(SECTOR as usize).find(|&off| {
+        let Some((bh, crc)) = BatchHeader::decode(&seg[off..]) else { return false };
+        let end = off + BATCH_HEADER_LEN + bh.payload_len as usize;
+        bh.log_id == log_id
+            && bh.first_lsn > lsn
+            && bh.durable_lsn > lsn
+            && end <= seg.len()
+            && BatchHeader::verify(crc, &seg[off..end])
+    })
 }
 
 pub(crate) fn parse_batch(
