@@ -28,6 +28,9 @@ pub(crate) struct Run {
 /// these bounds. Growth reserves space with `fallocate` so later writes into
 /// it cannot hit a full disk, and growing in steps keeps that rare.
 const GROW_MIN_BYTES: u64 = 1 << 20;
+/// Pages always kept for metadata beyond what the dirty nodes, the catalog
+/// and the WAL spares need.
+const RESERVE_BASE_PAGES: u64 = 16;
 const GROW_MAX_BYTES: u64 = 256 << 20;
 
 #[derive(Debug)]
@@ -51,6 +54,13 @@ pub(crate) struct Space {
     pub(crate) obsolete: Vec<u64>,
     /// Pages a write has claimed and is filling but has not mapped yet.
     in_flight: BTreeMap<u64, u64>,
+    /// Tree nodes changed since the last checkpoint capture: the pages the
+    /// next checkpoint will need for them.
+    pub(crate) dirty_nodes: u64,
+    /// Pages the next catalog may need.
+    pub(crate) catalog_reserve: u64,
+    /// Pages per WAL segment, for the spares a checkpoint may need.
+    pub(crate) segment_pages: u64,
 }
 
 impl Space {
@@ -70,6 +80,9 @@ impl Space {
             quarantine: Vec::new(),
             obsolete: Vec::new(),
             in_flight: BTreeMap::new(),
+            dirty_nodes: 0,
+            catalog_reserve: 1,
+            segment_pages: 1,
         };
         s.set_reserved(0, true);
         s
@@ -228,9 +241,21 @@ impl Space {
         Ok(runs)
     }
 
-    /// Allocates `n` pages for a data write; they stay accounted as in
-    /// flight until [`Space::settle`] (mapped) or [`Space::unclaim`] (failed).
+    /// Pages data writes must leave free so that a checkpoint can always
+    /// run, even on a full disk: it is the checkpoint that turns freed
+    /// (quarantined) pages back into free space.
+    fn metadata_reserve(&self) -> u64 {
+        RESERVE_BASE_PAGES + self.dirty_nodes + self.catalog_reserve + 2 * self.segment_pages
+    }
+
+    /// Allocates `n` pages for a data write, leaving the metadata reserve
+    /// untouched; they stay accounted as in flight until [`Space::settle`]
+    /// (mapped) or [`Space::unclaim`] (failed).
     pub(crate) fn claim(&mut self, n: u64) -> Result<Vec<Run>> {
+        let need = n + self.metadata_reserve();
+        if self.free_pages < need {
+            self.grow(need - self.free_pages)?;
+        }
         let runs = self.alloc(n)?;
         for r in &runs {
             self.in_flight.insert(r.start, r.len);

@@ -23,7 +23,7 @@ use crate::format::{self, Crc, Superblock, DATA_FILE, SUPERBLOCK_SLOTS};
 use crate::options::{
     Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,
 };
-use crate::space::Space;
+use crate::space::{Run, Space};
 use crate::tree::{self, Geometry, Mapping, Node, Root};
 use crate::volume::{Target, Volume};
 use crate::wal::{self, LogGeometry, Record, Wal};
@@ -41,6 +41,9 @@ const RELEASE_STEP: usize = 64;
 /// Quarantined pages that trigger a checkpoint to make them reusable.
 const QUARANTINE_CHECKPOINT: usize = 1 << 16;
 const DEFAULT_WRITE_BUFFER: u64 = 64 << 20;
+
+/// A tree node with its level (0 = leaf).
+type LeveledNode = (Arc<Node>, u32);
 
 /// Per-volume coordination that lives outside the state lock.
 #[derive(Debug)]
@@ -699,6 +702,24 @@ impl Inner {
         Ok(())
     }
 
+    /// Claims pages for a data write. On a full disk, a checkpoint can turn
+    /// freed (quarantined) pages into free ones: run it and try once more.
+    pub(crate) fn claim_pages(&self, n: u64) -> Result<Vec<Run>> {
+        let first = self.state.lock().space.claim(n);
+        match first {
+            Err(Error::NoSpace { .. }) if self.has_reclaimable_pages() => {
+                self.checkpoint()?;
+                self.state.lock().space.claim(n)
+            }
+            other => other,
+        }
+    }
+
+    fn has_reclaimable_pages(&self) -> bool {
+        let st = self.state.lock();
+        !st.space.quarantine.is_empty() || !st.space.obsolete.is_empty()
+    }
+
     pub(crate) fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
@@ -873,7 +894,7 @@ impl Inner {
             next_volume: u64,
             next_snapshot: u64,
         }
-        let (cap, log_start, retired, quarantine, obsolete) = {
+        let (cap, log_start, retired, quarantine, obsolete, placed) = {
             let mut st = self.state.lock();
             let mut wal = self.wal.lock();
             let (log_start, retired) = wal.checkpoint_start()?;
@@ -898,11 +919,14 @@ impl Inner {
                 Captured { roots, volumes, snapshots, next_volume: st.next_volume, next_snapshot: st.next_snapshot };
             let q = std::mem::take(&mut st.space.quarantine);
             let o = std::mem::take(&mut st.space.obsolete);
-            (cap, log_start, retired, q, o)
+            let placed = Self::assign_node_pages(&mut st, &cap.roots)?;
+            (cap, log_start, retired, q, o, placed)
         };
         // Captured nodes are shared with the capture, so no writer changes
         // them in place while they are written out below.
-        self.write_dirty_nodes(&cap.roots)?;
+        self.write_nodes(&placed.0, &placed.1)?;
+        // Drop these references while the capture still holds every node.
+        drop(placed);
         let image = CatalogImage {
             next_volume: cap.next_volume,
             next_snapshot: cap.next_snapshot,
@@ -941,6 +965,7 @@ impl Inner {
         }
         self.wal.lock().mark_durable(log_start.lsn);
         let (old_page, old_n) = std::mem::replace(&mut ck.catalog_pages, (cat_page, npages));
+        self.state.lock().space.catalog_reserve = 2 * npages + 1;
         ck.generation = sb.generation;
         let seg_pages = self.log_geo.segment_pages;
         let mut meta = obsolete;
@@ -959,43 +984,44 @@ impl Inner {
     }
 
     /// Gives every captured node without a disk address a page and writes it.
-    fn write_dirty_nodes(&self, roots: &[(Arc<Node>, u32)]) -> Result<()> {
-        let mut dirty: Vec<(&Node, u32)> = Vec::new();
+    /// Gives every captured node without a disk address a page (under the
+    /// state lock, at capture, so the pages come out of the metadata
+    /// reserve before any write can take them).
+    fn assign_node_pages(st: &mut State, roots: &[LeveledNode]) -> Result<(Vec<LeveledNode>, Vec<Run>)> {
+        let mut dirty: Vec<(Arc<Node>, u32)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let mut stack: Vec<(&Node, u32)> = roots.iter().map(|(r, l)| (&**r, *l)).collect();
+        let mut stack: Vec<(&Arc<Node>, u32)> = roots.iter().map(|(r, l)| (r, *l)).collect();
         while let Some((n, level)) = stack.pop() {
-            if n.addr() != 0 || !seen.insert(n as *const Node) {
+            if n.addr() != 0 || !seen.insert(Arc::as_ptr(n)) {
                 continue;
             }
-            dirty.push((n, level));
+            dirty.push((n.clone(), level));
             if let tree::Body::Interior(children) = &n.body {
-                stack.extend(children.iter().flatten().map(|c| (&**c, level - 1)));
+                stack.extend(children.iter().flatten().map(|c| (c, level - 1)));
             }
         }
-        if dirty.is_empty() {
-            return Ok(());
-        }
-        let runs = {
-            let mut st = self.state.lock();
-            let runs = st.space.alloc(dirty.len() as u64)?;
-            for r in &runs {
-                for p in r.start..r.start + r.len {
-                    st.space.set_reserved(p, true);
-                }
+        let runs = if dirty.is_empty() { Vec::new() } else { st.space.alloc(dirty.len() as u64)? };
+        for r in &runs {
+            for p in r.start..r.start + r.len {
+                st.space.set_reserved(p, true);
             }
-            runs
-        };
-        let pages = runs.iter().flat_map(|r| r.start..r.start + r.len);
-        for ((n, _), p) in dirty.iter().zip(pages) {
+        }
+        for ((n, _), p) in dirty.iter().zip(runs.iter().flat_map(|r| r.start..r.start + r.len)) {
             n.set_addr(p);
         }
+        st.space.dirty_nodes = 0;
+        Ok((dirty, runs))
+    }
+
+    /// Writes the nodes `assign_node_pages` placed, one `pwrite` per run.
+    fn write_nodes(&self, dirty: &[LeveledNode], runs: &[Run]) -> Result<()> {
         let bs = self.block_size as usize;
         let mut i = 0;
-        for r in &runs {
+        for r in runs {
             let mut buf = Vec::with_capacity(r.len as usize * bs);
             for p in r.start..r.start + r.len {
-                let (n, level) = dirty[i];
-                buf.extend_from_slice(&tree::encode_node(n, level, p, bs));
+                let (n, level) = &dirty[i];
+                buf.extend_from_slice(&tree::encode_node(n, *level, p, bs));
                 i += 1;
             }
             let off = format::data_start(self.block_size) + r.start * bs as u64;
@@ -1118,8 +1144,10 @@ fn new_inner(
 }
 
 fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u64) -> State {
+    let mut space = Space::new(file, block_size, format::data_start(block_size), npages);
+    space.segment_pages = LogGeometry::new(format::data_start(block_size), block_size).segment_pages;
     State {
-        space: Space::new(file, block_size, format::data_start(block_size), npages),
+        space,
         volumes: BTreeMap::new(),
         snapshots: BTreeMap::new(),
         next_volume: 1,

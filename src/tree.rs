@@ -171,7 +171,11 @@ pub(crate) fn insert(root: &mut Root, geo: Geometry, lblock: u64, m: Mapping, sp
 }
 
 fn insert_at(slot: &mut Root, geo: Geometry, level: u32, lblock: u64, m: Mapping, space: &mut Space) {
-    let arc = slot.get_or_insert_with(|| Arc::new(Node::empty(level, geo.fanout())));
+    if slot.is_none() {
+        *slot = Some(Arc::new(Node::empty(level, geo.fanout())));
+        space.dirty_nodes += 1;
+    }
+    let arc = slot.as_mut().expect("just filled");
     let node = make_mut(arc, space);
     let idx = geo.index(lblock, level);
     match &mut node.body {
@@ -259,6 +263,8 @@ pub(crate) fn release_some(garbage: &mut Vec<Arc<Node>>, space: &mut Space, mut 
             let addr = node.addr();
             if addr != 0 {
                 space.obsolete(addr);
+            } else {
+                space.dirty_nodes = space.dirty_nodes.saturating_sub(1);
             }
             match node.body {
                 Body::Leaf(entries) => entries.iter().for_each(|e| space.dec(e.page)),

@@ -245,7 +245,7 @@ impl Volume {
             &merged
         };
         let crcs: Vec<u32> = payload.chunks(bs as usize).map(|b| Crc::of(b).0).collect();
-        let runs = self.inner.state.lock().space.claim(n)?;
+        let runs = self.inner.claim_pages(n)?;
         if let Err(e) = self.write_runs(&runs, payload) {
             self.free_runs(&runs);
             return Err(e);

@@ -1,0 +1,371 @@
+//! A full disk: writes fail with `Error::NoSpace` and change nothing, no
+//! acknowledged data is lost, `check()` stays clean (no page owned twice, none
+//! leaked), freeing space inside the store (deleting a snapshot, discarding,
+//! checkpointing) makes writes work again, and a crash at a full disk
+//! recovers cleanly.
+
+use cowvol::testing::{self, LossMode, SimDir};
+use cowvol::*;
+use std::sync::Arc;
+
+const BS: usize = 4096;
+const BLOCKS: u64 = 2048;
+const MIB: u64 = 1 << 20;
+
+fn opts() -> StoreOptions {
+    StoreOptions { background_checkpoints: false, checkpoint_wal_bytes: 512 << 10, ..Default::default() }
+}
+
+/// The contents of logical block `lb` written by write `w`.
+fn block(w: u64, lb: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BS];
+    b[..8].copy_from_slice(&w.to_le_bytes());
+    b[8..16].copy_from_slice(&lb.to_le_bytes());
+    for (i, x) in b[16..].iter_mut().enumerate() {
+        *x = (w as u8).wrapping_mul(29).wrapping_add(i as u8).wrapping_add((lb as u8).wrapping_mul(5)) | 1;
+    }
+    b
+}
+
+/// Which write produced a block (0 for zeroes), or `None` for garbage.
+fn decode(b: &[u8], lb: u64) -> Option<u64> {
+    if b.iter().all(|&x| x == 0) {
+        return Some(0);
+    }
+    let w = u64::from_le_bytes(b[..8].try_into().unwrap());
+    (block(w, lb) == b).then_some(w)
+}
+
+fn contents(h: &Volume, what: &str) -> Vec<u64> {
+    let n = h.size().div_ceil(BS as u64);
+    let mut buf = vec![0u8; h.size() as usize];
+    h.read_at(&mut buf, 0).unwrap_or_else(|e| panic!("{what}: read failed: {e}"));
+    (0..n)
+        .map(|lb| {
+            let b = &buf[lb as usize * BS..(lb as usize + 1) * BS];
+            decode(b, lb).unwrap_or_else(|| panic!("{what}: block {lb} holds garbage"))
+        })
+        .collect()
+}
+
+fn write_run(v: &Volume, start: u64, n: u64, w: u64) -> Result<()> {
+    let buf: Vec<u8> = (start..start + n).flat_map(|lb| block(w, lb)).collect();
+    v.write_at(&buf, start * BS as u64)
+}
+
+fn assert_clean(store: &Store, what: &str) {
+    let r = store.check().unwrap_or_else(|e| panic!("{what}: check failed: {e}"));
+    assert!(r.is_clean(), "{what}: check found {:?}", r.problems);
+}
+
+/// A store filled until a write or flush failed for lack of space.
+struct Filled {
+    disk: SimDir,
+    store: Store,
+    vol: Volume,
+    /// Write id per block as the store shows it now.
+    cur: Vec<u64>,
+    /// Write id per block as of the last successful flush.
+    acked: Vec<u64>,
+    snap: SnapshotId,
+    snap_content: Vec<u64>,
+    next_w: u64,
+    failed_in: &'static str,
+    acked_writes: u64,
+}
+
+fn fill(capacity: u64) -> Filled {
+    let disk = SimDir::new();
+    disk.set_capacity(Some(capacity));
+    let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
+    let info = store.create_volume(VolumeOptions::new("v", BLOCKS * BS as u64)).unwrap();
+    let vol = store.open_volume(info.id).unwrap();
+    let mut cur = vec![0u64; BLOCKS as usize];
+    let mut next_w = 1;
+    for start in (0..128).step_by(8) {
+        write_run(&vol, start, 8, next_w).unwrap();
+        cur[start as usize..start as usize + 8].fill(next_w);
+        next_w += 1;
+    }
+    vol.flush().unwrap();
+    // The snapshot pins the first 128 blocks' pages while they are overwritten.
+    let snap = store.create_snapshot(info.id, SnapshotOptions::named("pin")).unwrap();
+    let snap_content = cur.clone();
+    let mut acked = cur.clone();
+    let mut pending: Vec<(u64, u64)> = Vec::new();
+    let mut acked_writes = 0;
+    let mut failed_in = "";
+    for i in 0..100_000u64 {
+        let start = (i * 4) % BLOCKS;
+        let w = next_w;
+        next_w += 1;
+        match write_run(&vol, start, 4, w) {
+            Ok(()) => {
+                cur[start as usize..start as usize + 4].fill(w);
+                pending.push((start, w));
+            }
+            Err(Error::NoSpace { .. }) => {
+                failed_in = "write";
+                break;
+            }
+            Err(e) => panic!("write {i}: expected NoSpace or success, got {e:?}"),
+        }
+        if i % 4 == 3 {
+            match vol.flush() {
+                Ok(()) => {
+                    acked.clone_from(&cur);
+                    acked_writes += pending.len() as u64;
+                    pending.clear();
+                }
+                Err(Error::NoSpace { .. }) => {
+                    failed_in = "flush";
+                    break;
+                }
+                Err(e) => panic!("flush after write {i}: expected NoSpace or success, got {e:?}"),
+            }
+        }
+    }
+    assert!(!failed_in.is_empty(), "the disk never filled up");
+    Filled { disk, store, vol, cur, acked, snap: snap.id, snap_content, next_w, failed_in, acked_writes }
+}
+
+#[test]
+fn full_disk_then_free_space_inside_the_store_and_write_again() {
+    let mut f = fill(10 * MIB);
+    println!(
+        "filled a {} MiB disk: {} acknowledged writes, then NoSpace in {}; used {} bytes",
+        10,
+        f.acked_writes,
+        f.failed_in,
+        f.disk.used_bytes()
+    );
+    // The failed write changed nothing; everything else reads as written.
+    assert_eq!(contents(&f.vol, "after NoSpace"), f.cur);
+    let vid = f.vol.volume_id().unwrap();
+    assert_eq!(contents(&f.store.open_snapshot(vid, f.snap).unwrap(), "snapshot"), f.snap_content);
+    assert_clean(&f.store, "after NoSpace");
+    // Free space: the snapshot's old versions and a discarded range, made
+    // reusable by a checkpoint.
+    assert!(f.store.delete_snapshot(vid, f.snap).unwrap().existed);
+    f.vol.discard(0, 400 * BS as u64).unwrap();
+    f.cur[..400].fill(0);
+    f.store.checkpoint().unwrap_or_else(|e| panic!("checkpoint after freeing space: {e}"));
+    assert_clean(&f.store, "after freeing");
+    // Writes work again.
+    for k in 0..50u64 {
+        let start = 100 + k * 4;
+        let w = f.next_w;
+        f.next_w += 1;
+        write_run(&f.vol, start, 4, w).unwrap_or_else(|e| panic!("write {k} after freeing space: {e}"));
+        f.cur[start as usize..start as usize + 4].fill(w);
+    }
+    f.vol.flush().unwrap();
+    assert_eq!(contents(&f.vol, "after writing again"), f.cur);
+    assert_clean(&f.store, "after writing again");
+    // And all of it survives a power cut, on the same full disk.
+    let acked = f.cur.clone();
+    let recovered = f.disk.crash(LossMode::DropAll, 0);
+    drop(f.vol);
+    testing::abandon(f.store);
+    let store = Store::open_in(Arc::new(recovered), opts()).unwrap_or_else(|e| panic!("reopen: {e}"));
+    assert_clean(&store, "reopened");
+    assert_eq!(contents(&store.open_volume(vid).unwrap(), "reopened"), acked);
+}
+
+#[test]
+fn crash_at_a_full_disk_recovers_the_acknowledged_state() {
+    let f = fill(9 * MIB);
+    println!("filled a 9 MiB disk: {} acknowledged writes, NoSpace in {}", f.acked_writes, f.failed_in);
+    let vid = f.vol.volume_id().unwrap();
+    let modes = [
+        (LossMode::DropAll, 0),
+        (LossMode::KeepAll, 0),
+        (LossMode::Random { keep_prob: 0.5, tear_prob: 0.5 }, 1),
+        (LossMode::Random { keep_prob: 0.5, tear_prob: 0.5 }, 2),
+        (LossMode::Prefix, 3),
+    ];
+    let mut opened_full = 0;
+    for (mode, seed) in modes {
+        let what = format!("crash {mode:?} seed {seed}");
+        // Reopen on the disk as full as it was.
+        let recovered = f.disk.crash(mode, seed);
+        let store = match Store::open_in(Arc::new(recovered.clone()), opts()) {
+            Ok(s) => {
+                opened_full += 1;
+                s
+            }
+            Err(e) => panic!("{what}: reopening at a full disk failed: {e}"),
+        };
+        assert_clean(&store, &what);
+        let got = contents(&store.open_volume(vid).unwrap(), &what);
+        for (lb, (&g, (&a, &c))) in got.iter().zip(f.acked.iter().zip(&f.cur)).enumerate() {
+            assert!(g == a || g == c, "{what}: block {lb} shows write {g}, acknowledged {a}, last written {c}");
+        }
+        let snaps = store.list_snapshots(vid);
+        assert_eq!(snaps.len(), 1, "{what}");
+        assert_eq!(contents(&store.open_snapshot(vid, snaps[0].id).unwrap(), &what), f.snap_content, "{what}");
+    }
+    println!("reopened at a full disk: {opened_full} of {}", modes.len());
+    drop(f.vol);
+    testing::abandon(f.store);
+}
+
+/// A multi-block write that gets some pages from the free map and then
+/// fails to grow the file: nothing of it may stay allocated or visible.
+#[test]
+fn no_space_in_the_middle_of_a_multi_block_write() {
+    let disk = SimDir::new();
+    let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
+    let info = store.create_volume(VolumeOptions::new("v", BLOCKS * BS as u64)).unwrap();
+    let vol = store.open_volume(info.id).unwrap();
+    let mut cur = vec![0u64; BLOCKS as usize];
+    for (i, start) in (0..256).step_by(16).enumerate() {
+        write_run(&vol, start, 16, i as u64 + 1).unwrap();
+        cur[start as usize..start as usize + 16].fill(i as u64 + 1);
+    }
+    vol.flush().unwrap();
+    store.checkpoint().unwrap();
+    let free = store.stats().free_bytes / BS as u64;
+    assert!(free > 0 && free < 1000, "{free} free pages");
+    // The file may grow by two more pages, no further.
+    disk.set_capacity(Some(disk.used_bytes() + 2 * BS as u64));
+    let before = store.stats();
+    let n = free + 20;
+    let r = write_run(&vol, 10, n, 1000);
+    assert!(matches!(r, Err(Error::NoSpace { .. })), "a {n}-block write with {free} pages free: {r:?}");
+    assert_eq!(contents(&vol, "after the failed write"), cur, "the failed write left traces");
+    assert_clean(&store, "after the failed write");
+    let after = store.stats();
+    assert_eq!(after.free_bytes, before.free_bytes, "pages of the failed write were not given back");
+    assert_eq!(after.data_blocks, before.data_blocks);
+    // A write that fits in what is free succeeds, and survives a crash.
+    write_run(&vol, 10, free.min(8), 1001).unwrap();
+    cur[10..10 + free.min(8) as usize].fill(1001);
+    vol.flush().unwrap();
+    assert_clean(&store, "after the smaller write");
+    let recovered = disk.crash(LossMode::DropAll, 0);
+    drop(vol);
+    testing::abandon(store);
+    recovered.set_capacity(None);
+    let store = Store::open_in(Arc::new(recovered), opts()).unwrap();
+    assert_clean(&store, "reopened");
+    assert_eq!(contents(&store.open_volume(info.id).unwrap(), "reopened"), cur);
+}
+
+/// Thread A discards ranges and rewrites them (its freed pages go back to
+/// the allocator at each checkpoint) while thread B writes its own ranges,
+/// reusing those pages. Contents must match each thread's model.
+#[test]
+fn discard_racing_with_page_reuse() {
+    const HALF: u64 = 256;
+    for round in 0..3u64 {
+        let disk = SimDir::new();
+        let o = StoreOptions { background_checkpoints: true, checkpoint_wal_bytes: 64 << 10, ..Default::default() };
+        let store = Store::open_in(Arc::new(disk.clone()), o.clone()).unwrap();
+        let info = store
+            .create_volume(VolumeOptions {
+                access_mode: AccessMode::ReadWriteMany,
+                ..VolumeOptions::new("v", 2 * HALF * BS as u64)
+            })
+            .unwrap();
+        let data_written = std::sync::atomic::AtomicU64::new(0);
+        let models: Vec<Vec<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2u64)
+                .map(|t| {
+                    let vol = store.open_volume(info.id).unwrap();
+                    let store = store.clone();
+                    let data_written = &data_written;
+                    s.spawn(move || {
+                        let base = t * HALF;
+                        let mut model = vec![0u64; HALF as usize];
+                        let mut rng = 0x1234_5678 ^ (t << 40) ^ round;
+                        let mut next = |m: u64| {
+                            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            (rng >> 33) % m
+                        };
+                        for i in 0..600u64 {
+                            let w = (t + 1) << 32 | (i + 1);
+                            let start = next(HALF - 9);
+                            let n = next(8) + 1;
+                            if t == 0 && i % 3 == 0 {
+                                // Whole blocks, or a byte range with partial blocks at its ends.
+                                let (off, len) = if i % 2 == 0 {
+                                    (start * BS as u64, n * BS as u64)
+                                } else {
+                                    (start * BS as u64 + 100, n * BS as u64 - 50)
+                                };
+                                vol.discard(base * BS as u64 + off, len).unwrap();
+                                let first = off.div_ceil(BS as u64);
+                                let end = (off + len) / BS as u64;
+                                for lb in first..end {
+                                    model[lb as usize] = 0;
+                                }
+                                // Partial edges are zeroed in place: mark them as
+                                // their own "write" the model can check.
+                                for lb in [off / BS as u64, (off + len) / BS as u64] {
+                                    if lb < first || lb >= end {
+                                        let mut b = vec![0u8; BS];
+                                        vol.read_at(&mut b, (base + lb) * BS as u64).unwrap();
+                                        let lo = off.max(lb * BS as u64) - lb * BS as u64;
+                                        let hi = (off + len).min((lb + 1) * BS as u64) - lb * BS as u64;
+                                        assert!(
+                                            b[lo as usize..hi as usize].iter().all(|&x| x == 0),
+                                            "discarded bytes read back non-zero"
+                                        );
+                                        // Rewrite the block whole so the model stays per block.
+                                        write_run(&vol, base + lb, 1, w).unwrap();
+                                        model[lb as usize] = w;
+                                    }
+                                }
+                            } else {
+                                write_run(&vol, base + start, n, w).unwrap();
+                                data_written.fetch_add(n * BS as u64, std::sync::atomic::Ordering::Relaxed);
+                                for lb in start..start + n {
+                                    model[lb as usize] = w;
+                                }
+                            }
+                            if i % 10 == 9 {
+                                vol.flush().unwrap();
+                            }
+                            if t == 0 && i % 50 == 49 {
+                                store.checkpoint().unwrap();
+                            }
+                            if i % 25 == 0 {
+                                // Only this thread's half: the other one may be mid-update.
+                                let mut buf = vec![0u8; HALF as usize * BS];
+                                vol.read_at(&mut buf, base * BS as u64).unwrap();
+                                for (k, b) in buf.chunks(BS).enumerate() {
+                                    let got = decode(b, base + k as u64);
+                                    assert_eq!(
+                                        got,
+                                        Some(model[k]),
+                                        "thread {t} step {i}: block {} differs",
+                                        base + k as u64
+                                    );
+                                }
+                            }
+                        }
+                        vol.flush().unwrap();
+                        model
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let want: Vec<u64> = models.concat();
+        // Freed pages were reused: the file is smaller than the data written.
+        let written = data_written.into_inner();
+        let file = store.stats().file_bytes;
+        assert!(file < written, "round {round}: no page reuse? file of {file} bytes, {written} bytes of data written");
+        println!("discard race round {round}: {written} bytes of data written, file of {file} bytes");
+        let vol = store.open_volume(info.id).unwrap();
+        assert_eq!(contents(&vol, "after the race"), want);
+        assert_clean(&store, "after the race");
+        drop(vol);
+        let recovered = disk.crash(LossMode::DropAll, round);
+        testing::abandon(store);
+        let store = Store::open_in(Arc::new(recovered), o).unwrap();
+        assert_clean(&store, "reopened");
+        assert_eq!(contents(&store.open_volume(info.id).unwrap(), "reopened"), want);
+    }
+}
