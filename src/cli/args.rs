@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Mapped-block counts for the snapshot latency table [default: 1000,100000,1000000].
     #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
     pub sizes: Option<Vec<u64>>,
+    /// Also draw snapshot, fork, restore and delete latency against volume size as an SVG chart.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 /// `cowvol init`.

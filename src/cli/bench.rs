@@ -46,6 +46,11 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> CliResult {
     spin.finish_and_clear();
     let _ = std::fs::remove_dir_all(&dir);
     let report = report.ctx(format!("benchmarking in {}", dir.display()))?;
+    if let Some(path) = &a.svg {
+        std::fs::write(path, latency_svg(&report)).map_err(|e| {
+            super::error::CliError::new(super::error::code::FAILURE, format!("writing {}: {e}", path.display()))
+        })?;
+    }
     if ctx.json {
         return ctx.print_json(&to_json(&report));
     }
@@ -117,4 +122,75 @@ fn to_json(r: &BenchReport) -> ReportJson<'_> {
             })
             .collect(),
     }
+}
+
+/// Draws the snapshot latency table: one line per operation, latency (µs,
+/// linear) against mapped blocks (log scale), and the raw fdatasync line
+/// for reference.
+fn latency_svg(r: &BenchReport) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 420.0, 70.0, 170.0, 30.0, 50.0);
+    let pts = &r.snapshot_latency;
+    let xs: Vec<f64> = pts.iter().map(|p| (p.mapped_blocks.max(1) as f64).log10()).collect();
+    let (xmin, xmax) = (xs.iter().cloned().fold(f64::MAX, f64::min), xs.iter().cloned().fold(f64::MIN, f64::max));
+    let series: [(&str, &str, fn(&cowvol::bench::SnapshotLatency) -> f64); 5] = [
+        ("create", "#1f77b4", |p| p.create_us),
+        ("fork", "#2ca02c", |p| p.fork_us),
+        ("restore", "#d62728", |p| p.restore_us),
+        ("delete", "#9467bd", |p| p.delete_us),
+        ("raw fdatasync", "#7f7f7f", |p| p.raw_fdatasync_us),
+    ];
+    let ymax = pts.iter().flat_map(|p| series.iter().map(move |s| (s.2)(p))).fold(1.0, f64::max) * 1.15;
+    let px = |x: f64| left + if xmax > xmin { (x - xmin) / (xmax - xmin) } else { 0.5 } * (w - left - right);
+    let py = |y: f64| top + (1.0 - y / ymax) * (h - top - bottom);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"18\" font-size=\"14\">cowvol snapshot, fork, restore and delete latency (median, µs) by mapped blocks</text>\n"
+    );
+    let (x0, y0, x1) = (left, h - bottom, w - right);
+    svg += &format!("<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"black\"/>\n");
+    svg += &format!("<line x1=\"{x0}\" y1=\"{top}\" x2=\"{x0}\" y2=\"{y0}\" stroke=\"black\"/>\n");
+    for i in 0..=4 {
+        let v = ymax * i as f64 / 4.0;
+        let y = py(v);
+        svg += &format!(
+            "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{x1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
+            x0 - 6.0,
+            y + 4.0
+        );
+    }
+    for (p, &x) in pts.iter().zip(&xs) {
+        svg += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
+            px(x),
+            y0 + 18.0,
+            p.mapped_blocks
+        );
+    }
+    svg += &format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">mapped blocks (log scale)</text>\n",
+        (x0 + x1) / 2.0,
+        h - 10.0
+    );
+    for (i, (name, color, f)) in series.iter().enumerate() {
+        let path: Vec<String> = pts.iter().zip(&xs).map(|(p, &x)| format!("{:.1},{:.1}", px(x), py(f(p)))).collect();
+        let dash = if *name == "raw fdatasync" { " stroke-dasharray=\"5,4\"" } else { "" };
+        svg += &format!(
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash}/>\n",
+            path.join(" ")
+        );
+        for (p, &x) in pts.iter().zip(&xs) {
+            svg += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>\n", px(x), py(f(p)));
+        }
+        let ly = top + 20.0 + i as f64 * 20.0;
+        svg += &format!(
+            "<line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{color}\" stroke-width=\"2\"{dash}/><text x=\"{:.1}\" y=\"{:.1}\">{name}</text>\n",
+            x1 + 15.0,
+            x1 + 40.0,
+            x1 + 46.0,
+            ly + 4.0
+        );
+    }
+    svg += "</svg>\n";
+    svg
 }
