@@ -131,9 +131,70 @@ pub(crate) fn lookup(root: &Root, geo: Geometry, lblock: u64) -> Option<Mapping>
             }
             Body::Leaf(entries) => {
                 let idx = geo.index(lblock, 0) as u32;
-                let i = entries.binary_search_by_key(&idx, |e| e.idx).ok()?;
+                let i = find_entry(entries, idx).ok()?;
                 let e = entries[i];
                 return Some(Mapping { page: e.page, crc: e.crc });
+            }
+        }
+    }
+}
+
+/// Finds the entry for leaf index `idx`. Entries are sorted by unique
+/// index, so entry `i` has an index of at least `i`: in a dense leaf (the
+/// common case) the entry sits at position `idx`, found with one load
+/// instead of a binary search.
+fn find_entry(entries: &[LeafEntry], idx: u32) -> std::result::Result<usize, usize> {
+    if entries.get(idx as usize).is_some_and(|e| e.idx == idx) {
+        return Ok(idx as usize);
+    }
+    entries.binary_search_by_key(&idx, |e| e.idx)
+}
+
+/// Appends to `out` the mapping of each block `first..first + n`, in order.
+/// Descends once per leaf (or per missing subtree) rather than once per
+/// block.
+pub(crate) fn lookup_range(root: &Root, geo: Geometry, first: u64, n: u64, out: &mut Vec<Option<Mapping>>) {
+    let end = first + n;
+    let mask = geo.fanout() as u64 - 1;
+    let mut lb = first;
+    out.reserve(n as usize);
+    while lb < end {
+        let mut level = geo.levels - 1;
+        let mut node = root.as_deref();
+        let leaf = loop {
+            match node {
+                None => break None,
+                Some(nd) => match &nd.body {
+                    Body::Interior(children) => {
+                        node = children[geo.index(lb, level)].as_deref();
+                        level -= 1;
+                    }
+                    Body::Leaf(entries) => break Some(entries),
+                },
+            }
+        };
+        match leaf {
+            None => {
+                // No node at `level` covers `lb`: its whole span is unmapped.
+                let span = geo.span(level);
+                let stop = (lb - lb % span).saturating_add(span).min(end);
+                out.extend((lb..stop).map(|_| None));
+                lb = stop;
+            }
+            Some(entries) => {
+                let stop = ((lb | mask) + 1).min(end);
+                let mut p = entries.partition_point(|e| (e.idx as u64) < (lb & mask));
+                for b in lb..stop {
+                    let idx = (b & mask) as u32;
+                    match entries.get(p) {
+                        Some(e) if e.idx == idx => {
+                            out.push(Some(Mapping { page: e.page, crc: e.crc }));
+                            p += 1;
+                        }
+                        _ => out.push(None),
+                    }
+                }
+                lb = stop;
             }
         }
     }
@@ -183,7 +244,7 @@ fn insert_at(slot: &mut Root, geo: Geometry, level: u32, lblock: u64, m: Mapping
         Body::Leaf(entries) => {
             let e = LeafEntry { idx: idx as u32, crc: m.crc, page: m.page };
             space.inc(m.page);
-            match entries.binary_search_by_key(&e.idx, |e| e.idx) {
+            match find_entry(entries, e.idx) {
                 Ok(i) => {
                     let old = std::mem::replace(&mut entries[i], e);
                     space.dec(old.page);

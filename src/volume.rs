@@ -62,11 +62,54 @@ pub struct Volume {
     target: Target,
     size: u64,
     lease: Arc<Lease>,
+    /// Byte offset of page 0 in the data file (`format::data_start`), so
+    /// that I/O computes page offsets without the state lock.
+    data_start: u64,
+    /// The volume's `write_buffer_bytes` (fixed at creation).
+    write_buffer: u64,
+}
+
+/// Counts a data write as under way for group commit (see
+/// `Inner::gather_writes`) until dropped.
+struct InFlight<'a>(&'a Inner);
+
+impl<'a> InFlight<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.writes_started.fetch_add(1, Ordering::AcqRel);
+        InFlight(inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.writes_finished.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl Volume {
-    pub(crate) fn new(store: Store, target: Target, size: u64, rt: Arc<VolRuntime>, writable: bool) -> Volume {
-        Volume { _store: store.keeper, inner: store.inner, target, size, lease: Arc::new(Lease { rt, writable }) }
+    pub(crate) fn new(
+        store: Store,
+        target: Target,
+        size: u64,
+        rt: Arc<VolRuntime>,
+        writable: bool,
+        write_buffer: u64,
+    ) -> Volume {
+        let data_start = crate::format::data_start(store.inner.block_size);
+        Volume {
+            _store: store.keeper,
+            inner: store.inner,
+            target,
+            size,
+            lease: Arc::new(Lease { rt, writable }),
+            data_start,
+            write_buffer,
+        }
+    }
+
+    /// Byte offset of `page` in the data file (as `Space::offset_of`).
+    fn offset_of(&self, page: u64) -> u64 {
+        self.data_start + page * self.bs()
     }
 
     /// Logical size in bytes.
@@ -100,6 +143,7 @@ impl Volume {
 
     /// Looks up the mappings of blocks `first..first+n` under the state lock.
     fn plan(&self, first: u64, n: u64) -> Result<Vec<Option<Mapping>>> {
+        let mut out = Vec::new();
         let st = self.inner.state.lock();
         let (root, geo): (&Root, Geometry) = match self.target {
             Target::Volume(v) => {
@@ -111,7 +155,12 @@ impl Volume {
                 (&s.root, s.geo)
             }
         };
-        Ok((first..first + n).map(|lb| tree::lookup(root, geo, lb)).collect())
+        if n == 1 {
+            out.push(tree::lookup(root, geo, first));
+        } else {
+            tree::lookup_range(root, geo, first, n, &mut out);
+        }
+        Ok(out)
     }
 
     /// Reads `buf.len()` bytes at `offset`. Never-written and discarded
@@ -178,8 +227,10 @@ impl Volume {
     }
 
     fn read_pages(&self, page: u64, into: &mut [u8]) -> Result<()> {
-        let off = self.inner.state.lock().space.offset_of(page);
-        self.inner.file.read_at(into, off).map_err(|e| Error::io(format!("reading {} at page {page}", self.target), e))
+        self.inner
+            .file
+            .read_at(into, self.offset_of(page))
+            .map_err(|e| Error::io(format!("reading {} at page {page}", self.target), e))
     }
 
     /// A block failed its CRC: look it up again in case it was remapped
@@ -236,6 +287,7 @@ impl Volume {
         let last = (offset + data.len() as u64 - 1) / bs;
         let n = last - first + 1;
         let _stripes = self.lock_stripes(first, n);
+        let in_flight = InFlight::new(&self.inner);
         let aligned = offset.is_multiple_of(bs) && (data.len() as u64).is_multiple_of(bs);
         let merged;
         let payload: &[u8] = if aligned {
@@ -250,23 +302,29 @@ impl Volume {
             self.free_runs(&runs);
             return Err(e);
         }
-        let mut recs = Vec::new();
-        let mut lb = first;
-        for r in &runs {
-            let mut done = 0;
-            while done < r.len {
-                let k = (r.len - done).min(MAX_MAP_BLOCKS as u64);
-                let at = (lb - first) as usize;
-                recs.push(Record::Map {
-                    vol: vol.0,
-                    lblock: lb,
-                    page: r.start + done,
-                    crcs: crcs[at..at + k as usize].to_vec(),
-                });
-                lb += k;
-                done += k;
+        let recs = if runs.len() == 1 && n <= MAX_MAP_BLOCKS as u64 {
+            // The common case: one record that takes the CRCs as they are.
+            vec![Record::Map { vol: vol.0, lblock: first, page: runs[0].start, crcs }]
+        } else {
+            let mut recs = Vec::new();
+            let mut lb = first;
+            for r in &runs {
+                let mut done = 0;
+                while done < r.len {
+                    let k = (r.len - done).min(MAX_MAP_BLOCKS as u64);
+                    let at = (lb - first) as usize;
+                    recs.push(Record::Map {
+                        vol: vol.0,
+                        lblock: lb,
+                        page: r.start + done,
+                        crcs: crcs[at..at + k as usize].to_vec(),
+                    });
+                    lb += k;
+                    done += k;
+                }
             }
-        }
+            recs
+        };
         {
             let mut st = self.inner.state.lock();
             let logged = st.vol(vol).map(|_| ()).and_then(|_| self.inner.apply_and_log_many(&mut st, &recs));
@@ -284,9 +342,9 @@ impl Volume {
                 }
             }
         }
-        let limit = self.inner.state.lock().vol(vol).map(|v| v.info.write_buffer_bytes).unwrap_or(u64::MAX);
+        drop(in_flight);
         let pending = self.lease.rt.unflushed.fetch_add(data.len() as u64, Ordering::AcqRel) + data.len() as u64;
-        if pending > limit {
+        if pending > self.write_buffer {
             self.flush()?;
         }
         Ok(())
@@ -301,10 +359,9 @@ impl Volume {
         let mut at = 0usize;
         for r in runs {
             let len = r.len as usize * bs;
-            let off = self.inner.state.lock().space.offset_of(r.start);
             self.inner
                 .file
-                .write_at(&payload[at..at + len], off)
+                .write_at(&payload[at..at + len], self.offset_of(r.start))
                 .map_err(|e| Error::io(format!("writing {} data", self.target), e))?;
             at += len;
         }

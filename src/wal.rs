@@ -111,6 +111,22 @@ impl Record {
         }
     }
 
+    /// The length of [`Record::encode`]'s output, without encoding the
+    /// records on the I/O path.
+    pub(crate) fn encoded_len(&self) -> usize {
+        match self {
+            Record::Map { crcs, .. } => 29 + 4 * crcs.len(),
+            Record::Unmap { .. } => 25,
+            Record::DeleteVolume { .. } | Record::DeleteSnapshot { .. } => 9,
+            Record::Restore { .. } => 17,
+            Record::CreateVolume(_) | Record::Fork(_) | Record::CreateSnapshot(_) => {
+                let mut e = Enc::default();
+                self.encode(&mut e);
+                e.len()
+            }
+        }
+    }
+
     pub(crate) fn decode(d: &mut Dec<'_>) -> Result<Record> {
         Ok(match d.u8()? {
             TAG_MAP => {
@@ -494,6 +510,22 @@ mod tests {
     use super::*;
     use crate::backend::StorageDir;
     use crate::testing::SimDir;
+
+    #[test]
+    fn encoded_len_matches_encode() {
+        let recs = [
+            Record::Map { vol: 1, lblock: 2, page: 3, crcs: vec![7; 5] },
+            Record::Unmap { vol: 1, lblock: 2, count: 3 },
+            Record::DeleteVolume { vol: 4 },
+            Record::DeleteSnapshot { snap: 5 },
+            Record::Restore { vol: 1, snap: 5 },
+        ];
+        for rec in &recs {
+            let mut e = Enc::default();
+            rec.encode(&mut e);
+            assert_eq!(rec.encoded_len(), e.len(), "{rec:?}");
+        }
+    }
 
     fn setup() -> (Arc<dyn StorageFile>, LogGeometry) {
         let f = SimDir::new().open_file("d", true).unwrap();

@@ -124,6 +124,9 @@ fn to_json(r: &BenchReport) -> ReportJson<'_> {
     }
 }
 
+/// One line of the latency chart: label, colour and the field it plots.
+type Series = (&'static str, &'static str, fn(&cowvol::bench::SnapshotLatency) -> f64);
+
 /// Draws the snapshot latency table: one line per operation, latency (µs,
 /// linear) against mapped blocks (log scale), and the raw fdatasync line
 /// for reference.
@@ -132,7 +135,7 @@ fn latency_svg(r: &BenchReport) -> String {
     let pts = &r.snapshot_latency;
     let xs: Vec<f64> = pts.iter().map(|p| (p.mapped_blocks.max(1) as f64).log10()).collect();
     let (xmin, xmax) = (xs.iter().cloned().fold(f64::MAX, f64::min), xs.iter().cloned().fold(f64::MIN, f64::max));
-    let series: [(&str, &str, fn(&cowvol::bench::SnapshotLatency) -> f64); 5] = [
+    let series: [Series; 5] = [
         ("create", "#1f77b4", |p| p.create_us),
         ("fork", "#2ca02c", |p| p.fork_us),
         ("restore", "#d62728", |p| p.restore_us),
