@@ -46,6 +46,24 @@ macro_rules! typed_id {
 
 typed_id!(VolumeId, "vol", "Identifies a volume.");
 typed_id!(SnapshotId, "snap", "Identifies a snapshot.");
+typed_id!(TemplateId, "tmpl", "Identifies a template.");
+
+/// Reads a one-byte code into an enum, or reports an unknown code.
+macro_rules! coded_enum {
+    ($name:ident { $($variant:ident = $code:literal),+ $(,)? }) => {
+        impl $name {
+            pub(crate) fn code(self) -> u8 {
+                match self { $($name::$variant => $code),+ }
+            }
+            pub(crate) fn from_code(c: u8, d: &Dec<'_>) -> Result<Self> {
+                match c {
+                    $($code => Ok($name::$variant),)+
+                    _ => Err(d.bad(format!(concat!("unknown ", stringify!($name), " code {}"), c))),
+                }
+            }
+        }
+    };
+}
 
 /// Who may open a volume for writing at the same time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -59,22 +77,185 @@ pub enum AccessMode {
     ReadOnlyMany,
 }
 
-impl AccessMode {
-    fn code(self) -> u8 {
-        match self {
-            AccessMode::ReadWriteOnce => 0,
-            AccessMode::ReadWriteMany => 1,
-            AccessMode::ReadOnlyMany => 2,
-        }
-    }
-    fn from_code(c: u8, d: &Dec<'_>) -> Result<Self> {
-        Ok(match c {
-            0 => AccessMode::ReadWriteOnce,
-            1 => AccessMode::ReadWriteMany,
-            2 => AccessMode::ReadOnlyMany,
-            _ => return Err(d.bad(format!("unknown access mode {c}"))),
+coded_enum!(AccessMode { ReadWriteOnce = 0, ReadWriteMany = 1, ReadOnlyMany = 2 });
+
+/// Who took a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SnapshotKind {
+    /// Taken on request. Retention never deletes it. The default.
+    #[default]
+    Manual,
+    /// Taken by a volume's snapshot policy; retention prunes it.
+    Auto,
+}
+
+coded_enum!(SnapshotKind { Manual = 0, Auto = 1 });
+
+/// Where a snapshot is in its life.
+///
+/// A snapshot taken in one call ([`crate::Store::create_snapshot`]) is born
+/// `Ready`. One taken in two steps ([`crate::Store::begin_snapshot`], then
+/// [`crate::Store::commit_snapshot`]) is `Creating` in between; a crash or
+/// [`crate::Store::abort_snapshot`] turns it `Failed`, never half there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum SnapshotStatus {
+    /// Registered, its point in time not yet captured; holds no data.
+    Creating,
+    /// Captured and durable: can be read, restored, forked.
+    #[default]
+    Ready,
+    /// Never captured (aborted, or interrupted by a crash); holds no data
+    /// and can only be deleted.
+    Failed,
+}
+
+coded_enum!(SnapshotStatus { Creating = 0, Ready = 1, Failed = 2 });
+
+impl fmt::Display for SnapshotKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SnapshotKind::Manual => "manual",
+            SnapshotKind::Auto => "auto",
         })
     }
+}
+
+impl FromStr for SnapshotKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "manual" => Ok(SnapshotKind::Manual),
+            "auto" => Ok(SnapshotKind::Auto),
+            _ => Err(Error::invalid(format!("{s:?} is not a snapshot kind (manual or auto)"))),
+        }
+    }
+}
+
+impl fmt::Display for SnapshotStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SnapshotStatus::Creating => "creating",
+            SnapshotStatus::Ready => "ready",
+            SnapshotStatus::Failed => "failed",
+        })
+    }
+}
+
+impl FromStr for SnapshotStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "creating" => Ok(SnapshotStatus::Creating),
+            "ready" => Ok(SnapshotStatus::Ready),
+            "failed" => Ok(SnapshotStatus::Failed),
+            _ => Err(Error::invalid(format!("{s:?} is not a snapshot status (creating, ready or failed)"))),
+        }
+    }
+}
+
+/// What a volume's tree was copied from when it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VolumeOrigin {
+    /// A fork of another volume's live state.
+    Volume(VolumeId),
+    /// Made from a snapshot (a fork of it, or a volume created from it).
+    Snapshot(VolumeId, SnapshotId),
+    /// Made from a template.
+    Template(TemplateId),
+}
+
+/// A volume's automatic snapshots: how often, and how long they are kept.
+///
+/// Retention prunes an `Auto` snapshot only when every rule that is set
+/// lets it go: it is not among the newest `keep_last`, and it is older
+/// than `keep_for_secs`. Manual and held snapshots are never pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SnapshotPolicy {
+    /// Seconds between automatic snapshots (at least 1).
+    pub interval_secs: u64,
+    /// Keep at least the newest N automatic snapshots.
+    pub keep_last: Option<u32>,
+    /// Keep automatic snapshots younger than this many seconds.
+    pub keep_for_secs: Option<u64>,
+}
+
+impl SnapshotPolicy {
+    pub(crate) fn encode(p: &Option<SnapshotPolicy>, e: &mut Enc) {
+        let Some(p) = p else {
+            e.u8(0);
+            return;
+        };
+        e.u8(1 | u8::from(p.keep_last.is_some()) << 1 | u8::from(p.keep_for_secs.is_some()) << 2);
+        e.u64(p.interval_secs);
+        e.u32(p.keep_last.unwrap_or(0));
+        e.u64(p.keep_for_secs.unwrap_or(0));
+    }
+
+    pub(crate) fn decode(d: &mut Dec<'_>) -> Result<Option<SnapshotPolicy>> {
+        let flags = d.u8()?;
+        if flags == 0 {
+            return Ok(None);
+        }
+        if flags & !7 != 0 || flags & 1 == 0 {
+            return Err(d.bad(format!("bad policy flags {flags:#x}")));
+        }
+        let interval_secs = d.u64()?;
+        let keep_last = d.u32()?;
+        let keep_for = d.u64()?;
+        Ok(Some(SnapshotPolicy {
+            interval_secs,
+            keep_last: (flags & 2 != 0).then_some(keep_last),
+            keep_for_secs: (flags & 4 != 0).then_some(keep_for),
+        }))
+    }
+}
+
+fn encode_origin(o: &Option<VolumeOrigin>, e: &mut Enc) {
+    match o {
+        None => e.u8(0),
+        Some(VolumeOrigin::Volume(v)) => {
+            e.u8(1);
+            e.u64(v.0);
+        }
+        Some(VolumeOrigin::Snapshot(v, s)) => {
+            e.u8(2);
+            e.u64(v.0);
+            e.u64(s.0);
+        }
+        Some(VolumeOrigin::Template(t)) => {
+            e.u8(3);
+            e.u64(t.0);
+        }
+    }
+}
+
+fn decode_origin(d: &mut Dec<'_>) -> Result<Option<VolumeOrigin>> {
+    Ok(match d.u8()? {
+        0 => None,
+        1 => Some(VolumeOrigin::Volume(VolumeId(d.u64()?))),
+        2 => Some(VolumeOrigin::Snapshot(VolumeId(d.u64()?), SnapshotId(d.u64()?))),
+        3 => Some(VolumeOrigin::Template(TemplateId(d.u64()?))),
+        t => return Err(d.bad(format!("unknown volume origin {t}"))),
+    })
+}
+
+fn encode_labels(labels: &BTreeMap<String, String>, e: &mut Enc) {
+    e.u32(labels.len() as u32);
+    for (k, v) in labels {
+        e.str(k);
+        e.str(v);
+    }
+}
+
+fn decode_labels(d: &mut Dec<'_>) -> Result<BTreeMap<String, String>> {
+    let n = d.u32()?;
+    let mut labels = BTreeMap::new();
+    for _ in 0..n {
+        let k = d.str()?;
+        labels.insert(k, d.str()?);
+    }
+    Ok(labels)
 }
 
 /// Seconds since the Unix epoch, as stored in the catalog.
@@ -99,8 +280,10 @@ pub struct VolumeInfo {
     pub write_buffer_bytes: u64,
     /// When it was created (seconds since the Unix epoch).
     pub created_at: u64,
-    /// The volume or snapshot it was forked from, if any.
-    pub origin: Option<(VolumeId, Option<SnapshotId>)>,
+    /// The volume, snapshot or template its tree was copied from, if any.
+    pub origin: Option<VolumeOrigin>,
+    /// Its automatic snapshot policy, if any.
+    pub policy: Option<SnapshotPolicy>,
 }
 
 /// What a snapshot is, as stored in the catalog.
@@ -110,6 +293,9 @@ pub struct SnapshotInfo {
     pub id: SnapshotId,
     /// The volume it was taken of. The snapshot outlives that volume.
     pub volume_id: VolumeId,
+    /// That volume's name when the snapshot was taken (kept after the
+    /// volume is deleted, so its snapshots stay findable by name).
+    pub volume_name: String,
     /// Its name, unique among the snapshots of its volume.
     pub name: String,
     /// Free text.
@@ -122,6 +308,66 @@ pub struct SnapshotInfo {
     pub owner: String,
     /// Free key/value labels.
     pub labels: BTreeMap<String, String>,
+    /// Taken on request or by a policy.
+    pub kind: SnapshotKind,
+    /// Where it is in its life.
+    pub status: SnapshotStatus,
+    /// A held snapshot cannot be deleted, by hand or by retention, until
+    /// the hold is released.
+    pub held: bool,
+}
+
+impl SnapshotInfo {
+    /// Whether its data can be read, restored or forked.
+    pub fn is_ready(&self) -> bool {
+        self.status == SnapshotStatus::Ready
+    }
+}
+
+/// A read-only, named base image made from a snapshot. It outlives the
+/// snapshot and the volume it came from; volumes made from it share its
+/// blocks, so deleting it frees nothing they need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateInfo {
+    /// Its id.
+    pub id: TemplateId,
+    /// Unique among templates.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Logical size in bytes (the snapshot's).
+    pub size_bytes: u64,
+    /// When it was made (seconds since the Unix epoch).
+    pub created_at: u64,
+    /// The volume and snapshot it was made from (which may since be gone).
+    pub source: (VolumeId, SnapshotId),
+    /// Free key/value labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TemplateInfo {
+    pub(crate) fn encode(&self, e: &mut Enc) {
+        e.u64(self.id.0);
+        e.str(&self.name);
+        e.str(&self.description);
+        e.u64(self.size_bytes);
+        e.u64(self.created_at);
+        e.u64(self.source.0 .0);
+        e.u64(self.source.1 .0);
+        encode_labels(&self.labels, e);
+    }
+
+    pub(crate) fn decode(d: &mut Dec<'_>) -> Result<TemplateInfo> {
+        Ok(TemplateInfo {
+            id: TemplateId(d.u64()?),
+            name: d.str()?,
+            description: d.str()?,
+            size_bytes: d.u64()?,
+            created_at: d.u64()?,
+            source: (VolumeId(d.u64()?), SnapshotId(d.u64()?)),
+            labels: decode_labels(d)?,
+        })
+    }
 }
 
 impl VolumeInfo {
@@ -133,9 +379,8 @@ impl VolumeInfo {
         e.u64(self.cache_bytes);
         e.u64(self.write_buffer_bytes);
         e.u64(self.created_at);
-        let (ov, os) = self.origin.map_or((0, 0), |(v, s)| (v.0, s.map_or(0, |s| s.0)));
-        e.u64(ov);
-        e.u64(os);
+        encode_origin(&self.origin, e);
+        SnapshotPolicy::encode(&self.policy, e);
     }
 
     pub(crate) fn decode(d: &mut Dec<'_>) -> Result<VolumeInfo> {
@@ -146,10 +391,19 @@ impl VolumeInfo {
         let cache_bytes = d.u64()?;
         let write_buffer_bytes = d.u64()?;
         let created_at = d.u64()?;
-        let ov = d.u64()?;
-        let os = d.u64()?;
-        let origin = (ov != 0).then(|| (VolumeId(ov), (os != 0).then_some(SnapshotId(os))));
-        Ok(VolumeInfo { id, name, size_bytes, access_mode, cache_bytes, write_buffer_bytes, created_at, origin })
+        let origin = decode_origin(d)?;
+        let policy = SnapshotPolicy::decode(d)?;
+        Ok(VolumeInfo {
+            id,
+            name,
+            size_bytes,
+            access_mode,
+            cache_bytes,
+            write_buffer_bytes,
+            created_at,
+            origin,
+            policy,
+        })
     }
 }
 
@@ -157,34 +411,49 @@ impl SnapshotInfo {
     pub(crate) fn encode(&self, e: &mut Enc) {
         e.u64(self.id.0);
         e.u64(self.volume_id.0);
+        e.str(&self.volume_name);
         e.str(&self.name);
         e.str(&self.description);
         e.u64(self.size_bytes);
         e.u64(self.created_at);
         e.str(&self.owner);
-        e.u32(self.labels.len() as u32);
-        for (k, v) in &self.labels {
-            e.str(k);
-            e.str(v);
-        }
+        encode_labels(&self.labels, e);
+        e.u8(self.kind.code());
+        e.u8(self.status.code());
+        e.u8(u8::from(self.held));
     }
 
     pub(crate) fn decode(d: &mut Dec<'_>) -> Result<SnapshotInfo> {
         let id = SnapshotId(d.u64()?);
         let volume_id = VolumeId(d.u64()?);
+        let volume_name = d.str()?;
         let name = d.str()?;
         let description = d.str()?;
         let size_bytes = d.u64()?;
         let created_at = d.u64()?;
         let owner = d.str()?;
-        let n = d.u32()?;
-        let mut labels = BTreeMap::new();
-        for _ in 0..n {
-            let k = d.str()?;
-            let v = d.str()?;
-            labels.insert(k, v);
-        }
-        Ok(SnapshotInfo { id, volume_id, name, description, size_bytes, created_at, owner, labels })
+        let labels = decode_labels(d)?;
+        let kind = SnapshotKind::from_code(d.u8()?, d)?;
+        let status = SnapshotStatus::from_code(d.u8()?, d)?;
+        let held = match d.u8()? {
+            0 => false,
+            1 => true,
+            b => return Err(d.bad(format!("bad hold flag {b}"))),
+        };
+        Ok(SnapshotInfo {
+            id,
+            volume_id,
+            volume_name,
+            name,
+            description,
+            size_bytes,
+            created_at,
+            owner,
+            labels,
+            kind,
+            status,
+            held,
+        })
     }
 }
 
@@ -194,8 +463,10 @@ impl SnapshotInfo {
 pub(crate) struct CatalogImage {
     pub(crate) next_volume: u64,
     pub(crate) next_snapshot: u64,
+    pub(crate) next_template: u64,
     pub(crate) volumes: Vec<(VolumeInfo, u64)>,
     pub(crate) snapshots: Vec<(SnapshotInfo, u64)>,
+    pub(crate) templates: Vec<(TemplateInfo, u64)>,
 }
 
 const CATALOG_MAGIC: u32 = u32::from_le_bytes(*b"CVCT");
@@ -206,6 +477,7 @@ impl CatalogImage {
         e.u32(CATALOG_MAGIC);
         e.u64(self.next_volume);
         e.u64(self.next_snapshot);
+        e.u64(self.next_template);
         e.u32(self.volumes.len() as u32);
         for (v, root) in &self.volumes {
             v.encode(&mut e);
@@ -214,6 +486,11 @@ impl CatalogImage {
         e.u32(self.snapshots.len() as u32);
         for (s, root) in &self.snapshots {
             s.encode(&mut e);
+            e.u64(*root);
+        }
+        e.u32(self.templates.len() as u32);
+        for (t, root) in &self.templates {
+            t.encode(&mut e);
             e.u64(*root);
         }
         e.buf
@@ -227,6 +504,7 @@ impl CatalogImage {
         }
         let next_volume = d.u64()?;
         let next_snapshot = d.u64()?;
+        let next_template = d.u64()?;
         let nv = d.u32()?;
         let mut volumes = Vec::new();
         for _ in 0..nv {
@@ -239,10 +517,16 @@ impl CatalogImage {
             let s = SnapshotInfo::decode(&mut d)?;
             snapshots.push((s, d.u64()?));
         }
+        let nt = d.u32()?;
+        let mut templates = Vec::new();
+        for _ in 0..nt {
+            let t = TemplateInfo::decode(&mut d)?;
+            templates.push((t, d.u64()?));
+        }
         if d.remaining() != 0 {
             return Err(d.bad("trailing bytes"));
         }
-        Ok(CatalogImage { next_volume, next_snapshot, volumes, snapshots })
+        Ok(CatalogImage { next_volume, next_snapshot, next_template, volumes, snapshots, templates })
     }
 }
 
@@ -269,19 +553,40 @@ mod tests {
             cache_bytes: 0,
             write_buffer_bytes: 64 << 20,
             created_at: 17,
-            origin: Some((VolumeId(4), Some(SnapshotId(2)))),
+            origin: Some(VolumeOrigin::Snapshot(VolumeId(4), SnapshotId(2))),
+            policy: Some(SnapshotPolicy { interval_secs: 3600, keep_last: Some(24), keep_for_secs: None }),
         };
         let s = SnapshotInfo {
             id: SnapshotId(2),
             volume_id: VolumeId(1),
+            volume_name: "db".into(),
             name: "s".into(),
             description: "before upgrade".into(),
             size_bytes: 1 << 30,
             created_at: 18,
             owner: "ops".into(),
             labels: [("env".to_string(), "prod".to_string())].into(),
+            kind: SnapshotKind::Auto,
+            status: SnapshotStatus::Failed,
+            held: true,
         };
-        let img = CatalogImage { next_volume: 2, next_snapshot: 3, volumes: vec![(v, 9)], snapshots: vec![(s, 0)] };
+        let t = TemplateInfo {
+            id: TemplateId(5),
+            name: "base".into(),
+            description: "debian".into(),
+            size_bytes: 1 << 30,
+            created_at: 19,
+            source: (VolumeId(1), SnapshotId(2)),
+            labels: BTreeMap::new(),
+        };
+        let img = CatalogImage {
+            next_volume: 2,
+            next_snapshot: 3,
+            next_template: 6,
+            volumes: vec![(v, 9)],
+            snapshots: vec![(s, 0)],
+            templates: vec![(t, 9)],
+        };
         let bytes = img.encode();
         let crc = Crc::of(&bytes).0;
         assert_eq!(CatalogImage::decode(&bytes, crc, "t").unwrap(), img);

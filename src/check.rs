@@ -2,7 +2,7 @@
 //! trees reference and compares; `scrub` reads every live block and checks
 //! its CRC; `stats` reports space.
 
-use crate::catalog::{SnapshotId, VolumeId};
+use crate::catalog::{SnapshotId, TemplateId, VolumeId};
 use crate::error::{Error, Result};
 use crate::format::Crc;
 use crate::store::{State, Store};
@@ -53,6 +53,8 @@ pub struct CheckReport {
     pub volumes: usize,
     /// Snapshots.
     pub snapshots: usize,
+    /// Templates.
+    pub templates: usize,
     /// Distinct tree nodes visited (shared nodes once).
     pub nodes: u64,
     /// Distinct data pages referenced.
@@ -77,6 +79,8 @@ pub struct DamagedBlock {
     pub volumes: Vec<(VolumeId, u64)>,
     /// Snapshots that see it, with the logical block.
     pub snapshots: Vec<(SnapshotId, u64)>,
+    /// Templates that see it, with the logical block.
+    pub templates: Vec<(TemplateId, u64)>,
 }
 
 /// What [`Store::scrub`] found.
@@ -104,6 +108,8 @@ pub struct StoreStats {
     pub volumes: usize,
     /// Snapshots.
     pub snapshots: usize,
+    /// Templates.
+    pub templates: usize,
     /// Sum of the live volumes' logical sizes.
     pub logical_bytes: u64,
     /// Bytes of data mapped by live volumes (each volume counted in full).
@@ -139,7 +145,12 @@ impl Store {
         let _no_checkpoint = self.inner.checkpoint_guard();
         self.inner.reclaim();
         let st = self.inner.state.lock();
-        let mut report = CheckReport { volumes: st.volumes.len(), snapshots: st.snapshots.len(), ..Default::default() };
+        let mut report = CheckReport {
+            volumes: st.volumes.len(),
+            snapshots: st.snapshots.len(),
+            templates: st.templates.len(),
+            ..Default::default()
+        };
         let npages = st.space.npages();
         let mut actual = vec![0u32; npages as usize];
         let mut persisted = Vec::new();
@@ -266,8 +277,10 @@ impl Store {
     }
 
     fn owners_of(&self, pages: &[u64]) -> Vec<DamagedBlock> {
-        let mut out: BTreeMap<u64, DamagedBlock> =
-            pages.iter().map(|&p| (p, DamagedBlock { page: p, volumes: vec![], snapshots: vec![] })).collect();
+        let mut out: BTreeMap<u64, DamagedBlock> = pages
+            .iter()
+            .map(|&p| (p, DamagedBlock { page: p, volumes: vec![], snapshots: vec![], templates: vec![] }))
+            .collect();
         let st = self.inner.state.lock();
         for v in st.volumes.values() {
             tree::for_each_mapping(&v.root, v.geo, |lb, m| {
@@ -280,6 +293,13 @@ impl Store {
             tree::for_each_mapping(&s.root, s.geo, |lb, m| {
                 if let Some(d) = out.get_mut(&m.page) {
                     d.snapshots.push((s.info.id, lb));
+                }
+            });
+        }
+        for t in st.templates.values() {
+            tree::for_each_mapping(&t.root, t.geo, |lb, m| {
+                if let Some(d) = out.get_mut(&m.page) {
+                    d.templates.push((t.info.id, lb));
                 }
             });
         }
@@ -314,6 +334,7 @@ fn stats_of(st: &State) -> StoreStats {
     let mut s = StoreStats {
         volumes: st.volumes.len(),
         snapshots: st.snapshots.len(),
+        templates: st.templates.len(),
         file_bytes: st.space.offset_of(st.space.npages()),
         free_bytes: st.space.free_pages() * st.block_size,
         ..Default::default()
@@ -332,6 +353,7 @@ fn stats_of(st: &State) -> StoreStats {
         .values()
         .filter_map(|v| v.root.as_ref())
         .chain(st.snapshots.values().filter_map(|x| x.root.as_ref()))
+        .chain(st.templates.values().filter_map(|x| x.root.as_ref()))
         .map(|r| (r, std::sync::Arc::strong_count(r) > 1))
         .collect();
     while let Some((n, shared)) = stack.pop() {

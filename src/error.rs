@@ -35,6 +35,13 @@ pub enum Error {
         /// Who holds it.
         reason: String,
     },
+    /// The snapshot is held (protected): it cannot be deleted, by hand or
+    /// by retention, until the hold is released. Nothing was deleted.
+    #[error("{what} is held; release the hold before deleting it")]
+    Held {
+        /// The held object, e.g. `snapshot snap-4 ("nightly")`.
+        what: String,
+    },
     /// In-flight I/O did not drain within the allowed time. Nothing was applied.
     #[error("{what} timed out after {waited_ms} ms waiting for in-flight I/O to drain; nothing was changed")]
     Timeout {

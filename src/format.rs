@@ -15,7 +15,7 @@ pub(crate) const SECTOR: u64 = 4096;
 pub(crate) const DATA_FILE: &str = "cowvol.dat";
 
 /// Current on-disk format version.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 /// A CRC32 (Castagnoli polynomial is not needed here; crc32fast is IEEE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

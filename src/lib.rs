@@ -57,6 +57,7 @@ mod catalog;
 mod check;
 mod error;
 mod format;
+mod lifecycle;
 mod options;
 mod space;
 mod store;
@@ -65,9 +66,13 @@ mod tree;
 mod volume;
 mod wal;
 
-pub use catalog::{AccessMode, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
+pub use catalog::{
+    AccessMode, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo,
+    VolumeId, VolumeInfo, VolumeOrigin,
+};
 pub use check::{CheckReport, DamagedBlock, Problem, ScrubReport, StoreStats};
 pub use error::{Error, Result};
+pub use lifecycle::{PolicyRun, SnapshotPage, SnapshotQuery, TemplateOptions, UtcTime, AUTO_LABEL};
 pub use options::{
     Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,
 };

@@ -1,6 +1,6 @@
 //! Options and result types of the public API.
 
-use crate::catalog::{AccessMode, SnapshotId, VolumeId};
+use crate::catalog::{AccessMode, SnapshotId, SnapshotInfo, SnapshotKind, VolumeId};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -20,11 +20,20 @@ pub struct StoreOptions {
     /// after releasing its locks, which makes the order of disk operations
     /// deterministic (useful for crash-point enumeration).
     pub background_checkpoints: bool,
+    /// Run every volume's snapshot policy on a background thread this
+    /// often, with the wall clock (see [`crate::Store::run_policies`]).
+    /// Default: `None`: the host calls `run_policies` when it decides.
+    pub policy_interval: Option<Duration>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { block_size: 4096, checkpoint_wal_bytes: 64 << 20, background_checkpoints: true }
+        StoreOptions {
+            block_size: 4096,
+            checkpoint_wal_bytes: 64 << 20,
+            background_checkpoints: true,
+            policy_interval: None,
+        }
     }
 }
 
@@ -71,6 +80,9 @@ pub struct SnapshotOptions {
     pub owner: String,
     /// Free key/value labels.
     pub labels: BTreeMap<String, String>,
+    /// Manual (the default) or automatic. Retention prunes only automatic
+    /// snapshots, so mark one `Auto` only when a policy may delete it.
+    pub kind: SnapshotKind,
 }
 
 impl SnapshotOptions {
@@ -80,17 +92,22 @@ impl SnapshotOptions {
     }
 }
 
-/// How a restore waits for in-flight I/O.
+/// How a restore waits for in-flight I/O, and whether it keeps the state
+/// it discards.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     /// How long to wait for I/O in flight on the volume to drain before
     /// giving up with [`crate::Error::Timeout`]. Default: 30 seconds.
     pub timeout: Duration,
+    /// A safety net: take this snapshot of the volume's current state in
+    /// the same atomic step as the restore, so the rollback can itself be
+    /// undone. Default: none.
+    pub safety_snapshot: Option<SnapshotOptions>,
 }
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { timeout: Duration::from_secs(30) }
+        RestoreOptions { timeout: Duration::from_secs(30), safety_snapshot: None }
     }
 }
 
@@ -122,6 +139,8 @@ pub struct Restored {
     pub volume_id: VolumeId,
     /// The snapshot it now matches.
     pub snapshot_id: SnapshotId,
+    /// The snapshot of the discarded state, when one was asked for.
+    pub safety_snapshot: Option<SnapshotInfo>,
 }
 
 /// What a delete did.

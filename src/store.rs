@@ -17,7 +17,10 @@
 //! syncs, and through `check` and `scrub`.
 
 use crate::backend::{DirLock, FileDir, StorageDir, StorageFile};
-use crate::catalog::{now_secs, AccessMode, CatalogImage, SnapshotId, SnapshotInfo, VolumeId, VolumeInfo};
+use crate::catalog::{
+    now_secs, AccessMode, CatalogImage, SnapshotId, SnapshotInfo, SnapshotStatus, TemplateInfo, VolumeId, VolumeInfo,
+    VolumeOrigin,
+};
 use crate::error::{Error, Result};
 use crate::format::{self, Crc, Superblock, DATA_FILE, SUPERBLOCK_SLOTS};
 use crate::options::{
@@ -92,14 +95,23 @@ pub(crate) struct SnapState {
     pub(crate) geo: Geometry,
 }
 
+#[derive(Debug)]
+pub(crate) struct TemplState {
+    pub(crate) info: TemplateInfo,
+    pub(crate) root: Root,
+    pub(crate) geo: Geometry,
+}
+
 /// Everything the state lock protects.
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) space: Space,
     pub(crate) volumes: BTreeMap<u64, VolState>,
     pub(crate) snapshots: BTreeMap<u64, SnapState>,
+    pub(crate) templates: BTreeMap<u64, TemplState>,
     pub(crate) next_volume: u64,
     pub(crate) next_snapshot: u64,
+    pub(crate) next_template: u64,
     /// Trees detached by delete, restore, discard or a finished checkpoint,
     /// waiting to be released in bounded steps.
     pub(crate) garbage: Vec<Arc<Node>>,
@@ -140,6 +152,8 @@ pub(crate) struct Inner {
     /// instead of needing the next one.
     pub(crate) writes_started: AtomicU64,
     pub(crate) writes_finished: AtomicU64,
+    /// One snapshot-policy pass at a time.
+    pub(crate) policy_pass: Mutex<()>,
 }
 
 /// Wakes the background thread; shared by the store and that thread, so
@@ -210,7 +224,16 @@ fn random_u64() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one((t, std::process::id()))
 }
 
-fn validate_name(kind: &str, name: &str) -> Result<()> {
+/// A volume's write buffer: as asked, or the default for 0.
+pub(crate) fn write_buffer_or_default(asked: u64) -> u64 {
+    if asked == 0 {
+        DEFAULT_WRITE_BUFFER
+    } else {
+        asked
+    }
+}
+
+pub(crate) fn validate_name(kind: &str, name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
         return Err(Error::invalid(format!("{kind} name {name:?} must be 1 to 255 bytes without control characters")));
     }
@@ -256,8 +279,8 @@ impl Store {
             Err(e) => return Err(Error::io(format!("opening {DATA_FILE}"), e)),
         };
         let inner = Arc::new(inner);
-        let thread = if inner.opts.background_checkpoints {
-            spawn_maintenance(Arc::downgrade(&inner), inner.maint.clone())
+        let thread = if inner.opts.background_checkpoints || inner.opts.policy_interval.is_some() {
+            spawn_maintenance(Arc::downgrade(&inner), inner.maint.clone(), inner.opts.policy_interval)
         } else {
             None
         };
@@ -313,13 +336,10 @@ impl Store {
                 size_bytes: opts.size_bytes,
                 access_mode: opts.access_mode,
                 cache_bytes: opts.cache_bytes,
-                write_buffer_bytes: if opts.write_buffer_bytes == 0 {
-                    DEFAULT_WRITE_BUFFER
-                } else {
-                    opts.write_buffer_bytes
-                },
+                write_buffer_bytes: write_buffer_or_default(opts.write_buffer_bytes),
                 created_at: now_secs(),
                 origin: None,
+                policy: None,
             };
             let lsn = inner.apply_and_log(&mut st, Record::CreateVolume(info.clone()))?;
             (info, lsn)
@@ -449,33 +469,7 @@ impl Store {
     /// snapshot of that name; [`Error::Busy`] when another administrative
     /// operation holds the volume.
     pub fn create_snapshot(&self, volume: VolumeId, opts: SnapshotOptions) -> Result<SnapshotInfo> {
-        validate_name("snapshot", &opts.name)?;
-        let inner = &self.inner;
-        inner.ensure_writable()?;
-        let rt = inner.state.lock().vol(volume)?.rt.clone();
-        let _admin = try_admin(&rt, volume, "snapshot")?;
-        let (info, lsn) = {
-            let mut st = inner.state.lock();
-            let v = st.vol(volume)?;
-            let size = v.info.size_bytes;
-            if st.snapshots.values().any(|s| s.info.volume_id == volume && s.info.name == opts.name) {
-                return Err(Error::AlreadyExists { what: format!("snapshot {:?} of volume {volume}", opts.name) });
-            }
-            let info = SnapshotInfo {
-                id: SnapshotId(st.next_snapshot),
-                volume_id: volume,
-                name: opts.name,
-                description: opts.description,
-                size_bytes: size,
-                created_at: now_secs(),
-                owner: opts.owner,
-                labels: opts.labels,
-            };
-            let lsn = inner.apply_and_log(&mut st, Record::CreateSnapshot(info.clone()))?;
-            (info, lsn)
-        };
-        inner.sync_to(lsn)?;
-        Ok(info)
+        self.inner.take_snapshot(volume, opts, SnapshotStatus::Ready, now_secs())
     }
 
     /// The snapshots taken of a volume, oldest first. Works for a deleted
@@ -510,9 +504,12 @@ impl Store {
     pub fn restore_snapshot(&self, volume: VolumeId, snapshot: SnapshotId, opts: RestoreOptions) -> Result<Restored> {
         let inner = &self.inner;
         inner.ensure_writable()?;
+        if let Some(safety) = &opts.safety_snapshot {
+            validate_name("snapshot", &safety.name)?;
+        }
         let rt = {
             let st = inner.state.lock();
-            st.snap_of(volume, snapshot)?;
+            st.ready_snap_of(volume, snapshot)?;
             st.vol(volume)?.rt.clone()
         };
         let _admin = try_admin(&rt, volume, "restore")?;
@@ -520,14 +517,19 @@ impl Store {
             what: format!("restoring volume {volume} to {snapshot}"),
             waited_ms: opts.timeout.as_millis() as u64,
         })?;
-        let lsn = {
+        let (lsn, safety) = {
             let mut st = inner.state.lock();
-            st.snap_of(volume, snapshot)?;
-            inner.apply_and_log(&mut st, Record::Restore { vol: volume.0, snap: snapshot.0 })?
+            st.ready_snap_of(volume, snapshot)?;
+            let safety = match opts.safety_snapshot {
+                Some(o) => Some(st.new_snapshot_info(volume, o, SnapshotStatus::Ready, now_secs())?),
+                None => None,
+            };
+            let rec = Record::Restore { vol: volume.0, snap: snapshot.0, safety: safety.clone() };
+            (inner.apply_and_log(&mut st, rec)?, safety)
         };
         inner.sync_to(lsn)?;
         inner.reclaim();
-        Ok(Restored { volume_id: volume, snapshot_id: snapshot })
+        Ok(Restored { volume_id: volume, snapshot_id: snapshot, safety_snapshot: safety })
     }
 
     /// Deletes a snapshot. Idempotent: a snapshot that is already gone is
@@ -536,21 +538,9 @@ impl Store {
     /// durable, the blocks only this snapshot referenced.
     ///
     /// # Errors
-    /// I/O errors only.
+    /// [`Error::Held`] when the snapshot is held (nothing is deleted).
     pub fn delete_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<Deleted> {
-        let inner = &self.inner;
-        inner.ensure_writable()?;
-        let lsn = {
-            let mut st = inner.state.lock();
-            match st.snapshots.get(&snapshot.0) {
-                Some(s) if s.info.volume_id == volume => {}
-                _ => return Ok(Deleted { existed: false }),
-            }
-            inner.apply_and_log(&mut st, Record::DeleteSnapshot { snap: snapshot.0 })?
-        };
-        inner.sync_to(lsn)?;
-        inner.reclaim();
-        Ok(Deleted { existed: true })
+        self.inner.delete_snapshot(volume, snapshot)
     }
 
     /// Creates a writable volume that shares every block with `source`'s live
@@ -568,7 +558,7 @@ impl Store {
             let st = inner.state.lock();
             match opts.from_snapshot {
                 Some(s) => {
-                    st.snap_of(source, s)?;
+                    st.ready_snap_of(source, s)?;
                     st.volumes.get(&source.0).map(|v| v.rt.clone())
                 }
                 None => Some(st.vol(source)?.rt.clone()),
@@ -580,7 +570,7 @@ impl Store {
             st.check_volume_name_free(&opts.name)?;
             let (size, wbuf) = match opts.from_snapshot {
                 Some(s) => {
-                    let s = st.snap_of(source, s)?;
+                    let s = st.ready_snap_of(source, s)?;
                     (s.info.size_bytes, DEFAULT_WRITE_BUFFER)
                 }
                 None => {
@@ -596,7 +586,11 @@ impl Store {
                 cache_bytes: 0,
                 write_buffer_bytes: wbuf,
                 created_at: now_secs(),
-                origin: Some((source, opts.from_snapshot)),
+                origin: Some(match opts.from_snapshot {
+                    Some(s) => VolumeOrigin::Snapshot(source, s),
+                    None => VolumeOrigin::Volume(source),
+                }),
+                policy: None,
             };
             let lsn = inner.apply_and_log(&mut st, Record::Fork(info.clone()))?;
             (info, lsn)
@@ -606,7 +600,7 @@ impl Store {
     }
 }
 
-fn try_admin<'a>(rt: &'a VolRuntime, id: VolumeId, op: &str) -> Result<parking_lot::MutexGuard<'a, ()>> {
+pub(crate) fn try_admin<'a>(rt: &'a VolRuntime, id: VolumeId, op: &str) -> Result<parking_lot::MutexGuard<'a, ()>> {
     rt.admin.try_lock().ok_or_else(|| Error::Busy {
         what: format!("volume {id}"),
         reason: format!(
@@ -627,7 +621,52 @@ impl State {
         }
     }
 
-    fn check_volume_name_free(&self, name: &str) -> Result<()> {
+    /// A snapshot of `volume` whose data can be used (status `Ready`).
+    pub(crate) fn ready_snap_of(&self, volume: VolumeId, snap: SnapshotId) -> Result<&SnapState> {
+        let s = self.snap_of(volume, snap)?;
+        if !s.info.is_ready() {
+            return Err(Error::invalid(format!(
+                "snapshot {snap} ({:?}) is {}, not ready: it holds no data",
+                s.info.name, s.info.status
+            )));
+        }
+        Ok(s)
+    }
+
+    /// The record of a new snapshot of `volume`, checking that the volume
+    /// exists and that the name is free among its snapshots.
+    pub(crate) fn new_snapshot_info(
+        &mut self,
+        volume: VolumeId,
+        opts: SnapshotOptions,
+        status: SnapshotStatus,
+        created_at: u64,
+    ) -> Result<SnapshotInfo> {
+        let v = self.vol(volume)?;
+        let (size_bytes, volume_name) = (v.info.size_bytes, v.info.name.clone());
+        if self.snapshots.values().any(|s| s.info.volume_id == volume && s.info.name == opts.name) {
+            return Err(Error::AlreadyExists { what: format!("snapshot {:?} of volume {volume}", opts.name) });
+        }
+        let id = SnapshotId(self.next_snapshot);
+        // Reserve the id now: a group takes several before any is applied.
+        self.next_snapshot += 1;
+        Ok(SnapshotInfo {
+            id,
+            volume_id: volume,
+            volume_name,
+            name: opts.name,
+            description: opts.description,
+            size_bytes,
+            created_at,
+            owner: opts.owner,
+            labels: opts.labels,
+            kind: opts.kind,
+            status,
+            held: false,
+        })
+    }
+
+    pub(crate) fn check_volume_name_free(&self, name: &str) -> Result<()> {
         if self.volumes.values().any(|v| v.info.name == name) {
             return Err(Error::AlreadyExists { what: format!("volume {name:?}") });
         }
@@ -657,36 +696,82 @@ impl State {
             }
             Record::CreateVolume(info) => self.insert_volume(info.clone(), None),
             Record::Fork(info) => {
-                let (src, snap) = info.origin.ok_or_else(|| missing("fork origin".into()))?;
-                let root = match snap {
-                    Some(s) => self.snapshots.get(&s.0).map(|s| s.root.clone()),
-                    None => self.volumes.get(&src.0).map(|v| v.root.clone()),
+                let root = match info.origin.ok_or_else(|| missing("fork origin".into()))? {
+                    VolumeOrigin::Volume(v) => self.volumes.get(&v.0).map(|v| v.root.clone()),
+                    VolumeOrigin::Snapshot(_, s) => self.snapshots.get(&s.0).map(|s| s.root.clone()),
+                    VolumeOrigin::Template(t) => self.templates.get(&t.0).map(|t| t.root.clone()),
                 };
-                let root = root.ok_or_else(|| missing(format!("fork source {src}")))?;
+                let root = root.ok_or_else(|| missing(format!("the origin of volume {}", info.id)))?;
                 self.insert_volume(info.clone(), root);
             }
             Record::DeleteVolume { vol } => {
                 let v = self.volumes.remove(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
                 self.garbage.extend(v.root);
             }
-            Record::CreateSnapshot(info) => {
-                let v =
-                    self.volumes.get(&info.volume_id.0).ok_or_else(|| missing(format!("volume {}", info.volume_id)))?;
-                let snap = SnapState { info: info.clone(), root: v.root.clone(), geo: v.geo };
-                self.next_snapshot = self.next_snapshot.max(info.id.0 + 1);
-                self.snapshots.insert(info.id.0, snap);
+            Record::CreateSnapshot(info) => self.insert_snapshot(info)?,
+            Record::CreateSnapshots(list) => {
+                for info in list {
+                    self.insert_snapshot(info)?;
+                }
+            }
+            Record::CommitSnapshot { snap } => {
+                let s = self.snapshots.get(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
+                let v = self.volumes.get(&s.info.volume_id.0).ok_or_else(|| missing(format!("volume of {snap}")))?;
+                let (root, geo) = (v.root.clone(), v.geo);
+                let s = self.snapshots.get_mut(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
+                s.info.status = SnapshotStatus::Ready;
+                // Creating snapshots hold no tree, so nothing is replaced.
+                self.garbage.extend(std::mem::replace(&mut s.root, root));
+                s.geo = geo;
+            }
+            Record::UpdateSnapshot(info) => {
+                let s = self.snapshots.get_mut(&info.id.0).ok_or_else(|| missing(format!("snapshot {}", info.id)))?;
+                s.info = info.clone();
+            }
+            Record::CreateTemplate(info) => {
+                let (root, geo) = {
+                    let s = self.snapshots.get(&info.source.1 .0);
+                    let s = s.ok_or_else(|| missing(format!("snapshot {}", info.source.1)))?;
+                    (s.root.clone(), s.geo)
+                };
+                self.next_template = self.next_template.max(info.id.0 + 1);
+                self.templates.insert(info.id.0, TemplState { info: info.clone(), root, geo });
+            }
+            Record::DeleteTemplate { tmpl } => {
+                let t = self.templates.remove(tmpl).ok_or_else(|| missing(format!("template {tmpl}")))?;
+                self.garbage.extend(t.root);
+            }
+            Record::SetPolicy { vol, policy } => {
+                let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
+                v.info.policy = *policy;
             }
             Record::DeleteSnapshot { snap } => {
                 let s = self.snapshots.remove(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
                 self.garbage.extend(s.root);
             }
-            Record::Restore { vol, snap } => {
+            Record::Restore { vol, snap, safety } => {
+                if let Some(info) = safety {
+                    self.insert_snapshot(info)?;
+                }
                 let root = self.snapshots.get(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?.root.clone();
                 let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
                 let old = std::mem::replace(&mut v.root, root);
                 self.garbage.extend(old);
             }
         }
+        Ok(())
+    }
+
+    /// Adds a snapshot: a `Ready` one shares its volume's tree as it is
+    /// now; any other holds no tree.
+    fn insert_snapshot(&mut self, info: &SnapshotInfo) -> Result<()> {
+        let v = self.volumes.get(&info.volume_id.0).ok_or_else(|| {
+            Error::corruption("WAL", "replay", format!("volume {} of a new snapshot does not exist", info.volume_id))
+        })?;
+        let root = if info.is_ready() { v.root.clone() } else { None };
+        let snap = SnapState { info: info.clone(), root, geo: v.geo };
+        self.next_snapshot = self.next_snapshot.max(info.id.0 + 1);
+        self.snapshots.insert(info.id.0, snap);
         Ok(())
     }
 
@@ -702,6 +787,7 @@ impl State {
         let mut v: Vec<(&Node, u32)> = Vec::new();
         v.extend(self.volumes.values().filter_map(|x| x.root.as_deref().map(|r| (r, x.geo.levels - 1))));
         v.extend(self.snapshots.values().filter_map(|x| x.root.as_deref().map(|r| (r, x.geo.levels - 1))));
+        v.extend(self.templates.values().filter_map(|x| x.root.as_deref().map(|r| (r, x.geo.levels - 1))));
         v
     }
 }
@@ -852,6 +938,49 @@ impl Inner {
         }
     }
 
+    /// Deletes a snapshot (see [`Store::delete_snapshot`]).
+    pub(crate) fn delete_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<Deleted> {
+        let inner = self;
+        inner.ensure_writable()?;
+        let lsn = {
+            let mut st = inner.state.lock();
+            match st.snapshots.get(&snapshot.0) {
+                Some(s) if s.info.volume_id == volume && s.info.held => {
+                    return Err(Error::Held { what: format!("snapshot {snapshot} ({:?})", s.info.name) })
+                }
+                Some(s) if s.info.volume_id == volume => {}
+                _ => return Ok(Deleted { existed: false }),
+            }
+            inner.apply_and_log(&mut st, Record::DeleteSnapshot { snap: snapshot.0 })?
+        };
+        inner.sync_to(lsn)?;
+        inner.reclaim();
+        Ok(Deleted { existed: true })
+    }
+
+    /// Takes (or, with status `Creating`, registers) one snapshot of
+    /// `volume` in one logged step, durable when it returns.
+    pub(crate) fn take_snapshot(
+        &self,
+        volume: VolumeId,
+        opts: SnapshotOptions,
+        status: SnapshotStatus,
+        created_at: u64,
+    ) -> Result<SnapshotInfo> {
+        validate_name("snapshot", &opts.name)?;
+        self.ensure_writable()?;
+        let rt = self.state.lock().vol(volume)?.rt.clone();
+        let _admin = try_admin(&rt, volume, "snapshot")?;
+        let (info, lsn) = {
+            let mut st = self.state.lock();
+            let info = st.new_snapshot_info(volume, opts, status, created_at)?;
+            let lsn = self.apply_and_log(&mut st, Record::CreateSnapshot(info.clone()))?;
+            (info, lsn)
+        };
+        self.sync_to(lsn)?;
+        Ok(info)
+    }
+
     fn sync_once(&self) -> Result<u64> {
         let end = {
             let mut wal = self.wal.lock();
@@ -923,8 +1052,10 @@ impl Inner {
             roots: Vec<(Arc<Node>, u32)>,
             volumes: Vec<(VolumeInfo, Option<Arc<Node>>)>,
             snapshots: Vec<(SnapshotInfo, Option<Arc<Node>>)>,
+            templates: Vec<(TemplateInfo, Option<Arc<Node>>)>,
             next_volume: u64,
             next_snapshot: u64,
+            next_template: u64,
         }
         let (cap, log_start, retired, quarantine, obsolete, placed) = {
             let mut st = self.state.lock();
@@ -947,8 +1078,23 @@ impl Inner {
                     (s.info.clone(), s.root.clone())
                 })
                 .collect();
-            let cap =
-                Captured { roots, volumes, snapshots, next_volume: st.next_volume, next_snapshot: st.next_snapshot };
+            let templates = st
+                .templates
+                .values()
+                .map(|t| {
+                    roots.extend(t.root.clone().map(|r| (r, t.geo.levels - 1)));
+                    (t.info.clone(), t.root.clone())
+                })
+                .collect();
+            let cap = Captured {
+                roots,
+                volumes,
+                snapshots,
+                templates,
+                next_volume: st.next_volume,
+                next_snapshot: st.next_snapshot,
+                next_template: st.next_template,
+            };
             let q = std::mem::take(&mut st.space.quarantine);
             let o = std::mem::take(&mut st.space.obsolete);
             let placed = Self::assign_node_pages(&mut st, &cap.roots)?;
@@ -962,8 +1108,10 @@ impl Inner {
         let image = CatalogImage {
             next_volume: cap.next_volume,
             next_snapshot: cap.next_snapshot,
-            volumes: cap.volumes.iter().map(|(i, r)| (i.clone(), r.as_ref().map_or(0, |r| r.addr()))).collect(),
-            snapshots: cap.snapshots.iter().map(|(i, r)| (i.clone(), r.as_ref().map_or(0, |r| r.addr()))).collect(),
+            next_template: cap.next_template,
+            volumes: with_root_pages(&cap.volumes),
+            snapshots: with_root_pages(&cap.snapshots),
+            templates: with_root_pages(&cap.templates),
         };
         let bytes = image.encode();
         let bs = self.block_size as u64;
@@ -1010,6 +1158,7 @@ impl Inner {
         st.garbage.extend(cap.roots.into_iter().map(|(r, _)| r));
         drop(cap.volumes);
         drop(cap.snapshots);
+        drop(cap.templates);
         drop(st);
         self.reclaim();
         Ok(())
@@ -1063,6 +1212,11 @@ impl Inner {
     }
 }
 
+/// Catalog entries with the page of their tree's root (0 for none).
+fn with_root_pages<T: Clone>(items: &[(T, Option<Arc<Node>>)]) -> Vec<(T, u64)> {
+    items.iter().map(|(i, r)| (i.clone(), r.as_ref().map_or(0, |r| r.addr()))).collect()
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         if !self.failed.load(Ordering::Acquire) {
@@ -1072,22 +1226,41 @@ impl Drop for Inner {
     }
 }
 
-fn spawn_maintenance(weak: Weak<Inner>, maint: Arc<Maintenance>) -> Option<std::thread::JoinHandle<()>> {
-    let spawned = std::thread::Builder::new().name("cowvol-maint".into()).spawn(move || loop {
-        let due = {
-            let mut m = maint.checkpoint_due.lock();
-            if !*m && !maint.stop.load(Ordering::Acquire) {
-                maint.cv.wait_for(&mut m, Duration::from_millis(500));
+/// The background thread: checkpoints when asked, and runs snapshot
+/// policies every `policies` (when set) with the wall clock.
+fn spawn_maintenance(
+    weak: Weak<Inner>,
+    maint: Arc<Maintenance>,
+    policies: Option<Duration>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let tick = policies.map_or(Duration::from_millis(500), |p| p.min(Duration::from_millis(500)));
+    let spawned = std::thread::Builder::new().name("cowvol-maint".into()).spawn(move || {
+        let mut last_policy_run = std::time::Instant::now();
+        loop {
+            let due = {
+                let mut m = maint.checkpoint_due.lock();
+                if !*m && !maint.stop.load(Ordering::Acquire) {
+                    maint.cv.wait_for(&mut m, tick);
+                }
+                std::mem::take(&mut *m)
+            };
+            if maint.stop.load(Ordering::Acquire) {
+                return;
             }
-            std::mem::take(&mut *m)
-        };
-        if maint.stop.load(Ordering::Acquire) {
-            return;
-        }
-        if due {
+            let policies_due = policies.is_some_and(|p| last_policy_run.elapsed() >= p);
+            if !due && !policies_due {
+                continue;
+            }
             let Some(inner) = weak.upgrade() else { return };
-            // Errors poison the store; the next operation reports them.
-            let _ = inner.checkpoint();
+            if due {
+                // Errors poison the store; the next operation reports them.
+                let _ = inner.checkpoint();
+            }
+            if policies_due {
+                last_policy_run = std::time::Instant::now();
+                // Failures are per volume and retried on the next pass.
+                let _ = inner.run_policies(now_secs());
+            }
         }
     });
     // Without the thread, checkpoints still happen inline at close; a
@@ -1174,6 +1347,7 @@ fn new_inner(
         maint: Arc::new(Maintenance::default()),
         writes_started: AtomicU64::new(0),
         writes_finished: AtomicU64::new(0),
+        policy_pass: Mutex::new(()),
     })
 }
 
@@ -1184,8 +1358,10 @@ fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u64) -> Stat
         space,
         volumes: BTreeMap::new(),
         snapshots: BTreeMap::new(),
+        templates: BTreeMap::new(),
         next_volume: 1,
         next_snapshot: 1,
+        next_template: 1,
         garbage: Vec::new(),
         bits: format::fanout_bits_for(block_size),
         block_size: block_size as u64,
@@ -1254,6 +1430,13 @@ fn recover(
         st.next_snapshot = st.next_snapshot.max(info.id.0 + 1);
         st.snapshots.insert(info.id.0, SnapState { info, root, geo });
     }
+    st.next_template = image.next_template.max(1);
+    for (info, root) in image.templates {
+        let geo = st.geometry(info.size_bytes);
+        let root = load_tree(&*file, &mut st.space, &mut loaded, root, geo)?;
+        st.next_template = st.next_template.max(info.id.0 + 1);
+        st.templates.insert(info.id.0, TemplState { info, root, geo });
+    }
     drop(loaded);
     // Read the log first so its segments count as metadata below.
     let log_geo = LogGeometry::new(ds, bs);
@@ -1287,6 +1470,13 @@ fn recover(
             e => e,
         })?;
         st.apply(rec)?;
+    }
+    // A snapshot still `Creating` lost its moment: it fails, and the
+    // checkpoint below makes that durable before open returns.
+    for s in st.snapshots.values_mut() {
+        if s.info.status == SnapshotStatus::Creating {
+            s.info.status = SnapshotStatus::Failed;
+        }
     }
     {
         let State { garbage, space, .. } = &mut st;

@@ -8,7 +8,7 @@
 //! next checkpoint; a read whose CRC fails re-plans once before it reports
 //! corruption, which covers a reader that slept across that window.
 
-use crate::catalog::{SnapshotId, VolumeId};
+use crate::catalog::{SnapshotId, TemplateId, VolumeId};
 use crate::error::{Error, Result};
 use crate::format::Crc;
 use crate::space::Run;
@@ -24,6 +24,7 @@ use std::sync::Arc;
 pub(crate) enum Target {
     Volume(VolumeId),
     Snapshot(SnapshotId),
+    Template(TemplateId),
 }
 
 impl std::fmt::Display for Target {
@@ -31,6 +32,7 @@ impl std::fmt::Display for Target {
         match self {
             Target::Volume(v) => write!(f, "volume {v}"),
             Target::Snapshot(s) => write!(f, "snapshot {s}"),
+            Target::Template(t) => write!(f, "template {t}"),
         }
     }
 }
@@ -126,7 +128,7 @@ impl Volume {
     pub fn volume_id(&self) -> Option<VolumeId> {
         match self.target {
             Target::Volume(v) => Some(v),
-            Target::Snapshot(_) => None,
+            Target::Snapshot(_) | Target::Template(_) => None,
         }
     }
 
@@ -153,6 +155,10 @@ impl Volume {
             Target::Snapshot(s) => {
                 let s = st.snapshots.get(&s.0).ok_or_else(|| Error::not_found(format!("snapshot {s}")))?;
                 (&s.root, s.geo)
+            }
+            Target::Template(t) => {
+                let t = st.templates.get(&t.0).ok_or_else(|| Error::not_found(format!("template {t}")))?;
+                (&t.root, t.geo)
             }
         };
         if n == 1 {

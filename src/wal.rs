@@ -13,7 +13,7 @@
 //! which records' data blocks must be verified.
 
 use crate::backend::StorageFile;
-use crate::catalog::{SnapshotInfo, VolumeInfo};
+use crate::catalog::{SnapshotInfo, SnapshotPolicy, TemplateInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::format::{BatchHeader, Dec, Enc, LogStart, SegmentHeader, BATCH_HEADER_LEN, SECTOR};
 use std::sync::Arc;
@@ -45,13 +45,36 @@ pub(crate) enum Record {
     DeleteVolume {
         vol: u64,
     },
+    /// A snapshot: `Ready` ones capture their volume's tree now,
+    /// `Creating` ones only register the name.
     CreateSnapshot(SnapshotInfo),
     DeleteSnapshot {
         snap: u64,
     },
+    /// Rolls `vol` back to `snap`; when `safety` is set, that snapshot of
+    /// the state being discarded is taken first, in the same step.
     Restore {
         vol: u64,
         snap: u64,
+        safety: Option<SnapshotInfo>,
+    },
+    /// Several snapshots taken at one instant (a group snapshot).
+    CreateSnapshots(Vec<SnapshotInfo>),
+    /// A `Creating` snapshot captures its volume's tree and becomes `Ready`.
+    CommitSnapshot {
+        snap: u64,
+    },
+    /// A snapshot's record changes (status, hold); its tree does not.
+    UpdateSnapshot(SnapshotInfo),
+    /// A template that shares its source snapshot's tree.
+    CreateTemplate(TemplateInfo),
+    DeleteTemplate {
+        tmpl: u64,
+    },
+    /// A volume's snapshot policy is set or cleared.
+    SetPolicy {
+        vol: u64,
+        policy: Option<SnapshotPolicy>,
     },
 }
 
@@ -63,6 +86,12 @@ const TAG_DELETE_VOLUME: u8 = 5;
 const TAG_CREATE_SNAPSHOT: u8 = 6;
 const TAG_DELETE_SNAPSHOT: u8 = 7;
 const TAG_RESTORE: u8 = 8;
+const TAG_CREATE_SNAPSHOTS: u8 = 9;
+const TAG_COMMIT_SNAPSHOT: u8 = 10;
+const TAG_UPDATE_SNAPSHOT: u8 = 11;
+const TAG_CREATE_TEMPLATE: u8 = 12;
+const TAG_DELETE_TEMPLATE: u8 = 13;
+const TAG_SET_POLICY: u8 = 14;
 
 impl Record {
     pub(crate) fn encode(&self, e: &mut Enc) {
@@ -103,10 +132,42 @@ impl Record {
                 e.u8(TAG_DELETE_SNAPSHOT);
                 e.u64(*snap);
             }
-            Record::Restore { vol, snap } => {
+            Record::Restore { vol, snap, safety } => {
                 e.u8(TAG_RESTORE);
                 e.u64(*vol);
                 e.u64(*snap);
+                e.u8(u8::from(safety.is_some()));
+                if let Some(s) = safety {
+                    s.encode(e);
+                }
+            }
+            Record::CreateSnapshots(list) => {
+                e.u8(TAG_CREATE_SNAPSHOTS);
+                e.u32(list.len() as u32);
+                for s in list {
+                    s.encode(e);
+                }
+            }
+            Record::CommitSnapshot { snap } => {
+                e.u8(TAG_COMMIT_SNAPSHOT);
+                e.u64(*snap);
+            }
+            Record::UpdateSnapshot(s) => {
+                e.u8(TAG_UPDATE_SNAPSHOT);
+                s.encode(e);
+            }
+            Record::CreateTemplate(t) => {
+                e.u8(TAG_CREATE_TEMPLATE);
+                t.encode(e);
+            }
+            Record::DeleteTemplate { tmpl } => {
+                e.u8(TAG_DELETE_TEMPLATE);
+                e.u64(*tmpl);
+            }
+            Record::SetPolicy { vol, policy } => {
+                e.u8(TAG_SET_POLICY);
+                e.u64(*vol);
+                SnapshotPolicy::encode(policy, e);
             }
         }
     }
@@ -117,9 +178,12 @@ impl Record {
         match self {
             Record::Map { crcs, .. } => 29 + 4 * crcs.len(),
             Record::Unmap { .. } => 25,
-            Record::DeleteVolume { .. } | Record::DeleteSnapshot { .. } => 9,
-            Record::Restore { .. } => 17,
-            Record::CreateVolume(_) | Record::Fork(_) | Record::CreateSnapshot(_) => {
+            Record::DeleteVolume { .. }
+            | Record::DeleteSnapshot { .. }
+            | Record::CommitSnapshot { .. }
+            | Record::DeleteTemplate { .. } => 9,
+            _ => {
+                // Administrative records are rare: measure by encoding.
                 let mut e = Enc::default();
                 self.encode(&mut e);
                 e.len()
@@ -146,7 +210,29 @@ impl Record {
             TAG_DELETE_VOLUME => Record::DeleteVolume { vol: d.u64()? },
             TAG_CREATE_SNAPSHOT => Record::CreateSnapshot(SnapshotInfo::decode(d)?),
             TAG_DELETE_SNAPSHOT => Record::DeleteSnapshot { snap: d.u64()? },
-            TAG_RESTORE => Record::Restore { vol: d.u64()?, snap: d.u64()? },
+            TAG_RESTORE => {
+                let (vol, snap) = (d.u64()?, d.u64()?);
+                let safety = match d.u8()? {
+                    0 => None,
+                    1 => Some(SnapshotInfo::decode(d)?),
+                    f => return Err(d.bad(format!("bad safety snapshot flag {f}"))),
+                };
+                Record::Restore { vol, snap, safety }
+            }
+            TAG_CREATE_SNAPSHOTS => {
+                let n = d.u32()? as usize;
+                // Each snapshot takes dozens of bytes: a count beyond what
+                // is left is damage, not a reason to allocate.
+                if n == 0 || n > d.remaining() {
+                    return Err(d.bad(format!("group of {n} snapshots")));
+                }
+                Record::CreateSnapshots((0..n).map(|_| SnapshotInfo::decode(d)).collect::<Result<_>>()?)
+            }
+            TAG_COMMIT_SNAPSHOT => Record::CommitSnapshot { snap: d.u64()? },
+            TAG_UPDATE_SNAPSHOT => Record::UpdateSnapshot(SnapshotInfo::decode(d)?),
+            TAG_CREATE_TEMPLATE => Record::CreateTemplate(TemplateInfo::decode(d)?),
+            TAG_DELETE_TEMPLATE => Record::DeleteTemplate { tmpl: d.u64()? },
+            TAG_SET_POLICY => Record::SetPolicy { vol: d.u64()?, policy: SnapshotPolicy::decode(d)? },
             t => return Err(d.bad(format!("unknown record tag {t}"))),
         })
     }
@@ -518,7 +604,9 @@ mod tests {
             Record::Unmap { vol: 1, lblock: 2, count: 3 },
             Record::DeleteVolume { vol: 4 },
             Record::DeleteSnapshot { snap: 5 },
-            Record::Restore { vol: 1, snap: 5 },
+            Record::Restore { vol: 1, snap: 5, safety: None },
+            Record::CommitSnapshot { snap: 5 },
+            Record::DeleteTemplate { tmpl: 2 },
         ];
         for rec in &recs {
             let mut e = Enc::default();

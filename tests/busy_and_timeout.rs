@@ -47,11 +47,11 @@ fn read_marker(vol: &Volume) -> Vec<u8> {
 fn restore_attempt(store: &Store, vol: &Volume, id: VolumeId, snap: SnapshotId, k: u64, timeout: Duration) -> Outcome {
     let mine = marker(k);
     vol.write_at(&mine, 0).unwrap();
-    let r = store.restore_snapshot(id, snap, RestoreOptions { timeout });
+    let r = store.restore_snapshot(id, snap, RestoreOptions { timeout, ..Default::default() });
     let now = read_marker(vol);
     match r {
         Ok(done) => {
-            assert_eq!(done, Restored { volume_id: id, snapshot_id: snap });
+            assert_eq!(done, Restored { volume_id: id, snapshot_id: snap, safety_snapshot: None });
             assert!(now == marker(0), "attempt {k}: restore succeeded but block 0 is not the snapshot's");
             Outcome::Restored
         }

@@ -144,7 +144,7 @@ fn owner(sh: &Shared, t: u64, seed: u64) -> (Vec<Owned>, Counts) {
             71..=76 if !v.snaps.is_empty() => {
                 let (sid, content) = v.snaps[rng.below(v.snaps.len() as u64) as usize].clone();
                 let timeout = Duration::from_millis(rng.below(300));
-                match store.restore_snapshot(v.id, sid, RestoreOptions { timeout }) {
+                match store.restore_snapshot(v.id, sid, RestoreOptions { timeout, ..Default::default() }) {
                     Ok(r) => {
                         assert_eq!((r.volume_id, r.snapshot_id), (v.id, sid));
                         v.model = (*content).clone();

@@ -71,7 +71,7 @@ fn setup() -> (tempfile::TempDir, Store, VolumeInfo, Tracked) {
 fn fork_of_live_volume_is_isolated_both_ways() {
     let (_dir, store, info, mut base) = setup();
     let f = fork(&store, info.id, "fork", None);
-    assert_eq!(f.origin, Some((info.id, None)));
+    assert_eq!(f.origin, Some(VolumeOrigin::Volume(info.id)));
     assert_eq!(f.size_bytes, SIZE);
     let mut fork = Tracked { name: "fork", vol: store.open_volume(f.id).unwrap(), model: base.model.clone() };
     fork.verify("right after the fork");
@@ -113,7 +113,7 @@ fn fork_of_snapshot_is_isolated_from_volume_and_snapshot() {
     // The volume moves on before the fork is made.
     base.write(&fill(40, 4 * BS as usize), BS);
     let f = fork(&store, info.id, "from-snap", Some(snap.id));
-    assert_eq!(f.origin, Some((info.id, Some(snap.id))));
+    assert_eq!(f.origin, Some(VolumeOrigin::Snapshot(info.id, snap.id)));
     let mut fork =
         Tracked { name: "fork of snapshot", vol: store.open_volume(f.id).unwrap(), model: snap_model.clone() };
     fork.verify("right after the fork: it holds the snapshot, not the live volume");
@@ -139,7 +139,7 @@ fn fork_of_fork_of_snapshot_is_isolated_from_all_ancestors() {
     let mut f1 = Tracked { name: "f1", vol: store.open_volume(f1.id).unwrap(), model: snap_model.clone() };
     f1.write(&fill(70, BS as usize + 1), 9 * BS - 1);
     let f2_info = fork(&store, f1.vol.volume_id().unwrap(), "f2", None);
-    assert_eq!(f2_info.origin, Some((f1.vol.volume_id().unwrap(), None)));
+    assert_eq!(f2_info.origin, Some(VolumeOrigin::Volume(f1.vol.volume_id().unwrap())));
     let mut f2 = Tracked { name: "f2", vol: store.open_volume(f2_info.id).unwrap(), model: f1.model.clone() };
     f2.verify("right after the fork");
     let snap_h = store.open_snapshot(info.id, snap.id).unwrap();

@@ -74,6 +74,7 @@ fn reopen_after_drop_keeps_everything() {
                     description: "first".into(),
                     owner: "me".into(),
                     labels: [("k".to_string(), "v".to_string())].into(),
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -92,7 +92,7 @@ fn restore_write_restore_again_matches_the_model() {
 
     // Restore to a, write, restore to a again.
     let r = store.restore_snapshot(info.id, a.id, RestoreOptions::default()).unwrap();
-    assert_eq!(r, Restored { volume_id: info.id, snapshot_id: a.id });
+    assert_eq!(r, Restored { volume_id: info.id, snapshot_id: a.id, safety_snapshot: None });
     live = model_a.clone();
     assert_same("volume after restore to a", &read_all(&vol), &live);
     scribble(&mut rng, &vol, &mut live, 25);

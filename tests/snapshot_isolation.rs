@@ -166,6 +166,7 @@ fn snapshot_record_fields_are_set() {
         description: "before the schema migration".into(),
         owner: "ops".into(),
         labels: [("env".to_string(), "prod".to_string())].into(),
+        ..Default::default()
     };
     let snap = store.create_snapshot(info.id, opts).unwrap();
     let after = now();

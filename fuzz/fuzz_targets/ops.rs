@@ -197,7 +197,11 @@ fn run(ops: &[Op]) {
                 let from = snap.and_then(|s| pick(&of_vol, s)).copied();
                 let fo = ForkOptions { name: format!("f{names}"), from_snapshot: from, ..Default::default() };
                 let info = store.fork_volume(id, fo).unwrap();
-                assert_eq!(info.origin, Some((id, from)));
+                let origin = match from {
+                    Some(s) => cowvol::VolumeOrigin::Snapshot(id, s),
+                    None => cowvol::VolumeOrigin::Volume(id),
+                };
+                assert_eq!(info.origin, Some(origin));
                 let data = match from {
                     Some(s) => model.snapshots[&s].1.clone(),
                     None => model.volumes[&id].clone(),

@@ -3,6 +3,7 @@
 
 use cowvol::{
     AccessMode, CheckReport, DamagedBlock, Problem, ScrubReport, SnapshotInfo, Store, StoreStats, VolumeInfo,
+    VolumeOrigin,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -16,13 +17,26 @@ pub fn access_str(m: AccessMode) -> &'static str {
     }
 }
 
-/// Where a fork came from.
+/// Where a volume's data came from.
 #[derive(Debug, Serialize)]
 pub struct OriginJson {
-    /// Source volume id.
-    pub volume_id: String,
+    /// Source volume id (null for a volume made from a template).
+    pub volume_id: Option<String>,
     /// Source snapshot id, or null for a fork of the live volume.
     pub snapshot_id: Option<String>,
+    /// Source template id, when made from one.
+    pub template_id: Option<String>,
+}
+
+impl OriginJson {
+    fn new(o: VolumeOrigin) -> OriginJson {
+        let (v, s, t) = match o {
+            VolumeOrigin::Volume(v) => (Some(v.to_string()), None, None),
+            VolumeOrigin::Snapshot(v, s) => (Some(v.to_string()), Some(s.to_string()), None),
+            VolumeOrigin::Template(t) => (None, None, Some(t.to_string())),
+        };
+        OriginJson { volume_id: v, snapshot_id: s, template_id: t }
+    }
 }
 
 /// A volume.
@@ -57,9 +71,7 @@ impl VolumeJson {
             size_bytes: v.size_bytes,
             access_mode: access_str(v.access_mode),
             created_at: v.created_at,
-            origin: v
-                .origin
-                .map(|(vol, snap)| OriginJson { volume_id: vol.to_string(), snapshot_id: snap.map(|s| s.to_string()) }),
+            origin: v.origin.map(OriginJson::new),
             snapshot_count,
             cache_bytes: v.cache_bytes,
             write_buffer_bytes: v.write_buffer_bytes,

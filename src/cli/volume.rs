@@ -5,7 +5,7 @@ use super::error::{out_err, CliResult, LibContext};
 use super::fmt::{self, Align, Table};
 use super::json::{access_str, SnapshotJson, VolumeJson};
 use super::{access_mode, close, image, resolve_snapshot, resolve_volume, resolve_volume_id, Ctx};
-use cowvol::{ForkOptions, Store, VolumeInfo, VolumeOptions};
+use cowvol::{ForkOptions, Store, VolumeInfo, VolumeOptions, VolumeOrigin};
 use serde::Serialize;
 use std::io::Write;
 
@@ -36,8 +36,9 @@ struct VolumeOut {
 fn origin_str(v: &VolumeInfo) -> String {
     match v.origin {
         None => "-".into(),
-        Some((vol, None)) => vol.to_string(),
-        Some((vol, Some(s))) => format!("{vol}@{s}"),
+        Some(VolumeOrigin::Volume(vol)) => vol.to_string(),
+        Some(VolumeOrigin::Snapshot(vol, s)) => format!("{vol}@{s}"),
+        Some(VolumeOrigin::Template(t)) => t.to_string(),
     }
 }
 
@@ -113,8 +114,9 @@ fn info(ctx: &Ctx, volume: &str) -> CliResult {
         let mut out = ctx.out();
         let origin = match v.origin {
             None => "-".to_string(),
-            Some((vol, None)) => format!("fork of {vol} (live state)"),
-            Some((vol, Some(s))) => format!("fork of {vol}, snapshot {s}"),
+            Some(VolumeOrigin::Volume(vol)) => format!("fork of {vol} (live state)"),
+            Some(VolumeOrigin::Snapshot(vol, s)) => format!("made from snapshot {s} of {vol}"),
+            Some(VolumeOrigin::Template(t)) => format!("made from template {t}"),
         };
         fmt::key_values(
             &mut out,

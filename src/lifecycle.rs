@@ -1,0 +1,645 @@
+//! The snapshot lifecycle platforms build on: two-step snapshots with a
+//! durable status, holds, group snapshots, search, templates, volumes made
+//! from snapshots and templates, and scheduled snapshots with retention.
+//!
+//! Every change here is one logged record, applied and made durable in one
+//! step like the core operations in `store`: a crash leaves each change
+//! wholly done or wholly undone, and a snapshot left `Creating` is marked
+//! `Failed` when the store opens.
+
+use crate::catalog::{
+    now_secs, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo,
+    VolumeId, VolumeInfo, VolumeOrigin,
+};
+use crate::error::{Error, Result};
+use crate::options::{Deleted, SnapshotOptions, VolumeOptions};
+use crate::store::{try_admin, validate_name, Inner, State, Store, VolRuntime};
+use crate::volume::{Target, Volume};
+use crate::wal::Record;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Label that automatic snapshots carry, naming the policy run that took them.
+pub const AUTO_LABEL: &str = "cowvol.policy";
+
+/// How a template is made.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateOptions {
+    /// Unique among templates; 1 to 255 bytes, no control characters.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Free key/value labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TemplateOptions {
+    /// A template named `name` with no description.
+    pub fn named(name: impl Into<String>) -> Self {
+        TemplateOptions { name: name.into(), ..Default::default() }
+    }
+}
+
+/// Which snapshots [`Store::search_snapshots`] returns. Every field that is
+/// set must match; the default matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotQuery {
+    /// Substring of the snapshot's name, compared case-insensitively.
+    pub name_contains: Option<String>,
+    /// Snapshots of this volume (live or deleted).
+    pub volume: Option<VolumeId>,
+    /// Snapshots of a volume that had this name when they were taken.
+    pub volume_name: Option<String>,
+    /// Manual or automatic.
+    pub kind: Option<SnapshotKind>,
+    /// Creating, ready or failed.
+    pub status: Option<SnapshotStatus>,
+    /// Exact owner.
+    pub owner: Option<String>,
+    /// Labels the snapshot must carry with exactly these values.
+    pub labels: BTreeMap<String, String>,
+    /// Only held (`Some(true)`) or only unheld (`Some(false)`) snapshots.
+    pub held: Option<bool>,
+    /// Sort newest first instead of oldest first (by creation time, then id).
+    pub newest_first: bool,
+    /// Matches to skip before the page starts.
+    pub offset: usize,
+    /// Largest page; `None` returns every match after `offset`.
+    pub limit: Option<usize>,
+}
+
+/// One page of search results.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotPage {
+    /// The snapshots on this page, in the requested order.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// How many snapshots match in all.
+    pub total: usize,
+    /// The offset of the next page, when there is one.
+    pub next_offset: Option<usize>,
+}
+
+/// What one [`Store::run_policies`] pass did.
+#[derive(Debug, Default)]
+pub struct PolicyRun {
+    /// Automatic snapshots taken.
+    pub created: Vec<SnapshotInfo>,
+    /// Automatic snapshots that retention deleted.
+    pub pruned: Vec<SnapshotInfo>,
+    /// Volumes whose policy could not run this time (for example
+    /// [`Error::Busy`] while another administrative operation held the
+    /// volume); the next pass tries again.
+    pub errors: Vec<(VolumeId, Error)>,
+}
+
+impl Store {
+    /// Registers a snapshot in status `Creating`, without capturing any
+    /// data yet: the first of two steps, for hosts that quiesce an
+    /// application between them. [`Store::commit_snapshot`] captures the
+    /// volume at that moment; [`Store::abort_snapshot`] gives up. If the
+    /// store crashes in between, the snapshot is `Failed` after reopening.
+    ///
+    /// # Errors
+    /// As [`Store::create_snapshot`].
+    pub fn begin_snapshot(&self, volume: VolumeId, opts: SnapshotOptions) -> Result<SnapshotInfo> {
+        self.inner.take_snapshot(volume, opts, SnapshotStatus::Creating, now_secs())
+    }
+
+    /// Captures a `Creating` snapshot: it holds exactly the writes that
+    /// completed before this call, and becomes `Ready`. Durable when it
+    /// returns. O(1).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidArgument`] when the snapshot
+    /// is not `Creating`; [`Error::Busy`] when another administrative
+    /// operation holds the volume.
+    pub fn commit_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<SnapshotInfo> {
+        let inner = &self.inner;
+        inner.ensure_writable()?;
+        let rt = inner.state.lock().vol(volume)?.rt.clone();
+        let _admin = try_admin(&rt, volume, "commit")?;
+        let (info, lsn) = {
+            let mut st = inner.state.lock();
+            let s = creating_snap(&st, volume, snapshot)?;
+            let info = SnapshotInfo { status: SnapshotStatus::Ready, ..s.clone() };
+            (info, inner.apply_and_log(&mut st, Record::CommitSnapshot { snap: snapshot.0 })?)
+        };
+        inner.sync_to(lsn)?;
+        Ok(info)
+    }
+
+    /// Gives up a `Creating` snapshot: it becomes `Failed` (it stays
+    /// listed until deleted, so the failure is visible).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidArgument`] when the snapshot
+    /// is not `Creating`.
+    pub fn abort_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<SnapshotInfo> {
+        self.inner.update_snapshot(volume, snapshot, |s| {
+            creating_status(s)?;
+            s.status = SnapshotStatus::Failed;
+            Ok(())
+        })
+    }
+
+    /// Holds (protects) a snapshot: [`Store::delete_snapshot`] and
+    /// retention refuse it with [`Error::Held`] until
+    /// [`Store::release_snapshot`]. Holding a held snapshot is a no-op.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`].
+    pub fn hold_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<SnapshotInfo> {
+        self.set_hold(volume, snapshot, true)
+    }
+
+    /// Releases a hold. Releasing an unheld snapshot is a no-op.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`].
+    pub fn release_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<SnapshotInfo> {
+        self.set_hold(volume, snapshot, false)
+    }
+
+    fn set_hold(&self, volume: VolumeId, snapshot: SnapshotId, held: bool) -> Result<SnapshotInfo> {
+        self.inner.update_snapshot(volume, snapshot, |s| {
+            s.held = held;
+            Ok(())
+        })
+    }
+
+    /// Takes one snapshot of each volume at the same instant, in one
+    /// atomic, durable step: after a crash either all of them exist or
+    /// none does. Each gets `opts` (the same name on every volume).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty or repeated volume list;
+    /// [`Error::NotFound`]; [`Error::AlreadyExists`] when a volume already
+    /// has a snapshot of that name; [`Error::Busy`] when another
+    /// administrative operation holds one of the volumes. On any error no
+    /// snapshot is taken.
+    pub fn create_group_snapshot(&self, volumes: &[VolumeId], opts: SnapshotOptions) -> Result<Vec<SnapshotInfo>> {
+        validate_name("snapshot", &opts.name)?;
+        let mut ids = volumes.to_vec();
+        ids.sort();
+        ids.dedup();
+        if ids.is_empty() || ids.len() != volumes.len() {
+            return Err(Error::invalid("a group snapshot needs a list of distinct volumes"));
+        }
+        let inner = &self.inner;
+        inner.ensure_writable()?;
+        let rts: Vec<Arc<VolRuntime>> = {
+            let st = inner.state.lock();
+            ids.iter().map(|&v| st.vol(v).map(|v| v.rt.clone())).collect::<Result<_>>()?
+        };
+        // Taken in id order; `try_lock` cannot deadlock anyway.
+        let _admins =
+            ids.iter().zip(&rts).map(|(&v, rt)| try_admin(rt, v, "group snapshot")).collect::<Result<Vec<_>>>()?;
+        let (infos, lsn) = {
+            let mut st = inner.state.lock();
+            let now = now_secs();
+            let infos = volumes
+                .iter()
+                .map(|&v| st.new_snapshot_info(v, opts.clone(), SnapshotStatus::Ready, now))
+                .collect::<Result<Vec<_>>>()?;
+            let lsn = inner.apply_and_log(&mut st, Record::CreateSnapshots(infos.clone()))?;
+            (infos, lsn)
+        };
+        inner.sync_to(lsn)?;
+        Ok(infos)
+    }
+
+    /// A snapshot's record, by id alone (ids are unique in the store).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`].
+    pub fn snapshot(&self, snapshot: SnapshotId) -> Result<SnapshotInfo> {
+        let st = self.inner.state.lock();
+        st.snapshots.get(&snapshot.0).map(|s| s.info.clone()).ok_or_else(|| not_found_snapshot(snapshot))
+    }
+
+    /// Finds snapshots across the store: filtered by every field of `query`
+    /// that is set, sorted by creation time (then id), and paged. Cost:
+    /// one pass over the snapshot records; only the page is copied.
+    pub fn search_snapshots(&self, query: &SnapshotQuery) -> SnapshotPage {
+        let needle = query.name_contains.as_ref().map(|n| n.to_lowercase());
+        let st = self.inner.state.lock();
+        let mut hits: Vec<&SnapshotInfo> =
+            st.snapshots.values().map(|s| &s.info).filter(|s| matches(s, query, needle.as_deref())).collect();
+        hits.sort_by_key(|s| (s.created_at, s.id));
+        if query.newest_first {
+            hits.reverse();
+        }
+        let total = hits.len();
+        let start = query.offset.min(total);
+        let end = query.limit.map_or(total, |l| start.saturating_add(l).min(total));
+        SnapshotPage {
+            snapshots: hits[start..end].iter().map(|s| (*s).clone()).collect(),
+            total,
+            next_offset: (end < total).then_some(end),
+        }
+    }
+
+    /// Creates a writable volume from a snapshot, sharing all its blocks.
+    /// The new volume outlives the snapshot and the snapshot's volume.
+    /// `opts.size_bytes` must be 0 (take the snapshot's size) or equal it.
+    /// O(1), durable when it returns.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidArgument`] for a snapshot that
+    /// is not ready or a different size; [`Error::AlreadyExists`] for a
+    /// taken name.
+    pub fn create_volume_from_snapshot(&self, snapshot: SnapshotId, opts: VolumeOptions) -> Result<VolumeInfo> {
+        let (volume, size) = {
+            let st = self.inner.state.lock();
+            let s = st.snapshots.get(&snapshot.0).ok_or_else(|| not_found_snapshot(snapshot))?;
+            st.ready_snap_of(s.info.volume_id, snapshot)?;
+            (s.info.volume_id, s.info.size_bytes)
+        };
+        self.inner.create_volume_with_origin(VolumeOrigin::Snapshot(volume, snapshot), size, opts)
+    }
+
+    /// Creates a writable volume from a template, sharing all its blocks.
+    /// `opts.size_bytes` must be 0 (the template's size) or equal it.
+    ///
+    /// # Errors
+    /// As [`Store::create_volume_from_snapshot`].
+    pub fn create_volume_from_template(&self, template: TemplateId, opts: VolumeOptions) -> Result<VolumeInfo> {
+        let size = self.template(template)?.size_bytes;
+        self.inner.create_volume_with_origin(VolumeOrigin::Template(template), size, opts)
+    }
+
+    /// Makes a template from a ready snapshot: a named, read-only image
+    /// that shares the snapshot's blocks and outlives it and its volume.
+    /// O(1), durable when it returns.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidArgument`] for a snapshot that
+    /// is not ready; [`Error::AlreadyExists`] for a taken template name.
+    pub fn create_template(&self, snapshot: SnapshotId, opts: TemplateOptions) -> Result<TemplateInfo> {
+        validate_name("template", &opts.name)?;
+        let inner = &self.inner;
+        inner.ensure_writable()?;
+        let (info, lsn) = {
+            let mut st = inner.state.lock();
+            let s = st.snapshots.get(&snapshot.0).ok_or_else(|| not_found_snapshot(snapshot))?;
+            let s = st.ready_snap_of(s.info.volume_id, snapshot)?;
+            if st.templates.values().any(|t| t.info.name == opts.name) {
+                return Err(Error::AlreadyExists { what: format!("template {:?}", opts.name) });
+            }
+            let info = TemplateInfo {
+                id: TemplateId(st.next_template),
+                name: opts.name,
+                description: opts.description,
+                size_bytes: s.info.size_bytes,
+                created_at: now_secs(),
+                source: (s.info.volume_id, snapshot),
+                labels: opts.labels,
+            };
+            let lsn = inner.apply_and_log(&mut st, Record::CreateTemplate(info.clone()))?;
+            (info, lsn)
+        };
+        inner.sync_to(lsn)?;
+        Ok(info)
+    }
+
+    /// Every template, by id.
+    pub fn list_templates(&self) -> Vec<TemplateInfo> {
+        self.inner.state.lock().templates.values().map(|t| t.info.clone()).collect()
+    }
+
+    /// One template's record.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`].
+    pub fn template(&self, id: TemplateId) -> Result<TemplateInfo> {
+        let st = self.inner.state.lock();
+        st.templates.get(&id.0).map(|t| t.info.clone()).ok_or_else(|| Error::not_found(format!("template {id}")))
+    }
+
+    /// Finds a template by name.
+    pub fn template_by_name(&self, name: &str) -> Option<TemplateInfo> {
+        self.inner.state.lock().templates.values().find(|t| t.info.name == name).map(|t| t.info.clone())
+    }
+
+    /// Deletes a template. Idempotent. Volumes made from it keep every
+    /// block they share with it; only blocks nothing else references are
+    /// freed, in bounded steps after the delete is durable.
+    ///
+    /// # Errors
+    /// I/O errors only.
+    pub fn delete_template(&self, id: TemplateId) -> Result<Deleted> {
+        let inner = &self.inner;
+        inner.ensure_writable()?;
+        let lsn = {
+            let mut st = inner.state.lock();
+            if !st.templates.contains_key(&id.0) {
+                return Ok(Deleted { existed: false });
+            }
+            inner.apply_and_log(&mut st, Record::DeleteTemplate { tmpl: id.0 })?
+        };
+        inner.sync_to(lsn)?;
+        inner.reclaim();
+        Ok(Deleted { existed: true })
+    }
+
+    /// Opens a read-only handle on a template.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`].
+    pub fn open_template(&self, id: TemplateId) -> Result<Volume> {
+        let size = self.template(id)?.size_bytes;
+        Ok(Volume::new(self.clone(), Target::Template(id), size, Arc::new(VolRuntime::default()), false, u64::MAX))
+    }
+
+    /// Sets (or, with `None`, clears) a volume's automatic snapshot policy.
+    /// Durable when it returns.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidArgument`] for an interval of
+    /// 0 or a retention rule of 0.
+    pub fn set_policy(&self, volume: VolumeId, policy: Option<SnapshotPolicy>) -> Result<VolumeInfo> {
+        if let Some(p) = &policy {
+            validate_policy(p)?;
+        }
+        let inner = &self.inner;
+        inner.ensure_writable()?;
+        let (info, lsn) = {
+            let mut st = inner.state.lock();
+            st.vol(volume)?;
+            let lsn = inner.apply_and_log(&mut st, Record::SetPolicy { vol: volume.0, policy })?;
+            (st.vol(volume)?.info.clone(), lsn)
+        };
+        inner.sync_to(lsn)?;
+        Ok(info)
+    }
+
+    /// Runs every volume's policy as of `now` (seconds since the Unix
+    /// epoch; the host decides the clock and when to call): takes the
+    /// automatic snapshots that are due, then prunes the automatic
+    /// snapshots retention lets go. Never deletes a manual or held
+    /// snapshot. Passes never overlap: a second caller waits.
+    ///
+    /// A volume's snapshot is due when it has no ready automatic snapshot
+    /// or its newest is at least `interval_secs` old. Automatic snapshots
+    /// are named `auto-YYYYMMDD-HHMMSS` (UTC, from `now`) and carry the
+    /// label [`AUTO_LABEL`].
+    pub fn run_policies(&self, now: u64) -> PolicyRun {
+        self.inner.run_policies(now)
+    }
+}
+
+impl Inner {
+    pub(crate) fn run_policies(&self, now: u64) -> PolicyRun {
+        let _one_pass = self.policy_pass.lock();
+        let mut run = PolicyRun::default();
+        let due: Vec<(VolumeId, SnapshotPolicy, bool)> = {
+            let st = self.state.lock();
+            st.volumes
+                .values()
+                .filter_map(|v| v.info.policy.map(|p| (v.info.id, p)))
+                .map(|(id, p)| (id, p, snapshot_due(&st, id, &p, now)))
+                .collect()
+        };
+        for (volume, policy, is_due) in due {
+            if is_due {
+                match self.take_auto_snapshot(volume, now) {
+                    Ok(info) => run.created.push(info),
+                    Err(e) => run.errors.push((volume, e)),
+                }
+            }
+            for snap in self.expired_snapshots(volume, &policy, now) {
+                match self.delete_snapshot(volume, snap.id) {
+                    Ok(d) if d.existed => run.pruned.push(snap),
+                    // Deleted or held meanwhile: retention leaves it be.
+                    Ok(_) | Err(Error::Held { .. }) => {}
+                    Err(e) => run.errors.push((volume, e)),
+                }
+            }
+        }
+        run
+    }
+
+    fn take_auto_snapshot(&self, volume: VolumeId, now: u64) -> Result<SnapshotInfo> {
+        let base = format!("auto-{}", utc_stamp(now));
+        let name = {
+            let st = self.state.lock();
+            let taken = |n: &str| st.snapshots.values().any(|s| s.info.volume_id == volume && s.info.name == n);
+            (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") }).find(|n| !taken(n))
+        };
+        let opts = SnapshotOptions {
+            name: name.unwrap_or(base),
+            description: "taken by the volume's snapshot policy".into(),
+            labels: [(AUTO_LABEL.to_string(), now.to_string())].into(),
+            kind: SnapshotKind::Auto,
+            ..Default::default()
+        };
+        self.take_snapshot(volume, opts, SnapshotStatus::Ready, now)
+    }
+
+    /// The automatic snapshots of `volume` that retention lets go as of
+    /// `now`: not held, not among the newest `keep_last` ready ones, and
+    /// older than `keep_for_secs`, for every rule that is set. Failed
+    /// automatic snapshots hold no data and always go.
+    fn expired_snapshots(&self, volume: VolumeId, p: &SnapshotPolicy, now: u64) -> Vec<SnapshotInfo> {
+        if p.keep_last.is_none() && p.keep_for_secs.is_none() {
+            return Vec::new();
+        }
+        let st = self.state.lock();
+        let mut autos: Vec<&SnapshotInfo> = st
+            .snapshots
+            .values()
+            .map(|s| &s.info)
+            .filter(|s| s.volume_id == volume && s.kind == SnapshotKind::Auto && !s.held)
+            .collect();
+        autos.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
+        let mut ready_seen = 0u64;
+        let mut out = Vec::new();
+        for s in autos {
+            let expired = match s.status {
+                SnapshotStatus::Failed => true,
+                SnapshotStatus::Ready => {
+                    ready_seen += 1;
+                    let kept_by_count = p.keep_last.is_some_and(|n| ready_seen <= n as u64);
+                    let kept_by_age = p.keep_for_secs.is_some_and(|d| now.saturating_sub(s.created_at) < d);
+                    !kept_by_count && !kept_by_age
+                }
+                _ => false,
+            };
+            if expired {
+                out.push(s.clone());
+            }
+        }
+        out
+    }
+
+    /// Changes a snapshot's record (not its data) in one logged step.
+    fn update_snapshot(
+        &self,
+        volume: VolumeId,
+        snapshot: SnapshotId,
+        change: impl FnOnce(&mut SnapshotInfo) -> Result<()>,
+    ) -> Result<SnapshotInfo> {
+        self.ensure_writable()?;
+        let (info, lsn) = {
+            let mut st = self.state.lock();
+            let mut info = st.snap_of(volume, snapshot)?.info.clone();
+            change(&mut info)?;
+            if info == st.snap_of(volume, snapshot)?.info {
+                return Ok(info);
+            }
+            (info.clone(), self.apply_and_log(&mut st, Record::UpdateSnapshot(info))?)
+        };
+        self.sync_to(lsn)?;
+        Ok(info)
+    }
+
+    /// Creates a volume whose tree is `origin`'s, which has `size` bytes.
+    fn create_volume_with_origin(&self, origin: VolumeOrigin, size: u64, opts: VolumeOptions) -> Result<VolumeInfo> {
+        validate_name("volume", &opts.name)?;
+        if opts.size_bytes != 0 && opts.size_bytes != size {
+            return Err(Error::invalid(format!(
+                "a volume made from a snapshot or template has its size ({size} bytes), not {}",
+                opts.size_bytes
+            )));
+        }
+        self.ensure_writable()?;
+        let (info, lsn) = {
+            let mut st = self.state.lock();
+            st.check_volume_name_free(&opts.name)?;
+            let info = VolumeInfo {
+                id: VolumeId(st.next_volume),
+                name: opts.name,
+                size_bytes: size,
+                access_mode: opts.access_mode,
+                cache_bytes: opts.cache_bytes,
+                write_buffer_bytes: crate::store::write_buffer_or_default(opts.write_buffer_bytes),
+                created_at: now_secs(),
+                origin: Some(origin),
+                policy: None,
+            };
+            let lsn = self.apply_and_log(&mut st, Record::Fork(info.clone()))?;
+            (info, lsn)
+        };
+        self.sync_to(lsn)?;
+        Ok(info)
+    }
+}
+
+fn not_found_snapshot(id: SnapshotId) -> Error {
+    Error::not_found(format!("snapshot {id}"))
+}
+
+fn creating_status(s: &SnapshotInfo) -> Result<()> {
+    if s.status != SnapshotStatus::Creating {
+        return Err(Error::invalid(format!("snapshot {} ({:?}) is {}, not creating", s.id, s.name, s.status)));
+    }
+    Ok(())
+}
+
+fn creating_snap(st: &State, volume: VolumeId, snapshot: SnapshotId) -> Result<&SnapshotInfo> {
+    let s = &st.snap_of(volume, snapshot)?.info;
+    creating_status(s)?;
+    Ok(s)
+}
+
+fn matches(s: &SnapshotInfo, q: &SnapshotQuery, needle: Option<&str>) -> bool {
+    needle.is_none_or(|n| s.name.to_lowercase().contains(n))
+        && q.volume.is_none_or(|v| s.volume_id == v)
+        && q.volume_name.as_ref().is_none_or(|n| &s.volume_name == n)
+        && q.kind.is_none_or(|k| s.kind == k)
+        && q.status.is_none_or(|st| s.status == st)
+        && q.owner.as_ref().is_none_or(|o| &s.owner == o)
+        && q.held.is_none_or(|h| s.held == h)
+        && q.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
+}
+
+fn snapshot_due(st: &State, volume: VolumeId, p: &SnapshotPolicy, now: u64) -> bool {
+    let newest = st
+        .snapshots
+        .values()
+        .map(|s| &s.info)
+        .filter(|s| s.volume_id == volume && s.kind == SnapshotKind::Auto && s.is_ready())
+        .map(|s| s.created_at)
+        .max();
+    newest.is_none_or(|t| now >= t.saturating_add(p.interval_secs))
+}
+
+fn validate_policy(p: &SnapshotPolicy) -> Result<()> {
+    if p.interval_secs == 0 {
+        return Err(Error::invalid("a snapshot policy's interval must be at least 1 second"));
+    }
+    if p.keep_last == Some(0) || p.keep_for_secs == Some(0) {
+        return Err(Error::invalid("a retention rule must keep at least 1 snapshot or 1 second"));
+    }
+    Ok(())
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC for seconds since the Unix epoch.
+pub(crate) fn utc_stamp(secs: u64) -> String {
+    let t = UtcTime::from_unix(secs);
+    format!("{:04}{:02}{:02}-{:02}{:02}{:02}", t.year, t.month, t.day, t.hour, t.minute, t.second)
+}
+
+/// A calendar date and time in UTC, for naming and showing the
+/// timestamps the catalog keeps (seconds since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcTime {
+    /// Year (proleptic Gregorian).
+    pub year: i64,
+    /// 1 to 12.
+    pub month: u32,
+    /// 1 to 31.
+    pub day: u32,
+    /// 0 to 23.
+    pub hour: u32,
+    /// 0 to 59.
+    pub minute: u32,
+    /// 0 to 59.
+    pub second: u32,
+}
+
+impl UtcTime {
+    /// The date and time `secs` seconds after 1970-01-01 00:00:00 UTC.
+    pub fn from_unix(secs: u64) -> UtcTime {
+        // Days are split into 400-year eras of 146097 days, counted from
+        // 0000-03-01 so that the leap day ends each year.
+        let (days, rem) = ((secs / 86_400) as i64 + 719_468, (secs % 86_400) as u32);
+        let era = days.div_euclid(146_097);
+        let doe = days.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        UtcTime {
+            year: yoe + era * 400 + i64::from(month <= 2),
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem % 3600 / 60,
+            second: rem % 60,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps_match_known_dates() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(951_782_400), "20000229-000000");
+        assert_eq!(utc_stamp(1_795_000_000), "20261118-110640");
+        assert_eq!(utc_stamp(4_102_444_799), "20991231-235959");
+    }
+
+    #[test]
+    fn policies_need_a_positive_interval_and_rules() {
+        let ok = SnapshotPolicy { interval_secs: 60, keep_last: Some(3), keep_for_secs: None };
+        assert!(validate_policy(&ok).is_ok());
+        assert!(validate_policy(&SnapshotPolicy { interval_secs: 0, ..ok }).is_err());
+        assert!(validate_policy(&SnapshotPolicy { keep_last: Some(0), ..ok }).is_err());
+        assert!(validate_policy(&SnapshotPolicy { keep_for_secs: Some(0), ..ok }).is_err());
+    }
+}
