@@ -416,10 +416,11 @@ impl Store {
     /// Opens a read-only handle on a snapshot.
     ///
     /// # Errors
-    /// [`Error::NotFound`] when the snapshot does not exist or is not of `volume`.
+    /// [`Error::NotFound`] when the snapshot does not exist or is not of
+    /// `volume`; [`Error::InvalidArgument`] when it is not ready.
     pub fn open_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<Volume> {
         let st = self.inner.state.lock();
-        let s = st.snap_of(volume, snapshot)?;
+        let s = st.ready_snap_of(volume, snapshot)?;
         Ok(Volume::new(
             self.clone(),
             Target::Snapshot(snapshot),
