@@ -441,7 +441,7 @@ fn policy_runs_alongside_io() {
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 v.write_at(&[i as u8; BS], (i % 64) * BS as u64).unwrap();
-                if i % 16 == 0 {
+                if i.is_multiple_of(16) {
                     v.flush().unwrap();
                 }
                 i += 1;
