@@ -708,6 +708,12 @@ impl State {
             Record::DeleteVolume { vol } => {
                 let v = self.volumes.remove(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
                 self.garbage.extend(v.root);
+                // A two-step snapshot of it can never be committed now.
+                for s in self.snapshots.values_mut().filter(|s| s.info.volume_id.0 == *vol) {
+                    if s.info.status == SnapshotStatus::Creating {
+                        s.info.status = SnapshotStatus::Failed;
+                    }
+                }
             }
             Record::CreateSnapshot(info) => self.insert_snapshot(info)?,
             Record::CreateSnapshots(list) => {

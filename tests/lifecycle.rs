@@ -113,6 +113,24 @@ fn a_crash_during_a_two_step_snapshot_leaves_it_failed_not_half_there() {
 }
 
 #[test]
+fn deleting_a_volume_fails_its_creating_snapshots_and_keeps_the_rest() {
+    let (disk, store) = fresh();
+    let (id, v) = volume(&store, "db");
+    fill(&v, 1);
+    let ready = store.create_snapshot(id, SnapshotOptions::named("ready")).unwrap();
+    let pending = store.begin_snapshot(id, SnapshotOptions::named("pending")).unwrap();
+    drop(v);
+    store.delete_volume(id).unwrap();
+    assert_eq!(store.snapshot(pending.id).unwrap().status, SnapshotStatus::Failed);
+    assert!(store.commit_snapshot(id, pending.id).is_err());
+    assert_eq!(store.list_snapshots(id).len(), 2);
+    let (_disk, store) = reopen_after_crash(&disk, store);
+    assert_eq!(store.snapshot(pending.id).unwrap().status, SnapshotStatus::Failed);
+    assert_eq!(contents(&store.open_snapshot(id, ready.id).unwrap()), vec![1u8; SIZE as usize]);
+    assert_clean(&store);
+}
+
+#[test]
 fn held_snapshots_refuse_delete_until_released() {
     let (disk, store) = fresh();
     let (id, v) = volume(&store, "db");
