@@ -24,6 +24,13 @@ enum Op {
     Reopen,
     Checkpoint,
     CrashAfterFlush { seed: u8 },
+    Template { snap: u8 },
+    FromTemplate { tmpl: u8 },
+    DeleteTemplate { tmpl: u8 },
+    FromSnapshot { snap: u8 },
+    Group { a: u8, b: u8 },
+    ToggleHold { snap: u8 },
+    RestoreWithSafety { vol: u8, snap: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -41,6 +48,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => Just(Op::Checkpoint),
         1 => any::<u8>().prop_map(|seed| Op::CrashAfterFlush { seed }),
+        1 => any::<u8>().prop_map(|snap| Op::Template { snap }),
+        1 => any::<u8>().prop_map(|tmpl| Op::FromTemplate { tmpl }),
+        1 => any::<u8>().prop_map(|tmpl| Op::DeleteTemplate { tmpl }),
+        1 => any::<u8>().prop_map(|snap| Op::FromSnapshot { snap }),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::Group { a, b }),
+        1 => any::<u8>().prop_map(|snap| Op::ToggleHold { snap }),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(vol, snap)| Op::RestoreWithSafety { vol, snap }),
     ]
 }
 
@@ -48,6 +62,8 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     volumes: BTreeMap<VolumeId, Vec<u8>>,
     snapshots: BTreeMap<SnapshotId, (VolumeId, Vec<u8>)>,
+    templates: BTreeMap<TemplateId, Vec<u8>>,
+    held: std::collections::BTreeSet<SnapshotId>,
 }
 
 fn pick<K: Copy, V>(m: &BTreeMap<K, V>, i: u8) -> Option<K> {
@@ -76,6 +92,17 @@ fn verify(store: &Store, model: &Model) {
         let mut buf = vec![0u8; data.len()];
         s.read_at(&mut buf, 0).unwrap();
         assert!(buf == *data, "snapshot {id} differs from the model");
+    }
+    let tmpls: Vec<TemplateId> = store.list_templates().iter().map(|t| t.id).collect();
+    assert_eq!(tmpls, model.templates.keys().copied().collect::<Vec<_>>());
+    for (id, data) in &model.templates {
+        let t = store.open_template(*id).unwrap();
+        let mut buf = vec![0u8; data.len()];
+        t.read_at(&mut buf, 0).unwrap();
+        assert!(buf == *data, "template {id} differs from the model");
+    }
+    for s in store.all_snapshots() {
+        assert_eq!(s.held, model.held.contains(&s.id), "hold of {}", s.id);
     }
     let report = store.check().unwrap();
     assert!(report.is_clean(), "check: {:?}", report.problems);
@@ -144,6 +171,10 @@ fn run(ops: Vec<Op>) {
             Op::DeleteSnapshot { snap } => {
                 let Some(sid) = pick(&model.snapshots, snap) else { continue };
                 let vol = model.snapshots[&sid].0;
+                if model.held.remove(&sid) {
+                    assert!(matches!(store.delete_snapshot(vol, sid), Err(Error::Held { .. })));
+                    store.release_snapshot(vol, sid).unwrap();
+                }
                 assert!(store.delete_snapshot(vol, sid).unwrap().existed);
                 assert!(!store.delete_snapshot(vol, sid).unwrap().existed);
                 model.snapshots.remove(&sid);
@@ -166,6 +197,55 @@ fn run(ops: Vec<Op>) {
                 drop(store);
                 disk = next;
                 store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
+            }
+            Op::Template { snap } => {
+                let Some(sid) = pick(&model.snapshots, snap) else { continue };
+                let t = store.create_template(sid, TemplateOptions::named(format!("t{names}"))).unwrap();
+                model.templates.insert(t.id, model.snapshots[&sid].1.clone());
+            }
+            Op::FromTemplate { tmpl } => {
+                let Some(tid) = pick(&model.templates, tmpl) else { continue };
+                let v = store.create_volume_from_template(tid, VolumeOptions::new(format!("v{names}"), 0)).unwrap();
+                model.volumes.insert(v.id, model.templates[&tid].clone());
+            }
+            Op::DeleteTemplate { tmpl } => {
+                let Some(tid) = pick(&model.templates, tmpl) else { continue };
+                assert!(store.delete_template(tid).unwrap().existed);
+                model.templates.remove(&tid);
+            }
+            Op::FromSnapshot { snap } => {
+                let Some(sid) = pick(&model.snapshots, snap) else { continue };
+                let v = store.create_volume_from_snapshot(sid, VolumeOptions::new(format!("v{names}"), 0)).unwrap();
+                model.volumes.insert(v.id, model.snapshots[&sid].1.clone());
+            }
+            Op::Group { a, b } => {
+                let (Some(x), Some(y)) = (pick(&model.volumes, a), pick(&model.volumes, b)) else { continue };
+                let ids = if x == y { vec![x] } else { vec![x, y] };
+                let snaps = store.create_group_snapshot(&ids, SnapshotOptions::named(format!("g{names}"))).unwrap();
+                for s in snaps {
+                    model.snapshots.insert(s.id, (s.volume_id, model.volumes[&s.volume_id].clone()));
+                }
+            }
+            Op::ToggleHold { snap } => {
+                let Some(sid) = pick(&model.snapshots, snap) else { continue };
+                let vol = model.snapshots[&sid].0;
+                if model.held.remove(&sid) {
+                    assert!(!store.release_snapshot(vol, sid).unwrap().held);
+                } else {
+                    assert!(store.hold_snapshot(vol, sid).unwrap().held);
+                    model.held.insert(sid);
+                }
+            }
+            Op::RestoreWithSafety { vol, snap } => {
+                let Some(id) = pick(&model.volumes, vol) else { continue };
+                let of_vol: BTreeMap<_, _> = model.snapshots.iter().filter(|(_, (v, _))| *v == id).collect();
+                let Some(sid) = pick(&of_vol, snap).copied() else { continue };
+                let safety = Some(SnapshotOptions::named(format!("safety{names}")));
+                let r =
+                    store.restore_snapshot(id, sid, RestoreOptions { safety_snapshot: safety, ..Default::default() });
+                let kept = r.unwrap().safety_snapshot.unwrap();
+                let before = model.volumes.insert(id, model.snapshots[&sid].1.clone()).unwrap();
+                model.snapshots.insert(kept.id, (id, before));
             }
         }
         verify(&store, &model);
