@@ -1,6 +1,6 @@
 //! The command line grammar (clap derive).
 
-use super::fmt::parse_size;
+use super::fmt::{parse_duration, parse_label, parse_size};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -10,10 +10,11 @@ pub const DEFAULT_STORE: &str = "./cowvol-data";
 /// cowvol: copy-on-write block volumes with instant snapshots, forks and restore.
 #[derive(Debug, Parser)]
 #[command(name = "cowvol", version, about, long_about = None)]
-#[command(after_help = "Volumes and snapshots can be named by name or by id (vol-3, snap-7).\n\
+#[command(after_help = "Volumes, snapshots and templates can be named by name or by id (vol-3, snap-7, tmpl-2).\n\
 Sizes accept binary suffixes: 512, 64K, 10G, 1T (K = 1024).\n\
+Durations accept s, m, h, d and w suffixes: 90s, 15m, 1h30m, 7d (a plain number is seconds).\n\
 Exit codes: 0 ok, 1 failure or problems found, 2 bad usage, 3 not found,\n\
-4 busy/locked/timeout, 5 corruption, 6 no space.")]
+4 busy/locked/timeout, 5 corruption, 6 no space, 7 snapshot held.")]
 pub struct Cli {
     /// Store directory [env: COWVOL_STORE] [default: ./cowvol-data]
     #[arg(long, global = true, value_name = "DIR")]
@@ -38,9 +39,15 @@ pub enum Command {
     /// Create, list, inspect, fork, import, export, read, write and delete volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
-    /// Create, list, inspect, restore and delete snapshots.
+    /// Create, search, inspect, hold, release, restore and delete snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Create, list, inspect and delete templates (read-only base images).
+    #[command(subcommand)]
+    Template(TemplateCmd),
+    /// Set, show, clear and run automatic snapshot policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Verify every reference count and tree node; exits 1 when a problem is found.
     Check,
     /// Read every data block and verify its checksum; exits 1 when a block is damaged.
@@ -90,13 +97,23 @@ pub enum AccessArg {
 /// `cowvol volume ...`.
 #[derive(Debug, Subcommand)]
 pub enum VolumeCmd {
-    /// Create an empty volume (reads as zeroes).
+    /// Create an empty volume (reads as zeroes), or one made from a snapshot or template.
     Create {
         /// Name of the new volume.
         name: String,
-        /// Logical size, e.g. 10G.
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-        size: u64,
+        /// Logical size, e.g. 10G; optional with --from-snapshot or --from-template (it must then match).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size,
+              required_unless_present_any = ["from_snapshot", "from_template"])]
+        size: Option<u64>,
+        /// Start with the data of this snapshot (name or id; a name may need --volume).
+        #[arg(long, value_name = "SNAP", conflicts_with = "from_template")]
+        from_snapshot: Option<String>,
+        /// The volume whose snapshot --from-snapshot names.
+        #[arg(long, value_name = "VOL", requires = "from_snapshot")]
+        volume: Option<String>,
+        /// Start with the data of this template (name or id).
+        #[arg(long, value_name = "TEMPLATE")]
+        from_template: Option<String>,
         /// Who may write.
         #[arg(long, value_enum, default_value_t = AccessArg::Rwo)]
         access_mode: AccessArg,
@@ -171,6 +188,57 @@ pub enum VolumeCmd {
     },
 }
 
+/// Free-form metadata kept with a snapshot.
+#[derive(Debug, Args)]
+pub struct SnapshotMeta {
+    /// Free text kept with the snapshot.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub description: String,
+    /// Free-form owner.
+    #[arg(long, value_name = "OWNER", default_value = "")]
+    pub owner: String,
+    /// A key=value label; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+/// Which snapshots `snapshot list` shows.
+#[derive(Debug, Args)]
+pub struct SnapshotFilter {
+    /// Volume name or id; a deleted volume by its id or by the name it had.
+    pub volume: Option<String>,
+    /// Only snapshots whose name contains TEXT (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub search: Option<String>,
+    /// Only manual or only automatic snapshots.
+    #[arg(long, value_name = "KIND", value_parser = parse_kind)]
+    pub kind: Option<cowvol::SnapshotKind>,
+    /// Only snapshots in this status.
+    #[arg(long, value_name = "STATUS", value_parser = parse_status)]
+    pub status: Option<cowvol::SnapshotStatus>,
+    /// Only snapshots with exactly this owner.
+    #[arg(long, value_name = "OWNER")]
+    pub owner: Option<String>,
+    /// Only snapshots carrying this key=value label; repeat to require several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Only held snapshots.
+    #[arg(long, conflicts_with = "not_held")]
+    pub held: bool,
+    /// Only snapshots that are not held.
+    #[arg(long)]
+    pub not_held: bool,
+    /// Newest first instead of oldest first.
+    #[arg(long)]
+    pub newest_first: bool,
+    /// Show at most N snapshots.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Skip the first N matches (for paging).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub offset: usize,
+}
+
 /// `cowvol snapshot ...`.
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCmd {
@@ -180,18 +248,21 @@ pub enum SnapshotCmd {
         volume: String,
         /// Snapshot name, unique among the volume's snapshots.
         name: String,
-        /// Free text kept with the snapshot.
-        #[arg(long, value_name = "TEXT", default_value = "")]
-        description: String,
+        #[command(flatten)]
+        meta: SnapshotMeta,
     },
-    /// List snapshots, of one volume or of all.
-    List {
-        /// Volume name or id (an id also works for a deleted volume).
-        volume: Option<String>,
-        /// Only snapshots whose name contains TEXT (case-insensitive).
-        #[arg(long, value_name = "TEXT")]
-        search: Option<String>,
+    /// Snapshot several volumes at the same instant, in one atomic step.
+    CreateGroup {
+        /// Snapshot name, given to the snapshot of every volume.
+        name: String,
+        /// Volume names or ids (at least one, no repeats).
+        #[arg(required = true, value_name = "VOL")]
+        volumes: Vec<String>,
+        #[command(flatten)]
+        meta: SnapshotMeta,
     },
+    /// Search snapshots, of one volume or of all.
+    List(SnapshotFilter),
     /// Show one snapshot.
     Info {
         /// Volume name or id.
@@ -199,7 +270,21 @@ pub enum SnapshotCmd {
         /// Snapshot name or id.
         snapshot: String,
     },
-    /// Roll a volume back to a snapshot (atomic, irreversible).
+    /// Hold (protect) a snapshot: it cannot be deleted, by hand or by a policy, until released.
+    Hold {
+        /// Volume name or id.
+        volume: String,
+        /// Snapshot name or id.
+        snapshot: String,
+    },
+    /// Release a snapshot's hold.
+    Release {
+        /// Volume name or id.
+        volume: String,
+        /// Snapshot name or id.
+        snapshot: String,
+    },
+    /// Roll a volume back to a snapshot (atomic; irreversible unless --safety-snapshot).
     Restore {
         /// Volume name or id.
         volume: String,
@@ -208,14 +293,94 @@ pub enum SnapshotCmd {
         /// Seconds to wait for in-flight I/O to drain [default: 30].
         #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
         timeout: Option<f64>,
+        /// Keep the state being discarded as a snapshot of this name, taken in the same atomic step.
+        #[arg(long, value_name = "NAME")]
+        safety_snapshot: Option<String>,
     },
-    /// Delete a snapshot; succeeds when it is already gone.
+    /// Delete a snapshot; succeeds when it is already gone, refused (exit 7) while it is held.
     Delete {
         /// Volume name or id (an id also works for a deleted volume).
         volume: String,
         /// Snapshot name or id.
         snapshot: String,
     },
+}
+
+/// `cowvol template ...`.
+#[derive(Debug, Subcommand)]
+pub enum TemplateCmd {
+    /// Make a read-only template from a snapshot; it outlives the snapshot and its volume.
+    Create {
+        /// Name of the new template.
+        name: String,
+        /// The snapshot (name or id; a name may need --volume).
+        #[arg(long, value_name = "SNAP")]
+        from_snapshot: String,
+        /// The volume whose snapshot --from-snapshot names.
+        #[arg(long, value_name = "VOL")]
+        volume: Option<String>,
+        /// Free text kept with the template.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        description: String,
+        /// A key=value label; repeat for more.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// List the templates.
+    List,
+    /// Show one template.
+    Info {
+        /// Template name or id.
+        template: String,
+    },
+    /// Delete a template; volumes made from it keep their data. Succeeds when it is already gone.
+    Delete {
+        /// Template name or id.
+        template: String,
+    },
+}
+
+/// `cowvol policy ...`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Set a volume's automatic snapshot policy (replacing any previous one).
+    Set {
+        /// Volume name or id.
+        volume: String,
+        /// Time between automatic snapshots, e.g. 15m, 1h, 1d.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        interval: u64,
+        /// Keep at least the newest N automatic snapshots.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<u32>,
+        /// Keep automatic snapshots younger than this, e.g. 7d.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        keep_for: Option<u64>,
+    },
+    /// Show one volume's policy, or every volume that has one.
+    Show {
+        /// Volume name or id.
+        volume: Option<String>,
+    },
+    /// Remove a volume's policy (its automatic snapshots stay).
+    Clear {
+        /// Volume name or id.
+        volume: String,
+    },
+    /// Take the automatic snapshots that are due and prune what retention lets go.
+    Run {
+        /// The time to run as of, in seconds since the Unix epoch [default: now].
+        #[arg(long, value_name = "UNIX_SECS")]
+        now: Option<u64>,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<cowvol::SnapshotKind, String> {
+    s.parse().map_err(|_| format!("{s:?} is not a snapshot kind (manual or auto)"))
+}
+
+fn parse_status(s: &str) -> Result<cowvol::SnapshotStatus, String> {
+    s.parse().map_err(|_| format!("{s:?} is not a snapshot status (creating, ready or failed)"))
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {

@@ -19,6 +19,8 @@ pub mod code {
     pub const CORRUPTION: u8 = 5;
     /// The file system is full.
     pub const NO_SPACE: u8 = 6;
+    /// The snapshot is held, so it was not deleted.
+    pub const HELD: u8 = 7;
 }
 
 /// A failure the CLI reports: what failed, why, and what to do about it.
@@ -72,6 +74,7 @@ impl CliError {
             E::NotFound { .. } => (code::NOT_FOUND, None),
             E::AlreadyExists { .. } => (code::FAILURE, Some("choose another name, or delete the existing one first")),
             E::Busy { .. } => (code::BUSY, Some("another operation holds it; retry when it finishes")),
+            E::Held { .. } => (code::HELD, Some("`cowvol snapshot release VOL SNAP` lifts the hold")),
             E::Timeout { .. } => (
                 code::BUSY,
                 Some("I/O on the volume kept it busy; retry, or pass a longer --timeout where the command has one"),

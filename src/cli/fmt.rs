@@ -50,6 +50,82 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     u64::try_from(whole + part / denom).map_err(|_| format!("{s:?} is too large"))
 }
 
+/// Parses a duration in whole seconds: `90`, `90s`, `15m`, `1h`, `7d`, `2w`,
+/// or a sequence such as `1h30m` (case-insensitive). A plain number is seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a duration (use e.g. 90s, 15m, 1h, 7d or 1h30m; a plain number is seconds)");
+    let t = s.trim().to_ascii_lowercase();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(n);
+    }
+    let mut total: u64 = 0;
+    let mut rest = t.as_str();
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit = rest[digits..].chars().next().ok_or_else(bad)?;
+        let mult = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(bad()),
+        };
+        total = n.checked_mul(mult).and_then(|x| total.checked_add(x)).ok_or_else(|| format!("{s:?} is too long"))?;
+        rest = &rest[digits + 1..];
+    }
+    Ok(total)
+}
+
+/// Whole seconds as the largest units that divide them: `90s` → `1m30s`,
+/// `86400` → `1d`, `0` → `0s`.
+pub fn secs(n: u64) -> String {
+    if n == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    let mut left = n;
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if left >= size {
+            out.push_str(&format!("{}{unit}", left / size));
+            left %= size;
+        }
+    }
+    out
+}
+
+/// Parses a `KEY=VALUE` label (the key must not be empty).
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not a label (use KEY=VALUE)")),
+    }
+}
+
+/// Labels as `k=v, k2=v2`, or `-` when there are none.
+pub fn labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The text, or `-` when it is empty.
+pub fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
 /// `4 KiB`, `1 GiB`, `1.50 GiB`, `512 B`.
 pub fn bytes(n: u64) -> String {
     let mut unit = 0;
@@ -242,6 +318,33 @@ mod tests {
         assert_eq!(duration(Duration::from_micros(850)), "850 µs");
         assert_eq!(duration(Duration::from_micros(12_345)), "12.3 ms");
         assert_eq!(duration(Duration::from_millis(1_240)), "1.24 s");
+    }
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("1H"), Ok(3600));
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        assert_eq!(parse_duration("2w"), Ok(1_209_600));
+        assert_eq!(parse_duration("1h30m"), Ok(5400));
+        for bad in ["", "h", "1x", "1.5h", "-1", "1h30", "99999999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(secs(0), "0s");
+        assert_eq!(secs(90), "1m30s");
+        assert_eq!(secs(86_400), "1d");
+        assert_eq!(secs(90_061), "1d1h1m1s");
+    }
+
+    #[test]
+    fn labels_parse() {
+        assert_eq!(parse_label("env=prod"), Ok(("env".into(), "prod".into())));
+        assert_eq!(parse_label("note=a=b"), Ok(("note".into(), "a=b".into())));
+        assert_eq!(parse_label("empty="), Ok(("empty".into(), String::new())));
+        assert!(parse_label("novalue").is_err());
+        assert!(parse_label("=x").is_err());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! stable interface (see docs/cli.md): add fields, never rename them.
 
 use cowvol::{
-    AccessMode, CheckReport, DamagedBlock, Problem, ScrubReport, SnapshotInfo, Store, StoreStats, VolumeInfo,
-    VolumeOrigin,
+    AccessMode, CheckReport, DamagedBlock, Problem, ScrubReport, SnapshotInfo, SnapshotPolicy, Store, StoreStats,
+    TemplateInfo, VolumeInfo, VolumeOrigin,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -52,8 +52,10 @@ pub struct VolumeJson {
     pub access_mode: &'static str,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
-    /// Set for forks.
+    /// Set for forks and for volumes made from a snapshot or template.
     pub origin: Option<OriginJson>,
+    /// Its automatic snapshot policy, if any.
+    pub policy: Option<PolicyJson>,
     /// Snapshots taken of it.
     pub snapshot_count: usize,
     /// Read cache budget as recorded at creation.
@@ -72,6 +74,7 @@ impl VolumeJson {
             access_mode: access_str(v.access_mode),
             created_at: v.created_at,
             origin: v.origin.map(OriginJson::new),
+            policy: v.policy.map(PolicyJson::new),
             snapshot_count,
             cache_bytes: v.cache_bytes,
             write_buffer_bytes: v.write_buffer_bytes,
@@ -105,6 +108,14 @@ pub struct SnapshotJson {
     pub owner: String,
     /// Free key/value labels.
     pub labels: BTreeMap<String, String>,
+    /// The volume's name when the snapshot was taken (kept after it is deleted).
+    pub recorded_volume_name: String,
+    /// `manual` or `auto`.
+    pub kind: String,
+    /// `creating`, `ready` or `failed`.
+    pub status: String,
+    /// True while the snapshot is held (it cannot be deleted).
+    pub held: bool,
 }
 
 impl SnapshotJson {
@@ -120,12 +131,78 @@ impl SnapshotJson {
             created_at: s.created_at,
             owner: s.owner.clone(),
             labels: s.labels.clone(),
+            recorded_volume_name: s.volume_name.clone(),
+            kind: s.kind.to_string(),
+            status: s.status.to_string(),
+            held: s.held,
         }
     }
 
     /// Looks up the volume's name in the store.
     pub fn of(store: &Store, s: &SnapshotInfo) -> SnapshotJson {
         SnapshotJson::new(s, store.volume(s.volume_id).ok().map(|v| v.name))
+    }
+}
+
+/// A volume's automatic snapshot policy.
+#[derive(Debug, Serialize)]
+pub struct PolicyJson {
+    /// Seconds between automatic snapshots.
+    pub interval_secs: u64,
+    /// Keep at least the newest N automatic snapshots (null: no count rule).
+    pub keep_last: Option<u32>,
+    /// Keep automatic snapshots younger than this many seconds (null: no age rule).
+    pub keep_for_secs: Option<u64>,
+}
+
+impl PolicyJson {
+    /// From the library's record.
+    pub fn new(p: SnapshotPolicy) -> PolicyJson {
+        PolicyJson { interval_secs: p.interval_secs, keep_last: p.keep_last, keep_for_secs: p.keep_for_secs }
+    }
+}
+
+/// A template.
+#[derive(Debug, Serialize)]
+pub struct TemplateJson {
+    /// `tmpl-N`.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Logical size in bytes.
+    pub size_bytes: u64,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// The volume it was made from (`vol-N`; it may since be gone).
+    pub source_volume_id: String,
+    /// The snapshot it was made from (`snap-N`; it may since be gone).
+    pub source_snapshot_id: String,
+    /// Free key/value labels.
+    pub labels: BTreeMap<String, String>,
+    /// Live volumes made from it.
+    pub volume_count: usize,
+}
+
+impl TemplateJson {
+    /// From the library's record; counts the live volumes made from it.
+    pub fn of(store: &Store, t: &TemplateInfo) -> TemplateJson {
+        TemplateJson {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            description: t.description.clone(),
+            size_bytes: t.size_bytes,
+            created_at: t.created_at,
+            source_volume_id: t.source.0.to_string(),
+            source_snapshot_id: t.source.1.to_string(),
+            labels: t.labels.clone(),
+            volume_count: store
+                .list_volumes()
+                .iter()
+                .filter(|v| v.origin == Some(VolumeOrigin::Template(t.id)))
+                .count(),
+        }
     }
 }
 

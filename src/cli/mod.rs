@@ -9,13 +9,18 @@ mod fmt;
 mod image;
 mod json;
 mod maint;
+mod policy;
 mod progress;
 mod snapshot;
+mod template;
 mod volume;
 
 use args::{Cli, Command};
 use clap::Parser;
-use cowvol::{AccessMode, SnapshotId, SnapshotInfo, Store, StoreOptions, VolumeId, VolumeInfo};
+use cowvol::{
+    AccessMode, SnapshotId, SnapshotInfo, SnapshotQuery, Store, StoreOptions, TemplateId, TemplateInfo, VolumeId,
+    VolumeInfo,
+};
 use error::{code, out_err, CliError, CliResult, LibContext};
 use serde::Serialize;
 use std::io::{self, IsTerminal, Write};
@@ -118,17 +123,64 @@ pub fn resolve_volume(store: &Store, s: &str) -> CliResult<VolumeInfo> {
     }
 }
 
-/// Like [`resolve_volume`], but an id also names a deleted volume (whose
-/// snapshots may remain). Returns the id and the live record if any.
+/// Like [`resolve_volume`], but also names a deleted volume (whose
+/// snapshots may remain), by its id or by the name its snapshots recorded.
+/// Returns the id and the live record if any.
 pub fn resolve_volume_id(store: &Store, s: &str) -> CliResult<(VolumeId, Option<VolumeInfo>)> {
     if let Some(v) = store.volume_by_name(s) {
         return Ok((v.id, Some(v)));
     }
-    match s.parse::<VolumeId>() {
-        Ok(id) => Ok((id, store.volume(id).ok())),
-        Err(_) => Err(CliError::not_found(format!("volume {s:?} was not found"))
-            .hint(format!("{VOLUME_HINT}; name a deleted volume by its id (vol-N)"))),
+    if let Ok(id) = s.parse::<VolumeId>() {
+        return Ok((id, store.volume(id).ok()));
     }
+    let page = store.search_snapshots(&SnapshotQuery { volume_name: Some(s.to_string()), ..Default::default() });
+    let mut ids: Vec<VolumeId> = page.snapshots.iter().map(|x| x.volume_id).collect();
+    ids.sort();
+    ids.dedup();
+    match ids[..] {
+        [id] => Ok((id, None)),
+        [] => Err(CliError::not_found(format!("volume {s:?} was not found"))
+            .hint(format!("{VOLUME_HINT}; name a deleted volume by its id (vol-N)"))),
+        _ => {
+            let list = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+            Err(CliError::usage(format!("{s:?} names several deleted volumes ({list})"))
+                .hint("name the volume by its id"))
+        }
+    }
+}
+
+/// A snapshot named by id anywhere in the store, or by name within `volume`
+/// (or, without `volume`, by a name only one snapshot in the store has).
+pub fn resolve_snapshot_anywhere(store: &Store, s: &str, volume: Option<&str>) -> CliResult<SnapshotInfo> {
+    if let Some(v) = volume {
+        let (vid, _) = resolve_volume_id(store, v)?;
+        return resolve_snapshot(store, vid, v, s);
+    }
+    let named: Vec<SnapshotInfo> = store.all_snapshots().into_iter().filter(|x| x.name == s).collect();
+    match &named[..] {
+        [one] => return Ok(one.clone()),
+        [] => {}
+        several => {
+            let list = several.iter().map(|x| format!("{} of {}", x.id, x.volume_id)).collect::<Vec<_>>().join(", ");
+            return Err(CliError::usage(format!("several snapshots are named {s:?} ({list})"))
+                .hint("add --volume VOL, or name the snapshot by its id"));
+        }
+    }
+    s.parse::<SnapshotId>().ok().and_then(|id| store.snapshot(id).ok()).ok_or_else(|| {
+        CliError::not_found(format!("snapshot {s:?} was not found")).hint("`cowvol snapshot list` shows the snapshots")
+    })
+}
+
+/// Finds a template by name, else by id (`tmpl-2` or `2`).
+pub fn find_template(store: &Store, s: &str) -> Option<TemplateInfo> {
+    store.template_by_name(s).or_else(|| store.template(s.parse::<TemplateId>().ok()?).ok())
+}
+
+/// [`find_template`], or "not found" with a hint.
+pub fn resolve_template(store: &Store, s: &str) -> CliResult<TemplateInfo> {
+    find_template(store, s).ok_or_else(|| {
+        CliError::not_found(format!("template {s:?} was not found")).hint("`cowvol template list` shows the templates")
+    })
 }
 
 /// Finds a snapshot of `volume` by name, else by id (`snap-7` or `7`).
@@ -195,6 +247,8 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
         Command::Init(a) => maint::init(ctx, a),
         Command::Volume(v) => volume::run(ctx, v),
         Command::Snapshot(s) => snapshot::run(ctx, s),
+        Command::Template(t) => template::run(ctx, t),
+        Command::Policy(p) => policy::run(ctx, p),
         Command::Check => maint::check(ctx),
         Command::Scrub => maint::scrub(ctx),
         Command::Stats => maint::stats(ctx),

@@ -4,7 +4,10 @@ use super::args::VolumeCmd;
 use super::error::{out_err, CliResult, LibContext};
 use super::fmt::{self, Align, Table};
 use super::json::{access_str, SnapshotJson, VolumeJson};
-use super::{access_mode, close, image, resolve_snapshot, resolve_volume, resolve_volume_id, Ctx};
+use super::{
+    access_mode, close, image, resolve_snapshot, resolve_snapshot_anywhere, resolve_template, resolve_volume,
+    resolve_volume_id, Ctx,
+};
 use cowvol::{ForkOptions, Store, VolumeInfo, VolumeOptions, VolumeOrigin};
 use serde::Serialize;
 use std::io::Write;
@@ -12,7 +15,14 @@ use std::io::Write;
 /// Runs a volume subcommand.
 pub fn run(ctx: &Ctx, cmd: VolumeCmd) -> CliResult {
     match cmd {
-        VolumeCmd::Create { name, size, access_mode: am } => create(ctx, name, size, am),
+        VolumeCmd::Create { name, size, from_snapshot, volume, from_template, access_mode: am } => {
+            let source = match (from_snapshot, from_template) {
+                (Some(snap), _) => Source::Snapshot { snap, volume },
+                (None, Some(t)) => Source::Template(t),
+                (None, None) => Source::Empty,
+            };
+            create(ctx, name, size.unwrap_or(0), source, am)
+        }
         VolumeCmd::List => list(ctx),
         VolumeCmd::Info { volume } => info(ctx, &volume),
         VolumeCmd::Delete { volume } => delete(ctx, &volume),
@@ -42,16 +52,44 @@ fn origin_str(v: &VolumeInfo) -> String {
     }
 }
 
-fn create(ctx: &Ctx, name: String, size: u64, am: super::args::AccessArg) -> CliResult {
+/// What `volume create` starts from.
+enum Source {
+    /// Zeroes.
+    Empty,
+    /// A snapshot, named within `volume` when given.
+    Snapshot { snap: String, volume: Option<String> },
+    /// A template.
+    Template(String),
+}
+
+fn create(ctx: &Ctx, name: String, size: u64, source: Source, am: super::args::AccessArg) -> CliResult {
     let store = ctx.open_store()?;
     let mut opts = VolumeOptions::new(name.clone(), size);
     opts.access_mode = access_mode(am);
-    let info = store.create_volume(opts).ctx(format_args!("creating volume {name:?}"))?;
+    let (info, from) = match source {
+        Source::Empty => (store.create_volume(opts).ctx(format_args!("creating volume {name:?}"))?, String::new()),
+        Source::Snapshot { snap, volume } => {
+            let s = resolve_snapshot_anywhere(&store, &snap, volume.as_deref())?;
+            let from = format!("snapshot {} ({}) of {}", s.name, s.id, super::snapshot::volume_label(&store, &s));
+            let info = store
+                .create_volume_from_snapshot(s.id, opts)
+                .ctx(format_args!("creating volume {name:?} from {from}"))?;
+            (info, format!(" from {from}"))
+        }
+        Source::Template(t) => {
+            let t = resolve_template(&store, &t)?;
+            let from = format!("template {} ({})", t.name, t.id);
+            let info = store
+                .create_volume_from_template(t.id, opts)
+                .ctx(format_args!("creating volume {name:?} from {from}"))?;
+            (info, format!(" from {from}"))
+        }
+    };
     if ctx.json {
         ctx.print_json(&VolumeOut { volume: VolumeJson::new(&info, 0) })?;
     } else {
         ctx.say(format_args!(
-            "created volume {} ({}): {}, {}",
+            "created volume {} ({}){from}: {}, {}",
             info.name,
             info.id,
             fmt::bytes(info.size_bytes),
@@ -116,7 +154,10 @@ fn info(ctx: &Ctx, volume: &str) -> CliResult {
             None => "-".to_string(),
             Some(VolumeOrigin::Volume(vol)) => format!("fork of {vol} (live state)"),
             Some(VolumeOrigin::Snapshot(vol, s)) => format!("made from snapshot {s} of {vol}"),
-            Some(VolumeOrigin::Template(t)) => format!("made from template {t}"),
+            Some(VolumeOrigin::Template(t)) => match store.template(t) {
+                Ok(x) => format!("made from template {} ({t})", x.name),
+                Err(_) => format!("made from template {t} (since deleted)"),
+            },
         };
         fmt::key_values(
             &mut out,
@@ -127,6 +168,7 @@ fn info(ctx: &Ctx, volume: &str) -> CliResult {
                 ("access mode", access_str(v.access_mode).to_string()),
                 ("created", fmt::timestamp(v.created_at)),
                 ("origin", origin),
+                ("snapshot policy", super::policy::describe_policy(v.policy)),
                 ("write buffer", fmt::bytes(v.write_buffer_bytes)),
                 ("snapshots", snaps.len().to_string()),
             ],
