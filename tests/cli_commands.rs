@@ -445,9 +445,12 @@ fn demo_runs_and_verifies() {
             assert!(s.get(key).is_some(), "demo step field {key} missing");
         }
     }
-    // With --store the store is kept and holds the demo's volumes.
+    // With --store the store is kept and holds the demo's volumes (the
+    // volume, its fork, the volume made from the template) and template.
     let j = env.json(&["volume", "list"]);
-    assert_eq!(j["volumes"].as_array().unwrap().len(), 2);
+    assert_eq!(j["volumes"].as_array().unwrap().len(), 3);
+    let j = env.json(&["template", "list"]);
+    assert_eq!(j["templates"].as_array().unwrap().len(), 1);
     env.ok(&["check"]);
     // Without --store, the temporary store is removed.
     let tmp = env.path("tmpdir");

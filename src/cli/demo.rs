@@ -5,7 +5,10 @@ use super::error::{code, out_err, CliError, CliResult, LibContext};
 use super::fmt;
 use super::json::ProblemJson;
 use super::{open_at, Ctx};
-use cowvol::{ForkOptions, RestoreOptions, SnapshotOptions, Store, StoreOptions, Volume, VolumeOptions};
+use cowvol::{
+    Error, ForkOptions, RestoreOptions, SnapshotOptions, SnapshotPolicy, Store, StoreOptions, TemplateOptions, Volume,
+    VolumeOptions,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -226,6 +229,76 @@ fn free_names(store: &Store) -> (String, String) {
     unreachable!("names run out")
 }
 
+/// The snapshot lifecycle: a hold that refuses a delete, a template and a
+/// volume made from it, a group snapshot, and a policy run over a
+/// simulated day.
+fn lifecycle_tour(
+    tour: &mut Tour<'_>,
+    store: &Store,
+    (name, id): (&str, cowvol::VolumeId),
+    snap: &cowvol::SnapshotInfo,
+    golden: &Model,
+) -> CliResult {
+    let ((), took) = timed(|| {
+        store.hold_snapshot(id, snap.id).ctx("demo: holding the snapshot")?;
+        match store.delete_snapshot(id, snap.id) {
+            Err(Error::Held { .. }) => {}
+            other => {
+                return Err(CliError::new(code::FAILURE, format!("demo: deleting a held snapshot gave {other:?}")))
+            }
+        }
+        store.release_snapshot(id, snap.id).ctx("demo: releasing the snapshot").map(drop)
+    })?;
+    tour.step(store, "hold", format!("{} held: delete refused with Held; released", snap.name), took)?;
+
+    let tmpl_name = format!("{name}-template");
+    let ((tmpl, from_tmpl), took) = timed(|| {
+        let t = store
+            .create_template(snap.id, TemplateOptions::named(tmpl_name.clone()))
+            .ctx(format_args!("demo: creating template {tmpl_name:?}"))?;
+        let v = store
+            .create_volume_from_template(t.id, VolumeOptions::new(format!("{name}-from-template"), 0))
+            .ctx("demo: creating a volume from the template")?;
+        Ok((t, v))
+    })?;
+    tour.step(store, "template", format!("{} + a volume made from it: O(1) each", tmpl.name), took)?;
+    let tvol = store.open_volume(from_tmpl.id).ctx("demo: opening the volume made from the template")?;
+    let (n, took) = timed(|| verify(&tvol, golden, "the volume made from the template"))?;
+    tour.step(store, "verify template", format!("verified: all {} equal snapshot {}", fmt::bytes(n), snap.name), took)?;
+    drop(tvol);
+
+    let (group, took) = timed(|| {
+        store
+            .create_group_snapshot(&[id, from_tmpl.id], SnapshotOptions::named("group"))
+            .ctx("demo: taking a group snapshot")
+    })?;
+    tour.step(store, "group snapshot", format!("{} volumes at one instant, one atomic step", group.len()), took)?;
+
+    let policy = SnapshotPolicy { interval_secs: 3600, keep_last: Some(3), keep_for_secs: None };
+    let start = 1_800_000_000;
+    let (counts, took) = timed(|| {
+        store.set_policy(from_tmpl.id, Some(policy)).ctx("demo: setting a snapshot policy")?;
+        let (mut created, mut pruned) = (0, 0);
+        for hour in 0..24 {
+            let run = store.run_policies(start + hour * 3600);
+            if let Some((v, e)) = run.errors.into_iter().next() {
+                return Err(CliError::new(code::FAILURE, format!("demo: policy run on {v}: {e}")));
+            }
+            created += run.created.len();
+            pruned += run.pruned.len();
+        }
+        store.set_policy(from_tmpl.id, None).ctx("demo: clearing the policy")?;
+        Ok((created, pruned))
+    })?;
+    tour.step(
+        store,
+        "policy",
+        format!("hourly, keep 3, simulated day: {} taken, {} pruned", counts.0, counts.1),
+        took,
+    )?;
+    Ok(())
+}
+
 /// Runs the tour.
 pub fn run(ctx: &Ctx) -> CliResult {
     let started = Instant::now();
@@ -354,13 +427,19 @@ pub fn run(ctx: &Ctx) -> CliResult {
     })?;
     tour.step(&store, "write fork", "1 MiB at offset 0 of the fork, flushed".into(), took)?;
 
-    let (_, took) = timed(|| {
+    let safety_opts = SnapshotOptions::named("before-restore");
+    let (restored, took) = timed(|| {
         store
-            .restore_snapshot(info.id, snap.id, RestoreOptions::default())
+            .restore_snapshot(
+                info.id,
+                snap.id,
+                RestoreOptions { safety_snapshot: Some(safety_opts), ..Default::default() },
+            )
             .ctx(format_args!("demo: restoring {} to {}", info.id, snap.id))
     })?;
-    live = golden.clone();
-    tour.step(&store, "restore", format!("{} rolled back to {}: O(1), overwrites freed", info.name, snap.name), took)?;
+    let pre_restore = std::mem::replace(&mut live, golden.clone());
+    let safety = restored.safety_snapshot.ok_or_else(|| CliError::new(code::FAILURE, "demo: no safety snapshot"))?;
+    tour.step(&store, "restore", format!("{} back to {}: O(1); undone state kept", info.name, snap.name), took)?;
 
     let (n, took) = timed(|| verify(&vol, &live, "the restored volume"))?;
     tour.step(
@@ -369,6 +448,13 @@ pub fn run(ctx: &Ctx) -> CliResult {
         format!("verified: all {} equal {}; fork's write not seen", mib(n), snap.name),
         took,
     )?;
+
+    let safety_vol = store.open_snapshot(info.id, safety.id).ctx("demo: opening the safety snapshot")?;
+    let (n, took) = timed(|| verify(&safety_vol, &pre_restore, "the safety snapshot"))?;
+    tour.step(&store, "verify safety", format!("verified: {} holds the undone {}", safety.name, mib(n)), took)?;
+    drop(safety_vol);
+
+    lifecycle_tour(&mut tour, &store, (&info.name, info.id), &snap, &golden)?;
 
     let (deleted, took) =
         timed(|| store.delete_snapshot(info.id, snap.id).ctx(format_args!("demo: deleting snapshot {}", snap.id)))?;
