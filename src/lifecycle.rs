@@ -543,7 +543,7 @@ fn creating_snap(st: &State, volume: VolumeId, snapshot: SnapshotId) -> Result<&
 }
 
 fn matches(s: &SnapshotInfo, q: &SnapshotQuery, needle: Option<&str>) -> bool {
-    needle.is_none_or(|n| s.name.to_lowercase().contains(n))
+    needle.is_none_or(|n| contains_ignoring_case(&s.name, n))
         && q.volume.is_none_or(|v| s.volume_id == v)
         && q.volume_name.as_ref().is_none_or(|n| &s.volume_name == n)
         && q.kind.is_none_or(|k| s.kind == k)
@@ -551,6 +551,17 @@ fn matches(s: &SnapshotInfo, q: &SnapshotQuery, needle: Option<&str>) -> bool {
         && q.owner.as_ref().is_none_or(|o| &s.owner == o)
         && q.held.is_none_or(|h| s.held == h)
         && q.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
+}
+
+/// Whether `hay` contains `needle` (already lowercase), ignoring case.
+/// ASCII needles, the common case, are matched without allocating.
+fn contains_ignoring_case(hay: &str, needle: &str) -> bool {
+    if needle.is_ascii() {
+        let n = needle.as_bytes();
+        n.is_empty() || hay.as_bytes().windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    } else {
+        hay.to_lowercase().contains(needle)
+    }
 }
 
 fn snapshot_due(st: &State, volume: VolumeId, p: &SnapshotPolicy, now: u64) -> bool {
@@ -632,6 +643,15 @@ mod tests {
         assert_eq!(utc_stamp(951_782_400), "20000229-000000");
         assert_eq!(utc_stamp(1_795_000_000), "20261118-110640");
         assert_eq!(utc_stamp(4_102_444_799), "20991231-235959");
+    }
+
+    #[test]
+    fn name_matching_ignores_case() {
+        assert!(contains_ignoring_case("Nightly-ÉTÉ", "nightly"));
+        assert!(contains_ignoring_case("Nightly-ÉTÉ", "été"));
+        assert!(contains_ignoring_case("abc", ""));
+        assert!(!contains_ignoring_case("ab", "abc"));
+        assert!(!contains_ignoring_case("Nightly", "weekly"));
     }
 
     #[test]
