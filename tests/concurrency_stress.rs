@@ -244,10 +244,10 @@ fn owner(sh: &Shared, t: u64, seed: u64) -> (Vec<Owned>, Counts) {
 
 /// The thread that works across volumes: forks and reads the others'
 /// snapshots, checks and checkpoints.
-fn cross(sh: &Shared, seed: u64) -> (u64, u64, u64) {
+fn cross(sh: &Shared, seed: u64) -> (u64, u64, u64, u64) {
     let mut rng = Rng(seed ^ 0xc0ff_ee00);
     let store = &sh.store;
-    let (mut forks, mut checks, mut lost_races) = (0u64, 0u64, 0u64);
+    let (mut forks, mut checks, mut lost_races, mut templates) = (0u64, 0u64, 0u64, 0u64);
     let mut n = 0u64;
     while !sh.stop.load(Ordering::Relaxed) {
         sh.ops.fetch_add(1, Ordering::Relaxed);
@@ -260,7 +260,28 @@ fn cross(sh: &Shared, seed: u64) -> (u64, u64, u64) {
                 p.iter().nth(i).map(|(s, (v, c))| (*s, *v, c.clone()))
             }
         };
-        match rng.below(10) {
+        match rng.below(11) {
+            10 => {
+                // A template of someone's snapshot, a volume from it, then the
+                // template deleted while the volume lives on.
+                let Some((sid, _, content)) = pick else { continue };
+                n += 1;
+                let t = match store.create_template(sid, TemplateOptions::named(format!("t-{n}"))) {
+                    Ok(t) => t,
+                    Err(Error::NotFound { .. }) => {
+                        lost_races += 1;
+                        continue;
+                    }
+                    Err(e) => panic!("cross: template of {sid}: {e}"),
+                };
+                let v = store.create_volume_from_template(t.id, VolumeOptions::new(format!("x-{n}"), 0)).unwrap();
+                assert!(store.delete_template(t.id).unwrap().existed);
+                let h = store.open_volume(v.id).unwrap();
+                verify_all(&h, &content, &format!("cross: volume {} from template of {sid}", v.id));
+                drop(h);
+                store.delete_volume(v.id).unwrap();
+                templates += 1;
+            }
             0..=3 => {
                 let Some((sid, vid, content)) = pick else { continue };
                 n += 1;
@@ -318,7 +339,7 @@ fn cross(sh: &Shared, seed: u64) -> (u64, u64, u64) {
             }
         }
     }
-    (forks, checks, lost_races)
+    (forks, checks, lost_races, templates)
 }
 
 fn run(dir: std::path::PathBuf, secs: f64, seed: u64) -> String {
@@ -326,7 +347,7 @@ fn run(dir: std::path::PathBuf, secs: f64, seed: u64) -> String {
     let store = Store::open(&dir, opts.clone()).unwrap();
     let sh =
         Shared { store, published: Mutex::new(BTreeMap::new()), stop: AtomicBool::new(false), ops: AtomicU64::new(0) };
-    let (owned, counts, (xforks, checks, races)) = std::thread::scope(|s| {
+    let (owned, counts, (xforks, checks, races, templates)) = std::thread::scope(|s| {
         let owners: Vec<_> = (0..OWNERS)
             .map(|t| {
                 let sh = &sh;
@@ -379,6 +400,7 @@ fn run(dir: std::path::PathBuf, secs: f64, seed: u64) -> String {
             }
         }
         assert_eq!(store.all_snapshots().len(), published.len(), "{what}: snapshot count");
+        assert!(store.list_templates().is_empty(), "{what}: templates left behind");
         for (sid, (vid, content)) in &published {
             let h = store.open_snapshot(*vid, *sid).unwrap();
             verify_all(&h, content, &format!("{what}: snapshot {sid}"));
@@ -386,8 +408,9 @@ fn run(dir: std::path::PathBuf, secs: f64, seed: u64) -> String {
     };
     verify_store(&store, false, "after the run");
     let summary = format!(
-        "{} ops in {secs} s (seed {seed}): {counts:?}; cross thread: {xforks} forks of others' snapshots, {checks} \
-         checks, {races} lost races; {} volumes and {} snapshots at the end",
+        "{} ops in {secs} s (seed {seed}): {counts:?}; cross thread: {xforks} forks of others' snapshots, \
+         {templates} templates with a volume each, {checks} checks, {races} lost races; {} volumes and {} snapshots \
+         at the end",
         ops.load(Ordering::Relaxed),
         owned.len(),
         published.len()
