@@ -1,0 +1,232 @@
+//! Writes the seed corpus of every fuzz target to `corpus/<target>/seed-*`.
+//!
+//!     cd fuzz && cargo run --example write_seeds
+//!
+//! The `wal_batch` and `catalog` seeds come from
+//! `cowvol::testing::sample_wal_batches` and `sample_catalog_inputs`, which
+//! build them with the library's own encoders, so rerunning this after a
+//! format change brings them up to date. Each is checked to decode before
+//! it is written. The `ops` seeds are scripted operation sequences (see
+//! `ops_scripts`) encoded the way `arbitrary` decodes them.
+use arbitrary::{Arbitrary, Unstructured};
+use cowvol::testing::{crc32, decode_catalog, decode_superblock, decode_tree_node, decode_wal_batch};
+use std::path::Path;
+
+#[path = "../fuzz_targets/ops_input.rs"]
+mod ops_input;
+use ops_input::Op;
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("seed-{name}"));
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    println!("{:>6} bytes  {}", bytes.len(), path.display());
+}
+
+fn main() {
+    for (name, bytes) in cowvol::testing::sample_wal_batches() {
+        let n = decode_wal_batch(&bytes).unwrap_or_else(|| panic!("sample batch {name} does not decode"));
+        assert!(n >= 1);
+        write("wal_batch", name, &bytes);
+    }
+    for (name, bytes) in cowvol::testing::sample_catalog_inputs() {
+        let ok = match name {
+            "superblock" => matches!(decode_superblock(&bytes), Ok(Some(_))),
+            "leaf" | "interior" => {
+                let page = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+                decode_tree_node(&bytes[9..], page, bytes[8] as u32).is_ok()
+            }
+            _ => decode_catalog(&bytes, crc32(&bytes)).is_ok(),
+        };
+        assert!(ok, "sample {name} does not decode");
+        write("catalog", name, &bytes);
+    }
+    for (name, script) in ops_scripts() {
+        let bytes = encode_ops(&script);
+        let back = Vec::<Op>::arbitrary_take_rest(Unstructured::new(&bytes)).expect("a seed decodes");
+        assert_eq!(back, script, "seed {name} does not decode to its script");
+        write("ops", name, &bytes);
+    }
+}
+
+/// Scripts that walk the snapshot lifecycle, so fuzzing starts from inputs
+/// that reach every operation with objects to act on.
+fn ops_scripts() -> Vec<(&'static str, Vec<Op>)> {
+    use Op::*;
+    let write = |vol, seed| Write { vol, offset: 4096 * u32::from(seed), len: 9000, seed };
+    vec![
+        (
+            "holds-templates",
+            vec![
+                Create { blocks: 7, tail: 100 },
+                write(0, 1),
+                Snapshot { vol: 0, auto: false },
+                Hold { snap: 0, hold: true },
+                DeleteSnapshot { snap: 0 },
+                write(0, 2),
+                Template { snap: 0, clash: false },
+                Template { snap: 0, clash: true },
+                FromTemplate { tmpl: 0, size: None },
+                FromTemplate { tmpl: 0, size: Some(false) },
+                FromSnapshot { snap: 0, size: Some(true) },
+                DeleteVolume { vol: 0 },
+                DeleteTemplate { tmpl: 0 },
+                ForkSnapshot { snap: 0 },
+                Hold { snap: 0, hold: false },
+                DeleteSnapshot { snap: 0 },
+                Reopen,
+            ],
+        ),
+        (
+            "two-step",
+            vec![
+                Create { blocks: 3, tail: 0 },
+                write(0, 1),
+                Begin { vol: 0, auto: false },
+                write(0, 2),
+                Commit { snap: 0, any: false },
+                Commit { snap: 0, any: true },
+                Begin { vol: 0, auto: true },
+                Abort { snap: 0, any: false },
+                Begin { vol: 0, auto: false },
+                Hold { snap: 2, hold: true },
+                CrashAfterFlush { vol: 0, seed: 7 },
+                Begin { vol: 0, auto: false },
+                Reopen,
+                Begin { vol: 0, auto: false },
+                DeleteVolume { vol: 0 },
+                Restore { vol: 0, snap: 0, safety: None },
+                FromSnapshot { snap: 1, size: None },
+            ],
+        ),
+        (
+            "group-restore",
+            vec![
+                Create { blocks: 4, tail: 0 },
+                Create { blocks: 9, tail: 4000 },
+                write(0, 1),
+                write(1, 2),
+                Group { a: 0, b: 1, clash: false },
+                Group { a: 0, b: 0, clash: false },
+                Group { a: 1, b: 0, clash: true },
+                write(0, 3),
+                Restore { vol: 0, snap: 0, safety: Some(false) },
+                Restore { vol: 0, snap: 1, safety: Some(true) },
+                Discard { vol: 1, offset: 0, len: 20000 },
+                Restore { vol: 1, snap: 0, safety: None },
+                Fork { vol: 0, snap: Some(1) },
+                Checkpoint,
+                CrashAfterFlush { vol: 1, seed: 3 },
+            ],
+        ),
+        (
+            "policies",
+            vec![
+                Create { blocks: 5, tail: 0 },
+                Create { blocks: 2, tail: 0 },
+                SetPolicy { vol: 0, policy: Some((60, Some(2), Some(150))) },
+                SetPolicy { vol: 1, policy: Some((0, None, None)) },
+                SetPolicy { vol: 1, policy: Some((30, None, Some(100))) },
+                RunPolicies { advance: 0 },
+                write(0, 1),
+                RunPolicies { advance: 59 },
+                RunPolicies { advance: 1 },
+                Hold { snap: 0, hold: true },
+                Snapshot { vol: 0, auto: false },
+                write(1, 2),
+                RunPolicies { advance: 60 },
+                RunPolicies { advance: 200 },
+                Begin { vol: 0, auto: true },
+                Reopen,
+                RunPolicies { advance: 60 },
+                SetPolicy { vol: 0, policy: None },
+                RunPolicies { advance: 1000 },
+                CrashAfterFlush { vol: 0, seed: 1 },
+                RunPolicies { advance: 1000 },
+            ],
+        ),
+    ]
+}
+
+/// Encodes operations the way `Vec<Op>::arbitrary_take_rest` decodes them:
+/// before each element a byte whose low bit says another follows; an enum
+/// variant as a little-endian `u32` that scales to its index
+/// (`index = tag * variants >> 32`); integers little-endian; a `bool` as
+/// one byte; an `Option` as a `bool` then the value.
+fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    const VARIANTS: u64 = 24;
+    let mut out = Vec::new();
+    for op in ops {
+        let mut e = Enc::default();
+        let index = match *op {
+            Op::Create { blocks, tail } => e.u8(blocks).u16(tail).variant(0),
+            Op::Write { vol, offset, len, seed } => e.u8(vol).u32(offset).u16(len).u8(seed).variant(1),
+            Op::Discard { vol, offset, len } => e.u8(vol).u32(offset).u32(len).variant(2),
+            Op::Flush { vol } => e.u8(vol).variant(3),
+            Op::Snapshot { vol, auto } => e.u8(vol).bool(auto).variant(4),
+            Op::Restore { vol, snap, safety } => e.u8(vol).u8(snap).opt(safety, Enc::bool).variant(5),
+            Op::Fork { vol, snap } => e.u8(vol).opt(snap, Enc::u8).variant(6),
+            Op::ForkSnapshot { snap } => e.u8(snap).variant(7),
+            Op::FromSnapshot { snap, size } => e.u8(snap).opt(size, Enc::bool).variant(8),
+            Op::DeleteSnapshot { snap } => e.u8(snap).variant(9),
+            Op::Hold { snap, hold } => e.u8(snap).bool(hold).variant(10),
+            Op::Begin { vol, auto } => e.u8(vol).bool(auto).variant(11),
+            Op::Commit { snap, any } => e.u8(snap).bool(any).variant(12),
+            Op::Abort { snap, any } => e.u8(snap).bool(any).variant(13),
+            Op::Group { a, b, clash } => e.u8(a).u8(b).bool(clash).variant(14),
+            Op::Template { snap, clash } => e.u8(snap).bool(clash).variant(15),
+            Op::FromTemplate { tmpl, size } => e.u8(tmpl).opt(size, Enc::bool).variant(16),
+            Op::DeleteTemplate { tmpl } => e.u8(tmpl).variant(17),
+            Op::SetPolicy { vol, policy } => e
+                .u8(vol)
+                .opt(policy, |e, (interval, last, age)| e.u16(interval).opt(last, Enc::u8).opt(age, Enc::u16))
+                .variant(18),
+            Op::RunPolicies { advance } => e.u16(advance).variant(19),
+            Op::DeleteVolume { vol } => e.u8(vol).variant(20),
+            Op::Checkpoint => e.variant(21),
+            Op::Reopen => e.variant(22),
+            Op::CrashAfterFlush { vol, seed } => e.u8(vol).u8(seed).variant(23),
+        };
+        // The smallest tag that scales to the index.
+        let tag = (index << 32).div_ceil(VARIANTS);
+        out.push(1);
+        out.extend_from_slice(&(tag as u32).to_le_bytes());
+        out.extend_from_slice(&e.0);
+    }
+    out.push(0);
+    out
+}
+
+/// The field bytes of one variant.
+#[derive(Default)]
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn u8(&mut self, v: u8) -> &mut Enc {
+        self.0.push(v);
+        self
+    }
+    fn u16(&mut self, v: u16) -> &mut Enc {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Enc {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn bool(&mut self, v: bool) -> &mut Enc {
+        self.u8(u8::from(v))
+    }
+    fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Enc, T) -> &mut Enc) -> &mut Enc {
+        self.bool(v.is_some());
+        if let Some(v) = v {
+            f(self, v);
+        }
+        self
+    }
+    /// Ends the fields of the variant at `index`.
+    fn variant(&mut self, index: u64) -> u64 {
+        index
+    }
+}
