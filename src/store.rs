@@ -777,11 +777,7 @@ impl Inner {
             incoming += len;
         }
         while wal.spares.len() < wal.spares_needed(incoming) {
-            let n = self.log_geo.segment_pages;
-            let page = st.space.alloc_contiguous(n)?;
-            for p in page..page + n {
-                st.space.set_reserved(p, true);
-            }
+            let page = self.log_geo.new_segment(&mut st.space, &*self.file)?;
             wal.spares.push(page);
         }
         for (i, rec) in recs.iter().enumerate() {
@@ -1146,16 +1142,8 @@ fn new_inner(
 ) -> Result<Inner> {
     let log_geo = LogGeometry::new(format::data_start(block_size), block_size);
     let mut state = state;
-    let n = log_geo.segment_pages;
-    let mut seg = || -> Result<u64> {
-        let p = state.space.alloc_contiguous(n)?;
-        for q in p..p + n {
-            state.space.set_reserved(q, true);
-        }
-        Ok(p)
-    };
-    let first = seg()?;
-    let next = seg()?;
+    let first = log_geo.new_segment(&mut state.space, &*file)?;
+    let next = log_geo.new_segment(&mut state.space, &*file)?;
     let wal = Wal::start(file.clone(), log_geo, random_u64(), first, next, 1)?;
     Ok(Inner {
         dir,
