@@ -34,7 +34,9 @@ const RESERVE_BASE_PAGES: u64 = 16;
 const GROW_MAX_BYTES: u64 = 256 << 20;
 /// How much never-written space [`Space::take_unwritten`] hands out for
 /// zeroing at a time.
-const ZERO_CHUNK_BYTES: u64 = 1 << 20;
+/// Small, because the next sync writes the zeroes out with the data it
+/// was asked for: a flush pays for at most this much extra.
+const ZERO_CHUNK_BYTES: u64 = 256 << 10;
 
 #[derive(Debug)]
 pub(crate) struct Space {
@@ -283,12 +285,13 @@ impl Space {
     /// into unwritten space than zeroes followed by the data.
     pub(crate) fn take_unwritten(&mut self, claimed: u64) -> Vec<Run> {
         let chunk = (ZERO_CHUNK_BYTES / self.block_size).max(1);
+        let want = 4 * chunk + self.metadata_reserve();
+        // Zero the next chunk once less than half a chunk is left ahead.
+        if claimed * 4 > chunk || self.unwritten_from.saturating_sub(self.cursor) >= chunk.div_ceil(2) {
+            return Vec::new();
+        }
         let from = self.unwritten_from.max(self.cursor);
-        if claimed * 4 > chunk
-            || from >= self.npages
-            || self.cursor + 2 * chunk < from
-            || self.free_pages < 4 * chunk + self.metadata_reserve()
-        {
+        if from >= self.npages || self.free_pages < want {
             return Vec::new();
         }
         let to = (from + chunk).min(self.npages);
