@@ -98,5 +98,24 @@ fn snapshot_ops(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, random_4k, durable_4k, snapshot_ops);
+/// Listing a volume's 10 000 snapshots with their sizes (`list_10k_snapshots`).
+fn list_snapshots(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store"), StoreOptions::default()).unwrap();
+    let id = store.create_volume(VolumeOptions::new("v", 64 << 20)).unwrap().id;
+    let vol = store.open_volume(id).unwrap();
+    let buf = vec![3u8; BS as usize];
+    for i in 0..10_000u64 {
+        vol.write_at(&buf, (i % 16_384) * BS).unwrap();
+        store.create_snapshot(id, SnapshotOptions::named(format!("s{i}"))).unwrap();
+    }
+    let mut g = c.benchmark_group("snapshot");
+    g.sample_size(20);
+    g.bench_function("list_10k_with_sizes", |b| {
+        b.iter(|| store.list_snapshots(id).iter().map(|s| s.size_bytes).sum::<u64>())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, random_4k, durable_4k, snapshot_ops, list_snapshots);
 criterion_main!(benches);

@@ -32,6 +32,11 @@ const GROW_MIN_BYTES: u64 = 1 << 20;
 /// and the WAL spares need.
 const RESERVE_BASE_PAGES: u64 = 16;
 const GROW_MAX_BYTES: u64 = 256 << 20;
+/// How much never-written space [`Space::take_unwritten`] hands out for
+/// zeroing at a time.
+/// Small, because the next sync writes the zeroes out with the data it
+/// was asked for: a flush pays for at most this much extra.
+const ZERO_CHUNK_BYTES: u64 = 256 << 10;
 
 #[derive(Debug)]
 pub(crate) struct Space {
@@ -61,6 +66,9 @@ pub(crate) struct Space {
     pub(crate) catalog_reserve: u64,
     /// Pages per WAL segment, for the spares a checkpoint may need.
     pub(crate) segment_pages: u64,
+    /// Pages from here to the end of the file were added by [`Space::grow`]
+    /// and may never have been written (see [`Space::take_unwritten`]).
+    unwritten_from: u64,
 }
 
 impl Space {
@@ -83,6 +91,7 @@ impl Space {
             dirty_nodes: 0,
             catalog_reserve: 1,
             segment_pages: 1,
+            unwritten_from: npages,
         };
         s.set_reserved(0, true);
         s
@@ -261,6 +270,51 @@ impl Space {
             self.in_flight.insert(r.start, r.len);
         }
         Ok(runs)
+    }
+
+    /// Free never-written pages just ahead of the allocation cursor, taken
+    /// out of the free map and counted as in flight, for the caller to fill
+    /// with zeroes (with no lock held) and hand back through
+    /// [`Space::unclaim`]. Space added by `grow` is fallocated, so the file
+    /// system holds it as unwritten extents: a sync after the first write
+    /// into such a page must also convert the extent, an extra metadata
+    /// write, and the write itself has no cached page to overwrite. Zeroing
+    /// a little ahead of the allocator keeps both off the write path. Only
+    /// done while free space is plentiful, so it never makes a claim fail,
+    /// and after small claims (`claimed` pages): a large write is cheaper
+    /// into unwritten space than zeroes followed by the data.
+    pub(crate) fn take_unwritten(&mut self, claimed: u64) -> Vec<Run> {
+        let chunk = (ZERO_CHUNK_BYTES / self.block_size).max(1);
+        let want = 4 * chunk + self.metadata_reserve();
+        // Zero the next chunk once less than half a chunk is left ahead.
+        if claimed * 4 > chunk || self.unwritten_from.saturating_sub(self.cursor) >= chunk.div_ceil(2) {
+            return Vec::new();
+        }
+        let from = self.unwritten_from.max(self.cursor);
+        if from >= self.npages || self.free_pages < want {
+            return Vec::new();
+        }
+        let to = (from + chunk).min(self.npages);
+        self.unwritten_from = to;
+        let found: Vec<Run> = self
+            .free
+            .range(..to)
+            .rev()
+            .take_while(|(&s, &l)| s + l > from)
+            .map(|(&s, &l)| Run { start: s.max(from), len: (s + l).min(to) - s.max(from) })
+            .collect();
+        for r in &found {
+            let (&s, &l) = self.free.range(..=r.start).next_back().expect("free extent");
+            self.free.remove(&s);
+            for (a, b) in [(s, r.start), (r.start + r.len, s + l)] {
+                if b > a {
+                    self.free.insert(a, b - a);
+                }
+            }
+            self.free_pages -= r.len;
+            self.in_flight.insert(r.start, r.len);
+        }
+        found
     }
 
     /// The claimed pages are now referenced by a tree.

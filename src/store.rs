@@ -815,7 +815,12 @@ impl Inner {
     /// Claims pages for a data write. On a full disk, a checkpoint can turn
     /// freed (quarantined) pages into free ones: run it and try once more.
     pub(crate) fn claim_pages(&self, n: u64) -> Result<Vec<Run>> {
-        let first = self.state.lock().space.claim(n);
+        let (first, zero) = {
+            let mut st = self.state.lock();
+            let runs = st.space.claim(n);
+            (runs, st.space.take_unwritten(n))
+        };
+        self.zero_pages(zero);
         match first {
             Err(Error::NoSpace { .. }) if self.has_reclaimable_pages() => {
                 self.checkpoint()?;
@@ -823,6 +828,24 @@ impl Inner {
             }
             other => other,
         }
+    }
+
+    /// Fills free pages from `Space::take_unwritten` with zeroes, with no
+    /// lock held, and frees them again. Best effort: a failed write leaves
+    /// the pages as they were, and nothing reads them before they are
+    /// claimed and written.
+    fn zero_pages(&self, runs: Vec<Run>) {
+        if runs.is_empty() {
+            return;
+        }
+        let bs = self.block_size as u64;
+        let data_start = format::data_start(self.block_size);
+        let longest = runs.iter().map(|r| r.len).max().unwrap_or(0);
+        let zeroes = vec![0u8; (longest * bs) as usize];
+        for r in &runs {
+            let _ = self.file.write_at(&zeroes[..(r.len * bs) as usize], data_start + r.start * bs);
+        }
+        self.state.lock().space.unclaim(&runs);
     }
 
     fn has_reclaimable_pages(&self) -> bool {
@@ -870,11 +893,7 @@ impl Inner {
             incoming += len;
         }
         while wal.spares.len() < wal.spares_needed(incoming) {
-            let n = self.log_geo.segment_pages;
-            let page = st.space.alloc_contiguous(n)?;
-            for p in page..page + n {
-                st.space.set_reserved(p, true);
-            }
+            let page = self.log_geo.new_segment(&mut st.space, &*self.file)?;
             wal.spares.push(page);
         }
         for (i, rec) in recs.iter().enumerate() {
@@ -1326,16 +1345,8 @@ fn new_inner(
 ) -> Result<Inner> {
     let log_geo = LogGeometry::new(format::data_start(block_size), block_size);
     let mut state = state;
-    let n = log_geo.segment_pages;
-    let mut seg = || -> Result<u64> {
-        let p = state.space.alloc_contiguous(n)?;
-        for q in p..p + n {
-            state.space.set_reserved(q, true);
-        }
-        Ok(p)
-    };
-    let first = seg()?;
-    let next = seg()?;
+    let first = log_geo.new_segment(&mut state.space, &*file)?;
+    let next = log_geo.new_segment(&mut state.space, &*file)?;
     let wal = Wal::start(file.clone(), log_geo, random_u64(), first, next, 1)?;
     Ok(Inner {
         dir,

@@ -16,6 +16,7 @@ use crate::backend::StorageFile;
 use crate::catalog::{SnapshotInfo, SnapshotPolicy, TemplateInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::format::{BatchHeader, Dec, Enc, LogStart, SegmentHeader, BATCH_HEADER_LEN, SECTOR};
+use crate::space::Space;
 use std::sync::Arc;
 
 /// Largest number of blocks one `Map` record describes; longer writes are
@@ -267,6 +268,22 @@ impl LogGeometry {
     }
     fn segment_offset(&self, page: u64) -> u64 {
         self.data_start + page * self.block_size
+    }
+    /// Allocates a WAL segment from `space`, reserves its pages and fills
+    /// it with zeroes. The fill is for speed only: a segment carved from
+    /// fallocated space is unwritten to the file system, and a sync after
+    /// the first write into each of its blocks must also convert that
+    /// extent, an extra metadata write on every flush. Written once here,
+    /// every later batch is a plain overwrite. A failed fill is ignored: the
+    /// log never relies on what a segment held before.
+    pub(crate) fn new_segment(&self, space: &mut Space, file: &dyn StorageFile) -> Result<u64> {
+        let n = self.segment_pages;
+        let page = space.alloc_contiguous(n)?;
+        for p in page..page + n {
+            space.set_reserved(p, true);
+        }
+        let _ = file.write_at(&vec![0u8; self.segment_bytes() as usize], self.segment_offset(page));
+        Ok(page)
     }
     /// The largest payload one batch may carry so it fits in a fresh segment.
     pub(crate) fn max_payload(&self) -> usize {
