@@ -99,6 +99,20 @@ impl Store {
     /// volume at that moment; [`Store::abort_snapshot`] gives up. If the
     /// store crashes in between, the snapshot is `Failed` after reopening.
     ///
+    /// ```
+    /// use cowvol::{SnapshotOptions, SnapshotStatus, Store, StoreOptions, VolumeOptions};
+    /// # fn main() -> cowvol::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path(), StoreOptions::default())?;
+    /// let db = store.create_volume(VolumeOptions::new("db", 1 << 20))?.id;
+    /// let pending = store.begin_snapshot(db, SnapshotOptions::named("quiesced"))?;
+    /// assert_eq!(pending.status, SnapshotStatus::Creating);
+    /// // ... the application freezes its file system and flushes ...
+    /// let snap = store.commit_snapshot(db, pending.id)?;
+    /// assert_eq!(snap.status, SnapshotStatus::Ready);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Store::create_snapshot`].
     pub fn begin_snapshot(&self, volume: VolumeId, opts: SnapshotOptions) -> Result<SnapshotInfo> {
@@ -220,6 +234,26 @@ impl Store {
     /// Finds snapshots across the store: filtered by every field of `query`
     /// that is set, sorted by creation time (then id), and paged. Cost:
     /// one pass over the snapshot records; only the page is copied.
+    ///
+    /// ```
+    /// use cowvol::{SnapshotOptions, SnapshotQuery, Store, StoreOptions, VolumeOptions};
+    /// # fn main() -> cowvol::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path(), StoreOptions::default())?;
+    /// let db = store.create_volume(VolumeOptions::new("db", 1 << 20))?.id;
+    /// for name in ["Nightly-1", "adhoc", "nightly-2"] {
+    ///     store.create_snapshot(db, SnapshotOptions::named(name))?;
+    /// }
+    /// let page = store.search_snapshots(&SnapshotQuery {
+    ///     name_contains: Some("NIGHTLY".into()),
+    ///     newest_first: true,
+    ///     limit: Some(1),
+    ///     ..Default::default()
+    /// });
+    /// assert_eq!((page.total, page.snapshots[0].name.as_str()), (2, "nightly-2"));
+    /// assert_eq!(page.next_offset, Some(1));
+    /// # Ok(()) }
+    /// ```
     pub fn search_snapshots(&self, query: &SnapshotQuery) -> SnapshotPage {
         let needle = query.name_contains.as_ref().map(|n| n.to_lowercase());
         let st = self.inner.state.lock();
@@ -271,6 +305,23 @@ impl Store {
     /// Makes a template from a ready snapshot: a named, read-only image
     /// that shares the snapshot's blocks and outlives it and its volume.
     /// O(1), durable when it returns.
+    ///
+    /// ```
+    /// use cowvol::{SnapshotOptions, Store, StoreOptions, TemplateOptions, VolumeOptions};
+    /// # fn main() -> cowvol::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path(), StoreOptions::default())?;
+    /// let golden = store.create_volume(VolumeOptions::new("golden", 1 << 20))?.id;
+    /// store.open_volume(golden)?.write_at(b"installed", 0)?;
+    /// let snap = store.create_snapshot(golden, SnapshotOptions::named("v1"))?;
+    /// let base = store.create_template(snap.id, TemplateOptions::named("debian"))?;
+    /// store.delete_volume(golden)?; // the template keeps the image
+    /// let vm = store.create_volume_from_template(base.id, VolumeOptions::new("vm-1", 0))?;
+    /// let mut buf = [0u8; 9];
+    /// store.open_volume(vm.id)?.read_at(&mut buf, 0)?;
+    /// assert_eq!(&buf, b"installed");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::NotFound`]; [`Error::InvalidArgument`] for a snapshot that
@@ -383,6 +434,23 @@ impl Store {
     /// or its newest is at least `interval_secs` old. Automatic snapshots
     /// are named `auto-YYYYMMDD-HHMMSS` (UTC, from `now`) and carry the
     /// label [`AUTO_LABEL`].
+    ///
+    /// ```
+    /// use cowvol::{SnapshotPolicy, Store, StoreOptions, VolumeOptions};
+    /// # fn main() -> cowvol::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path(), StoreOptions::default())?;
+    /// let db = store.create_volume(VolumeOptions::new("db", 1 << 20))?.id;
+    /// let hourly = SnapshotPolicy { interval_secs: 3600, keep_last: Some(2), keep_for_secs: None };
+    /// store.set_policy(db, Some(hourly))?;
+    /// let start = 1_800_000_000;
+    /// for hour in 0..5 {
+    ///     store.run_policies(start + hour * 3600); // the host's clock, here simulated
+    /// }
+    /// let names: Vec<String> = store.list_snapshots(db).into_iter().map(|s| s.name).collect();
+    /// assert_eq!(names, ["auto-20270115-110000", "auto-20270115-120000"]);
+    /// # Ok(()) }
+    /// ```
     pub fn run_policies(&self, now: u64) -> PolicyRun {
         self.inner.run_policies(now)
     }
