@@ -232,48 +232,68 @@ impl Store {
         // Pages freed while scrub reads stay unused until a checkpoint; none
         // runs meanwhile, so a page read here still holds what was planned.
         let _no_checkpoint = self.inner.checkpoint_guard();
-        let mut pages: Vec<(u64, u32)> = {
-            let st = self.inner.state.lock();
-            let mut v = Vec::new();
-            tree::visit_unique(st.all_roots(), |n, _| {
-                if let Body::Leaf(entries) = &n.body {
-                    v.extend(entries.iter().map(|e| (e.page, e.crc)));
-                }
-            });
-            v
-        };
-        pages.sort_unstable();
-        pages.dedup();
+        let (expected, mut bad) = self.expected_checksums();
         let bs = self.inner.block_size as u64;
         let ds = crate::format::data_start(self.inner.block_size);
-        let mut report = ScrubReport::default();
-        let mut bad = Vec::new();
-        let max_run = (4u64 << 20) / bs;
-        let mut buf = Vec::new();
-        let mut i = 0;
-        while i < pages.len() {
-            let start = pages[i].0;
+        let max_run = ((4u64 << 20) / bs).max(1);
+        // Runs of consecutive live pages, in page order, at most 4 MiB each.
+        let mut runs = Vec::new();
+        let mut p = 0u64;
+        while let Some(start) = expected.next_live(p) {
             let mut n = 1;
-            while i + n < pages.len() && pages[i + n].0 == start + n as u64 && (n as u64) < max_run {
+            while n < max_run && expected.is_live(start + n) {
                 n += 1;
             }
-            buf.resize((n as u64 * bs) as usize, 0);
-            let read = self.inner.file.read_at(&mut buf, ds + start * bs);
-            for k in 0..n {
-                let (page, crc) = pages[i + k];
-                let ok = read.is_ok() && Crc::of(&buf[k * bs as usize..(k + 1) * bs as usize]).0 == crc;
-                if !ok {
-                    bad.push(page);
-                }
-            }
-            report.blocks_checked += n as u64;
-            report.bytes_read += n as u64 * bs;
-            i += n;
+            runs.push((start, n));
+            p = start + n;
         }
+        let mut report = ScrubReport::default();
+        for &(_, n) in &runs {
+            report.blocks_checked += n;
+            report.bytes_read += n * bs;
+        }
+        let read = |start: u64, buf: &mut Vec<u8>, n: u64| {
+            buf.resize((n * bs) as usize, 0);
+            self.inner.file.read_at(buf, ds + start * bs).is_ok()
+        };
+        bad.extend(verify_runs(&runs, &expected, bs as usize, read));
+        bad.sort_unstable();
+        bad.dedup();
         if !bad.is_empty() {
             report.damaged = self.owners_of(&bad);
         }
         Ok(report)
+    }
+
+    /// The checksum every live data page must have, from the leaves of all
+    /// trees (shared subtrees visited once), indexed by page so that scrub
+    /// reads the file in order without sorting. Pages that two leaves give
+    /// different checksums are returned as damaged at once.
+    fn expected_checksums(&self) -> (Expected, Vec<u64>) {
+        let st = self.inner.state.lock();
+        let mut exp = Expected {
+            crc: vec![0; st.space.npages() as usize],
+            live: vec![0; st.space.npages().div_ceil(64) as usize],
+        };
+        let mut conflicting = Vec::new();
+        tree::visit_unique(st.all_roots(), |n, _| {
+            if let Body::Leaf(entries) = &n.body {
+                for e in entries {
+                    let Some(slot) = exp.crc.get_mut(e.page as usize) else {
+                        conflicting.push(e.page);
+                        continue;
+                    };
+                    let word = &mut exp.live[e.page as usize / 64];
+                    let bit = 1u64 << (e.page % 64);
+                    if *word & bit != 0 && *slot != e.crc {
+                        conflicting.push(e.page);
+                    }
+                    *word |= bit;
+                    *slot = e.crc;
+                }
+            }
+        });
+        (exp, conflicting)
     }
 
     fn owners_of(&self, pages: &[u64]) -> Vec<DamagedBlock> {
@@ -312,6 +332,87 @@ impl Store {
         let st = self.inner.state.lock();
         stats_of(&st)
     }
+}
+
+/// Expected checksum per page, and which pages are live.
+struct Expected {
+    crc: Vec<u32>,
+    live: Vec<u64>,
+}
+
+impl Expected {
+    fn is_live(&self, page: u64) -> bool {
+        self.live.get(page as usize / 64).is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    /// The first live page at or after `from`.
+    fn next_live(&self, from: u64) -> Option<u64> {
+        let mut i = from as usize / 64;
+        let mut word = *self.live.get(i)? & (u64::MAX << (from % 64));
+        loop {
+            if word != 0 {
+                return Some(i as u64 * 64 + word.trailing_zeros() as u64);
+            }
+            i += 1;
+            word = *self.live.get(i)?;
+        }
+    }
+}
+
+/// Reads each run with `read` and checks every block of it against its
+/// expected checksum; returns the pages that fail (or could not be read).
+/// Reading and checking overlap: a second thread checks one run while the
+/// next is read, so scrub runs at the speed of the slower of the two rather
+/// than of their sum. Without a second thread it does both in turn.
+fn verify_runs(
+    runs: &[(u64, u64)],
+    exp: &Expected,
+    bs: usize,
+    read: impl Fn(u64, &mut Vec<u8>, u64) -> bool,
+) -> Vec<u64> {
+    let check = |start: u64, buf: &[u8], ok: bool, bad: &mut Vec<u64>| {
+        for (k, block) in buf.chunks(bs).enumerate() {
+            let page = start + k as u64;
+            if !ok || Crc::of(block).0 != exp.crc[page as usize] {
+                bad.push(page);
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>, bool)>(1);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let checker = std::thread::Builder::new().name("cowvol-scrub".into()).spawn_scoped(scope, move || {
+            let mut bad = Vec::new();
+            for (start, buf, ok) in full_rx {
+                check(start, &buf, ok, &mut bad);
+                // The reader may have finished; a buffer nobody takes is dropped.
+                let _ = empty_tx.send(buf);
+            }
+            bad
+        });
+        let mut bad = Vec::new();
+        let Ok(checker) = checker else {
+            let mut buf = Vec::new();
+            for &(start, n) in runs {
+                let ok = read(start, &mut buf, n);
+                check(start, &buf, ok, &mut bad);
+            }
+            return bad;
+        };
+        for &(start, n) in runs {
+            let mut buf = empty_rx.try_recv().unwrap_or_default();
+            let ok = read(start, &mut buf, n);
+            if full_tx.send((start, buf, ok)).is_err() {
+                break; // the checker is gone: its panic surfaces at join
+            }
+        }
+        drop(full_tx);
+        match checker.join() {
+            Ok(found) => bad.extend(found),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        bad
+    })
 }
 
 fn verify_node_page(buf: &[u8], page: u64) -> Result<()> {
