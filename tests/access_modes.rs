@@ -5,12 +5,10 @@
 
 use cowvol::*;
 
-const BS: u64 = 4096;
+mod common;
+use common::*;
 
-fn assert_clean(store: &Store) {
-    let r = store.check().unwrap();
-    assert!(r.is_clean(), "check found problems: {:#?}", r.problems);
-}
+const BS: u64 = 4096;
 
 fn create(store: &Store, name: &str, mode: AccessMode) -> VolumeInfo {
     let mut opts = VolumeOptions::new(name, 16 * BS);

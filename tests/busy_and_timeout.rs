@@ -17,13 +17,11 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
+mod common;
+use common::*;
+
 const BS: u64 = 4096;
 const MIB: u64 = 1 << 20;
-
-fn assert_clean(store: &Store) {
-    let r = store.check().unwrap();
-    assert!(r.is_clean(), "check found problems: {:#?}", r.problems);
-}
 
 /// The marker block for attempt `k` (k = 0 is the snapshot's).
 fn marker(k: u64) -> Vec<u8> {

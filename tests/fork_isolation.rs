@@ -5,31 +5,11 @@
 
 use cowvol::*;
 
+mod common;
+use common::*;
+
 const BS: u64 = 4096;
 const SIZE: u64 = 32 * BS + 500;
-
-fn assert_clean(store: &Store) {
-    let r = store.check().unwrap();
-    assert!(r.is_clean(), "check found problems: {:#?}", r.problems);
-}
-
-fn read_all(v: &Volume) -> Vec<u8> {
-    let mut b = vec![0u8; v.size() as usize];
-    v.read_at(&mut b, 0).unwrap();
-    b
-}
-
-fn assert_same(what: &str, got: &[u8], want: &[u8]) {
-    assert_eq!(got.len(), want.len(), "{what}: length differs");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: first difference at byte {i} (block {}): got {:#04x}, want {:#04x}",
-            i as u64 / BS,
-            got[i],
-            want[i]
-        );
-    }
-}
 
 /// A volume under test with its expected contents.
 struct Tracked {

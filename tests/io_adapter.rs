@@ -7,13 +7,11 @@ use cowvol::*;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
+mod common;
+use common::*;
+
 const BS: u64 = 4096;
 const SIZE: u64 = 256 * BS + 333;
-
-fn assert_clean(store: &Store) {
-    let r = store.check().unwrap();
-    assert!(r.is_clean(), "check found problems: {:#?}", r.problems);
-}
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len as u64).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect()

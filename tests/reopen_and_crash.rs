@@ -9,35 +9,15 @@ use cowvol::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod common;
+use common::*;
+
 const BS: u64 = 4096;
-
-fn assert_clean(store: &Store) {
-    let r = store.check().unwrap();
-    assert!(r.is_clean(), "check found problems: {:#?}", r.problems);
-}
-
-fn read_all(v: &Volume) -> Vec<u8> {
-    let mut b = vec![0u8; v.size() as usize];
-    v.read_at(&mut b, 0).unwrap();
-    b
-}
 
 fn read(v: &Volume, off: u64, len: u64) -> Vec<u8> {
     let mut b = vec![0u8; len as usize];
     v.read_at(&mut b, off).unwrap();
     b
-}
-
-fn assert_same(what: &str, got: &[u8], want: &[u8]) {
-    assert_eq!(got.len(), want.len(), "{what}: length differs");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: first difference at byte {i} (block {}): got {:#04x}, want {:#04x}",
-            i as u64 / BS,
-            got[i],
-            want[i]
-        );
-    }
 }
 
 fn fill(tag: u8, len: usize) -> Vec<u8> {

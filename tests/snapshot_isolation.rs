@@ -7,50 +7,12 @@
 use cowvol::*;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod common;
+use common::*;
+
 const BS: u64 = 4096;
 /// Deliberately not a multiple of the block size.
 const SIZE: u64 = (1 << 20) + 777;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
-fn assert_clean(store: &Store) {
-    let r = store.check().unwrap();
-    assert!(r.is_clean(), "check found problems: {:#?}", r.problems);
-}
-
-fn read_all(v: &Volume) -> Vec<u8> {
-    let mut b = vec![0u8; v.size() as usize];
-    v.read_at(&mut b, 0).unwrap();
-    b
-}
-
-fn assert_same(what: &str, got: &[u8], want: &[u8]) {
-    assert_eq!(got.len(), want.len(), "{what}: length differs");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: first difference at byte {i} (block {}): got {:#04x}, want {:#04x}",
-            i as u64 / BS,
-            got[i],
-            want[i]
-        );
-    }
-}
 
 /// One random overwrite: small, block-crossing or multi-block, at unaligned
 /// offsets; applied to both the volume and the model.
