@@ -276,6 +276,8 @@ fn template_outlives_its_snapshot_and_volumes_made_from_it_outlive_the_template(
 
     let list = st.json(&["template", "list"]);
     assert_eq!(list["templates"].as_array().unwrap().len(), 1);
+    assert_eq!(st.json(&["stats"])["templates"], 1);
+    assert_eq!(st.json(&["check"])["templates"], 1);
     assert_eq!(list["templates"][0]["volume_count"], 2);
     let info = String::from_utf8(st.ok(&["template", "info", "golden"])).unwrap();
     assert!(info.contains("os=linux") && info.contains("since deleted"), "{info}");

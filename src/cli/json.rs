@@ -215,6 +215,8 @@ pub struct StatsJson {
     pub volumes: usize,
     /// Snapshots.
     pub snapshots: usize,
+    /// Templates.
+    pub templates: usize,
     /// Sum of the live volumes' sizes.
     pub logical_bytes: u64,
     /// Data mapped by live volumes, each counted in full.
@@ -242,6 +244,7 @@ impl StatsJson {
             block_size,
             volumes: s.volumes,
             snapshots: s.snapshots,
+            templates: s.templates,
             logical_bytes: s.logical_bytes,
             mapped_bytes: s.mapped_bytes,
             physical_bytes: s.physical_bytes,
@@ -322,6 +325,8 @@ pub struct CheckJson {
     pub volumes: usize,
     /// Snapshots.
     pub snapshots: usize,
+    /// Templates.
+    pub templates: usize,
     /// Distinct tree nodes visited.
     pub nodes: u64,
     /// Distinct data pages referenced.
@@ -337,6 +342,7 @@ impl CheckJson {
             clean: r.is_clean(),
             volumes: r.volumes,
             snapshots: r.snapshots,
+            templates: r.templates,
             nodes: r.nodes,
             data_pages: r.data_pages,
             problems: r.problems.iter().map(ProblemJson::new).collect(),
@@ -362,6 +368,8 @@ pub struct DamagedJson {
     pub volumes: Vec<SeenByJson>,
     /// Snapshots that see it.
     pub snapshots: Vec<SeenByJson>,
+    /// Templates that see it.
+    pub templates: Vec<SeenByJson>,
 }
 
 impl DamagedJson {
@@ -371,6 +379,7 @@ impl DamagedJson {
             page: d.page,
             volumes: d.volumes.iter().map(|(v, b)| SeenByJson { id: v.to_string(), block: *b }).collect(),
             snapshots: d.snapshots.iter().map(|(s, b)| SeenByJson { id: s.to_string(), block: *b }).collect(),
+            templates: d.templates.iter().map(|(t, b)| SeenByJson { id: t.to_string(), block: *b }).collect(),
         }
     }
 }

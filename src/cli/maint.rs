@@ -71,6 +71,7 @@ pub fn check(ctx: &Ctx) -> CliResult {
             &[
                 ("volumes", report.volumes.to_string()),
                 ("snapshots", report.snapshots.to_string()),
+                ("templates", report.templates.to_string()),
                 ("tree nodes", report.nodes.to_string()),
                 ("data pages", report.data_pages.to_string()),
                 ("problems", report.problems.len().to_string()),
@@ -105,8 +106,13 @@ pub fn check(ctx: &Ctx) -> CliResult {
 }
 
 fn seen_by(d: &DamagedJson) -> String {
-    let all: Vec<String> =
-        d.volumes.iter().chain(&d.snapshots).map(|s| format!("{} block {}", s.id, s.block)).collect();
+    let all: Vec<String> = d
+        .volumes
+        .iter()
+        .chain(&d.snapshots)
+        .chain(&d.templates)
+        .map(|s| format!("{} block {}", s.id, s.block))
+        .collect();
     if all.is_empty() {
         "-".into()
     } else {
@@ -179,6 +185,7 @@ pub fn stats(ctx: &Ctx) -> CliResult {
                 ("block size", fmt::bytes(j.block_size.into())),
                 ("volumes", j.volumes.to_string()),
                 ("snapshots", j.snapshots.to_string()),
+                ("templates", j.templates.to_string()),
                 ("logical", b(j.logical_bytes)),
                 ("mapped", b(j.mapped_bytes)),
                 ("physical", b(j.physical_bytes)),
