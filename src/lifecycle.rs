@@ -573,6 +573,15 @@ impl Inner {
         self.ensure_writable()?;
         let (info, lsn) = {
             let mut st = self.state.lock();
+            // The origin may have been deleted since the caller looked it up.
+            match origin {
+                VolumeOrigin::Volume(v) => st.vol(v).map(drop)?,
+                VolumeOrigin::Snapshot(v, snap) => st.ready_snap_of(v, snap).map(drop)?,
+                VolumeOrigin::Template(t) if !st.templates.contains_key(&t.0) => {
+                    return Err(Error::not_found(format!("template {t}")))
+                }
+                VolumeOrigin::Template(_) => {}
+            }
             st.check_volume_name_free(&opts.name)?;
             let info = VolumeInfo {
                 id: VolumeId(st.next_volume),
@@ -711,6 +720,26 @@ mod tests {
         assert_eq!(utc_stamp(951_782_400), "20000229-000000");
         assert_eq!(utc_stamp(1_795_000_000), "20261118-110640");
         assert_eq!(utc_stamp(4_102_444_799), "20991231-235959");
+    }
+
+    #[test]
+    fn an_origin_deleted_after_lookup_is_not_found_and_harms_nothing() {
+        // The public calls look the origin up, then create the volume under
+        // the state lock; a delete can land in between.
+        let store = Store::open_in(Arc::new(crate::testing::SimDir::new()), Default::default()).unwrap();
+        let v = store.create_volume(VolumeOptions::new("v", 4096)).unwrap().id;
+        let gone = [
+            VolumeOrigin::Template(TemplateId(9)),
+            VolumeOrigin::Snapshot(v, SnapshotId(9)),
+            VolumeOrigin::Volume(VolumeId(9)),
+        ];
+        for origin in gone {
+            let r = store.inner.create_volume_with_origin(origin, 4096, VolumeOptions::new("new", 0));
+            assert!(matches!(r, Err(Error::NotFound { .. })), "{origin:?}: {r:?}");
+        }
+        assert!(!store.inner.is_failed());
+        assert!(store.create_volume(VolumeOptions::new("still-works", 4096)).is_ok());
+        assert!(store.check().unwrap().is_clean());
     }
 
     #[test]
