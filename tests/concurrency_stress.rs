@@ -9,6 +9,7 @@
 //! Runs about 3 seconds; `COWVOL_STRESS_SECS=N` runs N seconds, and
 //! `COWVOL_STRESS_SEED=N` replays a seed.
 
+use cowvol::testing::SplitMix64 as Rng;
 use cowvol::*;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,29 +18,6 @@ use std::time::{Duration, Instant};
 
 const BS: u64 = 4096;
 const OWNERS: u64 = 5;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = vec![0u8; n];
-        for c in v.chunks_mut(8) {
-            let x = self.next().to_le_bytes();
-            c.copy_from_slice(&x[..c.len()]);
-        }
-        v
-    }
-}
 
 /// Snapshots any thread may fork or read, with their contents.
 type Published = Mutex<BTreeMap<SnapshotId, (VolumeId, Arc<Vec<u8>>)>>;

@@ -8,6 +8,7 @@
 //! `COWVOL_CRASH_STRIDE=1` checks every crash point (the default checks
 //! every 7th, plus the last ones).
 
+use cowvol::testing::SplitMix64 as Rng;
 use cowvol::testing::{LossMode, SimDir};
 use cowvol::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,17 +68,6 @@ struct Tracker {
 impl Tracker {
     fn allowed_now(cur: &[u64]) -> Allowed {
         cur.iter().map(|&w| BTreeSet::from([w])).collect()
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 

@@ -5,6 +5,7 @@ use super::error::{code, out_err, CliError, CliResult, LibContext};
 use super::fmt;
 use super::json::ProblemJson;
 use super::{open_at, Ctx};
+use cowvol::testing::SplitMix64 as Rng;
 use cowvol::{
     Error, ForkOptions, RestoreOptions, SnapshotOptions, SnapshotPolicy, Store, StoreOptions, TemplateOptions, Volume,
     VolumeOptions,
@@ -31,30 +32,6 @@ struct TempStore(PathBuf);
 impl Drop for TempStore {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Deterministic pseudo-random bytes (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

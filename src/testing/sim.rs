@@ -26,6 +26,7 @@
 //! change made by a write, `set_len` or `allocate` is pending until the file
 //! is synced, like any other write.
 
+use super::SplitMix64;
 use crate::backend::{DirLock, StorageDir, StorageFile};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -341,34 +342,6 @@ fn apply_torn(img: &mut Vec<u8>, offset: u64, data: &[u8], rng: &mut SplitMix64)
 
 fn spans_sectors(offset: u64, len: usize) -> bool {
     len > 0 && offset / SECTOR != (offset + len as u64 - 1) / SECTOR
-}
-
-/// splitmix64: tiny, fast, and good enough to pick crash outcomes; a fixed
-/// algorithm keeps a failing seed reproducible forever.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// True with probability `p`; `p >= 1` is always, `p <= 0` or NaN never.
-    fn chance(&mut self, p: f64) -> bool {
-        let unit = (self.next() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-        unit < p
-    }
-
-    /// Uniform in `0..=n`.
-    fn up_to(&mut self, n: u64) -> u64 {
-        match n.checked_add(1) {
-            Some(m) => self.next() % m,
-            None => self.next(),
-        }
-    }
 }
 
 impl SimDir {

@@ -1,33 +1,13 @@
 //! Helpers shared by the integration tests (each test file is its own
-//! crate and uses what it needs, hence the `dead_code` allowance).
-#![allow(dead_code)]
+//! crate and uses what it needs, hence the allowances).
+#![allow(dead_code, unused_imports)]
 
 use cowvol::{Store, Volume};
 
 const BLOCK: u64 = 4096;
 
-/// Deterministic pseudo-random numbers (SplitMix64): a failing seed
-/// replays exactly.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+/// Deterministic pseudo-random numbers: a failing seed replays exactly.
+pub use cowvol::testing::SplitMix64 as Rng;
 
 /// `check()` finds nothing wrong.
 pub fn assert_clean(store: &Store) {
