@@ -14,31 +14,14 @@ use cowvol::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+mod common;
+use common::{block, decode};
+
 const BS: usize = 4096;
 const BLOCKS: u64 = 48;
 
 fn opts() -> StoreOptions {
     StoreOptions { checkpoint_wal_bytes: 24 << 10, background_checkpoints: false, ..Default::default() }
-}
-
-/// The contents of a block written by write `w`.
-fn block(w: u64, lb: u64) -> Vec<u8> {
-    let mut b = vec![0u8; BS];
-    b[..8].copy_from_slice(&w.to_le_bytes());
-    b[8..16].copy_from_slice(&lb.to_le_bytes());
-    for (i, x) in b[16..].iter_mut().enumerate() {
-        *x = (w as u8).wrapping_mul(17).wrapping_add(i as u8).wrapping_add(lb as u8);
-    }
-    b
-}
-
-/// Which write produced this block (0 for zeroes), or None for garbage.
-fn decode(b: &[u8], lb: u64) -> Option<u64> {
-    if b.iter().all(|&x| x == 0) {
-        return Some(0);
-    }
-    let w = u64::from_le_bytes(b[..8].try_into().unwrap());
-    (block(w, lb) == b).then_some(w)
 }
 
 /// Per block: the write ids a recovered volume may show.

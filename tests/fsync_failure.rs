@@ -10,31 +10,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod common;
+use common::{block, decode};
+
 const BS: usize = 4096;
 const BLOCKS: u64 = 32;
 
 fn opts() -> StoreOptions {
     StoreOptions { background_checkpoints: false, ..Default::default() }
-}
-
-/// The contents of logical block `lb` written by write `w`.
-fn block(w: u64, lb: u64) -> Vec<u8> {
-    let mut b = vec![0u8; BS];
-    b[..8].copy_from_slice(&w.to_le_bytes());
-    b[8..16].copy_from_slice(&lb.to_le_bytes());
-    for (i, x) in b[16..].iter_mut().enumerate() {
-        *x = (w as u8).wrapping_mul(31).wrapping_add(i as u8).wrapping_add((lb as u8).wrapping_mul(7)) | 1;
-    }
-    b
-}
-
-/// Which write produced a block (0 for zeroes), or `None` for garbage.
-fn decode(b: &[u8], lb: u64) -> Option<u64> {
-    if b.iter().all(|&x| x == 0) {
-        return Some(0);
-    }
-    let w = u64::from_le_bytes(b[..8].try_into().unwrap());
-    (block(w, lb) == b).then_some(w)
 }
 
 /// Reads every block of a handle as write ids, panicking on garbage or errors.
