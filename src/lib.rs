@@ -77,4 +77,4 @@ pub use options::{
     Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,
 };
 pub use store::Store;
-pub use volume::{Volume, VolumeCursor};
+pub use volume::{Extent, Volume, VolumeCursor};

@@ -377,6 +377,68 @@ pub(crate) fn for_each_mapping(root: &Root, geo: Geometry, mut f: impl FnMut(u64
     }
 }
 
+/// Appends to `out` the runs `(first_block, count)` of mapped blocks within
+/// `first..first + n`, in order, merging neighbours. Missing subtrees are
+/// skipped whole, so the cost follows the mapped part, not the range.
+pub(crate) fn mapped_runs(root: &Root, geo: Geometry, first: u64, n: u64, out: &mut Vec<(u64, u64)>) {
+    fn push(out: &mut Vec<(u64, u64)>, lb: u64) {
+        match out.last_mut() {
+            Some((start, len)) if *start + *len == lb => *len += 1,
+            _ => out.push((lb, 1)),
+        }
+    }
+    fn walk(node: &Node, geo: Geometry, level: u32, base: u64, range: (u64, u64), out: &mut Vec<(u64, u64)>) {
+        match &node.body {
+            Body::Leaf(entries) => {
+                let from = entries.partition_point(|e| base + (e.idx as u64) < range.0);
+                for e in &entries[from..] {
+                    let lb = base + e.idx as u64;
+                    if lb >= range.1 {
+                        break;
+                    }
+                    push(out, lb);
+                }
+            }
+            Body::Interior(children) => {
+                let span = geo.span(level - 1);
+                for (i, c) in children.iter().enumerate() {
+                    let cbase = base + i as u64 * span;
+                    if cbase >= range.1 {
+                        break;
+                    }
+                    if let Some(c) = c {
+                        if cbase.saturating_add(span) > range.0 {
+                            walk(c, geo, level - 1, cbase, range, out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(r) = root {
+        walk(r, geo, geo.levels - 1, 0, (first, first.saturating_add(n)), out);
+    }
+}
+
+/// Bytes of data pages that only the tree at `root` holds: pages of leaves
+/// reachable from it through nodes no other tree shares, and that no other
+/// leaf references. Walks only the unshared part of the tree.
+pub(crate) fn exclusive_pages(root: &Root, space: &Space) -> u64 {
+    let mut pages = 0;
+    let mut stack: Vec<&Arc<Node>> = root.iter().collect();
+    while let Some(node) = stack.pop() {
+        // One strong reference: this tree's own parent (or root) slot.
+        if Arc::strong_count(node) != 1 {
+            continue;
+        }
+        match &node.body {
+            Body::Leaf(entries) => pages += entries.iter().filter(|e| space.refcount(e.page) == 1).count() as u64,
+            Body::Interior(children) => stack.extend(children.iter().flatten()),
+        }
+    }
+    pages
+}
+
 // ------------------------------------------------------------ disk encoding
 
 /// Encodes a node into one page. Children must already have addresses.

@@ -12,7 +12,7 @@ use crate::catalog::{SnapshotId, TemplateId, VolumeId};
 use crate::error::{Error, Result};
 use crate::format::Crc;
 use crate::space::Run;
-use crate::store::{Inner, Keeper, Store, VolRuntime};
+use crate::store::{Inner, Keeper, State, Store, VolRuntime};
 use crate::tree::{self, Geometry, Mapping, Root};
 use crate::wal::{Record, MAX_MAP_BLOCKS};
 use std::io;
@@ -143,11 +143,9 @@ impl Volume {
         self.inner.block_size as u64
     }
 
-    /// Looks up the mappings of blocks `first..first+n` under the state lock.
-    fn plan(&self, first: u64, n: u64) -> Result<Vec<Option<Mapping>>> {
-        let mut out = Vec::new();
-        let st = self.inner.state.lock();
-        let (root, geo): (&Root, Geometry) = match self.target {
+    /// The tree this handle reads, found in the locked state.
+    fn tree_of<'s>(&self, st: &'s State) -> Result<(&'s Root, Geometry)> {
+        Ok(match self.target {
             Target::Volume(v) => {
                 let v = st.vol(v)?;
                 (&v.root, v.geo)
@@ -160,12 +158,59 @@ impl Volume {
                 let t = st.templates.get(&t.0).ok_or_else(|| Error::not_found(format!("template {t}")))?;
                 (&t.root, t.geo)
             }
-        };
+        })
+    }
+
+    /// Looks up the mappings of blocks `first..first+n` under the state lock.
+    fn plan(&self, first: u64, n: u64) -> Result<Vec<Option<Mapping>>> {
+        let mut out = Vec::new();
+        let st = self.inner.state.lock();
+        let (root, geo) = self.tree_of(&st)?;
         if n == 1 {
             out.push(tree::lookup(root, geo, first));
         } else {
             tree::lookup_range(root, geo, first, n, &mut out);
         }
+        Ok(out)
+    }
+
+    /// Describes `[offset, offset + len)` as consecutive extents, each either
+    /// data or a hole (never written, or discarded: reads as zeroes), so
+    /// that copy tools and block-status queries can skip the holes. The
+    /// extents cover the range exactly; inner boundaries fall on block
+    /// boundaries. Cost: proportional to the mapped part of the range and
+    /// the tree nodes above it, not to the range's length.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`]; [`Error::NotFound`] when the volume was deleted.
+    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bs = self.bs();
+        let end = offset + len;
+        let first = offset / bs;
+        let mut runs = Vec::new();
+        {
+            let st = self.inner.state.lock();
+            let (root, geo) = self.tree_of(&st)?;
+            tree::mapped_runs(root, geo, first, (end - 1) / bs + 1 - first, &mut runs);
+        }
+        let mut out: Vec<Extent> = Vec::with_capacity(runs.len() * 2 + 1);
+        let mut push = |from: u64, to: u64, data: bool| {
+            let (from, to) = (from.max(offset), to.min(end));
+            if to > from {
+                out.push(Extent { offset: from, len: to - from, data });
+            }
+        };
+        let mut pos = offset;
+        for (start, count) in runs {
+            push(pos, start * bs, false);
+            push(start * bs, (start + count) * bs, true);
+            pos = (start + count) * bs;
+        }
+        push(pos, end, false);
         Ok(out)
     }
 
@@ -492,6 +537,18 @@ impl Volume {
     pub fn cursor(&self) -> VolumeCursor {
         VolumeCursor { vol: self.clone(), pos: 0 }
     }
+}
+
+/// One piece of a volume's address space, from [`Volume::extents`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// True for stored data; false for a hole, which reads as zeroes and
+    /// takes no space.
+    pub data: bool,
 }
 
 /// Adapts a [`Volume`] to `std::io::{Read, Write, Seek}`. Reads stop at the
