@@ -5,7 +5,7 @@ use super::args::BenchArgs;
 use super::error::{out_err, CliResult, LibContext};
 use super::fmt::{Align, Table};
 use super::{progress, Ctx};
-use cowvol::bench::{self, BenchOptions, BenchReport};
+use crate::bench_run::{self as bench, BenchOptions, BenchReport};
 use serde::Serialize;
 use std::io::Write;
 
@@ -125,7 +125,7 @@ fn to_json(r: &BenchReport) -> ReportJson<'_> {
 }
 
 /// One line of the latency chart: label, colour and the field it plots.
-type Series = (&'static str, &'static str, fn(&cowvol::bench::SnapshotLatency) -> f64);
+type Series = (&'static str, &'static str, fn(&bench::SnapshotLatency) -> f64);
 
 /// Draws the snapshot latency table: one line per operation, latency (µs,
 /// linear) against mapped blocks (log scale), and the raw fdatasync line

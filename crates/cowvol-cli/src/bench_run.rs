@@ -6,7 +6,7 @@
 //! Every figure is the median of several repetitions, because shared
 //! machines are noisy.
 
-use crate::{Error, ForkOptions, RestoreOptions, Result, SnapshotOptions, Store, StoreOptions, VolumeOptions};
+use cowvol::{Error, ForkOptions, RestoreOptions, Result, SnapshotOptions, Store, StoreOptions, VolumeOptions};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -143,7 +143,7 @@ impl Rng {
 }
 
 fn io_err(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |e| Error::io(what.to_string(), e)
+    move |e| Error::Io { during: what.to_string(), source: e }
 }
 
 /// A plain file: the physical limit.
@@ -407,7 +407,7 @@ fn durable(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnM
             drop(raw);
             let s = Scratch::new(&opts.dir, "store", store_opts())?;
             let info = s.store().create_volume(VolumeOptions {
-                access_mode: crate::AccessMode::ReadWriteMany,
+                access_mode: cowvol::AccessMode::ReadWriteMany,
                 ..VolumeOptions::new("v", size)
             })?;
             let vol = s.store().open_volume(info.id)?;
@@ -447,7 +447,7 @@ fn run_threads(n: u64, f: impl Fn(u64) -> Result<()> + Sync) -> Result<()> {
                 })
             })
             .collect();
-        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::invalid("bench thread panicked"))))
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::InvalidArgument("bench thread panicked".into()))))
     })
 }
 
@@ -659,7 +659,7 @@ fn large_store_figures(
                 break;
             }
         }
-        h.join().unwrap_or_else(|_| Err(Error::invalid("delete thread panicked")))?;
+        h.join().unwrap_or_else(|_| Err(Error::InvalidArgument("delete thread panicked".into())))?;
         Ok(())
     })?;
     push(
@@ -692,7 +692,7 @@ fn large_store_figures(
     }
     vol.flush()?;
     drop(vol);
-    crate::testing::abandon(store);
+    cowvol::testing::abandon(store);
     let (rec_us, store) = time_us(|| Store::open(&dir, wal_opts))?;
     push(report, "open_after_crash_full_wal_ms", "ms", rec_us / 1000.0, None, false);
     let _ = sync_us;

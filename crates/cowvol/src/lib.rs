@@ -52,7 +52,6 @@
 #![deny(missing_docs)]
 
 pub mod backend;
-pub mod bench;
 mod catalog;
 mod check;
 mod error;
@@ -61,6 +60,7 @@ mod lifecycle;
 mod options;
 mod space;
 mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod tree;
 mod volume;
