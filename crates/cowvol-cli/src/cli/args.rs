@@ -56,6 +56,22 @@ pub enum Command {
     Stats,
     /// Measure cowvol against raw pwrite/pread/fdatasync in the same directory.
     Bench(BenchArgs),
+    /// Serve the platform HTTP API and the snapshot panel (/ui) until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+/// `cowvol serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7480")]
+    pub listen: std::net::SocketAddr,
+    /// Tokens file, one `TOKEN OWNER [admin]` a line, mode 600 [default: a one-off admin token, printed].
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// Size of volumes created without size_bytes (thin).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "10G")]
+    pub default_volume_size: u64,
 }
 
 /// `cowvol bench`.

@@ -11,6 +11,7 @@ mod json;
 mod maint;
 mod policy;
 mod progress;
+mod serve;
 mod snapshot;
 mod template;
 mod volume;
@@ -253,5 +254,6 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
         Command::Scrub => maint::scrub(ctx),
         Command::Stats => maint::stats(ctx),
         Command::Bench(a) => bench::run(ctx, a),
+        Command::Serve(a) => serve::run(ctx, a),
     }
 }
