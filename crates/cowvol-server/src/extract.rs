@@ -27,13 +27,31 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would take a JSON array for a struct's fields in order; the API
+    // documents objects only.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("body", "the request body must be a JSON object"));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
-        ApiError::bad_request(field, format!("invalid JSON body: {}", e.inner()))
+        let message = e.inner().to_string();
+        let field = if e.inner().is_syntax() || e.inner().is_eof() || path == "?" {
+            "body".to_string()
+        } else if path == "." {
+            missing_field(&message).unwrap_or("body").to_string()
+        } else {
+            path
+        };
+        ApiError::bad_request(field, format!("invalid JSON body: {message}"))
     })?;
     Ok(value)
+}
+
+/// serde reports a missing field at the enclosing object's path; the
+/// field's own name is only in the message.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
 }
 
 impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonBody<T> {

@@ -143,6 +143,7 @@ fn router(app: Arc<ops::App>, tokens: Arc<Tokens>, config: &ServerConfig) -> Rou
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn(refuse_announced_large_bodies))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(config.max_in_flight))
         .layer(middleware::from_fn_with_state(config.request_timeout, deadline))
         .layer(middleware::from_fn_with_state(metrics, metrics::record))
@@ -158,6 +159,21 @@ async fn scrape_metrics(app: Arc<ops::App>, metrics: Arc<metrics::Metrics>) -> R
         Ok(text) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => ApiError::internal(format!("metrics could not be gathered: {e}")).into_response(),
     }
+}
+
+/// Middleware: a body announced larger than the limit is refused before
+/// any of it is read (bodies that are not announced are cut off by the
+/// extractors at the limit).
+async fn refuse_announced_large_bodies(req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT_BYTES as u64) {
+        return ApiError::too_large(BODY_LIMIT_BYTES).into_response();
+    }
+    next.run(req).await
 }
 
 /// Middleware: answers 503 for a request that runs past the deadline.
