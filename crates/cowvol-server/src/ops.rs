@@ -118,10 +118,19 @@ impl App {
 
     /// `POST /api/v1/sandboxvolumes`.
     pub fn create_volume(&self, caller: &Caller, req: CreateVolumeRequest) -> R<VolumeJson> {
-        if req.snapshot_id.is_some() && req.template_id.is_some() {
+        // Missing sources are reported (404) before a bad combination (400).
+        let snapshot = req.snapshot_id.as_deref().map(|s| self.visible_snapshot_by_id(caller, "snapshot_id", s)).transpose()?;
+        let template = req.template_id.as_deref().map(|t| self.visible_template(caller, t)).transpose()?;
+        if snapshot.is_some() && template.is_some() {
             return Err(ApiError::bad_request("template_id", "give snapshot_id or template_id, not both"));
         }
         let from_source = req.snapshot_id.is_some() || req.template_id.is_some();
+        if let Some(name) = &req.name {
+            check_name("name", name)?;
+        }
+        if req.size_bytes.is_some_and(|n| n > MAX_VOLUME_BYTES) {
+            return Err(ApiError::bad_request("size_bytes", format!("size_bytes must be at most {MAX_VOLUME_BYTES}")));
+        }
         let opts = VolumeOptions {
             name: req.name.unwrap_or_else(|| self.fresh_name("sandbox")),
             size_bytes: req.size_bytes.unwrap_or(if from_source { 0 } else { self.default_volume_size }),
@@ -132,11 +141,9 @@ impl App {
         if !from_source && opts.size_bytes == 0 {
             return Err(ApiError::bad_request("size_bytes", "size_bytes must be at least 1"));
         }
-        let info = if let Some(sid) = &req.snapshot_id {
-            let snap = self.visible_snapshot_by_id(caller, "snapshot_id", sid)?;
+        let info = if let Some(snap) = snapshot {
             self.store.create_volume_from_snapshot(snap.id, opts)?
-        } else if let Some(tid) = &req.template_id {
-            let t = self.visible_template(caller, tid)?;
+        } else if let Some(t) = template {
             self.store.create_volume_from_template(t.id, opts)?
         } else {
             self.store.create_volume(opts)?
@@ -168,6 +175,9 @@ impl App {
     /// `POST /api/v1/sandboxvolumes/{id}/fork`.
     pub fn fork_volume(&self, caller: &Caller, id: &str, req: ForkRequest) -> R<VolumeJson> {
         let source = self.visible_volume(caller, id)?;
+        if let Some(name) = &req.name {
+            check_name("name", name)?;
+        }
         let from_snapshot = match &req.snapshot_id {
             Some(sid) => Some(self.existing_snapshot(caller, id, sid)?.id),
             None => None,
@@ -187,6 +197,7 @@ impl App {
     /// `POST /api/v1/sandboxvolumes/{id}/snapshots`.
     pub fn create_snapshot(&self, caller: &Caller, id: &str, req: CreateSnapshotRequest) -> R<SnapshotJson> {
         let v = self.visible_volume(caller, id)?;
+        check_name("name", &req.name)?;
         let opts = SnapshotOptions {
             name: req.name,
             description: req.description,
@@ -221,7 +232,7 @@ impl App {
         let v = self.visible_volume(caller, id)?;
         let s = self.existing_snapshot(caller, id, sid)?;
         let safety_snapshot = req.safety_snapshot.then(|| SnapshotOptions {
-            name: self.fresh_name(&format!("before-restore-to-{}", s.name)),
+            name: self.fresh_name(&format!("before-restore-to-{}", s.name.chars().take(20).collect::<String>())),
             description: format!("state of {} before it was restored to {} ({})", v.name, s.name, s.id),
             owner: self.owners.volume_owner(&v),
             ..Default::default()
@@ -254,7 +265,13 @@ impl App {
     }
 
     /// `GET /api/v1/snapshots` and `GET .../{id}/snapshots`: newest first.
-    pub fn search(&self, caller: &Caller, q: SnapshotSearch, volume: Option<&str>) -> R<SnapshotPageJson> {
+    pub fn search(&self, caller: &Caller, mut q: SnapshotSearch, volume: Option<&str>) -> R<SnapshotPageJson> {
+        // An empty text parameter means "not given", as forms send them.
+        for p in [&mut q.search, &mut q.volume] {
+            if p.as_deref() == Some("") {
+                *p = None;
+            }
+        }
         let limit = match q.limit {
             None => DEFAULT_PAGE,
             Some(n @ 1..) if n as usize <= MAX_PAGE => n as usize,
@@ -262,7 +279,8 @@ impl App {
         };
         let offset = match &q.cursor {
             None => 0,
-            Some(c) => c.parse::<usize>().map_err(|_| ApiError::bad_request("cursor", "cursor is not one this server gave"))?,
+            Some(c) if c.len() <= 9 && c.bytes().all(|b| b.is_ascii_digit()) => c.parse::<usize>().unwrap_or(0),
+            Some(_) => return Err(ApiError::bad_request("cursor", "cursor is not one this server gave")),
         };
         let mut query = SnapshotQuery {
             kind: q.kind.map(Into::into),
@@ -271,7 +289,10 @@ impl App {
             ..Default::default()
         };
         if let Some(label) = &q.label {
-            let (k, v) = label.split_once('=').ok_or_else(|| ApiError::bad_request("label", "label must be key=value"))?;
+            let (k, v) = label
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| ApiError::bad_request("label", "label must be key=value"))?;
             query.labels.insert(k.to_string(), v.to_string());
         }
         if let Some(vol) = volume.or(q.volume.as_deref()) {
@@ -315,6 +336,7 @@ impl App {
 
     /// `POST /api/v1/templates`.
     pub fn create_template(&self, caller: &Caller, req: CreateTemplateRequest) -> R<TemplateJson> {
+        check_name("name", &req.name)?;
         let s = self.visible_snapshot_by_id(caller, "snapshot_id", &req.snapshot_id)?;
         let opts = TemplateOptions { name: req.name, description: req.description, labels: req.labels };
         let t = self.store.create_template(s.id, opts)?;
@@ -360,10 +382,22 @@ impl App {
     /// `PUT /api/v1/sandboxvolumes/{id}/policy` (`Some`) and `DELETE` (`None`).
     pub fn set_policy(&self, caller: &Caller, id: &str, policy: Option<PolicyJson>) -> R<PolicyStateJson> {
         let v = self.visible_volume(caller, id)?;
-        if policy.is_some_and(|p| p.interval_secs == 0) {
-            return Err(ApiError::bad_request("interval_secs", "interval_secs must be at least 1"));
+        if let Some(p) = policy {
+            if p.interval_secs == 0 {
+                return Err(ApiError::bad_request("interval_secs", "interval_secs must be at least 1"));
+            }
+            if p.keep_last == Some(0) {
+                return Err(ApiError::bad_request("keep_last", "keep_last must be at least 1"));
+            }
+            if p.keep_for_secs == Some(0) {
+                return Err(ApiError::bad_request("keep_for_secs", "keep_for_secs must be at least 1"));
+            }
         }
-        let v = self.store.set_policy(v.id, policy.map(Into::into))?;
+        let engine = match policy {
+            Some(p) => Some(p.to_engine().ok_or_else(|| ApiError::bad_request("keep_last", "keep_last must be at most 4294967295"))?),
+            None => None,
+        };
+        let v = self.store.set_policy(v.id, engine)?;
         Ok(PolicyStateJson { volume_id: v.id.to_string(), policy: v.policy.map(Into::into) })
     }
 
@@ -373,6 +407,20 @@ impl App {
         Ok(PolicyStateJson { volume_id: v.id.to_string(), policy: v.policy.map(Into::into) })
     }
 }
+
+/// Names on the wire: 1 to 63 characters (so at most 252 bytes, within the
+/// engine's 255), no control characters. The OpenAPI pattern says the same.
+fn check_name(field: &str, name: &str) -> R<()> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > 63 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(field, format!("{field} must be 1 to 63 characters without control characters")));
+    }
+    Ok(())
+}
+
+/// The largest volume the API accepts: 2^60 bytes (the engine's limit at
+/// the smallest block size).
+const MAX_VOLUME_BYTES: u64 = 1 << 60;
 
 fn size_field(field: &str, value: Option<&str>) -> R<Option<u64>> {
     value

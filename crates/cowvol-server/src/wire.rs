@@ -6,6 +6,30 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
+/// Whole numbers on the wire. JSON Schema counts `597.0` as an integer, so
+/// the API takes it too; a fraction or a negative number is refused.
+mod whole {
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+
+    /// At most i64::MAX: the OpenAPI `int64` format's range.
+    fn from_number(n: serde_json::Number) -> Option<u64> {
+        let whole = n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.3e18).map(|f| f as u64));
+        whole.filter(|&w| w <= i64::MAX as u64)
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        from_number(serde_json::Number::deserialize(d)?).ok_or_else(|| D::Error::custom("expected a whole number from 0 to 9223372036854775807"))
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => from_number(n).map(Some).ok_or_else(|| D::Error::custom("expected a whole number from 0 to 9223372036854775807")),
+        }
+    }
+}
+
 /// A successful answer: `{"success": true, "data": ...}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Success<T: ToSchema> {
@@ -53,19 +77,22 @@ impl From<AccessModeJson> for AccessMode {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVolumeRequest {
-    /// Unique among live volumes; generated when absent.
+    /// Unique among live volumes, 1 to 63 characters, no control
+    /// characters; generated when absent.
+    #[schema(min_length = 1, max_length = 63, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub name: Option<String>,
     /// Logical (thin) size in bytes; the server's default when absent. Must
     /// match the source's size (or be absent) with `snapshot_id`/`template_id`.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1152921504606846976_u64)]
+    #[serde(default, deserialize_with = "whole::optional")]
     pub size_bytes: Option<u64>,
     /// RWO (default), ROX or RWX.
     pub access_mode: Option<AccessModeJson>,
     /// Read cache budget as a size string, e.g. "128M".
-    #[schema(example = "128M")]
+    #[schema(example = "128M", pattern = "^([0-9]{1,4}[BKMGTbkmgt]?|[0-9]{1,12})$")]
     pub cache_size: Option<String>,
     /// Unflushed bytes after which the volume flushes itself, e.g. "64M".
-    #[schema(example = "64M")]
+    #[schema(example = "64M", pattern = "^([0-9]{1,4}[BKMGTbkmgt]?|[0-9]{1,12})$")]
     pub buffer_size: Option<String>,
     /// Start with this snapshot's data (`snap-N`).
     pub snapshot_id: Option<String>,
@@ -77,7 +104,8 @@ pub struct CreateVolumeRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForkRequest {
-    /// Name of the fork; generated when absent.
+    /// Name of the fork (rules as for volumes); generated when absent.
+    #[schema(min_length = 1, max_length = 63, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub name: Option<String>,
     /// The source's access mode when absent.
     pub access_mode: Option<AccessModeJson>,
@@ -144,7 +172,8 @@ impl VolumeJson {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshotRequest {
-    /// Unique among the volume's snapshots.
+    /// Unique among the volume's snapshots, 1 to 63 characters, no control characters.
+    #[schema(min_length = 1, max_length = 63, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub name: String,
     /// Free text.
     #[serde(default)]
@@ -294,11 +323,13 @@ pub struct SnapshotSearch {
     /// creating, ready or failed.
     pub status: Option<StatusJson>,
     /// `key=value`: only snapshots with that label.
+    #[param(pattern = "^[^=]+=")]
     pub label: Option<String>,
     /// Page size, 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// From a previous page's `next_cursor`.
+    #[param(pattern = "^[0-9]{1,9}$")]
     pub cursor: Option<String>,
 }
 
@@ -311,6 +342,7 @@ pub struct RestoreRequest {
     pub safety_snapshot: bool,
     /// How long to wait for in-flight I/O to drain, 0 to 30000 ms (default 10000).
     #[schema(minimum = 0, maximum = 30000)]
+    #[serde(default, deserialize_with = "whole::optional")]
     pub timeout_ms: Option<u64>,
 }
 
@@ -342,7 +374,8 @@ pub struct DeletedJson {
 pub struct CreateTemplateRequest {
     /// The ready snapshot to make it from (`snap-N`).
     pub snapshot_id: String,
-    /// Unique among templates.
+    /// Unique among templates, 1 to 63 characters, no control characters.
+    #[schema(min_length = 1, max_length = 63, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
     pub name: String,
     /// Free text.
     #[serde(default)]
@@ -398,24 +431,30 @@ impl TemplateJson {
 pub struct PolicyJson {
     /// Seconds between automatic snapshots (at least 1).
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole::required")]
     pub interval_secs: u64,
-    /// Keep at least the newest N automatic snapshots.
-    #[serde(default)]
-    pub keep_last: Option<u32>,
+    /// Keep at least the newest N automatic snapshots (at most 4294967295).
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    pub keep_last: Option<u64>,
     /// Keep automatic snapshots younger than this many seconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::optional")]
+    #[schema(minimum = 1)]
     pub keep_for_secs: Option<u64>,
 }
 
 impl From<SnapshotPolicy> for PolicyJson {
     fn from(p: SnapshotPolicy) -> Self {
-        PolicyJson { interval_secs: p.interval_secs, keep_last: p.keep_last, keep_for_secs: p.keep_for_secs }
+        PolicyJson { interval_secs: p.interval_secs, keep_last: p.keep_last.map(u64::from), keep_for_secs: p.keep_for_secs }
     }
 }
 
-impl From<PolicyJson> for SnapshotPolicy {
-    fn from(p: PolicyJson) -> Self {
-        SnapshotPolicy { interval_secs: p.interval_secs, keep_last: p.keep_last, keep_for_secs: p.keep_for_secs }
+impl PolicyJson {
+    /// The engine's policy; `None` when `keep_last` does not fit (the
+    /// caller reports it).
+    pub fn to_engine(self) -> Option<SnapshotPolicy> {
+        let keep_last = self.keep_last.map(u32::try_from).transpose().ok()?;
+        Some(SnapshotPolicy { interval_secs: self.interval_secs, keep_last, keep_for_secs: self.keep_for_secs })
     }
 }
 
