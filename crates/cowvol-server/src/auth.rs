@@ -107,7 +107,11 @@ impl Tokens {
 
 /// Middleware: resolves the bearer token into a [`Caller`] request
 /// extension, or answers 401.
-pub async fn require_token(State(tokens): State<Arc<Tokens>>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_token(
+    State(tokens): State<Arc<Tokens>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let presented = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)

@@ -55,11 +55,7 @@ impl ApiError {
 
     /// 401: no token, or one that is not in the tokens file.
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid token is required (Authorization: Bearer TOKEN)",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid token is required (Authorization: Bearer TOKEN)")
     }
 
     /// 413: the body is larger than the server accepts.
@@ -127,5 +123,27 @@ impl IntoResponse for ApiError {
             error: ErrorBody { code: self.code.to_string(), message: self.message, field: self.field },
         };
         (self.status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_their_status_codes() {
+        let cases: Vec<(cowvol::Error, u16)> = vec![
+            (cowvol::Error::NotFound { what: "volume vol-1".into() }, 404),
+            (cowvol::Error::AlreadyExists { what: "volume \"a\"".into() }, 409),
+            (cowvol::Error::Busy { what: "volume vol-1".into(), reason: "restore".into() }, 409),
+            (cowvol::Error::Held { what: "snapshot snap-1".into() }, 409),
+            (cowvol::Error::Timeout { what: "restore".into(), waited_ms: 1 }, 504),
+            (cowvol::Error::InvalidArgument("bad".into()), 400),
+            (cowvol::Error::NoSpace { during: "writing".into() }, 507),
+            (cowvol::Error::Io { during: "reading".into(), source: std::io::Error::other("x") }, 500),
+        ];
+        for (e, status) in cases {
+            assert_eq!(ApiError::from(e).status().as_u16(), status);
+        }
     }
 }

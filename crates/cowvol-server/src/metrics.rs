@@ -51,7 +51,8 @@ impl Metrics {
         out.push_str("# HELP cowvol_http_requests_total HTTP requests answered, by method, route and status code.\n");
         out.push_str("# TYPE cowvol_http_requests_total counter\n");
         for ((m, r, c), s) in map.iter() {
-            let _ = writeln!(out, "cowvol_http_requests_total{{method=\"{m}\",route=\"{r}\",code=\"{c}\"}} {}", s.count);
+            let _ =
+                writeln!(out, "cowvol_http_requests_total{{method=\"{m}\",route=\"{r}\",code=\"{c}\"}} {}", s.count);
         }
         out.push_str("# HELP cowvol_http_request_duration_seconds Time to answer, by method, route and status code.\n");
         out.push_str("# TYPE cowvol_http_request_duration_seconds histogram\n");
@@ -60,7 +61,10 @@ impl Metrics {
             let mut cumulative = 0;
             for (bound, n) in BUCKETS.iter().zip(s.buckets) {
                 cumulative += n;
-                let _ = writeln!(out, "cowvol_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "cowvol_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
             }
             let _ = writeln!(out, "cowvol_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
             let _ = writeln!(out, "cowvol_http_request_duration_seconds_sum{{{labels}}} {}", s.sum_secs);

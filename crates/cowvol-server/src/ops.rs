@@ -119,7 +119,8 @@ impl App {
     /// `POST /api/v1/sandboxvolumes`.
     pub fn create_volume(&self, caller: &Caller, req: CreateVolumeRequest) -> R<VolumeJson> {
         // Missing sources are reported (404) before a bad combination (400).
-        let snapshot = req.snapshot_id.as_deref().map(|s| self.visible_snapshot_by_id(caller, "snapshot_id", s)).transpose()?;
+        let snapshot =
+            req.snapshot_id.as_deref().map(|s| self.visible_snapshot_by_id(caller, "snapshot_id", s)).transpose()?;
         let template = req.template_id.as_deref().map(|t| self.visible_template(caller, t)).transpose()?;
         if snapshot.is_some() && template.is_some() {
             return Err(ApiError::bad_request("template_id", "give snapshot_id or template_id, not both"));
@@ -227,7 +228,10 @@ impl App {
     pub fn restore(&self, caller: &Caller, id: &str, sid: &str, req: RestoreRequest) -> R<RestoreJson> {
         let timeout_ms = req.timeout_ms.unwrap_or(DEFAULT_RESTORE_TIMEOUT_MS);
         if timeout_ms > MAX_RESTORE_TIMEOUT_MS {
-            return Err(ApiError::bad_request("timeout_ms", format!("timeout_ms must be at most {MAX_RESTORE_TIMEOUT_MS}")));
+            return Err(ApiError::bad_request(
+                "timeout_ms",
+                format!("timeout_ms must be at most {MAX_RESTORE_TIMEOUT_MS}"),
+            ));
         }
         let v = self.visible_volume(caller, id)?;
         let s = self.existing_snapshot(caller, id, sid)?;
@@ -279,7 +283,9 @@ impl App {
         };
         let offset = match &q.cursor {
             None => 0,
-            Some(c) if c.len() <= 9 && c.bytes().all(|b| b.is_ascii_digit()) => c.parse::<usize>().unwrap_or(0),
+            Some(c) if !c.is_empty() && c.len() <= 9 && c.bytes().all(|b| b.is_ascii_digit()) => {
+                c.parse::<usize>().unwrap_or(0)
+            }
             Some(_) => return Err(ApiError::bad_request("cursor", "cursor is not one this server gave")),
         };
         let mut query = SnapshotQuery {
@@ -394,7 +400,10 @@ impl App {
             }
         }
         let engine = match policy {
-            Some(p) => Some(p.to_engine().ok_or_else(|| ApiError::bad_request("keep_last", "keep_last must be at most 4294967295"))?),
+            Some(p) => Some(
+                p.to_engine()
+                    .ok_or_else(|| ApiError::bad_request("keep_last", "keep_last must be at most 4294967295"))?,
+            ),
             None => None,
         };
         let v = self.store.set_policy(v.id, engine)?;
@@ -413,7 +422,10 @@ impl App {
 fn check_name(field: &str, name: &str) -> R<()> {
     let chars = name.chars().count();
     if chars == 0 || chars > 63 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(field, format!("{field} must be 1 to 63 characters without control characters")));
+        return Err(ApiError::bad_request(
+            field,
+            format!("{field} must be 1 to 63 characters without control characters"),
+        ));
     }
     Ok(())
 }
@@ -424,6 +436,9 @@ const MAX_VOLUME_BYTES: u64 = 1 << 60;
 
 fn size_field(field: &str, value: Option<&str>) -> R<Option<u64>> {
     value
-        .map(|s| parse_size(s).ok_or_else(|| ApiError::bad_request(field, format!("{s:?} is not a size (e.g. 512, 64K, 128M, 1G)"))))
+        .map(|s| {
+            parse_size(s)
+                .ok_or_else(|| ApiError::bad_request(field, format!("{s:?} is not a size (e.g. 512, 64K, 128M, 1G)")))
+        })
         .transpose()
 }

@@ -16,6 +16,9 @@ pub fn routes() -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/ui") }))
         .route("/ui", get(|| async { ([(CONTENT_TYPE, "text/html; charset=utf-8")], INDEX).into_response() }))
-        .route("/ui/panel.js", get(|| async { ([(CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response() }))
+        .route(
+            "/ui/panel.js",
+            get(|| async { ([(CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response() }),
+        )
         .route("/ui/panel.css", get(|| async { ([(CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response() }))
 }

@@ -57,7 +57,10 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let comps = api.components.get_or_insert_with(Default::default);
-        comps.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        comps.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -85,7 +88,11 @@ enum CommonErrors {
         (status = 413, description = "Body too large", body = Failure),
         (status = 507, description = "The store is full", body = Failure),
         CommonErrors))]
-pub async fn create_volume(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, JsonBody(req): JsonBody<CreateVolumeRequest>) -> Res<VolumeJson> {
+pub async fn create_volume(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    JsonBody(req): JsonBody<CreateVolumeRequest>,
+) -> Res<VolumeJson> {
     blocking(&app, CREATED, move |a| a.create_volume(&c, req)).await
 }
 
@@ -100,7 +107,11 @@ pub async fn list_volumes(State(app): State<Arc<App>>, Extension(c): Extension<C
 #[utoipa::path(get, path = "/api/v1/sandboxvolumes/{id}", tag = "volumes",
     params(("id" = String, Path, description = "vol-N")),
     responses((status = 200, body = Success<VolumeJson>), (status = 404, body = Failure), CommonErrors))]
-pub async fn get_volume(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Res<VolumeJson> {
+pub async fn get_volume(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Res<VolumeJson> {
     blocking(&app, OK, move |a| a.get_volume(&c, &id)).await
 }
 
@@ -111,7 +122,11 @@ pub async fn get_volume(State(app): State<Arc<App>>, Extension(c): Extension<Cal
         (status = 409, description = "Another operation holds the volume", body = Failure),
         (status = 504, description = "In-flight I/O did not drain; nothing was deleted", body = Failure),
         CommonErrors))]
-pub async fn delete_volume(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Res<DeletedJson> {
+pub async fn delete_volume(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Res<DeletedJson> {
     blocking(&app, OK, move |a| a.delete_volume(&c, &id)).await
 }
 
@@ -124,7 +139,12 @@ pub async fn delete_volume(State(app): State<Arc<App>>, Extension(c): Extension<
         (status = 413, description = "Body too large", body = Failure),
         (status = 507, description = "The store is full", body = Failure),
         CommonErrors))]
-pub async fn fork_volume(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path(id): Path<String>, JsonBody(req): JsonBody<ForkRequest>) -> Res<VolumeJson> {
+pub async fn fork_volume(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ForkRequest>,
+) -> Res<VolumeJson> {
     blocking(&app, CREATED, move |a| a.fork_volume(&c, &id, req)).await
 }
 
@@ -137,7 +157,12 @@ pub async fn fork_volume(State(app): State<Arc<App>>, Extension(c): Extension<Ca
         (status = 413, description = "Body too large", body = Failure),
         (status = 507, description = "The store is full", body = Failure),
         CommonErrors))]
-pub async fn create_snapshot(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path(id): Path<String>, RequiredJson(req): RequiredJson<CreateSnapshotRequest>) -> Res<SnapshotJson> {
+pub async fn create_snapshot(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    RequiredJson(req): RequiredJson<CreateSnapshotRequest>,
+) -> Res<SnapshotJson> {
     blocking(&app, CREATED, move |a| a.create_snapshot(&c, &id, req)).await
 }
 
@@ -145,7 +170,12 @@ pub async fn create_snapshot(State(app): State<Arc<App>>, Extension(c): Extensio
 #[utoipa::path(get, path = "/api/v1/sandboxvolumes/{id}/snapshots", tag = "snapshots",
     params(("id" = String, Path, description = "vol-N"), SnapshotSearch),
     responses((status = 200, body = Success<SnapshotPageJson>), (status = 404, body = Failure), CommonErrors))]
-pub async fn list_volume_snapshots(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path(id): Path<String>, QueryParams(q): QueryParams<SnapshotSearch>) -> Res<SnapshotPageJson> {
+pub async fn list_volume_snapshots(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<SnapshotSearch>,
+) -> Res<SnapshotPageJson> {
     blocking(&app, OK, move |a| a.list_volume_snapshots(&c, &id, q)).await
 }
 
@@ -153,7 +183,11 @@ pub async fn list_volume_snapshots(State(app): State<Arc<App>>, Extension(c): Ex
 #[utoipa::path(get, path = "/api/v1/sandboxvolumes/{id}/snapshots/{sid}", tag = "snapshots",
     params(("id" = String, Path, description = "vol-N"), ("sid" = String, Path, description = "snap-N")),
     responses((status = 200, body = Success<SnapshotJson>), (status = 404, body = Failure), CommonErrors))]
-pub async fn get_snapshot(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path((id, sid)): Path<(String, String)>) -> Res<SnapshotJson> {
+pub async fn get_snapshot(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path((id, sid)): Path<(String, String)>,
+) -> Res<SnapshotJson> {
     blocking(&app, OK, move |a| a.get_snapshot(&c, &id, &sid)).await
 }
 
@@ -164,7 +198,11 @@ pub async fn get_snapshot(State(app): State<Arc<App>>, Extension(c): Extension<C
         (status = 404, description = "The snapshot belongs to another owner", body = Failure),
         (status = 409, description = "The snapshot is held, or another operation holds the volume", body = Failure),
         CommonErrors))]
-pub async fn delete_snapshot(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path((id, sid)): Path<(String, String)>) -> Res<DeletedJson> {
+pub async fn delete_snapshot(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path((id, sid)): Path<(String, String)>,
+) -> Res<DeletedJson> {
     blocking(&app, OK, move |a| a.delete_snapshot(&c, &id, &sid)).await
 }
 
@@ -179,7 +217,12 @@ pub async fn delete_snapshot(State(app): State<Arc<App>>, Extension(c): Extensio
         (status = 504, description = "In-flight I/O did not drain within timeout_ms; nothing was applied", body = Failure),
         (status = 507, description = "The store is full", body = Failure),
         CommonErrors))]
-pub async fn restore_snapshot(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path((id, sid)): Path<(String, String)>, JsonBody(req): JsonBody<RestoreRequest>) -> Res<RestoreJson> {
+pub async fn restore_snapshot(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path((id, sid)): Path<(String, String)>,
+    JsonBody(req): JsonBody<RestoreRequest>,
+) -> Res<RestoreJson> {
     blocking(&app, OK, move |a| a.restore(&c, &id, &sid, req)).await
 }
 
@@ -188,7 +231,11 @@ pub async fn restore_snapshot(State(app): State<Arc<App>>, Extension(c): Extensi
     params(("id" = String, Path, description = "vol-N"), ("sid" = String, Path, description = "snap-N")),
     responses((status = 200, body = Success<SnapshotJson>), (status = 404, body = Failure),
         (status = 409, description = "Another operation holds the volume", body = Failure), CommonErrors))]
-pub async fn hold_snapshot(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path((id, sid)): Path<(String, String)>) -> Res<SnapshotJson> {
+pub async fn hold_snapshot(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path((id, sid)): Path<(String, String)>,
+) -> Res<SnapshotJson> {
     blocking(&app, OK, move |a| a.set_hold(&c, &id, &sid, true)).await
 }
 
@@ -197,14 +244,22 @@ pub async fn hold_snapshot(State(app): State<Arc<App>>, Extension(c): Extension<
     params(("id" = String, Path, description = "vol-N"), ("sid" = String, Path, description = "snap-N")),
     responses((status = 200, body = Success<SnapshotJson>), (status = 404, body = Failure),
         (status = 409, description = "Another operation holds the volume", body = Failure), CommonErrors))]
-pub async fn release_snapshot(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path((id, sid)): Path<(String, String)>) -> Res<SnapshotJson> {
+pub async fn release_snapshot(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path((id, sid)): Path<(String, String)>,
+) -> Res<SnapshotJson> {
     blocking(&app, OK, move |a| a.set_hold(&c, &id, &sid, false)).await
 }
 
 /// Searches snapshots across the store, newest first, a page at a time.
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "snapshots", params(SnapshotSearch),
     responses((status = 200, body = Success<SnapshotPageJson>), CommonErrors))]
-pub async fn search_snapshots(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, QueryParams(q): QueryParams<SnapshotSearch>) -> Res<SnapshotPageJson> {
+pub async fn search_snapshots(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    QueryParams(q): QueryParams<SnapshotSearch>,
+) -> Res<SnapshotPageJson> {
     blocking(&app, OK, move |a| a.search(&c, q, None)).await
 }
 
@@ -215,7 +270,11 @@ pub async fn search_snapshots(State(app): State<Arc<App>>, Extension(c): Extensi
         (status = 413, description = "Body too large", body = Failure),
         (status = 507, description = "The store is full", body = Failure),
         CommonErrors))]
-pub async fn create_template(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, RequiredJson(req): RequiredJson<CreateTemplateRequest>) -> Res<TemplateJson> {
+pub async fn create_template(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    RequiredJson(req): RequiredJson<CreateTemplateRequest>,
+) -> Res<TemplateJson> {
     blocking(&app, CREATED, move |a| a.create_template(&c, req)).await
 }
 
@@ -230,7 +289,11 @@ pub async fn list_templates(State(app): State<Arc<App>>, Extension(c): Extension
 #[utoipa::path(get, path = "/api/v1/templates/{id}", tag = "templates",
     params(("id" = String, Path, description = "tmpl-N")),
     responses((status = 200, body = Success<TemplateJson>), (status = 404, body = Failure), CommonErrors))]
-pub async fn get_template(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Res<TemplateJson> {
+pub async fn get_template(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Res<TemplateJson> {
     blocking(&app, OK, move |a| a.get_template(&c, &id)).await
 }
 
@@ -238,7 +301,11 @@ pub async fn get_template(State(app): State<Arc<App>>, Extension(c): Extension<C
 #[utoipa::path(delete, path = "/api/v1/templates/{id}", tag = "templates",
     params(("id" = String, Path, description = "tmpl-N")),
     responses((status = 200, body = Success<DeletedJson>), (status = 404, description = "Another owner's template", body = Failure), CommonErrors))]
-pub async fn delete_template(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Res<DeletedJson> {
+pub async fn delete_template(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Res<DeletedJson> {
     blocking(&app, OK, move |a| a.delete_template(&c, &id)).await
 }
 
@@ -250,7 +317,12 @@ pub async fn delete_template(State(app): State<Arc<App>>, Extension(c): Extensio
         (status = 413, description = "Body too large", body = Failure),
         (status = 507, description = "The store is full", body = Failure),
         CommonErrors))]
-pub async fn put_policy(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path(id): Path<String>, RequiredJson(p): RequiredJson<PolicyJson>) -> Res<PolicyStateJson> {
+pub async fn put_policy(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    RequiredJson(p): RequiredJson<PolicyJson>,
+) -> Res<PolicyStateJson> {
     blocking(&app, OK, move |a| a.set_policy(&c, &id, Some(p))).await
 }
 
@@ -258,7 +330,11 @@ pub async fn put_policy(State(app): State<Arc<App>>, Extension(c): Extension<Cal
 #[utoipa::path(get, path = "/api/v1/sandboxvolumes/{id}/policy", tag = "policies",
     params(("id" = String, Path, description = "vol-N")),
     responses((status = 200, body = Success<PolicyStateJson>), (status = 404, body = Failure), CommonErrors))]
-pub async fn get_policy(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Res<PolicyStateJson> {
+pub async fn get_policy(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Res<PolicyStateJson> {
     blocking(&app, OK, move |a| a.get_policy(&c, &id)).await
 }
 
@@ -269,7 +345,11 @@ pub async fn get_policy(State(app): State<Arc<App>>, Extension(c): Extension<Cal
         (status = 409, description = "Another operation holds the volume", body = Failure),
         (status = 507, description = "The store is full", body = Failure),
         CommonErrors))]
-pub async fn delete_policy(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, Path(id): Path<String>) -> Res<PolicyStateJson> {
+pub async fn delete_policy(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Res<PolicyStateJson> {
     blocking(&app, OK, move |a| a.set_policy(&c, &id, None)).await
 }
 

@@ -1,7 +1,9 @@
 //! The JSON the API speaks: request and answer types of their own,
 //! converted from and to the engine's types here and nowhere else.
 
-use cowvol::{AccessMode, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateInfo, VolumeInfo, VolumeOrigin};
+use cowvol::{
+    AccessMode, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateInfo, VolumeInfo, VolumeOrigin,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -14,18 +16,23 @@ mod whole {
 
     /// At most i64::MAX: the OpenAPI `int64` format's range.
     fn from_number(n: serde_json::Number) -> Option<u64> {
-        let whole = n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.3e18).map(|f| f as u64));
+        let whole = n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 9.3e18).map(|f| f as u64));
         whole.filter(|&w| w <= i64::MAX as u64)
     }
 
     pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        from_number(serde_json::Number::deserialize(d)?).ok_or_else(|| D::Error::custom("expected a whole number from 0 to 9223372036854775807"))
+        from_number(serde_json::Number::deserialize(d)?)
+            .ok_or_else(|| D::Error::custom("expected a whole number from 0 to 9223372036854775807"))
     }
 
     pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         match Option::<serde_json::Number>::deserialize(d)? {
             None => Ok(None),
-            Some(n) => from_number(n).map(Some).ok_or_else(|| D::Error::custom("expected a whole number from 0 to 9223372036854775807")),
+            Some(n) => from_number(n)
+                .map(Some)
+                .ok_or_else(|| D::Error::custom("expected a whole number from 0 to 9223372036854775807")),
         }
     }
 }
@@ -445,7 +452,11 @@ pub struct PolicyJson {
 
 impl From<SnapshotPolicy> for PolicyJson {
     fn from(p: SnapshotPolicy) -> Self {
-        PolicyJson { interval_secs: p.interval_secs, keep_last: p.keep_last.map(u64::from), keep_for_secs: p.keep_for_secs }
+        PolicyJson {
+            interval_secs: p.interval_secs,
+            keep_last: p.keep_last.map(u64::from),
+            keep_for_secs: p.keep_for_secs,
+        }
     }
 }
 

@@ -9,7 +9,12 @@ use std::os::unix::fs::PermissionsExt;
 fn api_calls_without_a_valid_token_answer_401() {
     let s = TestServer::start();
     for token in [None, Some("wrong-token-000000000"), Some("")] {
-        for (m, p) in [("GET", "/api/v1/sandboxvolumes"), ("POST", "/api/v1/sandboxvolumes"), ("GET", "/api/v1/snapshots"), ("DELETE", "/api/v1/templates/tmpl-1")] {
+        for (m, p) in [
+            ("GET", "/api/v1/sandboxvolumes"),
+            ("POST", "/api/v1/sandboxvolumes"),
+            ("GET", "/api/v1/snapshots"),
+            ("DELETE", "/api/v1/templates/tmpl-1"),
+        ] {
             let (st, v) = s.call(m, p, token, None);
             assert_eq!((st, code(&v)), (401, "unauthorized"), "{m} {p} {token:?}");
         }

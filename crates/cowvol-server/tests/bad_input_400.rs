@@ -27,7 +27,14 @@ fn bad_input_answers_400_naming_the_field() {
         assert_eq!(code(&v), "invalid_argument");
         assert_eq!(v["error"]["field"], field, "{method} {path} {body}: {v}");
     }
-    for (query, field) in [("limit=0", "limit"), ("limit=x", "limit"), ("kind=weird", "kind"), ("label=nokey", "label"), ("cursor=zz", "cursor"), ("bogus=1", "bogus")] {
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=x", "limit"),
+        ("kind=weird", "kind"),
+        ("label=nokey", "label"),
+        ("cursor=zz", "cursor"),
+        ("bogus=1", "bogus"),
+    ] {
         let (st, v) = s.get(&format!("/api/v1/snapshots?{query}"), ALICE);
         assert_eq!(st, 400, "{query}: {v}");
         assert!(v["error"]["field"].as_str().unwrap().contains(field) || field == "bogus", "{query}: {v}");

@@ -1,7 +1,8 @@
 //! The panel in a real browser (Debian's chromium through chromedriver):
 //! log in, list, search, revert a snapshot (and see the data roll back),
-//! create a volume from a snapshot, delete a snapshot; saves a screenshot
-//! of the panel to docs/panel.png.
+//! create a volume from a snapshot, delete a snapshot. Saves a screenshot
+//! of the panel to target/panel.png, or to docs/panel.png with
+//! COWVOL_UPDATE_SCREENSHOT=1.
 
 mod common;
 use common::*;
@@ -123,7 +124,12 @@ fn panel_lists_searches_reverts_creates_and_deletes() {
     let db = s.volume(ALICE, "postgres-data", 256 << 20);
     let dbid = db.parse().unwrap();
     s.snapshot(ALICE, &db, "before-migration");
-    let auto = SnapshotOptions { name: "nightly-2026-12-02".into(), owner: "alice".into(), kind: SnapshotKind::Auto, ..Default::default() };
+    let auto = SnapshotOptions {
+        name: "nightly-2026-12-02".into(),
+        owner: "alice".into(),
+        kind: SnapshotKind::Auto,
+        ..Default::default()
+    };
     s.store.create_snapshot(dbid, auto).unwrap();
     let pending = SnapshotOptions { name: "pre-upgrade".into(), owner: "alice".into(), ..Default::default() };
     s.store.begin_snapshot(dbid, pending).unwrap();
@@ -151,10 +157,15 @@ fn panel_lists_searches_reverts_creates_and_deletes() {
         }
         assert!(!text.contains("bob-private"));
 
-        // The screenshot for the docs, with every status on show.
+        // A screenshot with every status on show; it replaces the one in
+        // the docs only when asked, so test runs leave the tree clean.
         let png = c.screenshot().await.unwrap();
-        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/panel.png");
-        std::fs::write(&docs, png).unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let to = match std::env::var_os("COWVOL_UPDATE_SCREENSHOT") {
+            Some(_) => root.join("docs/panel.png"),
+            None => root.join("target/panel.png"),
+        };
+        std::fs::write(&to, png).unwrap();
 
         // Search by name, then by volume id.
         let search = c.find(Locator::Id("search")).await.unwrap();
@@ -192,7 +203,11 @@ fn panel_lists_searches_reverts_creates_and_deletes() {
         assert_eq!(made.expect("volume not created")["source_snapshot_id"], golden.as_str());
 
         // Delete a snapshot.
-        let first = strings(&c, "const r = document.querySelector('#snapshots tbody tr'); return [r.dataset.id, r.dataset.volume]").await;
+        let first = strings(
+            &c,
+            "const r = document.querySelector('#snapshots tbody tr'); return [r.dataset.id, r.dataset.volume]",
+        )
+        .await;
         let (doomed, doomed_vol) = (first[0].clone(), first[1].clone());
         row_action(&c, &doomed, "act-delete").await;
         c.find(Locator::Id("dialog-ok")).await.unwrap().click().await.unwrap();

@@ -21,7 +21,10 @@ fn snapshot_fields_holds_and_idempotent_delete() {
     assert_eq!(d["volume_id"], vol.as_str());
     assert_eq!((d["name"].as_str(), d["description"].as_str()), (Some("golden"), Some("clean")));
     assert_eq!(d["size_bytes"], 8 << 20);
-    assert_eq!((d["kind"].as_str(), d["status"].as_str(), d["owner"].as_str()), (Some("manual"), Some("ready"), Some("alice")));
+    assert_eq!(
+        (d["kind"].as_str(), d["status"].as_str(), d["owner"].as_str()),
+        (Some("manual"), Some("ready"), Some("alice"))
+    );
     assert_eq!(d["labels"]["env"], "ci");
     assert_eq!(d["held"], false);
     assert!(d["created_at"].as_str().unwrap().contains('T'));

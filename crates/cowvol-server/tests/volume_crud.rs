@@ -18,7 +18,8 @@ fn volumes_are_created_listed_forked_and_deleted() {
     assert_eq!(v["data"]["owner"], "alice");
     assert!(v["data"]["created_at"].as_str().unwrap().ends_with('Z'));
 
-    let body = json!({"name": "db", "size_bytes": 1 << 30, "access_mode": "RWX", "cache_size": "128M", "buffer_size": "16M"});
+    let body =
+        json!({"name": "db", "size_bytes": 1 << 30, "access_mode": "RWX", "cache_size": "128M", "buffer_size": "16M"});
     let (st, v) = s.post("/api/v1/sandboxvolumes", ALICE, body);
     assert_eq!(st, 201, "{v}");
     let d = &v["data"];
@@ -41,7 +42,8 @@ fn volumes_are_created_listed_forked_and_deleted() {
     assert_eq!(st, 201, "{f}");
     assert_eq!(f["data"]["access_mode"], "RWX");
     assert_eq!(f["data"]["source_volume_id"], id.as_str());
-    let (st, f2) = s.post(&format!("/api/v1/sandboxvolumes/{id}/fork"), ALICE, json!({"name": "ro", "access_mode": "ROX"}));
+    let (st, f2) =
+        s.post(&format!("/api/v1/sandboxvolumes/{id}/fork"), ALICE, json!({"name": "ro", "access_mode": "ROX"}));
     assert_eq!(st, 201, "{f2}");
     assert_eq!((f2["data"]["access_mode"].as_str(), f2["data"]["name"].as_str()), (Some("ROX"), Some("ro")));
 
