@@ -98,6 +98,19 @@ pub fn decode_superblock(bytes: &[u8]) -> Result<Option<u64>> {
     Ok(crate::format::Superblock::decode(bytes)?.map(|sb| sb.generation))
 }
 
+/// Byte offset of the live catalog in a data file's image: the one the valid
+/// superblock with the highest generation points at. `None` when neither
+/// slot holds a valid superblock.
+pub fn catalog_offset(image: &[u8]) -> Option<u64> {
+    let best = crate::format::SUPERBLOCK_SLOTS
+        .iter()
+        .filter_map(|&slot| image.get(slot as usize..slot as usize + crate::format::SUPERBLOCK_LEN))
+        .filter_map(|b| crate::format::Superblock::decode(b).ok().flatten())
+        .max_by_key(|sb| sb.generation)?;
+    let bs = best.block_size as u64;
+    Some(crate::format::data_start(best.block_size) + best.catalog_page * bs)
+}
+
 /// Decodes a tree node page of a store with 4 KiB blocks as it would be read
 /// at `page` and `level`, returning its entry count.
 ///
