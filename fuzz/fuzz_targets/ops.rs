@@ -524,6 +524,7 @@ fn run(ops: &[Op]) {
                             created_at: got.created_at,
                             source: (s.info.volume_id, sid),
                             labels: BTreeMap::new(),
+                            owner: s.info.owner.clone(),
                         };
                         assert_eq!(got, want, "new template");
                         assert!(!model.templates.contains_key(&got.id), "template id {} reused", got.id);

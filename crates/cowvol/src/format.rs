@@ -14,8 +14,12 @@ pub(crate) const SECTOR: u64 = 4096;
 /// The name of the single data file of a store.
 pub(crate) const DATA_FILE: &str = "cowvol.dat";
 
-/// Current on-disk format version.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Current on-disk format version. Version 3 added owners to volumes and
+/// templates.
+pub(crate) const FORMAT_VERSION: u32 = 3;
+/// The oldest version this build opens. Its stores are read as they are and
+/// written in the current version from their first checkpoint on.
+pub(crate) const OLDEST_READABLE_VERSION: u32 = 2;
 
 /// A CRC32 (Castagnoli polynomial is not needed here; crc32fast is IEEE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,11 +89,19 @@ pub(crate) struct Dec<'a> {
     buf: &'a [u8],
     pos: usize,
     what: &'static str,
+    /// The format version the bytes were written in; decoders of records
+    /// that grew fields read the old shape for older versions.
+    pub(crate) version: u32,
 }
 
 impl<'a> Dec<'a> {
     pub(crate) fn new(buf: &'a [u8], what: &'static str) -> Dec<'a> {
-        Dec { buf, pos: 0, what }
+        Dec { buf, pos: 0, what, version: FORMAT_VERSION }
+    }
+
+    /// Decodes bytes written in format `version`.
+    pub(crate) fn of_version(buf: &'a [u8], what: &'static str, version: u32) -> Dec<'a> {
+        Dec { version, ..Dec::new(buf, what) }
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
@@ -173,6 +185,9 @@ pub(crate) struct LogStart {
 /// that follows it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Superblock {
+    /// The version the store's catalog and log were written in. Encoding
+    /// always writes [`FORMAT_VERSION`].
+    pub(crate) version: u32,
     pub(crate) block_size: u32,
     pub(crate) fanout_bits: u32,
     pub(crate) generation: u64,
@@ -220,8 +235,11 @@ impl Superblock {
         let mut d = Dec::new(body, "superblock");
         d.bytes(8)?;
         let version = d.u32()?;
-        if version != FORMAT_VERSION {
-            return Err(d.bad(format!("format version {version} is not supported (this build reads {FORMAT_VERSION})")));
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
+            return Err(d.bad(format!(
+                "format version {version} is not supported (this build reads versions \
+                 {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
+            )));
         }
         let block_size = d.u32()?;
         let fanout_bits = d.u32()?;
@@ -244,6 +262,7 @@ impl Superblock {
             return Err(d.bad(format!("fan-out {fanout_bits} does not match block size {block_size}")));
         }
         Ok(Some(Superblock {
+            version,
             block_size,
             fanout_bits,
             generation,
@@ -401,6 +420,7 @@ mod tests {
     #[test]
     fn superblock_round_trips_and_rejects_bit_flips() {
         let sb = Superblock {
+            version: FORMAT_VERSION,
             block_size: 4096,
             fanout_bits: fanout_bits_for(4096),
             generation: 7,

@@ -7,15 +7,17 @@
 //! wholly done or wholly undone, and a snapshot left `Creating` is marked
 //! `Failed` when the store opens.
 
+use crate::catalog::validate_name;
 use crate::catalog::{
     now_secs, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo,
     VolumeId, VolumeInfo, VolumeOrigin,
 };
+use crate::engine::record::Record;
+use crate::engine::{try_admin, Engine, State, VolRuntime};
 use crate::error::{Error, Result};
 use crate::options::{Deleted, SnapshotOptions, VolumeOptions};
-use crate::store::{try_admin, validate_name, Inner, State, Store, VolRuntime};
+use crate::store::Store;
 use crate::volume::{Target, Volume};
-use crate::wal::Record;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub struct TemplateOptions {
     pub description: String,
     /// Free key/value labels.
     pub labels: BTreeMap<String, String>,
+    /// Owner of the template; empty (the default) means its snapshot's owner.
+    pub owner: String,
 }
 
 impl TemplateOptions {
@@ -116,7 +120,7 @@ impl Store {
     /// # Errors
     /// As [`Store::create_snapshot`].
     pub fn begin_snapshot(&self, volume: VolumeId, opts: SnapshotOptions) -> Result<SnapshotInfo> {
-        self.inner.take_snapshot(volume, opts, SnapshotStatus::Creating, now_secs())
+        self.engine.take_snapshot(volume, opts, SnapshotStatus::Creating, now_secs())
     }
 
     /// Captures a `Creating` snapshot: it holds exactly the writes that
@@ -128,17 +132,17 @@ impl Store {
     /// is not `Creating`; [`Error::Busy`] when another administrative
     /// operation holds the volume.
     pub fn commit_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<SnapshotInfo> {
-        let inner = &self.inner;
-        inner.ensure_writable()?;
-        let rt = inner.state.lock().vol(volume)?.rt.clone();
+        let engine = &self.engine;
+        engine.ensure_writable()?;
+        let rt = engine.state.lock().vol(volume)?.rt.clone();
         let _admin = try_admin(&rt, volume, "commit")?;
         let (info, lsn) = {
-            let mut st = inner.state.lock();
+            let mut st = engine.state.lock();
             let s = creating_snap(&st, volume, snapshot)?;
             let info = SnapshotInfo { status: SnapshotStatus::Ready, ..s.clone() };
-            (info, inner.apply_and_log(&mut st, Record::CommitSnapshot { snap: snapshot.0 })?)
+            (info, engine.apply_and_log(&mut st, Record::CommitSnapshot { snap: snapshot.0 })?)
         };
-        inner.sync_to(lsn)?;
+        engine.sync_to(lsn)?;
         Ok(info)
     }
 
@@ -149,7 +153,7 @@ impl Store {
     /// [`Error::NotFound`]; [`Error::InvalidArgument`] when the snapshot
     /// is not `Creating`.
     pub fn abort_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<SnapshotInfo> {
-        self.inner.update_snapshot(volume, snapshot, |s| {
+        self.engine.update_snapshot(volume, snapshot, |s| {
             creating_status(s)?;
             s.status = SnapshotStatus::Failed;
             Ok(())
@@ -175,7 +179,7 @@ impl Store {
     }
 
     fn set_hold(&self, volume: VolumeId, snapshot: SnapshotId, held: bool) -> Result<SnapshotInfo> {
-        self.inner.update_snapshot(volume, snapshot, |s| {
+        self.engine.update_snapshot(volume, snapshot, |s| {
             s.held = held;
             Ok(())
         })
@@ -199,26 +203,26 @@ impl Store {
         if ids.is_empty() || ids.len() != volumes.len() {
             return Err(Error::invalid("a group snapshot needs a list of distinct volumes"));
         }
-        let inner = &self.inner;
-        inner.ensure_writable()?;
+        let engine = &self.engine;
+        engine.ensure_writable()?;
         let rts: Vec<Arc<VolRuntime>> = {
-            let st = inner.state.lock();
+            let st = engine.state.lock();
             ids.iter().map(|&v| st.vol(v).map(|v| v.rt.clone())).collect::<Result<_>>()?
         };
         // Taken in id order; `try_lock` cannot deadlock anyway.
         let _admins =
             ids.iter().zip(&rts).map(|(&v, rt)| try_admin(rt, v, "group snapshot")).collect::<Result<Vec<_>>>()?;
         let (infos, lsn) = {
-            let mut st = inner.state.lock();
+            let mut st = engine.state.lock();
             let now = now_secs();
             let infos = volumes
                 .iter()
                 .map(|&v| st.new_snapshot_info(v, opts.clone(), SnapshotStatus::Ready, now))
                 .collect::<Result<Vec<_>>>()?;
-            let lsn = inner.apply_and_log(&mut st, Record::CreateSnapshots(infos.clone()))?;
+            let lsn = engine.apply_and_log(&mut st, Record::CreateSnapshots(infos.clone()))?;
             (infos, lsn)
         };
-        inner.sync_to(lsn)?;
+        engine.sync_to(lsn)?;
         Ok(infos)
     }
 
@@ -227,7 +231,7 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`].
     pub fn snapshot(&self, snapshot: SnapshotId) -> Result<SnapshotInfo> {
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         st.snapshots.get(&snapshot.0).map(|s| s.info.clone()).ok_or_else(|| not_found_snapshot(snapshot))
     }
 
@@ -256,7 +260,7 @@ impl Store {
     /// ```
     pub fn search_snapshots(&self, query: &SnapshotQuery) -> SnapshotPage {
         let needle = query.name_contains.as_ref().map(|n| n.to_lowercase());
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         let mut hits: Vec<&SnapshotInfo> =
             st.snapshots.values().map(|s| &s.info).filter(|s| matches(s, query, needle.as_deref())).collect();
         hits.sort_by_key(|s| (s.created_at, s.id));
@@ -284,12 +288,12 @@ impl Store {
     /// taken name.
     pub fn create_volume_from_snapshot(&self, snapshot: SnapshotId, opts: VolumeOptions) -> Result<VolumeInfo> {
         let (volume, size) = {
-            let st = self.inner.state.lock();
+            let st = self.engine.state.lock();
             let s = st.snapshots.get(&snapshot.0).ok_or_else(|| not_found_snapshot(snapshot))?;
             st.ready_snap_of(s.info.volume_id, snapshot)?;
             (s.info.volume_id, s.info.size_bytes)
         };
-        self.inner.create_volume_with_origin(VolumeOrigin::Snapshot(volume, snapshot), size, opts)
+        self.engine.create_volume_with_origin(VolumeOrigin::Snapshot(volume, snapshot), size, opts)
     }
 
     /// Creates a writable volume from a template, sharing all its blocks.
@@ -299,7 +303,7 @@ impl Store {
     /// As [`Store::create_volume_from_snapshot`].
     pub fn create_volume_from_template(&self, template: TemplateId, opts: VolumeOptions) -> Result<VolumeInfo> {
         let size = self.template(template)?.size_bytes;
-        self.inner.create_volume_with_origin(VolumeOrigin::Template(template), size, opts)
+        self.engine.create_volume_with_origin(VolumeOrigin::Template(template), size, opts)
     }
 
     /// Makes a template from a ready snapshot: a named, read-only image
@@ -328,10 +332,10 @@ impl Store {
     /// is not ready; [`Error::AlreadyExists`] for a taken template name.
     pub fn create_template(&self, snapshot: SnapshotId, opts: TemplateOptions) -> Result<TemplateInfo> {
         validate_name("template", &opts.name)?;
-        let inner = &self.inner;
-        inner.ensure_writable()?;
+        let engine = &self.engine;
+        engine.ensure_writable()?;
         let (info, lsn) = {
-            let mut st = inner.state.lock();
+            let mut st = engine.state.lock();
             let s = st.snapshots.get(&snapshot.0).ok_or_else(|| not_found_snapshot(snapshot))?;
             let s = st.ready_snap_of(s.info.volume_id, snapshot)?;
             if st.templates.values().any(|t| t.info.name == opts.name) {
@@ -345,17 +349,18 @@ impl Store {
                 created_at: now_secs(),
                 source: (s.info.volume_id, snapshot),
                 labels: opts.labels,
+                owner: if opts.owner.is_empty() { s.info.owner.clone() } else { opts.owner },
             };
-            let lsn = inner.apply_and_log(&mut st, Record::CreateTemplate(info.clone()))?;
+            let lsn = engine.apply_and_log(&mut st, Record::CreateTemplate(info.clone()))?;
             (info, lsn)
         };
-        inner.sync_to(lsn)?;
+        engine.sync_to(lsn)?;
         Ok(info)
     }
 
     /// Every template, by id.
     pub fn list_templates(&self) -> Vec<TemplateInfo> {
-        self.inner.state.lock().templates.values().map(|t| t.info.clone()).collect()
+        self.engine.state.lock().templates.values().map(|t| t.info.clone()).collect()
     }
 
     /// One template's record.
@@ -363,13 +368,13 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`].
     pub fn template(&self, id: TemplateId) -> Result<TemplateInfo> {
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         st.templates.get(&id.0).map(|t| t.info.clone()).ok_or_else(|| Error::not_found(format!("template {id}")))
     }
 
     /// Finds a template by name.
     pub fn template_by_name(&self, name: &str) -> Option<TemplateInfo> {
-        self.inner.state.lock().templates.values().find(|t| t.info.name == name).map(|t| t.info.clone())
+        self.engine.state.lock().templates.values().find(|t| t.info.name == name).map(|t| t.info.clone())
     }
 
     /// Deletes a template. Idempotent. Volumes made from it keep every
@@ -379,17 +384,17 @@ impl Store {
     /// # Errors
     /// I/O errors only.
     pub fn delete_template(&self, id: TemplateId) -> Result<Deleted> {
-        let inner = &self.inner;
-        inner.ensure_writable()?;
+        let engine = &self.engine;
+        engine.ensure_writable()?;
         let lsn = {
-            let mut st = inner.state.lock();
+            let mut st = engine.state.lock();
             if !st.templates.contains_key(&id.0) {
                 return Ok(Deleted { existed: false });
             }
-            inner.apply_and_log(&mut st, Record::DeleteTemplate { tmpl: id.0 })?
+            engine.apply_and_log(&mut st, Record::DeleteTemplate { tmpl: id.0 })?
         };
-        inner.sync_to(lsn)?;
-        inner.reclaim();
+        engine.sync_to(lsn)?;
+        engine.reclaim();
         Ok(Deleted { existed: true })
     }
 
@@ -399,7 +404,15 @@ impl Store {
     /// [`Error::NotFound`].
     pub fn open_template(&self, id: TemplateId) -> Result<Volume> {
         let size = self.template(id)?.size_bytes;
-        Ok(Volume::new(self.clone(), Target::Template(id), size, Arc::new(VolRuntime::default()), false, u64::MAX))
+        Ok(Volume::new(
+            self.keeper.clone(),
+            self.engine.clone(),
+            Target::Template(id),
+            size,
+            Arc::new(VolRuntime::default()),
+            false,
+            u64::MAX,
+        ))
     }
 
     /// Sets (or, with `None`, clears) a volume's automatic snapshot policy.
@@ -412,15 +425,15 @@ impl Store {
         if let Some(p) = &policy {
             validate_policy(p)?;
         }
-        let inner = &self.inner;
-        inner.ensure_writable()?;
+        let engine = &self.engine;
+        engine.ensure_writable()?;
         let (info, lsn) = {
-            let mut st = inner.state.lock();
+            let mut st = engine.state.lock();
             st.vol(volume)?;
-            let lsn = inner.apply_and_log(&mut st, Record::SetPolicy { vol: volume.0, policy })?;
+            let lsn = engine.apply_and_log(&mut st, Record::SetPolicy { vol: volume.0, policy })?;
             (st.vol(volume)?.info.clone(), lsn)
         };
-        inner.sync_to(lsn)?;
+        engine.sync_to(lsn)?;
         Ok(info)
     }
 
@@ -452,11 +465,11 @@ impl Store {
     /// # Ok(()) }
     /// ```
     pub fn run_policies(&self, now: u64) -> PolicyRun {
-        self.inner.run_policies(now)
+        self.engine.run_policies(now)
     }
 }
 
-impl Inner {
+impl Engine {
     pub(crate) fn run_policies(&self, now: u64) -> PolicyRun {
         let _one_pass = self.policy_pass.lock();
         let mut run = PolicyRun::default();
@@ -583,13 +596,15 @@ impl Inner {
                 VolumeOrigin::Template(_) => {}
             }
             st.check_volume_name_free(&opts.name)?;
+            let owner = if opts.owner.is_empty() { st.owner_of(origin) } else { opts.owner };
             let info = VolumeInfo {
+                owner,
                 id: VolumeId(st.next_volume),
                 name: opts.name,
                 size_bytes: size,
                 access_mode: opts.access_mode,
                 cache_bytes: opts.cache_bytes,
-                write_buffer_bytes: crate::store::write_buffer_or_default(opts.write_buffer_bytes),
+                write_buffer_bytes: crate::engine::write_buffer_or_default(opts.write_buffer_bytes),
                 created_at: now_secs(),
                 origin: Some(origin),
                 policy: None,
@@ -734,10 +749,10 @@ mod tests {
             VolumeOrigin::Volume(VolumeId(9)),
         ];
         for origin in gone {
-            let r = store.inner.create_volume_with_origin(origin, 4096, VolumeOptions::new("new", 0));
+            let r = store.engine.create_volume_with_origin(origin, 4096, VolumeOptions::new("new", 0));
             assert!(matches!(r, Err(Error::NotFound { .. })), "{origin:?}: {r:?}");
         }
-        assert!(!store.inner.is_failed());
+        assert!(!store.engine.is_failed());
         assert!(store.create_volume(VolumeOptions::new("still-works", 4096)).is_ok());
         assert!(store.check().unwrap().is_clean());
     }

@@ -9,12 +9,12 @@
 //! corruption, which covers a reader that slept across that window.
 
 use crate::catalog::{SnapshotId, TemplateId, VolumeId};
+use crate::engine::record::{Record, MAX_MAP_BLOCKS};
+use crate::engine::{Engine, Keeper, State, VolRuntime};
 use crate::error::{Error, Result};
 use crate::format::Crc;
 use crate::space::Run;
-use crate::store::{Inner, Keeper, State, Store, VolRuntime};
 use crate::tree::{self, Geometry, Mapping, Root};
-use crate::wal::{Record, MAX_MAP_BLOCKS};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -58,9 +58,9 @@ impl Drop for Lease {
 /// at once is safe; writes to the same bytes race as they would on a disk.
 #[derive(Debug, Clone)]
 pub struct Volume {
-    // Dropped before `inner`: see `Store`.
+    // Dropped before `engine`: see `Store`.
     _store: Arc<Keeper>,
-    inner: Arc<Inner>,
+    engine: Arc<Engine>,
     target: Target,
     size: u64,
     lease: Arc<Lease>,
@@ -72,13 +72,13 @@ pub struct Volume {
 }
 
 /// Counts a data write as under way for group commit (see
-/// `Inner::gather_writes`) until dropped.
-struct InFlight<'a>(&'a Inner);
+/// `Engine::gather_writes`) until dropped.
+struct InFlight<'a>(&'a Engine);
 
 impl<'a> InFlight<'a> {
-    fn new(inner: &'a Inner) -> Self {
-        inner.writes_started.fetch_add(1, Ordering::AcqRel);
-        InFlight(inner)
+    fn new(engine: &'a Engine) -> Self {
+        engine.writes_started.fetch_add(1, Ordering::AcqRel);
+        InFlight(engine)
     }
 }
 
@@ -90,17 +90,18 @@ impl Drop for InFlight<'_> {
 
 impl Volume {
     pub(crate) fn new(
-        store: Store,
+        keeper: Arc<Keeper>,
+        engine: Arc<Engine>,
         target: Target,
         size: u64,
         rt: Arc<VolRuntime>,
         writable: bool,
         write_buffer: u64,
     ) -> Volume {
-        let data_start = crate::format::data_start(store.inner.block_size);
+        let data_start = crate::format::data_start(engine.block_size);
         Volume {
-            _store: store.keeper,
-            inner: store.inner,
+            _store: keeper,
+            engine,
             target,
             size,
             lease: Arc::new(Lease { rt, writable }),
@@ -140,7 +141,7 @@ impl Volume {
     }
 
     fn bs(&self) -> u64 {
-        self.inner.block_size as u64
+        self.engine.block_size as u64
     }
 
     /// The tree this handle reads, found in the locked state.
@@ -164,7 +165,7 @@ impl Volume {
     /// Looks up the mappings of blocks `first..first+n` under the state lock.
     fn plan(&self, first: u64, n: u64) -> Result<Vec<Option<Mapping>>> {
         let mut out = Vec::new();
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         let (root, geo) = self.tree_of(&st)?;
         if n == 1 {
             out.push(tree::lookup(root, geo, first));
@@ -177,7 +178,7 @@ impl Volume {
     /// Describes `[offset, offset + len)` as consecutive extents, each either
     /// data or a hole (never written, or discarded: reads as zeroes), so
     /// that copy tools and block-status queries can skip the holes. The
-    /// extents cover the range exactly; inner boundaries fall on block
+    /// extents cover the range exactly; engine boundaries fall on block
     /// boundaries. Cost: proportional to the mapped part of the range and
     /// the tree nodes above it, not to the range's length.
     ///
@@ -193,7 +194,7 @@ impl Volume {
         let first = offset / bs;
         let mut runs = Vec::new();
         {
-            let st = self.inner.state.lock();
+            let st = self.engine.state.lock();
             let (root, geo) = self.tree_of(&st)?;
             tree::mapped_runs(root, geo, first, (end - 1) / bs + 1 - first, &mut runs);
         }
@@ -278,7 +279,7 @@ impl Volume {
     }
 
     fn read_pages(&self, page: u64, into: &mut [u8]) -> Result<()> {
-        self.inner
+        self.engine
             .file
             .read_at(into, self.offset_of(page))
             .map_err(|e| Error::io(format!("reading {} at page {page}", self.target), e))
@@ -331,14 +332,14 @@ impl Volume {
         if data.is_empty() {
             return Ok(());
         }
-        self.inner.ensure_writable()?;
+        self.engine.ensure_writable()?;
         let _gate = self.lease.rt.gate.read();
         let bs = self.bs();
         let first = offset / bs;
         let last = (offset + data.len() as u64 - 1) / bs;
         let n = last - first + 1;
         let _stripes = self.lock_stripes(first, n);
-        let in_flight = InFlight::new(&self.inner);
+        let in_flight = InFlight::new(&self.engine);
         let aligned = offset.is_multiple_of(bs) && (data.len() as u64).is_multiple_of(bs);
         let merged;
         let payload: &[u8] = if aligned {
@@ -348,7 +349,7 @@ impl Volume {
             &merged
         };
         let crcs: Vec<u32> = payload.chunks(bs as usize).map(|b| Crc::of(b).0).collect();
-        let runs = self.inner.claim_pages(n)?;
+        let runs = self.engine.claim_pages(n)?;
         if let Err(e) = self.write_runs(&runs, payload) {
             self.free_runs(&runs);
             return Err(e);
@@ -377,14 +378,14 @@ impl Volume {
             recs
         };
         {
-            let mut st = self.inner.state.lock();
-            let logged = st.vol(vol).map(|_| ()).and_then(|_| self.inner.apply_and_log_many(&mut st, &recs));
+            let mut st = self.engine.state.lock();
+            let logged = st.vol(vol).map(|_| ()).and_then(|_| self.engine.apply_and_log_many(&mut st, &recs));
             match logged {
                 Ok(_) => st.space.settle(&runs),
                 Err(e) => {
                     // A failure after part of the write was mapped poisons the
                     // store; the mapped pages must then stay owned.
-                    if self.inner.is_failed() {
+                    if self.engine.is_failed() {
                         st.space.settle(&runs);
                     } else {
                         st.space.unclaim(&runs);
@@ -402,7 +403,7 @@ impl Volume {
     }
 
     fn free_runs(&self, runs: &[Run]) {
-        self.inner.state.lock().space.unclaim(runs);
+        self.engine.state.lock().space.unclaim(runs);
     }
 
     fn write_runs(&self, runs: &[Run], payload: &[u8]) -> Result<()> {
@@ -410,7 +411,7 @@ impl Volume {
         let mut at = 0usize;
         for r in runs {
             let len = r.len as usize * bs;
-            self.inner
+            self.engine
                 .file
                 .write_at(&payload[at..at + len], self.offset_of(r.start))
                 .map_err(|e| Error::io(format!("writing {} data", self.target), e))?;
@@ -482,7 +483,7 @@ impl Volume {
     /// An I/O error of the sync; the store then refuses further writes.
     pub fn flush(&self) -> Result<()> {
         self.lease.rt.unflushed.store(0, Ordering::Release);
-        self.inner.flush()
+        self.engine.flush()
     }
 
     /// Unmaps `[offset, offset + len)`: it reads as zeroes afterwards, and
@@ -519,17 +520,17 @@ impl Volume {
         if end != self.size {
             zero_edge(whole_end * bs, end)?;
         }
-        self.inner.ensure_writable()?;
+        self.engine.ensure_writable()?;
         {
             let _gate = self.lease.rt.gate.read();
-            let mut st = self.inner.state.lock();
+            let mut st = self.engine.state.lock();
             st.vol(vol)?;
-            self.inner.apply_and_log(
+            self.engine.apply_and_log(
                 &mut st,
                 Record::Unmap { vol: vol.0, lblock: whole_first, count: whole_end - whole_first },
             )?;
         }
-        self.inner.reclaim();
+        self.engine.reclaim();
         Ok(())
     }
 

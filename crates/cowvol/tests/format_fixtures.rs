@@ -123,7 +123,10 @@ fn a_cleanly_closed_version_2_store_opens_and_reads_back() {
     let base = store.volume_by_name("base").unwrap();
     store.open_volume(base.id).unwrap().write_at(&block(3, 40), 40 * BS as u64).unwrap();
     store.close().unwrap();
+    let image = std::fs::read(dir.path().join("cowvol.dat")).unwrap();
+    assert_eq!(cowvol::testing::format_version(&image), Some(3), "the first checkpoint upgrades the store");
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(store.list_volumes().iter().all(|v| v.owner.is_empty()), "version 2 had no volume owners");
     let mut buf = vec![0u8; BS];
     store.open_volume(base.id).unwrap().read_at(&mut buf, 40 * BS as u64).unwrap();
     assert_eq!(buf, block(3, 40));

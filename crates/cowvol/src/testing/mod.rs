@@ -77,7 +77,14 @@ use std::collections::BTreeMap;
 /// any input must give an answer, never a panic.
 pub fn decode_wal_batch(bytes: &[u8]) -> Option<usize> {
     let (hdr, _) = crate::format::BatchHeader::decode(bytes)?;
-    crate::wal::parse_batch(bytes, 0, hdr.log_id, hdr.first_lsn).map(|(_, recs, _)| recs.len())
+    crate::wal::parse_batch::<crate::engine::record::Record>(
+        bytes,
+        0,
+        hdr.log_id,
+        hdr.first_lsn,
+        crate::format::FORMAT_VERSION,
+    )
+    .map(|(_, recs, _)| recs.len())
 }
 
 /// Decodes a checkpoint's catalog (volumes, snapshots, tree roots) after
@@ -86,7 +93,7 @@ pub fn decode_wal_batch(bytes: &[u8]) -> Option<usize> {
 /// # Errors
 /// [`crate::Error::Corruption`] for anything malformed.
 pub fn decode_catalog(bytes: &[u8], crc: u32) -> Result<(usize, usize)> {
-    let img = crate::catalog::CatalogImage::decode(bytes, crc, "fuzz input")?;
+    let img = crate::catalog::CatalogImage::decode(bytes, crc, "fuzz input", crate::format::FORMAT_VERSION)?;
     Ok((img.volumes.len(), img.snapshots.len()))
 }
 
@@ -98,17 +105,26 @@ pub fn decode_superblock(bytes: &[u8]) -> Result<Option<u64>> {
     Ok(crate::format::Superblock::decode(bytes)?.map(|sb| sb.generation))
 }
 
+/// The valid superblock with the highest generation in a data file's image.
+fn live_superblock(image: &[u8]) -> Option<crate::format::Superblock> {
+    crate::format::SUPERBLOCK_SLOTS
+        .iter()
+        .filter_map(|&slot| image.get(slot as usize..slot as usize + crate::format::SUPERBLOCK_LEN))
+        .filter_map(|b| crate::format::Superblock::decode(b).ok().flatten())
+        .max_by_key(|sb| sb.generation)
+}
+
 /// Byte offset of the live catalog in a data file's image: the one the valid
 /// superblock with the highest generation points at. `None` when neither
 /// slot holds a valid superblock.
 pub fn catalog_offset(image: &[u8]) -> Option<u64> {
-    let best = crate::format::SUPERBLOCK_SLOTS
-        .iter()
-        .filter_map(|&slot| image.get(slot as usize..slot as usize + crate::format::SUPERBLOCK_LEN))
-        .filter_map(|b| crate::format::Superblock::decode(b).ok().flatten())
-        .max_by_key(|sb| sb.generation)?;
-    let bs = best.block_size as u64;
-    Some(crate::format::data_start(best.block_size) + best.catalog_page * bs)
+    let sb = live_superblock(image)?;
+    Some(crate::format::data_start(sb.block_size) + sb.catalog_page * sb.block_size as u64)
+}
+
+/// The format version of the live superblock in a data file's image.
+pub fn format_version(image: &[u8]) -> Option<u32> {
+    live_superblock(image).map(|sb| sb.version)
 }
 
 /// Decodes a tree node page of a store with 4 KiB blocks as it would be read
@@ -134,7 +150,7 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 /// written to the files stays, as it does in the page cache after `kill -9`.
 /// Volume handles still open on the store fail from now on.
 pub fn abandon(store: crate::Store) {
-    store.inner.abandon();
+    store.engine.abandon();
     drop(store);
 }
 
@@ -144,7 +160,7 @@ pub fn abandon(store: crate::Store) {
 /// with a restore both with and without a safety snapshot and volumes of
 /// every origin. `fuzz/examples/write_seeds.rs` writes them as seeds.
 pub fn sample_wal_batches() -> Vec<(&'static str, Vec<u8>)> {
-    use crate::wal::Record;
+    use crate::engine::record::Record;
     let (vol, fork) = (samples::volume(), samples::fork());
     let (snap, creating) = (samples::snapshot(), samples::creating_snapshot());
     let from_snapshot = VolumeInfo {
@@ -191,7 +207,7 @@ pub fn sample_wal_batches() -> Vec<(&'static str, Vec<u8>)> {
     let batch = |first_lsn: u64, recs: &[Record]| {
         let mut e = crate::format::Enc::default();
         for r in recs {
-            r.encode(&mut e);
+            crate::wal::LogRecord::encode(r, &mut e);
         }
         let hdr = crate::format::BatchHeader {
             log_id: 42,
@@ -259,6 +275,7 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
     };
     let empty = CatalogImage { next_volume: 1, next_snapshot: 1, next_template: 1, ..Default::default() };
     let sb = crate::format::Superblock {
+        version: crate::format::FORMAT_VERSION,
         block_size: 4096,
         fanout_bits: crate::format::fanout_bits_for(4096),
         generation: 7,
@@ -311,6 +328,7 @@ mod samples {
             created_at: 1_795_000_000,
             origin: None,
             policy: None,
+            owner: "tenant-a".into(),
         }
     }
 
@@ -370,6 +388,7 @@ mod samples {
             created_at: 1_795_000_200,
             source: (VolumeId(1), SnapshotId(2)),
             labels: [("os".to_string(), "debian".to_string())].into(),
+            owner: "platform".into(),
         }
     }
 
