@@ -291,6 +291,74 @@ const _: () = assert!(NODE_HEADER_LEN == 24);
 pub(crate) const LEAF_ENTRY_LEN: usize = 2 + 6 + 4;
 /// An interior entry: child index (u16), child node page (u48).
 pub(crate) const INTERIOR_ENTRY_LEN: usize = 2 + 6;
+/// Where the node's CRC sits; it covers every byte after it up to the end
+/// of the entries.
+const NODE_CRC_AT: usize = 4;
+const NODE_CRC_END: usize = NODE_CRC_AT + 4;
+
+/// The header of a tree node page (docs/format.md, section 3.6): magic,
+/// CRC, the page the node lives at, its level and its entry count. Encoded
+/// and decoded here only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NodeHeader {
+    pub(crate) page: u64,
+    pub(crate) level: u32,
+    pub(crate) count: usize,
+}
+
+impl NodeHeader {
+    /// Starts a node page: the header with its CRC still zero. The entries
+    /// follow; [`NodeHeader::seal`] then fills in the CRC.
+    pub(crate) fn encode(&self, e: &mut Enc) {
+        e.u32(NODE_MAGIC);
+        e.u32(0);
+        e.u64(self.page);
+        e.u8(self.level as u8);
+        e.bytes(&[0; 3]);
+        e.u32(self.count as u32);
+    }
+
+    /// Stores the CRC of a node page whose header and entries are `buf`.
+    pub(crate) fn seal(buf: &mut [u8]) {
+        let crc = Crc::of(&buf[NODE_CRC_END..]);
+        buf[NODE_CRC_AT..NODE_CRC_END].copy_from_slice(&crc.0.to_le_bytes());
+    }
+
+    /// Bytes of the entries that follow the header.
+    pub(crate) fn entries_len(&self) -> Option<usize> {
+        let entry = if self.level == 0 { LEAF_ENTRY_LEN } else { INTERIOR_ENTRY_LEN };
+        self.count.checked_mul(entry)
+    }
+
+    /// Decodes the header of the node page read from `page` and verifies
+    /// the page: magic, entry count within the page, CRC, and that the node
+    /// says it lives at `page`. The level is returned, not checked: only the
+    /// tree knows where the node should sit.
+    pub(crate) fn decode(buf: &[u8], page: u64) -> Result<NodeHeader> {
+        let loc = || format!("tree node at page {page}");
+        let mut d = Dec::new(buf, "tree node");
+        if d.u32()? != NODE_MAGIC {
+            return Err(Error::corruption("tree node", loc(), "bad magic"));
+        }
+        let crc = d.u32()?;
+        let hdr = NodeHeader {
+            page: d.u64()?,
+            level: d.u8()? as u32,
+            count: {
+                d.bytes(3)?;
+                d.u32()? as usize
+            },
+        };
+        let end = hdr.entries_len().map(|n| NODE_HEADER_LEN + n).filter(|&end| end <= buf.len()).ok_or_else(|| {
+            Error::corruption("tree node", loc(), format!("entry count {} overflows the page", hdr.count))
+        })?;
+        Crc(crc).verify(&buf[NODE_CRC_END..end], "tree node", loc)?;
+        if hdr.page != page {
+            return Err(Error::corruption("tree node", loc(), format!("node claims to live at page {}", hdr.page)));
+        }
+        Ok(hdr)
+    }
+}
 /// Page numbers are stored in 48 bits.
 pub(crate) const MAX_PAGE: u64 = (1 << 48) - 1;
 

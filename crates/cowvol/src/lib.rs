@@ -60,6 +60,7 @@
 //! - [`backend`]: files, behind the `StorageDir` and `StorageFile` traits.
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod backend;
 mod catalog;

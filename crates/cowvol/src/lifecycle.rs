@@ -136,14 +136,11 @@ impl Store {
         engine.ensure_writable()?;
         let rt = engine.state.lock().vol(volume)?.rt.clone();
         let _admin = try_admin(&rt, volume, "commit")?;
-        let (info, lsn) = {
-            let mut st = engine.state.lock();
-            let s = creating_snap(&st, volume, snapshot)?;
+        engine.commit(|st| {
+            let s = creating_snap(st, volume, snapshot)?;
             let info = SnapshotInfo { status: SnapshotStatus::Ready, ..s.clone() };
-            (info, engine.apply_and_log(&mut st, Record::CommitSnapshot { snap: snapshot.0 })?)
-        };
-        engine.sync_to(lsn)?;
-        Ok(info)
+            Ok((info, Some(Record::CommitSnapshot { snap: snapshot.0 })))
+        })
     }
 
     /// Gives up a `Creating` snapshot: it becomes `Failed` (it stays
@@ -212,18 +209,14 @@ impl Store {
         // Taken in id order; `try_lock` cannot deadlock anyway.
         let _admins =
             ids.iter().zip(&rts).map(|(&v, rt)| try_admin(rt, v, "group snapshot")).collect::<Result<Vec<_>>>()?;
-        let (infos, lsn) = {
-            let mut st = engine.state.lock();
+        engine.commit(|st| {
             let now = now_secs();
             let infos = volumes
                 .iter()
                 .map(|&v| st.new_snapshot_info(v, opts.clone(), SnapshotStatus::Ready, now))
                 .collect::<Result<Vec<_>>>()?;
-            let lsn = engine.apply_and_log(&mut st, Record::CreateSnapshots(infos.clone()))?;
-            (infos, lsn)
-        };
-        engine.sync_to(lsn)?;
-        Ok(infos)
+            Ok((infos.clone(), Some(Record::CreateSnapshots(infos))))
+        })
     }
 
     /// A snapshot's record, by id alone (ids are unique in the store).
@@ -332,10 +325,7 @@ impl Store {
     /// is not ready; [`Error::AlreadyExists`] for a taken template name.
     pub fn create_template(&self, snapshot: SnapshotId, opts: TemplateOptions) -> Result<TemplateInfo> {
         validate_name("template", &opts.name)?;
-        let engine = &self.engine;
-        engine.ensure_writable()?;
-        let (info, lsn) = {
-            let mut st = engine.state.lock();
+        self.engine.commit(|st| {
             let s = st.snapshots.get(&snapshot.0).ok_or_else(|| not_found_snapshot(snapshot))?;
             let s = st.ready_snap_of(s.info.volume_id, snapshot)?;
             if st.templates.values().any(|t| t.info.name == opts.name) {
@@ -351,11 +341,8 @@ impl Store {
                 labels: opts.labels,
                 owner: if opts.owner.is_empty() { s.info.owner.clone() } else { opts.owner },
             };
-            let lsn = engine.apply_and_log(&mut st, Record::CreateTemplate(info.clone()))?;
-            (info, lsn)
-        };
-        engine.sync_to(lsn)?;
-        Ok(info)
+            Ok((info.clone(), Some(Record::CreateTemplate(info))))
+        })
     }
 
     /// Every template, by id.
@@ -384,18 +371,14 @@ impl Store {
     /// # Errors
     /// I/O errors only.
     pub fn delete_template(&self, id: TemplateId) -> Result<Deleted> {
-        let engine = &self.engine;
-        engine.ensure_writable()?;
-        let lsn = {
-            let mut st = engine.state.lock();
+        let deleted = self.engine.commit(|st| {
             if !st.templates.contains_key(&id.0) {
-                return Ok(Deleted { existed: false });
+                return Ok((Deleted { existed: false }, None));
             }
-            engine.apply_and_log(&mut st, Record::DeleteTemplate { tmpl: id.0 })?
-        };
-        engine.sync_to(lsn)?;
-        engine.reclaim();
-        Ok(Deleted { existed: true })
+            Ok((Deleted { existed: true }, Some(Record::DeleteTemplate { tmpl: id.0 })))
+        })?;
+        self.engine.reclaim();
+        Ok(deleted)
     }
 
     /// Opens a read-only handle on a template.
@@ -425,16 +408,10 @@ impl Store {
         if let Some(p) = &policy {
             validate_policy(p)?;
         }
-        let engine = &self.engine;
-        engine.ensure_writable()?;
-        let (info, lsn) = {
-            let mut st = engine.state.lock();
-            st.vol(volume)?;
-            let lsn = engine.apply_and_log(&mut st, Record::SetPolicy { vol: volume.0, policy })?;
-            (st.vol(volume)?.info.clone(), lsn)
-        };
-        engine.sync_to(lsn)?;
-        Ok(info)
+        self.engine.commit(|st| {
+            let info = VolumeInfo { policy, ..st.vol(volume)?.info.clone() };
+            Ok((info, Some(Record::SetPolicy { vol: volume.0, policy })))
+        })
     }
 
     /// Runs every volume's policy as of `now` (seconds since the Unix
@@ -560,18 +537,13 @@ impl Engine {
         snapshot: SnapshotId,
         change: impl FnOnce(&mut SnapshotInfo) -> Result<()>,
     ) -> Result<SnapshotInfo> {
-        self.ensure_writable()?;
-        let (info, lsn) = {
-            let mut st = self.state.lock();
-            let mut info = st.snap_of(volume, snapshot)?.info.clone();
+        self.commit(|st| {
+            let old = &st.snap_of(volume, snapshot)?.info;
+            let mut info = old.clone();
             change(&mut info)?;
-            if info == st.snap_of(volume, snapshot)?.info {
-                return Ok(info);
-            }
-            (info.clone(), self.apply_and_log(&mut st, Record::UpdateSnapshot(info))?)
-        };
-        self.sync_to(lsn)?;
-        Ok(info)
+            let rec = (info != *old).then(|| Record::UpdateSnapshot(info.clone()));
+            Ok((info, rec))
+        })
     }
 
     /// Creates a volume whose tree is `origin`'s, which has `size` bytes.
@@ -583,9 +555,7 @@ impl Engine {
                 opts.size_bytes
             )));
         }
-        self.ensure_writable()?;
-        let (info, lsn) = {
-            let mut st = self.state.lock();
+        self.commit(|st| {
             // The origin may have been deleted since the caller looked it up.
             match origin {
                 VolumeOrigin::Volume(v) => st.vol(v).map(drop)?,
@@ -595,25 +565,9 @@ impl Engine {
                 }
                 VolumeOrigin::Template(_) => {}
             }
-            st.check_volume_name_free(&opts.name)?;
-            let owner = if opts.owner.is_empty() { st.owner_of(origin) } else { opts.owner };
-            let info = VolumeInfo {
-                owner,
-                id: VolumeId(st.next_volume),
-                name: opts.name,
-                size_bytes: size,
-                access_mode: opts.access_mode,
-                cache_bytes: opts.cache_bytes,
-                write_buffer_bytes: crate::engine::write_buffer_or_default(opts.write_buffer_bytes),
-                created_at: now_secs(),
-                origin: Some(origin),
-                policy: None,
-            };
-            let lsn = self.apply_and_log(&mut st, Record::Fork(info.clone()))?;
-            (info, lsn)
-        };
-        self.sync_to(lsn)?;
-        Ok(info)
+            let info = st.new_volume_info(VolumeOptions { size_bytes: size, ..opts }, Some(origin))?;
+            Ok((info.clone(), Some(Record::Fork(info))))
+        })
     }
 }
 

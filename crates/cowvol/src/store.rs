@@ -7,7 +7,7 @@ use crate::catalog::{
     now_secs, validate_name, AccessMode, SnapshotId, SnapshotInfo, SnapshotStatus, VolumeId, VolumeInfo, VolumeOrigin,
 };
 use crate::engine::record::Record;
-use crate::engine::{self, try_admin, write_buffer_or_default, Engine, Keeper, VolRuntime, DEFAULT_WRITE_BUFFER};
+use crate::engine::{self, try_admin, Engine, Keeper, VolRuntime};
 use crate::error::{Error, Result};
 use crate::options::{
     Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,
@@ -113,28 +113,10 @@ impl Store {
         if opts.size_bytes.div_ceil(bs) > 1 << 48 {
             return Err(Error::invalid(format!("volume size {} is too large", opts.size_bytes)));
         }
-        let engine = &self.engine;
-        engine.ensure_writable()?;
-        let (info, lsn) = {
-            let mut st = engine.state.lock();
-            st.check_volume_name_free(&opts.name)?;
-            let info = VolumeInfo {
-                owner: opts.owner,
-                id: VolumeId(st.next_volume),
-                name: opts.name,
-                size_bytes: opts.size_bytes,
-                access_mode: opts.access_mode,
-                cache_bytes: opts.cache_bytes,
-                write_buffer_bytes: write_buffer_or_default(opts.write_buffer_bytes),
-                created_at: now_secs(),
-                origin: None,
-                policy: None,
-            };
-            let lsn = engine.apply_and_log(&mut st, Record::CreateVolume(info.clone()))?;
-            (info, lsn)
-        };
-        engine.sync_to(lsn)?;
-        Ok(info)
+        self.engine.commit(|st| {
+            let info = st.new_volume_info(opts, None)?;
+            Ok((info.clone(), Some(Record::CreateVolume(info))))
+        })
     }
 
     /// Every live volume, by id.
@@ -241,12 +223,10 @@ impl Store {
             what: format!("deleting volume {id}"),
             waited_ms: timeout.as_millis() as u64,
         })?;
-        let lsn = {
-            let mut st = engine.state.lock();
+        engine.commit(|st| {
             st.vol(id)?;
-            engine.apply_and_log(&mut st, Record::DeleteVolume { vol: id.0 })?
-        };
-        engine.sync_to(lsn)?;
+            Ok(((), Some(Record::DeleteVolume { vol: id.0 })))
+        })?;
         engine.reclaim();
         Ok(())
     }
@@ -323,17 +303,15 @@ impl Store {
             what: format!("restoring volume {volume} to {snapshot}"),
             waited_ms: opts.timeout.as_millis() as u64,
         })?;
-        let (lsn, safety) = {
-            let mut st = engine.state.lock();
+        let safety = engine.commit(|st| {
             st.ready_snap_of(volume, snapshot)?;
             let safety = match opts.safety_snapshot {
                 Some(o) => Some(st.new_snapshot_info(volume, o, SnapshotStatus::Ready, now_secs())?),
                 None => None,
             };
             let rec = Record::Restore { vol: volume.0, snap: snapshot.0, safety: safety.clone() };
-            (engine.apply_and_log(&mut st, rec)?, safety)
-        };
-        engine.sync_to(lsn)?;
+            Ok((safety, Some(rec)))
+        })?;
         engine.reclaim();
         Ok(Restored { volume_id: volume, snapshot_id: snapshot, safety_snapshot: safety })
     }
@@ -371,63 +349,42 @@ impl Store {
             }
         };
         let _admin = rt.as_ref().map(|rt| try_admin(rt, source, "fork")).transpose()?;
-        let (info, lsn) = {
-            let mut st = engine.state.lock();
-            st.check_volume_name_free(&opts.name)?;
-            let (size, wbuf) = match opts.from_snapshot {
-                Some(s) => {
-                    let s = st.ready_snap_of(source, s)?;
-                    (s.info.size_bytes, DEFAULT_WRITE_BUFFER)
-                }
+        engine.commit(|st| {
+            let (origin, size_bytes, write_buffer_bytes) = match opts.from_snapshot {
+                Some(s) => (VolumeOrigin::Snapshot(source, s), st.ready_snap_of(source, s)?.info.size_bytes, 0),
                 None => {
-                    let v = st.vol(source)?;
-                    (v.info.size_bytes, v.info.write_buffer_bytes)
+                    let v = &st.vol(source)?.info;
+                    (VolumeOrigin::Volume(source), v.size_bytes, v.write_buffer_bytes)
                 }
             };
-            let origin = match opts.from_snapshot {
-                Some(s) => VolumeOrigin::Snapshot(source, s),
-                None => VolumeOrigin::Volume(source),
-            };
-            let owner = if opts.owner.is_empty() { st.owner_of(origin) } else { opts.owner };
-            let info = VolumeInfo {
-                owner,
-                id: VolumeId(st.next_volume),
+            let vopts = VolumeOptions {
                 name: opts.name,
-                size_bytes: size,
+                size_bytes,
                 access_mode: opts.access_mode,
                 cache_bytes: 0,
-                write_buffer_bytes: wbuf,
-                created_at: now_secs(),
-                origin: Some(origin),
-                policy: None,
+                write_buffer_bytes,
+                owner: opts.owner,
             };
-            let lsn = engine.apply_and_log(&mut st, Record::Fork(info.clone()))?;
-            (info, lsn)
-        };
-        engine.sync_to(lsn)?;
-        Ok(info)
+            let info = st.new_volume_info(vopts, Some(origin))?;
+            Ok((info.clone(), Some(Record::Fork(info))))
+        })
     }
 }
 
 impl Engine {
     /// Deletes a snapshot (see [`Store::delete_snapshot`]).
     pub(crate) fn delete_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<Deleted> {
-        let engine = self;
-        engine.ensure_writable()?;
-        let lsn = {
-            let mut st = engine.state.lock();
-            match st.snapshots.get(&snapshot.0) {
-                Some(s) if s.info.volume_id == volume && s.info.held => {
-                    return Err(Error::Held { what: format!("snapshot {snapshot} ({:?})", s.info.name) })
-                }
-                Some(s) if s.info.volume_id == volume => {}
-                _ => return Ok(Deleted { existed: false }),
+        let deleted = self.commit(|st| match st.snapshots.get(&snapshot.0) {
+            Some(s) if s.info.volume_id == volume && s.info.held => {
+                Err(Error::Held { what: format!("snapshot {snapshot} ({:?})", s.info.name) })
             }
-            engine.apply_and_log(&mut st, Record::DeleteSnapshot { snap: snapshot.0 })?
-        };
-        engine.sync_to(lsn)?;
-        engine.reclaim();
-        Ok(Deleted { existed: true })
+            Some(s) if s.info.volume_id == volume => {
+                Ok((Deleted { existed: true }, Some(Record::DeleteSnapshot { snap: snapshot.0 })))
+            }
+            _ => Ok((Deleted { existed: false }, None)),
+        })?;
+        self.reclaim();
+        Ok(deleted)
     }
 
     /// Takes (or, with status `Creating`, registers) one snapshot of
@@ -443,13 +400,9 @@ impl Engine {
         self.ensure_writable()?;
         let rt = self.state.lock().vol(volume)?.rt.clone();
         let _admin = try_admin(&rt, volume, "snapshot")?;
-        let (info, lsn) = {
-            let mut st = self.state.lock();
+        self.commit(|st| {
             let info = st.new_snapshot_info(volume, opts, status, created_at)?;
-            let lsn = self.apply_and_log(&mut st, Record::CreateSnapshot(info.clone()))?;
-            (info, lsn)
-        };
-        self.sync_to(lsn)?;
-        Ok(info)
+            Ok((info.clone(), Some(Record::CreateSnapshot(info))))
+        })
     }
 }

@@ -259,7 +259,7 @@ impl Volume {
                 for k in 0..n {
                     let chunk = &mut span[k * bs as usize..(k + 1) * bs as usize];
                     let want = plan[i + k].expect("mapped").crc;
-                    if Crc::of(chunk).0 != want {
+                    if Crc::of(chunk) != want {
                         self.reread_block(lb + k as u64, plan[i + k].expect("mapped"), chunk, 0)?;
                     }
                 }
@@ -267,7 +267,7 @@ impl Volume {
             } else {
                 block.resize(bs as usize, 0);
                 self.read_pages(m.page, &mut block)?;
-                if Crc::of(&block).0 != m.crc {
+                if Crc::of(&block) != m.crc {
                     self.reread_block(lb, m, &mut block, 0)?;
                 }
                 let inner_off = (from - bstart) as usize;
@@ -294,7 +294,7 @@ impl Volume {
             Some(m) if m == old || attempt >= 3 => Err(Error::corruption(
                 "data block",
                 format!("page {} ({} block {lb})", m.page, self.target),
-                format!("checksum mismatch: expected {:#010x}", m.crc),
+                format!("checksum mismatch: expected {:#010x}", m.crc.0),
             )),
             None => {
                 block[..bs].fill(0);
@@ -303,7 +303,7 @@ impl Volume {
             Some(m) => {
                 let mut tmp = vec![0u8; bs];
                 self.read_pages(m.page, &mut tmp)?;
-                if Crc::of(&tmp).0 == m.crc {
+                if Crc::of(&tmp) == m.crc {
                     block[..bs].copy_from_slice(&tmp);
                     Ok(())
                 } else {
@@ -458,7 +458,7 @@ impl Volume {
             Some(m) => {
                 let mut block = vec![0u8; bs as usize];
                 self.read_pages(m.page, &mut block)?;
-                if Crc::of(&block).0 != m.crc {
+                if Crc::of(&block) != m.crc {
                     self.reread_block(lb, m, &mut block, 0)?;
                 }
                 buf.copy_from_slice(&block[..buf.len()]);
@@ -571,6 +571,7 @@ impl From<Error> for io::Error {
             Error::NoSpace { .. } => io::ErrorKind::StorageFull,
             Error::Corruption { .. } => io::ErrorKind::InvalidData,
             Error::Busy { .. } | Error::Locked { .. } => io::ErrorKind::ResourceBusy,
+            Error::Poisoned { .. } => io::ErrorKind::BrokenPipe,
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)

@@ -181,10 +181,7 @@ impl Wal {
             return Ok(());
         }
         if self.failed {
-            return Err(Error::Io {
-                during: "writing the WAL".into(),
-                source: std::io::Error::other("an earlier WAL write failed; the store refuses further writes"),
-            });
+            return Err(Error::Poisoned { during: "writing the WAL".into() });
         }
         let hdr = BatchHeader {
             log_id: self.log_id,

@@ -19,12 +19,7 @@ const GATHER_WAIT: Duration = Duration::from_micros(200);
 impl Engine {
     pub(crate) fn ensure_writable(&self) -> Result<()> {
         if self.failed.load(Ordering::Acquire) {
-            return Err(Error::Io {
-                during: "accepting a write".into(),
-                source: std::io::Error::other(
-                    "an earlier write or sync of the store failed; it refuses writes until reopened",
-                ),
-            });
+            return Err(Error::Poisoned { during: "a change".into() });
         }
         Ok(())
     }
@@ -42,6 +37,26 @@ impl Engine {
     pub(super) fn fail(&self) {
         self.failed.store(true, Ordering::Release);
         self.wal.lock().poison();
+    }
+
+    /// The path every administrative change takes. It refuses at once when
+    /// the store is poisoned; then, under the state lock, `build` checks
+    /// what the change depends on and returns the caller's result with the
+    /// record to log (`None` when there is nothing to change); the record is
+    /// applied and appended there, and the call returns once it is durable.
+    /// Checks and change under one lock hold: nothing can slip in between.
+    pub(crate) fn commit<T>(&self, build: impl FnOnce(&mut State) -> Result<(T, Option<Record>)>) -> Result<T> {
+        self.ensure_writable()?;
+        let (out, lsn) = {
+            let mut st = self.state.lock();
+            let (out, rec) = build(&mut st)?;
+            let lsn = rec.map(|rec| self.apply_and_log(&mut st, rec)).transpose()?;
+            (out, lsn)
+        };
+        if let Some(lsn) = lsn {
+            self.sync_to(lsn)?;
+        }
+        Ok(out)
     }
 
     /// Applies a change in memory and appends its record to the WAL, keeping

@@ -4,12 +4,14 @@
 //! it, for a live operation and for replay alike.
 
 use super::record::Record;
-use super::VolRuntime;
+use super::{write_buffer_or_default, VolRuntime};
 use crate::backend::StorageFile;
-use crate::catalog::{SnapshotId, SnapshotInfo, SnapshotStatus, TemplateInfo, VolumeId, VolumeInfo, VolumeOrigin};
+use crate::catalog::{
+    now_secs, SnapshotId, SnapshotInfo, SnapshotStatus, TemplateInfo, VolumeId, VolumeInfo, VolumeOrigin,
+};
 use crate::error::{Error, Result};
 use crate::format;
-use crate::options::SnapshotOptions;
+use crate::options::{SnapshotOptions, VolumeOptions};
 use crate::space::Space;
 use crate::tree::{self, Geometry, Mapping, Node, Root};
 use crate::wal::LogGeometry;
@@ -146,6 +148,29 @@ impl State {
         of_volume.or_else(of_snapshot).unwrap_or_default()
     }
 
+    /// The record of a new volume with the next id, checking that its name
+    /// is free. A volume made from `origin` with no owner given takes the
+    /// owner of what it is made from.
+    pub(crate) fn new_volume_info(&self, opts: VolumeOptions, origin: Option<VolumeOrigin>) -> Result<VolumeInfo> {
+        self.check_volume_name_free(&opts.name)?;
+        let owner = match origin {
+            Some(o) if opts.owner.is_empty() => self.owner_of(o),
+            _ => opts.owner,
+        };
+        Ok(VolumeInfo {
+            id: VolumeId(self.next_volume),
+            name: opts.name,
+            size_bytes: opts.size_bytes,
+            access_mode: opts.access_mode,
+            cache_bytes: opts.cache_bytes,
+            write_buffer_bytes: write_buffer_or_default(opts.write_buffer_bytes),
+            created_at: now_secs(),
+            origin,
+            policy: None,
+            owner,
+        })
+    }
+
     pub(crate) fn check_volume_name_free(&self, name: &str) -> Result<()> {
         if self.volumes.values().any(|v| v.info.name == name) {
             return Err(Error::AlreadyExists { what: format!("volume {name:?}") });
@@ -166,7 +191,7 @@ impl State {
             Record::Map { vol, lblock, page, crcs } => {
                 let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
                 for (i, &crc) in crcs.iter().enumerate() {
-                    let m = Mapping { page: page + i as u64, crc };
+                    let m = Mapping { page: page + i as u64, crc: format::Crc(crc) };
                     tree::insert(&mut v.root, v.geo, lblock + i as u64, m, &mut self.space);
                 }
             }
