@@ -337,9 +337,27 @@ impl Volume {
         let bs = self.bs();
         let first = offset / bs;
         let last = (offset + data.len() as u64 - 1) / bs;
-        let n = last - first + 1;
-        let _stripes = self.lock_stripes(first, n);
+        let _stripes = self.lock_stripes(first, last - first + 1);
         let in_flight = InFlight::new(&self.engine);
+        let staged = self.stage(vol, data, offset)?;
+        self.log_staged(vol, staged, None)?;
+        drop(in_flight);
+        let pending = self.lease.rt.unflushed.fetch_add(data.len() as u64, Ordering::AcqRel) + data.len() as u64;
+        if pending > self.write_buffer {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` to fresh pages and returns the records that
+    /// would map them, without logging anything: the first half of a write.
+    /// Partial blocks are merged with their current contents. The caller
+    /// holds the gate and the stripes of every block the write touches.
+    fn stage(&self, vol: VolumeId, data: &[u8], offset: u64) -> Result<Staged> {
+        let bs = self.bs();
+        let first = offset / bs;
+        let last = (offset + data.len() as u64 - 1) / bs;
+        let n = last - first + 1;
         let aligned = offset.is_multiple_of(bs) && (data.len() as u64).is_multiple_of(bs);
         let merged;
         let payload: &[u8] = if aligned {
@@ -377,29 +395,33 @@ impl Volume {
             }
             recs
         };
-        {
-            let mut st = self.engine.state.lock();
-            let logged = st.vol(vol).map(|_| ()).and_then(|_| self.engine.apply_and_log_many(&mut st, &recs));
-            match logged {
-                Ok(_) => st.space.settle(&runs),
-                Err(e) => {
-                    // A failure after part of the write was mapped poisons the
-                    // store; the mapped pages must then stay owned.
-                    if self.engine.is_failed() {
-                        st.space.settle(&runs);
-                    } else {
-                        st.space.unclaim(&runs);
-                    }
-                    return Err(e);
+        Ok(Staged { recs, runs })
+    }
+
+    /// The second half of a write: maps what [`Volume::stage`] wrote, and
+    /// `then` after it, in one logged step, so that no snapshot, restore or
+    /// reader sees part of it. On failure the staged pages are handed back.
+    fn log_staged(&self, vol: VolumeId, staged: Staged, then: Option<Record>) -> Result<u64> {
+        let Staged { mut recs, runs } = staged;
+        recs.extend(then);
+        let mut st = self.engine.state.lock();
+        let logged = st.vol(vol).map(drop).and_then(|()| self.engine.apply_and_log_many(&mut st, &recs));
+        match logged {
+            Ok(lsn) => {
+                st.space.settle(&runs);
+                Ok(lsn)
+            }
+            Err(e) => {
+                // A failure after part of the write was mapped poisons the
+                // store; the mapped pages must then stay owned.
+                if self.engine.is_failed() {
+                    st.space.settle(&runs);
+                } else {
+                    st.space.unclaim(&runs);
                 }
+                Err(e)
             }
         }
-        drop(in_flight);
-        let pending = self.lease.rt.unflushed.fetch_add(data.len() as u64, Ordering::AcqRel) + data.len() as u64;
-        if pending > self.write_buffer {
-            self.flush()?;
-        }
-        Ok(())
     }
 
     fn free_runs(&self, runs: &[Run]) {
@@ -503,33 +525,45 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
+        self.engine.ensure_writable()?;
+        // One step under the gate and the stripes of every block touched:
+        // a write racing on an edge block cannot read the old contents
+        // before the unmap and map them back after it, and a snapshot or
+        // restore sees the whole discard or none of it.
+        let _gate = self.lease.rt.gate.read();
         let bs = self.bs();
         let end = offset + len;
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let _stripes = self.lock_stripes(first, last - first + 1);
+        let in_flight = InFlight::new(&self.engine);
+        // Whole blocks are unmapped; the bytes of partial blocks at either
+        // end are zeroed by rewriting those blocks. The volume's last block
+        // counts as whole when the range runs to the end of the volume.
         let whole_first = offset.div_ceil(bs);
         let whole_end = if end == self.size { end.div_ceil(bs) } else { end / bs };
-        let zero_edge = |from: u64, to: u64| -> Result<()> {
+        let mut edges = Staged::default();
+        let mut zero_edge = |from: u64, to: u64| -> Result<()> {
             if to > from {
-                self.write_at(&vec![0u8; (to - from) as usize], from)?;
+                edges.append(self.stage(vol, &vec![0u8; (to - from) as usize], from)?);
             }
             Ok(())
         };
-        if whole_first >= whole_end {
-            return zero_edge(offset, end);
+        let staged = if whole_first >= whole_end {
+            zero_edge(offset, end)
+        } else {
+            zero_edge(offset, whole_first * bs).and_then(|()| zero_edge(whole_end * bs, end))
+        };
+        if let Err(e) = staged {
+            self.free_runs(&edges.runs);
+            return Err(e);
         }
-        zero_edge(offset, whole_first * bs)?;
-        if end != self.size {
-            zero_edge(whole_end * bs, end)?;
-        }
-        self.engine.ensure_writable()?;
-        {
-            let _gate = self.lease.rt.gate.read();
-            let mut st = self.engine.state.lock();
-            st.vol(vol)?;
-            self.engine.apply_and_log(
-                &mut st,
-                Record::Unmap { vol: vol.0, lblock: whole_first, count: whole_end - whole_first },
-            )?;
-        }
+        let unmap = (whole_first < whole_end).then(|| Record::Unmap {
+            vol: vol.0,
+            lblock: whole_first,
+            count: whole_end - whole_first,
+        });
+        self.log_staged(vol, edges, unmap)?;
+        drop(in_flight);
         self.engine.reclaim();
         Ok(())
     }
@@ -537,6 +571,20 @@ impl Volume {
     /// A `std::io::{Read, Write, Seek}` view of this handle starting at byte 0.
     pub fn cursor(&self) -> VolumeCursor {
         VolumeCursor { vol: self.clone(), pos: 0 }
+    }
+}
+
+/// Pages written for a change and the records that map them, not yet logged.
+#[derive(Debug, Default)]
+struct Staged {
+    recs: Vec<Record>,
+    runs: Vec<Run>,
+}
+
+impl Staged {
+    fn append(&mut self, mut other: Staged) {
+        self.recs.append(&mut other.recs);
+        self.runs.append(&mut other.runs);
     }
 }
 
