@@ -7,14 +7,11 @@
 //! build them with the library's own encoders, so rerunning this after a
 //! format change brings them up to date. Each is checked to decode before
 //! it is written. The `ops` seeds are scripted operation sequences (see
-//! `ops_scripts`) encoded the way `arbitrary` decodes them.
-use arbitrary::{Arbitrary, Unstructured};
+//! `ops_scripts`) encoded with `Op::encode_all`, the inverse of the
+//! `Op::decode_all` the target runs.
+use cowvol::testing::model::Op;
 use cowvol::testing::{crc32, decode_catalog, decode_superblock, decode_tree_node, decode_wal_batch};
 use std::path::Path;
-
-#[path = "../fuzz_targets/ops_input.rs"]
-mod ops_input;
-use ops_input::Op;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
@@ -43,8 +40,8 @@ fn main() {
         write("catalog", name, &bytes);
     }
     for (name, script) in ops_scripts() {
-        let bytes = encode_ops(&script);
-        let back = Vec::<Op>::arbitrary_take_rest(Unstructured::new(&bytes)).expect("a seed decodes");
+        let bytes = Op::encode_all(&script);
+        let back = Op::decode_all(&bytes);
         assert_eq!(back, script, "seed {name} does not decode to its script");
         write("ops", name, &bytes);
     }
@@ -147,86 +144,4 @@ fn ops_scripts() -> Vec<(&'static str, Vec<Op>)> {
             ],
         ),
     ]
-}
-
-/// Encodes operations the way `Vec<Op>::arbitrary_take_rest` decodes them:
-/// before each element a byte whose low bit says another follows; an enum
-/// variant as a little-endian `u32` that scales to its index
-/// (`index = tag * variants >> 32`); integers little-endian; a `bool` as
-/// one byte; an `Option` as a `bool` then the value.
-fn encode_ops(ops: &[Op]) -> Vec<u8> {
-    const VARIANTS: u64 = 24;
-    let mut out = Vec::new();
-    for op in ops {
-        let mut e = Enc::default();
-        let index = match *op {
-            Op::Create { blocks, tail } => e.u8(blocks).u16(tail).variant(0),
-            Op::Write { vol, offset, len, seed } => e.u8(vol).u32(offset).u16(len).u8(seed).variant(1),
-            Op::Discard { vol, offset, len } => e.u8(vol).u32(offset).u32(len).variant(2),
-            Op::Flush { vol } => e.u8(vol).variant(3),
-            Op::Snapshot { vol, auto } => e.u8(vol).bool(auto).variant(4),
-            Op::Restore { vol, snap, safety } => e.u8(vol).u8(snap).opt(safety, Enc::bool).variant(5),
-            Op::Fork { vol, snap } => e.u8(vol).opt(snap, Enc::u8).variant(6),
-            Op::ForkSnapshot { snap } => e.u8(snap).variant(7),
-            Op::FromSnapshot { snap, size } => e.u8(snap).opt(size, Enc::bool).variant(8),
-            Op::DeleteSnapshot { snap } => e.u8(snap).variant(9),
-            Op::Hold { snap, hold } => e.u8(snap).bool(hold).variant(10),
-            Op::Begin { vol, auto } => e.u8(vol).bool(auto).variant(11),
-            Op::Commit { snap, any } => e.u8(snap).bool(any).variant(12),
-            Op::Abort { snap, any } => e.u8(snap).bool(any).variant(13),
-            Op::Group { a, b, clash } => e.u8(a).u8(b).bool(clash).variant(14),
-            Op::Template { snap, clash } => e.u8(snap).bool(clash).variant(15),
-            Op::FromTemplate { tmpl, size } => e.u8(tmpl).opt(size, Enc::bool).variant(16),
-            Op::DeleteTemplate { tmpl } => e.u8(tmpl).variant(17),
-            Op::SetPolicy { vol, policy } => e
-                .u8(vol)
-                .opt(policy, |e, (interval, last, age)| e.u16(interval).opt(last, Enc::u8).opt(age, Enc::u16))
-                .variant(18),
-            Op::RunPolicies { advance } => e.u16(advance).variant(19),
-            Op::DeleteVolume { vol } => e.u8(vol).variant(20),
-            Op::Checkpoint => e.variant(21),
-            Op::Reopen => e.variant(22),
-            Op::CrashAfterFlush { vol, seed } => e.u8(vol).u8(seed).variant(23),
-        };
-        // The smallest tag that scales to the index.
-        let tag = (index << 32).div_ceil(VARIANTS);
-        out.push(1);
-        out.extend_from_slice(&(tag as u32).to_le_bytes());
-        out.extend_from_slice(&e.0);
-    }
-    out.push(0);
-    out
-}
-
-/// The field bytes of one variant.
-#[derive(Default)]
-struct Enc(Vec<u8>);
-
-impl Enc {
-    fn u8(&mut self, v: u8) -> &mut Enc {
-        self.0.push(v);
-        self
-    }
-    fn u16(&mut self, v: u16) -> &mut Enc {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u32(&mut self, v: u32) -> &mut Enc {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn bool(&mut self, v: bool) -> &mut Enc {
-        self.u8(u8::from(v))
-    }
-    fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Enc, T) -> &mut Enc) -> &mut Enc {
-        self.bool(v.is_some());
-        if let Some(v) = v {
-            f(self, v);
-        }
-        self
-    }
-    /// Ends the fields of the variant at `index`.
-    fn variant(&mut self, index: u64) -> u64 {
-        index
-    }
 }

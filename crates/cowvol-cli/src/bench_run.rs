@@ -544,6 +544,8 @@ fn fits_on_disk(dir: &Path, bytes: u64) -> bool {
     let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return true;
     };
+    // SAFETY: statvfs is a plain C struct for which all-zero bytes are a
+    // valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is a valid C string and `st` a valid out-pointer.
     if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {

@@ -258,6 +258,13 @@ fn decode_labels(d: &mut Dec<'_>) -> Result<BTreeMap<String, String>> {
     Ok(labels)
 }
 
+pub(crate) fn validate_name(kind: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(Error::invalid(format!("{kind} name {name:?} must be 1 to 255 bytes without control characters")));
+    }
+    Ok(())
+}
+
 /// Seconds since the Unix epoch, as stored in the catalog.
 pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -284,6 +291,8 @@ pub struct VolumeInfo {
     pub origin: Option<VolumeOrigin>,
     /// Its automatic snapshot policy, if any.
     pub policy: Option<SnapshotPolicy>,
+    /// Free-form owner; empty when unset.
+    pub owner: String,
 }
 
 /// What a snapshot is, as stored in the catalog.
@@ -343,6 +352,8 @@ pub struct TemplateInfo {
     pub source: (VolumeId, SnapshotId),
     /// Free key/value labels.
     pub labels: BTreeMap<String, String>,
+    /// Free-form owner; empty when unset.
+    pub owner: String,
 }
 
 impl TemplateInfo {
@@ -355,6 +366,7 @@ impl TemplateInfo {
         e.u64(self.source.0 .0);
         e.u64(self.source.1 .0);
         encode_labels(&self.labels, e);
+        e.str(&self.owner);
     }
 
     pub(crate) fn decode(d: &mut Dec<'_>) -> Result<TemplateInfo> {
@@ -366,7 +378,17 @@ impl TemplateInfo {
             created_at: d.u64()?,
             source: (VolumeId(d.u64()?), SnapshotId(d.u64()?)),
             labels: decode_labels(d)?,
+            owner: decode_owner(d)?,
         })
+    }
+}
+
+/// An owner field, which version 3 added to volumes and templates.
+fn decode_owner(d: &mut Dec<'_>) -> Result<String> {
+    if d.version >= 3 {
+        d.str()
+    } else {
+        Ok(String::new())
     }
 }
 
@@ -381,6 +403,7 @@ impl VolumeInfo {
         e.u64(self.created_at);
         encode_origin(&self.origin, e);
         SnapshotPolicy::encode(&self.policy, e);
+        e.str(&self.owner);
     }
 
     pub(crate) fn decode(d: &mut Dec<'_>) -> Result<VolumeInfo> {
@@ -393,6 +416,7 @@ impl VolumeInfo {
         let created_at = d.u64()?;
         let origin = decode_origin(d)?;
         let policy = SnapshotPolicy::decode(d)?;
+        let owner = decode_owner(d)?;
         Ok(VolumeInfo {
             id,
             name,
@@ -403,6 +427,7 @@ impl VolumeInfo {
             created_at,
             origin,
             policy,
+            owner,
         })
     }
 }
@@ -496,9 +521,9 @@ impl CatalogImage {
         e.buf
     }
 
-    pub(crate) fn decode(buf: &[u8], crc: u32, location: &str) -> Result<CatalogImage> {
+    pub(crate) fn decode(buf: &[u8], crc: u32, location: &str, version: u32) -> Result<CatalogImage> {
         Crc(crc).verify(buf, "catalog", || location.to_string())?;
-        let mut d = Dec::new(buf, "catalog");
+        let mut d = Dec::of_version(buf, "catalog", version);
         if d.u32()? != CATALOG_MAGIC {
             return Err(d.bad("bad magic"));
         }
@@ -555,6 +580,7 @@ mod tests {
             created_at: 17,
             origin: Some(VolumeOrigin::Snapshot(VolumeId(4), SnapshotId(2))),
             policy: Some(SnapshotPolicy { interval_secs: 3600, keep_last: Some(24), keep_for_secs: None }),
+            owner: "tenant-7".into(),
         };
         let s = SnapshotInfo {
             id: SnapshotId(2),
@@ -578,6 +604,7 @@ mod tests {
             created_at: 19,
             source: (VolumeId(1), SnapshotId(2)),
             labels: BTreeMap::new(),
+            owner: "platform".into(),
         };
         let img = CatalogImage {
             next_volume: 2,
@@ -589,7 +616,10 @@ mod tests {
         };
         let bytes = img.encode();
         let crc = Crc::of(&bytes).0;
-        assert_eq!(CatalogImage::decode(&bytes, crc, "t").unwrap(), img);
-        assert!(CatalogImage::decode(&bytes[..bytes.len() - 1], Crc::of(&bytes[..bytes.len() - 1]).0, "t").is_err());
+        let v = crate::format::FORMAT_VERSION;
+        assert_eq!(CatalogImage::decode(&bytes, crc, "t", v).unwrap(), img);
+        assert!(CatalogImage::decode(&bytes[..bytes.len() - 1], Crc::of(&bytes[..bytes.len() - 1]).0, "t", v).is_err());
+        // Read as version 2, the owners are not there: the bytes do not parse.
+        assert!(CatalogImage::decode(&bytes, crc, "t", 2).is_err());
     }
 }

@@ -3,9 +3,10 @@
 //! its CRC; `stats` reports space.
 
 use crate::catalog::{SnapshotId, TemplateId, VolumeId};
+use crate::engine::State;
 use crate::error::{Error, Result};
-use crate::format::Crc;
-use crate::store::{State, Store};
+use crate::format::{Crc, NodeHeader};
+use crate::store::Store;
 use crate::tree::{self, Body, Node};
 use std::collections::{BTreeMap, HashMap};
 
@@ -142,9 +143,9 @@ impl Store {
     pub fn check(&self) -> Result<CheckReport> {
         // No checkpoint may run meanwhile: it holds pages and trees outside
         // the state while it writes.
-        let _no_checkpoint = self.inner.checkpoint_guard();
-        self.inner.reclaim();
-        let st = self.inner.state.lock();
+        let _no_checkpoint = self.engine.checkpoint_guard();
+        self.engine.reclaim();
+        let st = self.engine.state.lock();
         let mut report = CheckReport {
             volumes: st.volumes.len(),
             snapshots: st.snapshots.len(),
@@ -205,12 +206,12 @@ impl Store {
                 report.problems.push(Problem::Leaked { page: p });
             }
         }
-        let bs = self.inner.block_size as usize;
+        let bs = self.engine.block_size as usize;
         let mut buf = vec![0u8; bs];
         for n in persisted {
             let page = n.addr();
             let res = self
-                .inner
+                .engine
                 .file
                 .read_at(&mut buf, st.space.offset_of(page))
                 .map_err(|e| Error::io("reading a tree node", e))
@@ -231,10 +232,10 @@ impl Store {
     pub fn scrub(&self) -> Result<ScrubReport> {
         // Pages freed while scrub reads stay unused until a checkpoint; none
         // runs meanwhile, so a page read here still holds what was planned.
-        let _no_checkpoint = self.inner.checkpoint_guard();
+        let _no_checkpoint = self.engine.checkpoint_guard();
         let (expected, mut bad) = self.expected_checksums();
-        let bs = self.inner.block_size as u64;
-        let ds = crate::format::data_start(self.inner.block_size);
+        let bs = self.engine.block_size as u64;
+        let ds = crate::format::data_start(self.engine.block_size);
         let max_run = ((4u64 << 20) / bs).max(1);
         // Runs of consecutive live pages, in page order, at most 4 MiB each.
         let mut runs = Vec::new();
@@ -254,7 +255,7 @@ impl Store {
         }
         let read = |start: u64, buf: &mut Vec<u8>, n: u64| {
             buf.resize((n * bs) as usize, 0);
-            self.inner.file.read_at(buf, ds + start * bs).is_ok()
+            self.engine.file.read_at(buf, ds + start * bs).is_ok()
         };
         bad.extend(verify_runs(&runs, &expected, bs as usize, read));
         bad.sort_unstable();
@@ -270,7 +271,7 @@ impl Store {
     /// reads the file in order without sorting. Pages that two leaves give
     /// different checksums are returned as damaged at once.
     fn expected_checksums(&self) -> (Expected, Vec<u64>) {
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         let mut exp = Expected {
             crc: vec![0; st.space.npages() as usize],
             live: vec![0; st.space.npages().div_ceil(64) as usize],
@@ -301,7 +302,7 @@ impl Store {
             .iter()
             .map(|&p| (p, DamagedBlock { page: p, volumes: vec![], snapshots: vec![], templates: vec![] }))
             .collect();
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         for v in st.volumes.values() {
             tree::for_each_mapping(&v.root, v.geo, |lb, m| {
                 if let Some(d) = out.get_mut(&m.page) {
@@ -329,7 +330,7 @@ impl Store {
     /// Space used and shared, metadata size. Cost: one pass over the
     /// distinct tree nodes.
     pub fn stats(&self) -> StoreStats {
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         stats_of(&st)
     }
 }
@@ -418,17 +419,7 @@ fn verify_runs(
 fn verify_node_page(buf: &[u8], page: u64) -> Result<()> {
     // Level and geometry are checked at load; here the page must still be
     // the node it claims to be and pass its checksum.
-    let magic = u32::from_le_bytes(buf[0..4].try_into().unwrap_or_default());
-    let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap_or_default());
-    let self_addr = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default());
-    let level = buf[16];
-    let count = u32::from_le_bytes(buf[20..24].try_into().unwrap_or_default()) as usize;
-    let entry = if level == 0 { crate::format::LEAF_ENTRY_LEN } else { crate::format::INTERIOR_ENTRY_LEN };
-    let end = crate::format::NODE_HEADER_LEN + count.saturating_mul(entry);
-    if magic != crate::format::NODE_MAGIC || self_addr != page || end > buf.len() {
-        return Err(Error::corruption("tree node", format!("page {page}"), "header does not match"));
-    }
-    Crc(crc).verify(&buf[8..end], "tree node", || format!("page {page}"))
+    NodeHeader::decode(buf, page).map(drop)
 }
 
 fn stats_of(st: &State) -> StoreStats {

@@ -94,6 +94,15 @@ pub enum Error {
         /// What check failed.
         detail: String,
     },
+    /// An earlier write or sync of the store failed, so what the disk holds
+    /// after it is uncertain: the store refuses every change from then on
+    /// (reads still work) until it is reopened, which recovers it to what
+    /// was durable. Nothing was applied.
+    #[error("the store refuses {during}: an earlier write or sync failed; reopen the store to recover")]
+    Poisoned {
+        /// What was refused.
+        during: String,
+    },
     /// An I/O error from the operating system; the store refuses further
     /// writes after a failed write or sync.
     #[error("I/O error while {during}: {source}")]

@@ -14,8 +14,12 @@ pub(crate) const SECTOR: u64 = 4096;
 /// The name of the single data file of a store.
 pub(crate) const DATA_FILE: &str = "cowvol.dat";
 
-/// Current on-disk format version.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Current on-disk format version. Version 3 added owners to volumes and
+/// templates.
+pub(crate) const FORMAT_VERSION: u32 = 3;
+/// The oldest version this build opens. Its stores are read as they are and
+/// written in the current version from their first checkpoint on.
+pub(crate) const OLDEST_READABLE_VERSION: u32 = 2;
 
 /// A CRC32 (Castagnoli polynomial is not needed here; crc32fast is IEEE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,11 +89,19 @@ pub(crate) struct Dec<'a> {
     buf: &'a [u8],
     pos: usize,
     what: &'static str,
+    /// The format version the bytes were written in; decoders of records
+    /// that grew fields read the old shape for older versions.
+    pub(crate) version: u32,
 }
 
 impl<'a> Dec<'a> {
     pub(crate) fn new(buf: &'a [u8], what: &'static str) -> Dec<'a> {
-        Dec { buf, pos: 0, what }
+        Dec { buf, pos: 0, what, version: FORMAT_VERSION }
+    }
+
+    /// Decodes bytes written in format `version`.
+    pub(crate) fn of_version(buf: &'a [u8], what: &'static str, version: u32) -> Dec<'a> {
+        Dec { version, ..Dec::new(buf, what) }
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
@@ -173,6 +185,9 @@ pub(crate) struct LogStart {
 /// that follows it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Superblock {
+    /// The version the store's catalog and log were written in. Encoding
+    /// always writes [`FORMAT_VERSION`].
+    pub(crate) version: u32,
     pub(crate) block_size: u32,
     pub(crate) fanout_bits: u32,
     pub(crate) generation: u64,
@@ -220,8 +235,11 @@ impl Superblock {
         let mut d = Dec::new(body, "superblock");
         d.bytes(8)?;
         let version = d.u32()?;
-        if version != FORMAT_VERSION {
-            return Err(d.bad(format!("format version {version} is not supported (this build reads {FORMAT_VERSION})")));
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
+            return Err(d.bad(format!(
+                "format version {version} is not supported (this build reads versions \
+                 {OLDEST_READABLE_VERSION} to {FORMAT_VERSION})"
+            )));
         }
         let block_size = d.u32()?;
         let fanout_bits = d.u32()?;
@@ -244,6 +262,7 @@ impl Superblock {
             return Err(d.bad(format!("fan-out {fanout_bits} does not match block size {block_size}")));
         }
         Ok(Some(Superblock {
+            version,
             block_size,
             fanout_bits,
             generation,
@@ -272,6 +291,74 @@ const _: () = assert!(NODE_HEADER_LEN == 24);
 pub(crate) const LEAF_ENTRY_LEN: usize = 2 + 6 + 4;
 /// An interior entry: child index (u16), child node page (u48).
 pub(crate) const INTERIOR_ENTRY_LEN: usize = 2 + 6;
+/// Where the node's CRC sits; it covers every byte after it up to the end
+/// of the entries.
+const NODE_CRC_AT: usize = 4;
+const NODE_CRC_END: usize = NODE_CRC_AT + 4;
+
+/// The header of a tree node page (docs/format.md, section 3.6): magic,
+/// CRC, the page the node lives at, its level and its entry count. Encoded
+/// and decoded here only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NodeHeader {
+    pub(crate) page: u64,
+    pub(crate) level: u32,
+    pub(crate) count: usize,
+}
+
+impl NodeHeader {
+    /// Starts a node page: the header with its CRC still zero. The entries
+    /// follow; [`NodeHeader::seal`] then fills in the CRC.
+    pub(crate) fn encode(&self, e: &mut Enc) {
+        e.u32(NODE_MAGIC);
+        e.u32(0);
+        e.u64(self.page);
+        e.u8(self.level as u8);
+        e.bytes(&[0; 3]);
+        e.u32(self.count as u32);
+    }
+
+    /// Stores the CRC of a node page whose header and entries are `buf`.
+    pub(crate) fn seal(buf: &mut [u8]) {
+        let crc = Crc::of(&buf[NODE_CRC_END..]);
+        buf[NODE_CRC_AT..NODE_CRC_END].copy_from_slice(&crc.0.to_le_bytes());
+    }
+
+    /// Bytes of the entries that follow the header.
+    pub(crate) fn entries_len(&self) -> Option<usize> {
+        let entry = if self.level == 0 { LEAF_ENTRY_LEN } else { INTERIOR_ENTRY_LEN };
+        self.count.checked_mul(entry)
+    }
+
+    /// Decodes the header of the node page read from `page` and verifies
+    /// the page: magic, entry count within the page, CRC, and that the node
+    /// says it lives at `page`. The level is returned, not checked: only the
+    /// tree knows where the node should sit.
+    pub(crate) fn decode(buf: &[u8], page: u64) -> Result<NodeHeader> {
+        let loc = || format!("tree node at page {page}");
+        let mut d = Dec::new(buf, "tree node");
+        if d.u32()? != NODE_MAGIC {
+            return Err(Error::corruption("tree node", loc(), "bad magic"));
+        }
+        let crc = d.u32()?;
+        let hdr = NodeHeader {
+            page: d.u64()?,
+            level: d.u8()? as u32,
+            count: {
+                d.bytes(3)?;
+                d.u32()? as usize
+            },
+        };
+        let end = hdr.entries_len().map(|n| NODE_HEADER_LEN + n).filter(|&end| end <= buf.len()).ok_or_else(|| {
+            Error::corruption("tree node", loc(), format!("entry count {} overflows the page", hdr.count))
+        })?;
+        Crc(crc).verify(&buf[NODE_CRC_END..end], "tree node", loc)?;
+        if hdr.page != page {
+            return Err(Error::corruption("tree node", loc(), format!("node claims to live at page {}", hdr.page)));
+        }
+        Ok(hdr)
+    }
+}
 /// Page numbers are stored in 48 bits.
 pub(crate) const MAX_PAGE: u64 = (1 << 48) - 1;
 
@@ -401,6 +488,7 @@ mod tests {
     #[test]
     fn superblock_round_trips_and_rejects_bit_flips() {
         let sb = Superblock {
+            version: FORMAT_VERSION,
             block_size: 4096,
             fanout_bits: fanout_bits_for(4096),
             generation: 7,

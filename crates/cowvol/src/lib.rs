@@ -44,16 +44,28 @@
 //! ```
 //!
 //! # Layers
-//! From the top: [`Store`] and [`Volume`] (the public API) → `catalog`
-//! (volumes and snapshots) → `tree` (shared extent trees) → `space` (page
-//! allocation, reference counts, quarantine) → `wal` (the log and group
-//! commit) → `format` (the on-disk encoding) → [`backend`] (files).
+//! Each module uses only the ones below it:
+//! - the public API: [`Store`] (`store`: open, volumes, snapshots, fork,
+//!   restore), [`Volume`] (`volume`: reads, writes, discard, flush),
+//!   `lifecycle` (holds, search, templates, policies), `check` (check,
+//!   scrub, stats), `options` and [`Error`];
+//! - `engine`: the in-memory state and its replay, the commit path with
+//!   group commit, checkpoints, open and recovery, the background thread,
+//!   and `engine::record`, the changes it logs;
+//! - `catalog`: volume, snapshot and template records and their encoding;
+//! - `tree`: extent trees shared by path copying;
+//! - `space`: page allocation, reference counts, quarantine;
+//! - `wal`: the log's segments and CRC-framed batches of records;
+//! - `format`: the on-disk encoding, superblock and headers;
+//! - [`backend`]: files, behind the `StorageDir` and `StorageFile` traits.
 
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod backend;
 mod catalog;
 mod check;
+mod engine;
 mod error;
 mod format;
 mod lifecycle;

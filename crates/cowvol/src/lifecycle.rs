@@ -7,15 +7,17 @@
 //! wholly done or wholly undone, and a snapshot left `Creating` is marked
 //! `Failed` when the store opens.
 
+use crate::catalog::validate_name;
 use crate::catalog::{
     now_secs, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo,
     VolumeId, VolumeInfo, VolumeOrigin,
 };
+use crate::engine::record::Record;
+use crate::engine::{try_admin, Engine, State, VolRuntime};
 use crate::error::{Error, Result};
 use crate::options::{Deleted, SnapshotOptions, VolumeOptions};
-use crate::store::{try_admin, validate_name, Inner, State, Store, VolRuntime};
+use crate::store::Store;
 use crate::volume::{Target, Volume};
-use crate::wal::Record;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub struct TemplateOptions {
     pub description: String,
     /// Free key/value labels.
     pub labels: BTreeMap<String, String>,
+    /// Owner of the template; empty (the default) means its snapshot's owner.
+    pub owner: String,
 }
 
 impl TemplateOptions {
@@ -116,7 +120,7 @@ impl Store {
     /// # Errors
     /// As [`Store::create_snapshot`].
     pub fn begin_snapshot(&self, volume: VolumeId, opts: SnapshotOptions) -> Result<SnapshotInfo> {
-        self.inner.take_snapshot(volume, opts, SnapshotStatus::Creating, now_secs())
+        self.engine.take_snapshot(volume, opts, SnapshotStatus::Creating, now_secs())
     }
 
     /// Captures a `Creating` snapshot: it holds exactly the writes that
@@ -128,18 +132,15 @@ impl Store {
     /// is not `Creating`; [`Error::Busy`] when another administrative
     /// operation holds the volume.
     pub fn commit_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<SnapshotInfo> {
-        let inner = &self.inner;
-        inner.ensure_writable()?;
-        let rt = inner.state.lock().vol(volume)?.rt.clone();
+        let engine = &self.engine;
+        engine.ensure_writable()?;
+        let rt = engine.state.lock().vol(volume)?.rt.clone();
         let _admin = try_admin(&rt, volume, "commit")?;
-        let (info, lsn) = {
-            let mut st = inner.state.lock();
-            let s = creating_snap(&st, volume, snapshot)?;
+        engine.commit(|st| {
+            let s = creating_snap(st, volume, snapshot)?;
             let info = SnapshotInfo { status: SnapshotStatus::Ready, ..s.clone() };
-            (info, inner.apply_and_log(&mut st, Record::CommitSnapshot { snap: snapshot.0 })?)
-        };
-        inner.sync_to(lsn)?;
-        Ok(info)
+            Ok((info, Some(Record::CommitSnapshot { snap: snapshot.0 })))
+        })
     }
 
     /// Gives up a `Creating` snapshot: it becomes `Failed` (it stays
@@ -149,7 +150,7 @@ impl Store {
     /// [`Error::NotFound`]; [`Error::InvalidArgument`] when the snapshot
     /// is not `Creating`.
     pub fn abort_snapshot(&self, volume: VolumeId, snapshot: SnapshotId) -> Result<SnapshotInfo> {
-        self.inner.update_snapshot(volume, snapshot, |s| {
+        self.engine.update_snapshot(volume, snapshot, |s| {
             creating_status(s)?;
             s.status = SnapshotStatus::Failed;
             Ok(())
@@ -175,7 +176,7 @@ impl Store {
     }
 
     fn set_hold(&self, volume: VolumeId, snapshot: SnapshotId, held: bool) -> Result<SnapshotInfo> {
-        self.inner.update_snapshot(volume, snapshot, |s| {
+        self.engine.update_snapshot(volume, snapshot, |s| {
             s.held = held;
             Ok(())
         })
@@ -199,27 +200,23 @@ impl Store {
         if ids.is_empty() || ids.len() != volumes.len() {
             return Err(Error::invalid("a group snapshot needs a list of distinct volumes"));
         }
-        let inner = &self.inner;
-        inner.ensure_writable()?;
+        let engine = &self.engine;
+        engine.ensure_writable()?;
         let rts: Vec<Arc<VolRuntime>> = {
-            let st = inner.state.lock();
+            let st = engine.state.lock();
             ids.iter().map(|&v| st.vol(v).map(|v| v.rt.clone())).collect::<Result<_>>()?
         };
         // Taken in id order; `try_lock` cannot deadlock anyway.
         let _admins =
             ids.iter().zip(&rts).map(|(&v, rt)| try_admin(rt, v, "group snapshot")).collect::<Result<Vec<_>>>()?;
-        let (infos, lsn) = {
-            let mut st = inner.state.lock();
+        engine.commit(|st| {
             let now = now_secs();
             let infos = volumes
                 .iter()
                 .map(|&v| st.new_snapshot_info(v, opts.clone(), SnapshotStatus::Ready, now))
                 .collect::<Result<Vec<_>>>()?;
-            let lsn = inner.apply_and_log(&mut st, Record::CreateSnapshots(infos.clone()))?;
-            (infos, lsn)
-        };
-        inner.sync_to(lsn)?;
-        Ok(infos)
+            Ok((infos.clone(), Some(Record::CreateSnapshots(infos))))
+        })
     }
 
     /// A snapshot's record, by id alone (ids are unique in the store).
@@ -227,7 +224,7 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`].
     pub fn snapshot(&self, snapshot: SnapshotId) -> Result<SnapshotInfo> {
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         st.snapshots.get(&snapshot.0).map(|s| s.info.clone()).ok_or_else(|| not_found_snapshot(snapshot))
     }
 
@@ -256,7 +253,7 @@ impl Store {
     /// ```
     pub fn search_snapshots(&self, query: &SnapshotQuery) -> SnapshotPage {
         let needle = query.name_contains.as_ref().map(|n| n.to_lowercase());
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         let mut hits: Vec<&SnapshotInfo> =
             st.snapshots.values().map(|s| &s.info).filter(|s| matches(s, query, needle.as_deref())).collect();
         hits.sort_by_key(|s| (s.created_at, s.id));
@@ -284,12 +281,12 @@ impl Store {
     /// taken name.
     pub fn create_volume_from_snapshot(&self, snapshot: SnapshotId, opts: VolumeOptions) -> Result<VolumeInfo> {
         let (volume, size) = {
-            let st = self.inner.state.lock();
+            let st = self.engine.state.lock();
             let s = st.snapshots.get(&snapshot.0).ok_or_else(|| not_found_snapshot(snapshot))?;
             st.ready_snap_of(s.info.volume_id, snapshot)?;
             (s.info.volume_id, s.info.size_bytes)
         };
-        self.inner.create_volume_with_origin(VolumeOrigin::Snapshot(volume, snapshot), size, opts)
+        self.engine.create_volume_with_origin(VolumeOrigin::Snapshot(volume, snapshot), size, opts)
     }
 
     /// Creates a writable volume from a template, sharing all its blocks.
@@ -299,7 +296,7 @@ impl Store {
     /// As [`Store::create_volume_from_snapshot`].
     pub fn create_volume_from_template(&self, template: TemplateId, opts: VolumeOptions) -> Result<VolumeInfo> {
         let size = self.template(template)?.size_bytes;
-        self.inner.create_volume_with_origin(VolumeOrigin::Template(template), size, opts)
+        self.engine.create_volume_with_origin(VolumeOrigin::Template(template), size, opts)
     }
 
     /// Makes a template from a ready snapshot: a named, read-only image
@@ -328,10 +325,7 @@ impl Store {
     /// is not ready; [`Error::AlreadyExists`] for a taken template name.
     pub fn create_template(&self, snapshot: SnapshotId, opts: TemplateOptions) -> Result<TemplateInfo> {
         validate_name("template", &opts.name)?;
-        let inner = &self.inner;
-        inner.ensure_writable()?;
-        let (info, lsn) = {
-            let mut st = inner.state.lock();
+        self.engine.commit(|st| {
             let s = st.snapshots.get(&snapshot.0).ok_or_else(|| not_found_snapshot(snapshot))?;
             let s = st.ready_snap_of(s.info.volume_id, snapshot)?;
             if st.templates.values().any(|t| t.info.name == opts.name) {
@@ -345,17 +339,15 @@ impl Store {
                 created_at: now_secs(),
                 source: (s.info.volume_id, snapshot),
                 labels: opts.labels,
+                owner: if opts.owner.is_empty() { s.info.owner.clone() } else { opts.owner },
             };
-            let lsn = inner.apply_and_log(&mut st, Record::CreateTemplate(info.clone()))?;
-            (info, lsn)
-        };
-        inner.sync_to(lsn)?;
-        Ok(info)
+            Ok((info.clone(), Some(Record::CreateTemplate(info))))
+        })
     }
 
     /// Every template, by id.
     pub fn list_templates(&self) -> Vec<TemplateInfo> {
-        self.inner.state.lock().templates.values().map(|t| t.info.clone()).collect()
+        self.engine.state.lock().templates.values().map(|t| t.info.clone()).collect()
     }
 
     /// One template's record.
@@ -363,13 +355,13 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`].
     pub fn template(&self, id: TemplateId) -> Result<TemplateInfo> {
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         st.templates.get(&id.0).map(|t| t.info.clone()).ok_or_else(|| Error::not_found(format!("template {id}")))
     }
 
     /// Finds a template by name.
     pub fn template_by_name(&self, name: &str) -> Option<TemplateInfo> {
-        self.inner.state.lock().templates.values().find(|t| t.info.name == name).map(|t| t.info.clone())
+        self.engine.state.lock().templates.values().find(|t| t.info.name == name).map(|t| t.info.clone())
     }
 
     /// Deletes a template. Idempotent. Volumes made from it keep every
@@ -379,18 +371,14 @@ impl Store {
     /// # Errors
     /// I/O errors only.
     pub fn delete_template(&self, id: TemplateId) -> Result<Deleted> {
-        let inner = &self.inner;
-        inner.ensure_writable()?;
-        let lsn = {
-            let mut st = inner.state.lock();
+        let deleted = self.engine.commit(|st| {
             if !st.templates.contains_key(&id.0) {
-                return Ok(Deleted { existed: false });
+                return Ok((Deleted { existed: false }, None));
             }
-            inner.apply_and_log(&mut st, Record::DeleteTemplate { tmpl: id.0 })?
-        };
-        inner.sync_to(lsn)?;
-        inner.reclaim();
-        Ok(Deleted { existed: true })
+            Ok((Deleted { existed: true }, Some(Record::DeleteTemplate { tmpl: id.0 })))
+        })?;
+        self.engine.reclaim();
+        Ok(deleted)
     }
 
     /// Opens a read-only handle on a template.
@@ -399,7 +387,15 @@ impl Store {
     /// [`Error::NotFound`].
     pub fn open_template(&self, id: TemplateId) -> Result<Volume> {
         let size = self.template(id)?.size_bytes;
-        Ok(Volume::new(self.clone(), Target::Template(id), size, Arc::new(VolRuntime::default()), false, u64::MAX))
+        Ok(Volume::new(
+            self.keeper.clone(),
+            self.engine.clone(),
+            Target::Template(id),
+            size,
+            Arc::new(VolRuntime::default()),
+            false,
+            u64::MAX,
+        ))
     }
 
     /// Sets (or, with `None`, clears) a volume's automatic snapshot policy.
@@ -412,16 +408,10 @@ impl Store {
         if let Some(p) = &policy {
             validate_policy(p)?;
         }
-        let inner = &self.inner;
-        inner.ensure_writable()?;
-        let (info, lsn) = {
-            let mut st = inner.state.lock();
-            st.vol(volume)?;
-            let lsn = inner.apply_and_log(&mut st, Record::SetPolicy { vol: volume.0, policy })?;
-            (st.vol(volume)?.info.clone(), lsn)
-        };
-        inner.sync_to(lsn)?;
-        Ok(info)
+        self.engine.commit(|st| {
+            let info = VolumeInfo { policy, ..st.vol(volume)?.info.clone() };
+            Ok((info, Some(Record::SetPolicy { vol: volume.0, policy })))
+        })
     }
 
     /// Runs every volume's policy as of `now` (seconds since the Unix
@@ -452,11 +442,11 @@ impl Store {
     /// # Ok(()) }
     /// ```
     pub fn run_policies(&self, now: u64) -> PolicyRun {
-        self.inner.run_policies(now)
+        self.engine.run_policies(now)
     }
 }
 
-impl Inner {
+impl Engine {
     pub(crate) fn run_policies(&self, now: u64) -> PolicyRun {
         let _one_pass = self.policy_pass.lock();
         let mut run = PolicyRun::default();
@@ -547,18 +537,13 @@ impl Inner {
         snapshot: SnapshotId,
         change: impl FnOnce(&mut SnapshotInfo) -> Result<()>,
     ) -> Result<SnapshotInfo> {
-        self.ensure_writable()?;
-        let (info, lsn) = {
-            let mut st = self.state.lock();
-            let mut info = st.snap_of(volume, snapshot)?.info.clone();
+        self.commit(|st| {
+            let old = &st.snap_of(volume, snapshot)?.info;
+            let mut info = old.clone();
             change(&mut info)?;
-            if info == st.snap_of(volume, snapshot)?.info {
-                return Ok(info);
-            }
-            (info.clone(), self.apply_and_log(&mut st, Record::UpdateSnapshot(info))?)
-        };
-        self.sync_to(lsn)?;
-        Ok(info)
+            let rec = (info != *old).then(|| Record::UpdateSnapshot(info.clone()));
+            Ok((info, rec))
+        })
     }
 
     /// Creates a volume whose tree is `origin`'s, which has `size` bytes.
@@ -570,9 +555,7 @@ impl Inner {
                 opts.size_bytes
             )));
         }
-        self.ensure_writable()?;
-        let (info, lsn) = {
-            let mut st = self.state.lock();
+        self.commit(|st| {
             // The origin may have been deleted since the caller looked it up.
             match origin {
                 VolumeOrigin::Volume(v) => st.vol(v).map(drop)?,
@@ -582,23 +565,9 @@ impl Inner {
                 }
                 VolumeOrigin::Template(_) => {}
             }
-            st.check_volume_name_free(&opts.name)?;
-            let info = VolumeInfo {
-                id: VolumeId(st.next_volume),
-                name: opts.name,
-                size_bytes: size,
-                access_mode: opts.access_mode,
-                cache_bytes: opts.cache_bytes,
-                write_buffer_bytes: crate::store::write_buffer_or_default(opts.write_buffer_bytes),
-                created_at: now_secs(),
-                origin: Some(origin),
-                policy: None,
-            };
-            let lsn = self.apply_and_log(&mut st, Record::Fork(info.clone()))?;
-            (info, lsn)
-        };
-        self.sync_to(lsn)?;
-        Ok(info)
+            let info = st.new_volume_info(VolumeOptions { size_bytes: size, ..opts }, Some(origin))?;
+            Ok((info.clone(), Some(Record::Fork(info))))
+        })
     }
 }
 
@@ -734,10 +703,10 @@ mod tests {
             VolumeOrigin::Volume(VolumeId(9)),
         ];
         for origin in gone {
-            let r = store.inner.create_volume_with_origin(origin, 4096, VolumeOptions::new("new", 0));
+            let r = store.engine.create_volume_with_origin(origin, 4096, VolumeOptions::new("new", 0));
             assert!(matches!(r, Err(Error::NotFound { .. })), "{origin:?}: {r:?}");
         }
-        assert!(!store.inner.is_failed());
+        assert!(!store.engine.is_failed());
         assert!(store.create_volume(VolumeOptions::new("still-works", 4096)).is_ok());
         assert!(store.check().unwrap().is_clean());
     }

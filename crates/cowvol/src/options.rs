@@ -54,6 +54,10 @@ pub struct VolumeOptions {
     /// Bytes written without a flush after which cowvol flushes on its own,
     /// bounding what a crash can lose. 0 means the default, 64 MiB.
     pub write_buffer_bytes: u64,
+    /// Free-form owner (a tenant, a team), for platforms that keep tenants
+    /// apart. Empty for a new volume means none; for a volume made from a
+    /// snapshot or template, empty means the owner of what it is made from.
+    pub owner: String,
 }
 
 impl VolumeOptions {
@@ -65,6 +69,7 @@ impl VolumeOptions {
             access_mode: AccessMode::default(),
             cache_bytes: 0,
             write_buffer_bytes: 0,
+            owner: String::new(),
         }
     }
 }
@@ -120,6 +125,9 @@ pub struct ForkOptions {
     pub from_snapshot: Option<SnapshotId>,
     /// Access mode of the new volume. Default: read-write-once.
     pub access_mode: AccessMode,
+    /// Owner of the new volume; empty (the default) means the source
+    /// volume's owner (the snapshot's, when the source volume is gone).
+    pub owner: String,
 }
 
 /// Whether a handle may write.

@@ -21,7 +21,7 @@
 //! equal addresses, and a checkpoint writes only nodes without one.
 
 use crate::error::{Error, Result};
-use crate::format::{Crc, Dec, Enc, INTERIOR_ENTRY_LEN, LEAF_ENTRY_LEN, MAX_PAGE, NODE_HEADER_LEN, NODE_MAGIC};
+use crate::format::{Crc, Dec, Enc, NodeHeader, MAX_PAGE, NODE_HEADER_LEN};
 use crate::space::Space;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +31,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Mapping {
     pub(crate) page: u64,
-    pub(crate) crc: u32,
+    pub(crate) crc: Crc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +133,7 @@ pub(crate) fn lookup(root: &Root, geo: Geometry, lblock: u64) -> Option<Mapping>
                 let idx = geo.index(lblock, 0) as u32;
                 let i = find_entry(entries, idx).ok()?;
                 let e = entries[i];
-                return Some(Mapping { page: e.page, crc: e.crc });
+                return Some(Mapping { page: e.page, crc: Crc(e.crc) });
             }
         }
     }
@@ -188,7 +188,7 @@ pub(crate) fn lookup_range(root: &Root, geo: Geometry, first: u64, n: u64, out: 
                     let idx = (b & mask) as u32;
                     match entries.get(p) {
                         Some(e) if e.idx == idx => {
-                            out.push(Some(Mapping { page: e.page, crc: e.crc }));
+                            out.push(Some(Mapping { page: e.page, crc: Crc(e.crc) }));
                             p += 1;
                         }
                         _ => out.push(None),
@@ -242,7 +242,7 @@ fn insert_at(slot: &mut Root, geo: Geometry, level: u32, lblock: u64, m: Mapping
     match &mut node.body {
         Body::Interior(children) => insert_at(&mut children[idx], geo, level - 1, lblock, m, space),
         Body::Leaf(entries) => {
-            let e = LeafEntry { idx: idx as u32, crc: m.crc, page: m.page };
+            let e = LeafEntry { idx: idx as u32, crc: m.crc.0, page: m.page };
             space.inc(m.page);
             match find_entry(entries, e.idx) {
                 Ok(i) => {
@@ -268,7 +268,10 @@ pub(crate) fn remove_range(
     remove_at(root, geo, geo.levels - 1, 0, start, end, space, garbage);
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one recursive step carries the range, its position and the two lists it updates"
+)]
 fn remove_at(
     slot: &mut Root,
     geo: Geometry,
@@ -359,7 +362,7 @@ pub(crate) fn for_each_mapping(root: &Root, geo: Geometry, mut f: impl FnMut(u64
         match &node.body {
             Body::Leaf(entries) => {
                 for e in entries {
-                    f(base + e.idx as u64, Mapping { page: e.page, crc: e.crc });
+                    f(base + e.idx as u64, Mapping { page: e.page, crc: Crc(e.crc) });
                 }
             }
             Body::Interior(children) => {
@@ -444,14 +447,13 @@ pub(crate) fn exclusive_pages(root: &Root, space: &Space) -> u64 {
 /// Encodes a node into one page. Children must already have addresses.
 pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize) -> Vec<u8> {
     let mut e = Enc::with_capacity(block_size);
-    e.u32(NODE_MAGIC);
-    e.u32(0);
-    e.u64(page);
-    e.u8(level as u8);
-    e.bytes(&[0; 3]);
+    let count = match &node.body {
+        Body::Leaf(entries) => entries.len(),
+        Body::Interior(children) => children.iter().flatten().count(),
+    };
+    NodeHeader { page, level, count }.encode(&mut e);
     match &node.body {
         Body::Leaf(entries) => {
-            e.u32(entries.len() as u32);
             for x in entries {
                 e.u16(x.idx as u16);
                 e.u48(x.page);
@@ -459,8 +461,6 @@ pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize)
             }
         }
         Body::Interior(children) => {
-            let n = children.iter().flatten().count();
-            e.u32(n as u32);
             for (i, c) in children.iter().enumerate() {
                 if let Some(c) = c {
                     debug_assert!(c.addr() != 0, "child written before parent");
@@ -470,8 +470,7 @@ pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize)
             }
         }
     }
-    let crc = Crc::of(&e.buf[8..]);
-    e.buf[4..8].copy_from_slice(&crc.0.to_le_bytes());
+    NodeHeader::seal(&mut e.buf);
     e.buf.resize(block_size, 0);
     e.buf
 }
@@ -485,24 +484,9 @@ pub(crate) enum DecodedNode {
 /// Decodes and verifies the node page at `page`, which must be at `level`.
 pub(crate) fn decode_node(buf: &[u8], page: u64, level: u32, geo: Geometry, npages: u64) -> Result<DecodedNode> {
     let loc = || format!("tree node at page {page}");
-    let mut d = Dec::new(buf, "tree node");
-    if d.u32()? != NODE_MAGIC {
-        return Err(Error::corruption("tree node", loc(), "bad magic"));
-    }
-    let crc = d.u32()?;
-    let self_addr = d.u64()?;
-    let lvl = d.u8()? as u32;
-    d.bytes(3)?;
-    let count = d.u32()? as usize;
-    let entry_len = if lvl == 0 { LEAF_ENTRY_LEN } else { INTERIOR_ENTRY_LEN };
-    let body_len = count
-        .checked_mul(entry_len)
-        .filter(|&n| NODE_HEADER_LEN + n <= buf.len())
-        .ok_or_else(|| Error::corruption("tree node", loc(), format!("entry count {count} overflows the page")))?;
-    Crc(crc).verify(&buf[8..NODE_HEADER_LEN + body_len], "tree node", loc)?;
-    if self_addr != page {
-        return Err(Error::corruption("tree node", loc(), format!("node claims to live at page {self_addr}")));
-    }
+    let hdr = NodeHeader::decode(buf, page)?;
+    let (lvl, count) = (hdr.level, hdr.count);
+    let mut d = Dec::new(&buf[NODE_HEADER_LEN..], "tree node");
     if lvl != level {
         return Err(Error::corruption("tree node", loc(), format!("level {lvl}, expected {level}")));
     }
@@ -513,7 +497,7 @@ pub(crate) fn decode_node(buf: &[u8], page: u64, level: u32, geo: Geometry, npag
             return Err(Error::corruption(
                 "tree node",
                 loc(),
-                format!("entry index {i} out of order at byte {}", d.pos()),
+                format!("entry index {i} out of order at byte {}", NODE_HEADER_LEN + d.pos()),
             ));
         }
         last = Some(i);
@@ -590,11 +574,11 @@ mod tests {
     fn insert_lookup_and_overwrite_keep_refcounts() {
         let mut s = space();
         let mut root = None;
-        insert(&mut root, GEO, 5, Mapping { page: 100, crc: 1 }, &mut s);
-        insert(&mut root, GEO, 63, Mapping { page: 101, crc: 2 }, &mut s);
-        assert_eq!(lookup(&root, GEO, 5), Some(Mapping { page: 100, crc: 1 }));
+        insert(&mut root, GEO, 5, Mapping { page: 100, crc: Crc(1) }, &mut s);
+        insert(&mut root, GEO, 63, Mapping { page: 101, crc: Crc(2) }, &mut s);
+        assert_eq!(lookup(&root, GEO, 5), Some(Mapping { page: 100, crc: Crc(1) }));
         assert_eq!(lookup(&root, GEO, 6), None);
-        insert(&mut root, GEO, 5, Mapping { page: 102, crc: 3 }, &mut s);
+        insert(&mut root, GEO, 5, Mapping { page: 102, crc: Crc(3) }, &mut s);
         assert_eq!(s.refcount(100), 0);
         assert_eq!(s.quarantine, vec![100]);
         assert_eq!(s.refcount(102), 1);
@@ -605,10 +589,10 @@ mod tests {
         let mut s = space();
         let mut a = None;
         for lb in 0..64 {
-            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: 0 }, &mut s);
+            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: Crc(0) }, &mut s);
         }
         let snap = a.clone();
-        insert(&mut a, GEO, 0, Mapping { page: 999, crc: 9 }, &mut s);
+        insert(&mut a, GEO, 0, Mapping { page: 999, crc: Crc(9) }, &mut s);
         assert_eq!(lookup(&snap, GEO, 0).unwrap().page, 200);
         assert_eq!(lookup(&a, GEO, 0).unwrap().page, 999);
         // The copied leaf (4 entries) referenced its pages again, minus the overwritten one.
@@ -629,10 +613,10 @@ mod tests {
         let mut s = space();
         let mut a = None;
         for lb in 0..64 {
-            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: 0 }, &mut s);
+            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: Crc(0) }, &mut s);
         }
         let snap = a.clone();
-        insert(&mut a, GEO, 0, Mapping { page: 999, crc: 9 }, &mut s);
+        insert(&mut a, GEO, 0, Mapping { page: 999, crc: Crc(9) }, &mut s);
         s.quarantine.clear();
         let mut garbage: Vec<_> = snap.into_iter().collect();
         while !release_some(&mut garbage, &mut s, 3) {}
@@ -645,7 +629,7 @@ mod tests {
         let mut s = space();
         let mut a = None;
         for lb in 0..64 {
-            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: 0 }, &mut s);
+            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: Crc(0) }, &mut s);
         }
         let mut g = Vec::new();
         remove_range(&mut a, GEO, 3, 40, &mut s, &mut g);
@@ -665,7 +649,7 @@ mod tests {
         let mut root = None;
         let geo = Geometry { bits: 8, levels: 1 };
         for lb in [0u64, 7, 255] {
-            insert(&mut root, geo, lb, Mapping { page: 300 + lb, crc: lb as u32 }, &mut s);
+            insert(&mut root, geo, lb, Mapping { page: 300 + lb, crc: Crc(lb as u32) }, &mut s);
         }
         let node = root.unwrap();
         let buf = encode_node(&node, 0, 42, 4096);

@@ -9,12 +9,12 @@
 //! corruption, which covers a reader that slept across that window.
 
 use crate::catalog::{SnapshotId, TemplateId, VolumeId};
+use crate::engine::record::{Record, MAX_MAP_BLOCKS};
+use crate::engine::{Engine, Keeper, State, VolRuntime};
 use crate::error::{Error, Result};
 use crate::format::Crc;
 use crate::space::Run;
-use crate::store::{Inner, Keeper, State, Store, VolRuntime};
 use crate::tree::{self, Geometry, Mapping, Root};
-use crate::wal::{Record, MAX_MAP_BLOCKS};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -58,9 +58,9 @@ impl Drop for Lease {
 /// at once is safe; writes to the same bytes race as they would on a disk.
 #[derive(Debug, Clone)]
 pub struct Volume {
-    // Dropped before `inner`: see `Store`.
+    // Dropped before `engine`: see `Store`.
     _store: Arc<Keeper>,
-    inner: Arc<Inner>,
+    engine: Arc<Engine>,
     target: Target,
     size: u64,
     lease: Arc<Lease>,
@@ -72,13 +72,13 @@ pub struct Volume {
 }
 
 /// Counts a data write as under way for group commit (see
-/// `Inner::gather_writes`) until dropped.
-struct InFlight<'a>(&'a Inner);
+/// `Engine::gather_writes`) until dropped.
+struct InFlight<'a>(&'a Engine);
 
 impl<'a> InFlight<'a> {
-    fn new(inner: &'a Inner) -> Self {
-        inner.writes_started.fetch_add(1, Ordering::AcqRel);
-        InFlight(inner)
+    fn new(engine: &'a Engine) -> Self {
+        engine.writes_started.fetch_add(1, Ordering::AcqRel);
+        InFlight(engine)
     }
 }
 
@@ -90,17 +90,18 @@ impl Drop for InFlight<'_> {
 
 impl Volume {
     pub(crate) fn new(
-        store: Store,
+        keeper: Arc<Keeper>,
+        engine: Arc<Engine>,
         target: Target,
         size: u64,
         rt: Arc<VolRuntime>,
         writable: bool,
         write_buffer: u64,
     ) -> Volume {
-        let data_start = crate::format::data_start(store.inner.block_size);
+        let data_start = crate::format::data_start(engine.block_size);
         Volume {
-            _store: store.keeper,
-            inner: store.inner,
+            _store: keeper,
+            engine,
             target,
             size,
             lease: Arc::new(Lease { rt, writable }),
@@ -140,7 +141,7 @@ impl Volume {
     }
 
     fn bs(&self) -> u64 {
-        self.inner.block_size as u64
+        self.engine.block_size as u64
     }
 
     /// The tree this handle reads, found in the locked state.
@@ -164,7 +165,7 @@ impl Volume {
     /// Looks up the mappings of blocks `first..first+n` under the state lock.
     fn plan(&self, first: u64, n: u64) -> Result<Vec<Option<Mapping>>> {
         let mut out = Vec::new();
-        let st = self.inner.state.lock();
+        let st = self.engine.state.lock();
         let (root, geo) = self.tree_of(&st)?;
         if n == 1 {
             out.push(tree::lookup(root, geo, first));
@@ -177,7 +178,7 @@ impl Volume {
     /// Describes `[offset, offset + len)` as consecutive extents, each either
     /// data or a hole (never written, or discarded: reads as zeroes), so
     /// that copy tools and block-status queries can skip the holes. The
-    /// extents cover the range exactly; inner boundaries fall on block
+    /// extents cover the range exactly; engine boundaries fall on block
     /// boundaries. Cost: proportional to the mapped part of the range and
     /// the tree nodes above it, not to the range's length.
     ///
@@ -193,7 +194,7 @@ impl Volume {
         let first = offset / bs;
         let mut runs = Vec::new();
         {
-            let st = self.inner.state.lock();
+            let st = self.engine.state.lock();
             let (root, geo) = self.tree_of(&st)?;
             tree::mapped_runs(root, geo, first, (end - 1) / bs + 1 - first, &mut runs);
         }
@@ -258,7 +259,7 @@ impl Volume {
                 for k in 0..n {
                     let chunk = &mut span[k * bs as usize..(k + 1) * bs as usize];
                     let want = plan[i + k].expect("mapped").crc;
-                    if Crc::of(chunk).0 != want {
+                    if Crc::of(chunk) != want {
                         self.reread_block(lb + k as u64, plan[i + k].expect("mapped"), chunk, 0)?;
                     }
                 }
@@ -266,7 +267,7 @@ impl Volume {
             } else {
                 block.resize(bs as usize, 0);
                 self.read_pages(m.page, &mut block)?;
-                if Crc::of(&block).0 != m.crc {
+                if Crc::of(&block) != m.crc {
                     self.reread_block(lb, m, &mut block, 0)?;
                 }
                 let inner_off = (from - bstart) as usize;
@@ -278,7 +279,7 @@ impl Volume {
     }
 
     fn read_pages(&self, page: u64, into: &mut [u8]) -> Result<()> {
-        self.inner
+        self.engine
             .file
             .read_at(into, self.offset_of(page))
             .map_err(|e| Error::io(format!("reading {} at page {page}", self.target), e))
@@ -293,7 +294,7 @@ impl Volume {
             Some(m) if m == old || attempt >= 3 => Err(Error::corruption(
                 "data block",
                 format!("page {} ({} block {lb})", m.page, self.target),
-                format!("checksum mismatch: expected {:#010x}", m.crc),
+                format!("checksum mismatch: expected {:#010x}", m.crc.0),
             )),
             None => {
                 block[..bs].fill(0);
@@ -302,7 +303,7 @@ impl Volume {
             Some(m) => {
                 let mut tmp = vec![0u8; bs];
                 self.read_pages(m.page, &mut tmp)?;
-                if Crc::of(&tmp).0 == m.crc {
+                if Crc::of(&tmp) == m.crc {
                     block[..bs].copy_from_slice(&tmp);
                     Ok(())
                 } else {
@@ -331,14 +332,32 @@ impl Volume {
         if data.is_empty() {
             return Ok(());
         }
-        self.inner.ensure_writable()?;
+        self.engine.ensure_writable()?;
         let _gate = self.lease.rt.gate.read();
         let bs = self.bs();
         let first = offset / bs;
         let last = (offset + data.len() as u64 - 1) / bs;
+        let _stripes = self.lock_stripes(first, last - first + 1);
+        let in_flight = InFlight::new(&self.engine);
+        let staged = self.stage(vol, data, offset)?;
+        self.log_staged(vol, staged, None)?;
+        drop(in_flight);
+        let pending = self.lease.rt.unflushed.fetch_add(data.len() as u64, Ordering::AcqRel) + data.len() as u64;
+        if pending > self.write_buffer {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` to fresh pages and returns the records that
+    /// would map them, without logging anything: the first half of a write.
+    /// Partial blocks are merged with their current contents. The caller
+    /// holds the gate and the stripes of every block the write touches.
+    fn stage(&self, vol: VolumeId, data: &[u8], offset: u64) -> Result<Staged> {
+        let bs = self.bs();
+        let first = offset / bs;
+        let last = (offset + data.len() as u64 - 1) / bs;
         let n = last - first + 1;
-        let _stripes = self.lock_stripes(first, n);
-        let in_flight = InFlight::new(&self.inner);
         let aligned = offset.is_multiple_of(bs) && (data.len() as u64).is_multiple_of(bs);
         let merged;
         let payload: &[u8] = if aligned {
@@ -348,7 +367,7 @@ impl Volume {
             &merged
         };
         let crcs: Vec<u32> = payload.chunks(bs as usize).map(|b| Crc::of(b).0).collect();
-        let runs = self.inner.claim_pages(n)?;
+        let runs = self.engine.claim_pages(n)?;
         if let Err(e) = self.write_runs(&runs, payload) {
             self.free_runs(&runs);
             return Err(e);
@@ -376,33 +395,37 @@ impl Volume {
             }
             recs
         };
-        {
-            let mut st = self.inner.state.lock();
-            let logged = st.vol(vol).map(|_| ()).and_then(|_| self.inner.apply_and_log_many(&mut st, &recs));
-            match logged {
-                Ok(_) => st.space.settle(&runs),
-                Err(e) => {
-                    // A failure after part of the write was mapped poisons the
-                    // store; the mapped pages must then stay owned.
-                    if self.inner.is_failed() {
-                        st.space.settle(&runs);
-                    } else {
-                        st.space.unclaim(&runs);
-                    }
-                    return Err(e);
+        Ok(Staged { recs, runs })
+    }
+
+    /// The second half of a write: maps what [`Volume::stage`] wrote, and
+    /// `then` after it, in one logged step, so that no snapshot, restore or
+    /// reader sees part of it. On failure the staged pages are handed back.
+    fn log_staged(&self, vol: VolumeId, staged: Staged, then: Option<Record>) -> Result<u64> {
+        let Staged { mut recs, runs } = staged;
+        recs.extend(then);
+        let mut st = self.engine.state.lock();
+        let logged = st.vol(vol).map(drop).and_then(|()| self.engine.apply_and_log_many(&mut st, &recs));
+        match logged {
+            Ok(lsn) => {
+                st.space.settle(&runs);
+                Ok(lsn)
+            }
+            Err(e) => {
+                // A failure after part of the write was mapped poisons the
+                // store; the mapped pages must then stay owned.
+                if self.engine.is_failed() {
+                    st.space.settle(&runs);
+                } else {
+                    st.space.unclaim(&runs);
                 }
+                Err(e)
             }
         }
-        drop(in_flight);
-        let pending = self.lease.rt.unflushed.fetch_add(data.len() as u64, Ordering::AcqRel) + data.len() as u64;
-        if pending > self.write_buffer {
-            self.flush()?;
-        }
-        Ok(())
     }
 
     fn free_runs(&self, runs: &[Run]) {
-        self.inner.state.lock().space.unclaim(runs);
+        self.engine.state.lock().space.unclaim(runs);
     }
 
     fn write_runs(&self, runs: &[Run], payload: &[u8]) -> Result<()> {
@@ -410,7 +433,7 @@ impl Volume {
         let mut at = 0usize;
         for r in runs {
             let len = r.len as usize * bs;
-            self.inner
+            self.engine
                 .file
                 .write_at(&payload[at..at + len], self.offset_of(r.start))
                 .map_err(|e| Error::io(format!("writing {} data", self.target), e))?;
@@ -457,7 +480,7 @@ impl Volume {
             Some(m) => {
                 let mut block = vec![0u8; bs as usize];
                 self.read_pages(m.page, &mut block)?;
-                if Crc::of(&block).0 != m.crc {
+                if Crc::of(&block) != m.crc {
                     self.reread_block(lb, m, &mut block, 0)?;
                 }
                 buf.copy_from_slice(&block[..buf.len()]);
@@ -482,7 +505,7 @@ impl Volume {
     /// An I/O error of the sync; the store then refuses further writes.
     pub fn flush(&self) -> Result<()> {
         self.lease.rt.unflushed.store(0, Ordering::Release);
-        self.inner.flush()
+        self.engine.flush()
     }
 
     /// Unmaps `[offset, offset + len)`: it reads as zeroes afterwards, and
@@ -502,40 +525,66 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
+        self.engine.ensure_writable()?;
+        // One step under the gate and the stripes of every block touched:
+        // a write racing on an edge block cannot read the old contents
+        // before the unmap and map them back after it, and a snapshot or
+        // restore sees the whole discard or none of it.
+        let _gate = self.lease.rt.gate.read();
         let bs = self.bs();
         let end = offset + len;
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let _stripes = self.lock_stripes(first, last - first + 1);
+        let in_flight = InFlight::new(&self.engine);
+        // Whole blocks are unmapped; the bytes of partial blocks at either
+        // end are zeroed by rewriting those blocks. The volume's last block
+        // counts as whole when the range runs to the end of the volume.
         let whole_first = offset.div_ceil(bs);
         let whole_end = if end == self.size { end.div_ceil(bs) } else { end / bs };
-        let zero_edge = |from: u64, to: u64| -> Result<()> {
+        let mut edges = Staged::default();
+        let mut zero_edge = |from: u64, to: u64| -> Result<()> {
             if to > from {
-                self.write_at(&vec![0u8; (to - from) as usize], from)?;
+                edges.append(self.stage(vol, &vec![0u8; (to - from) as usize], from)?);
             }
             Ok(())
         };
-        if whole_first >= whole_end {
-            return zero_edge(offset, end);
+        let staged = if whole_first >= whole_end {
+            zero_edge(offset, end)
+        } else {
+            zero_edge(offset, whole_first * bs).and_then(|()| zero_edge(whole_end * bs, end))
+        };
+        if let Err(e) = staged {
+            self.free_runs(&edges.runs);
+            return Err(e);
         }
-        zero_edge(offset, whole_first * bs)?;
-        if end != self.size {
-            zero_edge(whole_end * bs, end)?;
-        }
-        self.inner.ensure_writable()?;
-        {
-            let _gate = self.lease.rt.gate.read();
-            let mut st = self.inner.state.lock();
-            st.vol(vol)?;
-            self.inner.apply_and_log(
-                &mut st,
-                Record::Unmap { vol: vol.0, lblock: whole_first, count: whole_end - whole_first },
-            )?;
-        }
-        self.inner.reclaim();
+        let unmap = (whole_first < whole_end).then(|| Record::Unmap {
+            vol: vol.0,
+            lblock: whole_first,
+            count: whole_end - whole_first,
+        });
+        self.log_staged(vol, edges, unmap)?;
+        drop(in_flight);
+        self.engine.reclaim();
         Ok(())
     }
 
     /// A `std::io::{Read, Write, Seek}` view of this handle starting at byte 0.
     pub fn cursor(&self) -> VolumeCursor {
         VolumeCursor { vol: self.clone(), pos: 0 }
+    }
+}
+
+/// Pages written for a change and the records that map them, not yet logged.
+#[derive(Debug, Default)]
+struct Staged {
+    recs: Vec<Record>,
+    runs: Vec<Run>,
+}
+
+impl Staged {
+    fn append(&mut self, mut other: Staged) {
+        self.recs.append(&mut other.recs);
+        self.runs.append(&mut other.runs);
     }
 }
 
@@ -570,6 +619,7 @@ impl From<Error> for io::Error {
             Error::NoSpace { .. } => io::ErrorKind::StorageFull,
             Error::Corruption { .. } => io::ErrorKind::InvalidData,
             Error::Busy { .. } | Error::Locked { .. } => io::ErrorKind::ResourceBusy,
+            Error::Poisoned { .. } => io::ErrorKind::BrokenPipe,
             _ => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)

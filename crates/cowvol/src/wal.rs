@@ -13,236 +13,23 @@
 //! which records' data blocks must be verified.
 
 use crate::backend::StorageFile;
-use crate::catalog::{SnapshotInfo, SnapshotPolicy, TemplateInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::format::{BatchHeader, Dec, Enc, LogStart, SegmentHeader, BATCH_HEADER_LEN, SECTOR};
-use crate::space::Space;
 use std::sync::Arc;
 
-/// Largest number of blocks one `Map` record describes; longer writes are
-/// split so that a record always fits in a batch.
-pub(crate) const MAX_MAP_BLOCKS: usize = 4096;
-
-/// One logged change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Record {
-    /// Logical blocks `lblock..` of `vol` now live in pages `page..`, one
-    /// CRC per block.
-    Map {
-        vol: u64,
-        lblock: u64,
-        page: u64,
-        crcs: Vec<u32>,
-    },
-    /// Logical blocks `lblock..lblock+count` of `vol` are unmapped.
-    Unmap {
-        vol: u64,
-        lblock: u64,
-        count: u64,
-    },
-    CreateVolume(VolumeInfo),
-    /// A fork: a new volume whose tree is its origin's (volume or snapshot).
-    Fork(VolumeInfo),
-    DeleteVolume {
-        vol: u64,
-    },
-    /// A snapshot: `Ready` ones capture their volume's tree now,
-    /// `Creating` ones only register the name.
-    CreateSnapshot(SnapshotInfo),
-    DeleteSnapshot {
-        snap: u64,
-    },
-    /// Rolls `vol` back to `snap`; when `safety` is set, that snapshot of
-    /// the state being discarded is taken first, in the same step.
-    Restore {
-        vol: u64,
-        snap: u64,
-        safety: Option<SnapshotInfo>,
-    },
-    /// Several snapshots taken at one instant (a group snapshot).
-    CreateSnapshots(Vec<SnapshotInfo>),
-    /// A `Creating` snapshot captures its volume's tree and becomes `Ready`.
-    CommitSnapshot {
-        snap: u64,
-    },
-    /// A snapshot's record changes (status, hold); its tree does not.
-    UpdateSnapshot(SnapshotInfo),
-    /// A template that shares its source snapshot's tree.
-    CreateTemplate(TemplateInfo),
-    DeleteTemplate {
-        tmpl: u64,
-    },
-    /// A volume's snapshot policy is set or cleared.
-    SetPolicy {
-        vol: u64,
-        policy: Option<SnapshotPolicy>,
-    },
-}
-
-const TAG_MAP: u8 = 1;
-const TAG_UNMAP: u8 = 2;
-const TAG_CREATE_VOLUME: u8 = 3;
-const TAG_FORK: u8 = 4;
-const TAG_DELETE_VOLUME: u8 = 5;
-const TAG_CREATE_SNAPSHOT: u8 = 6;
-const TAG_DELETE_SNAPSHOT: u8 = 7;
-const TAG_RESTORE: u8 = 8;
-const TAG_CREATE_SNAPSHOTS: u8 = 9;
-const TAG_COMMIT_SNAPSHOT: u8 = 10;
-const TAG_UPDATE_SNAPSHOT: u8 = 11;
-const TAG_CREATE_TEMPLATE: u8 = 12;
-const TAG_DELETE_TEMPLATE: u8 = 13;
-const TAG_SET_POLICY: u8 = 14;
-
-impl Record {
-    pub(crate) fn encode(&self, e: &mut Enc) {
-        match self {
-            Record::Map { vol, lblock, page, crcs } => {
-                e.u8(TAG_MAP);
-                e.u64(*vol);
-                e.u64(*lblock);
-                e.u64(*page);
-                e.u32(crcs.len() as u32);
-                for c in crcs {
-                    e.u32(*c);
-                }
-            }
-            Record::Unmap { vol, lblock, count } => {
-                e.u8(TAG_UNMAP);
-                e.u64(*vol);
-                e.u64(*lblock);
-                e.u64(*count);
-            }
-            Record::CreateVolume(v) => {
-                e.u8(TAG_CREATE_VOLUME);
-                v.encode(e);
-            }
-            Record::Fork(v) => {
-                e.u8(TAG_FORK);
-                v.encode(e);
-            }
-            Record::DeleteVolume { vol } => {
-                e.u8(TAG_DELETE_VOLUME);
-                e.u64(*vol);
-            }
-            Record::CreateSnapshot(s) => {
-                e.u8(TAG_CREATE_SNAPSHOT);
-                s.encode(e);
-            }
-            Record::DeleteSnapshot { snap } => {
-                e.u8(TAG_DELETE_SNAPSHOT);
-                e.u64(*snap);
-            }
-            Record::Restore { vol, snap, safety } => {
-                e.u8(TAG_RESTORE);
-                e.u64(*vol);
-                e.u64(*snap);
-                e.u8(u8::from(safety.is_some()));
-                if let Some(s) = safety {
-                    s.encode(e);
-                }
-            }
-            Record::CreateSnapshots(list) => {
-                e.u8(TAG_CREATE_SNAPSHOTS);
-                e.u32(list.len() as u32);
-                for s in list {
-                    s.encode(e);
-                }
-            }
-            Record::CommitSnapshot { snap } => {
-                e.u8(TAG_COMMIT_SNAPSHOT);
-                e.u64(*snap);
-            }
-            Record::UpdateSnapshot(s) => {
-                e.u8(TAG_UPDATE_SNAPSHOT);
-                s.encode(e);
-            }
-            Record::CreateTemplate(t) => {
-                e.u8(TAG_CREATE_TEMPLATE);
-                t.encode(e);
-            }
-            Record::DeleteTemplate { tmpl } => {
-                e.u8(TAG_DELETE_TEMPLATE);
-                e.u64(*tmpl);
-            }
-            Record::SetPolicy { vol, policy } => {
-                e.u8(TAG_SET_POLICY);
-                e.u64(*vol);
-                SnapshotPolicy::encode(policy, e);
-            }
-        }
-    }
-
-    /// The length of [`Record::encode`]'s output, without encoding the
-    /// records on the I/O path.
-    pub(crate) fn encoded_len(&self) -> usize {
-        match self {
-            Record::Map { crcs, .. } => 29 + 4 * crcs.len(),
-            Record::Unmap { .. } => 25,
-            Record::DeleteVolume { .. }
-            | Record::DeleteSnapshot { .. }
-            | Record::CommitSnapshot { .. }
-            | Record::DeleteTemplate { .. } => 9,
-            _ => {
-                // Administrative records are rare: measure by encoding.
-                let mut e = Enc::default();
-                self.encode(&mut e);
-                e.len()
-            }
-        }
-    }
-
-    pub(crate) fn decode(d: &mut Dec<'_>) -> Result<Record> {
-        Ok(match d.u8()? {
-            TAG_MAP => {
-                let vol = d.u64()?;
-                let lblock = d.u64()?;
-                let page = d.u64()?;
-                let n = d.u32()? as usize;
-                if n == 0 || n > MAX_MAP_BLOCKS {
-                    return Err(d.bad(format!("map record of {n} blocks")));
-                }
-                let crcs = (0..n).map(|_| d.u32()).collect::<Result<_>>()?;
-                Record::Map { vol, lblock, page, crcs }
-            }
-            TAG_UNMAP => Record::Unmap { vol: d.u64()?, lblock: d.u64()?, count: d.u64()? },
-            TAG_CREATE_VOLUME => Record::CreateVolume(VolumeInfo::decode(d)?),
-            TAG_FORK => Record::Fork(VolumeInfo::decode(d)?),
-            TAG_DELETE_VOLUME => Record::DeleteVolume { vol: d.u64()? },
-            TAG_CREATE_SNAPSHOT => Record::CreateSnapshot(SnapshotInfo::decode(d)?),
-            TAG_DELETE_SNAPSHOT => Record::DeleteSnapshot { snap: d.u64()? },
-            TAG_RESTORE => {
-                let (vol, snap) = (d.u64()?, d.u64()?);
-                let safety = match d.u8()? {
-                    0 => None,
-                    1 => Some(SnapshotInfo::decode(d)?),
-                    f => return Err(d.bad(format!("bad safety snapshot flag {f}"))),
-                };
-                Record::Restore { vol, snap, safety }
-            }
-            TAG_CREATE_SNAPSHOTS => {
-                let n = d.u32()? as usize;
-                // Each snapshot takes dozens of bytes: a count beyond what
-                // is left is damage, not a reason to allocate.
-                if n == 0 || n > d.remaining() {
-                    return Err(d.bad(format!("group of {n} snapshots")));
-                }
-                Record::CreateSnapshots((0..n).map(|_| SnapshotInfo::decode(d)).collect::<Result<_>>()?)
-            }
-            TAG_COMMIT_SNAPSHOT => Record::CommitSnapshot { snap: d.u64()? },
-            TAG_UPDATE_SNAPSHOT => Record::UpdateSnapshot(SnapshotInfo::decode(d)?),
-            TAG_CREATE_TEMPLATE => Record::CreateTemplate(TemplateInfo::decode(d)?),
-            TAG_DELETE_TEMPLATE => Record::DeleteTemplate { tmpl: d.u64()? },
-            TAG_SET_POLICY => Record::SetPolicy { vol: d.u64()?, policy: SnapshotPolicy::decode(d)? },
-            t => return Err(d.bad(format!("unknown record tag {t}"))),
-        })
-    }
+/// A change the log carries. The log frames, numbers and checksums records;
+/// what they mean belongs to the layer above.
+pub(crate) trait LogRecord: Sized {
+    /// Appends the record's bytes.
+    fn encode(&self, e: &mut Enc);
+    /// Reads one record back; fails on anything malformed, never panics.
+    fn decode(d: &mut Dec<'_>) -> Result<Self>;
 }
 
 /// Decodes every record of a verified batch payload.
-pub(crate) fn decode_batch(payload: &[u8], count: u32) -> Result<Vec<Record>> {
-    let mut d = Dec::new(payload, "WAL batch");
-    let recs = (0..count).map(|_| Record::decode(&mut d)).collect::<Result<Vec<_>>>()?;
+pub(crate) fn decode_batch<R: LogRecord>(payload: &[u8], count: u32, version: u32) -> Result<Vec<R>> {
+    let mut d = Dec::of_version(payload, "WAL batch", version);
+    let recs = (0..count).map(|_| R::decode(&mut d)).collect::<Result<Vec<_>>>()?;
     if d.remaining() != 0 {
         return Err(d.bad("trailing bytes after the last record"));
     }
@@ -269,21 +56,15 @@ impl LogGeometry {
     fn segment_offset(&self, page: u64) -> u64 {
         self.data_start + page * self.block_size
     }
-    /// Allocates a WAL segment from `space`, reserves its pages and fills
-    /// it with zeroes. The fill is for speed only: a segment carved from
+    /// Prepares the segment at `page` (pages the caller allocated and
+    /// reserved) by filling it with zeroes. The fill is for speed only: a segment carved from
     /// fallocated space is unwritten to the file system, and a sync after
     /// the first write into each of its blocks must also convert that
     /// extent, an extra metadata write on every flush. Written once here,
     /// every later batch is a plain overwrite. A failed fill is ignored: the
     /// log never relies on what a segment held before.
-    pub(crate) fn new_segment(&self, space: &mut Space, file: &dyn StorageFile) -> Result<u64> {
-        let n = self.segment_pages;
-        let page = space.alloc_contiguous(n)?;
-        for p in page..page + n {
-            space.set_reserved(p, true);
-        }
+    pub(crate) fn zero_segment(&self, page: u64, file: &dyn StorageFile) {
         let _ = file.write_at(&vec![0u8; self.segment_bytes() as usize], self.segment_offset(page));
-        Ok(page)
     }
     /// The largest payload one batch may carry so it fits in a fresh segment.
     pub(crate) fn max_payload(&self) -> usize {
@@ -373,7 +154,7 @@ impl Wal {
 
     /// Adds a record to the open batch and returns its LSN. The batch is
     /// written out (not synced) when it reaches the buffer limit.
-    pub(crate) fn append(&mut self, rec: &Record) -> Result<u64> {
+    pub(crate) fn append(&mut self, rec: &impl LogRecord) -> Result<u64> {
         let before = self.buf.len();
         rec.encode(&mut self.buf);
         if self.buf.len() - before > self.geo.max_payload() {
@@ -400,10 +181,7 @@ impl Wal {
             return Ok(());
         }
         if self.failed {
-            return Err(Error::Io {
-                during: "writing the WAL".into(),
-                source: std::io::Error::other("an earlier WAL write failed; the store refuses further writes"),
-            });
+            return Err(Error::Poisoned { during: "writing the WAL".into() });
         }
         let hdr = BatchHeader {
             log_id: self.log_id,
@@ -480,9 +258,9 @@ impl Wal {
 }
 
 /// What recovery found in the log.
-#[derive(Debug, Default)]
-pub(crate) struct LogContents {
-    pub(crate) records: Vec<(u64, Record)>,
+#[derive(Debug)]
+pub(crate) struct LogContents<R> {
+    pub(crate) records: Vec<(u64, R)>,
     /// Every record below this LSN is known to have been durable.
     pub(crate) durable_lsn: u64,
     /// First page of every segment the log passed through.
@@ -491,9 +269,16 @@ pub(crate) struct LogContents {
 }
 
 /// Reads the log from `start` to its end: the first batch that is missing,
-/// torn, from another log, or out of sequence.
-pub(crate) fn read_log(file: &dyn StorageFile, geo: LogGeometry, start: LogStart, npages: u64) -> Result<LogContents> {
-    let mut out = LogContents { durable_lsn: start.lsn, ..Default::default() };
+/// torn, from another log, or out of sequence. `version` is the format
+/// version of the superblock that points at it.
+pub(crate) fn read_log<R: LogRecord>(
+    file: &dyn StorageFile,
+    geo: LogGeometry,
+    start: LogStart,
+    npages: u64,
+    version: u32,
+) -> Result<LogContents<R>> {
+    let mut out = LogContents { records: Vec::new(), durable_lsn: start.lsn, segments: Vec::new(), batches: 0 };
     let seg_bytes = geo.segment_bytes() as usize;
     let mut buf = vec![0u8; seg_bytes];
     let mut page = start.segment_page;
@@ -517,7 +302,7 @@ pub(crate) fn read_log(file: &dyn StorageFile, geo: LogGeometry, start: LogStart
     };
     out.segments.push(page);
     loop {
-        match parse_batch(&buf, offset, start.log_id, lsn) {
+        match parse_batch(&buf, offset, start.log_id, lsn, version) {
             Some((bh, recs, len)) => {
                 out.durable_lsn = out.durable_lsn.max(bh.durable_lsn.min(lsn));
                 lsn += recs.len() as u64;
@@ -532,7 +317,7 @@ pub(crate) fn read_log(file: &dyn StorageFile, geo: LogGeometry, start: LogStart
                 let mut nbuf = vec![0u8; seg_bytes];
                 match read_segment(next, &mut nbuf)? {
                     Some(h) if h.log_id == start.log_id && h.seq == seq + 1 => {
-                        if parse_batch(&nbuf, SECTOR as usize, start.log_id, lsn).is_none() {
+                        if parse_batch::<R>(&nbuf, SECTOR as usize, start.log_id, lsn, version).is_none() {
                             break;
                         }
                         buf = nbuf;
@@ -589,12 +374,13 @@ fn vouching_batch(seg: &[u8], from: usize, log_id: u64, lsn: u64) -> Option<usiz
     })
 }
 
-pub(crate) fn parse_batch(
+pub(crate) fn parse_batch<R: LogRecord>(
     seg: &[u8],
     offset: usize,
     log_id: u64,
     lsn: u64,
-) -> Option<(BatchHeader, Vec<Record>, usize)> {
+    version: u32,
+) -> Option<(BatchHeader, Vec<R>, usize)> {
     let (bh, crc) = BatchHeader::decode(seg.get(offset..)?)?;
     if bh.log_id != log_id || bh.first_lsn != lsn || bh.count == 0 {
         return None;
@@ -604,7 +390,7 @@ pub(crate) fn parse_batch(
     if offset + len > seg.len() || !BatchHeader::verify(crc, &seg[offset..end]) {
         return None;
     }
-    let recs = decode_batch(&seg[offset + BATCH_HEADER_LEN..end], bh.count).ok()?;
+    let recs = decode_batch(&seg[offset + BATCH_HEADER_LEN..end], bh.count, version).ok()?;
     Some((bh, recs, len))
 }
 
@@ -612,23 +398,27 @@ pub(crate) fn parse_batch(
 mod tests {
     use super::*;
     use crate::backend::StorageDir;
+    use crate::format::FORMAT_VERSION;
     use crate::testing::SimDir;
 
-    #[test]
-    fn encoded_len_matches_encode() {
-        let recs = [
-            Record::Map { vol: 1, lblock: 2, page: 3, crcs: vec![7; 5] },
-            Record::Unmap { vol: 1, lblock: 2, count: 3 },
-            Record::DeleteVolume { vol: 4 },
-            Record::DeleteSnapshot { snap: 5 },
-            Record::Restore { vol: 1, snap: 5, safety: None },
-            Record::CommitSnapshot { snap: 5 },
-            Record::DeleteTemplate { tmpl: 2 },
-        ];
-        for rec in &recs {
-            let mut e = Enc::default();
-            rec.encode(&mut e);
-            assert_eq!(rec.encoded_len(), e.len(), "{rec:?}");
+    /// A record of the test's own: the log does not care what it carries.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Rec {
+        id: u64,
+        body: Vec<u32>,
+    }
+
+    impl LogRecord for Rec {
+        fn encode(&self, e: &mut Enc) {
+            e.u64(self.id);
+            e.u32(self.body.len() as u32);
+            self.body.iter().for_each(|&x| e.u32(x));
+        }
+
+        fn decode(d: &mut Dec<'_>) -> Result<Rec> {
+            let id = d.u64()?;
+            let n = d.u32()?;
+            Ok(Rec { id, body: (0..n).map(|_| d.u32()).collect::<Result<_>>()? })
         }
     }
 
@@ -637,8 +427,8 @@ mod tests {
         (f, LogGeometry::new(8192, 4096))
     }
 
-    fn map(i: u64) -> Record {
-        Record::Map { vol: 1, lblock: i, page: 1000 + i, crcs: vec![i as u32; 3] }
+    fn map(i: u64) -> Rec {
+        Rec { id: i, body: vec![i as u32; 3] }
     }
 
     #[test]
@@ -658,7 +448,7 @@ mod tests {
             }
         }
         w.write_out().unwrap();
-        let got = read_log(&*f, geo, start, 100 * sp).unwrap();
+        let got = read_log::<Rec>(&*f, geo, start, 100 * sp, FORMAT_VERSION).unwrap();
         assert!(got.segments.len() > 1, "the log spans segments");
         assert_eq!(got.records, expect);
     }
@@ -670,8 +460,7 @@ mod tests {
         let (f, geo) = setup();
         let sp = geo.segment_pages;
         let mut w = Wal::start(f.clone(), geo, 3, 1, 1 + sp, 1).unwrap();
-        let recs: Vec<Record> =
-            (0..2000).map(|i| Record::Map { vol: 1, lblock: i, page: 9, crcs: vec![1; 400] }).collect();
+        let recs: Vec<Rec> = (0..2000).map(|i| Rec { id: i, body: vec![1; 400] }).collect();
         let mut e = Enc::default();
         recs.iter().for_each(|r| r.encode(&mut e));
         let need = w.spares_needed(e.len());
@@ -697,7 +486,7 @@ mod tests {
         // Damage the second batch: the third must not be replayed either.
         f.write_at(&[0xff], 8192 + 4096 + SECTOR + 4096 + 50).unwrap();
         let start = LogStart { log_id: 9, segment_page: 1, segment_seq: 1, offset: SECTOR, lsn: 1 };
-        let got = read_log(&*f, geo, start, 10 * sp).unwrap();
+        let got = read_log::<Rec>(&*f, geo, start, 10 * sp, FORMAT_VERSION).unwrap();
         assert_eq!(got.records, vec![(1, map(1))]);
     }
 
@@ -712,7 +501,7 @@ mod tests {
         w2.append(&map(9)).unwrap();
         let start = LogStart { log_id: 2, segment_page: 1, segment_seq: 1, offset: SECTOR, lsn: 1 };
         // The old log's batch sits where log 2 expects its first batch.
-        let got = read_log(&*f, geo, start, 10 * sp).unwrap();
+        let got = read_log::<Rec>(&*f, geo, start, 10 * sp, FORMAT_VERSION).unwrap();
         assert!(got.records.is_empty());
     }
 }

@@ -101,7 +101,12 @@ fn run_steps(disk: &SimDir, t: &mut Tracker) -> Result<()> {
                 t.expect.may.insert(fname.clone(), Tracker::allowed_now(&content));
                 let f = store.fork_volume(
                     vid,
-                    ForkOptions { name: fname.clone(), from_snapshot: snap_id, access_mode: AccessMode::ReadWriteMany },
+                    ForkOptions {
+                        name: fname.clone(),
+                        from_snapshot: snap_id,
+                        access_mode: AccessMode::ReadWriteMany,
+                        ..Default::default()
+                    },
                 )?;
                 t.expect.may.remove(&fname);
                 t.current.insert(fname.clone(), content);

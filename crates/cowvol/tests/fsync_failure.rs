@@ -1,5 +1,5 @@
 //! A failing `fsync`: the operation that needed it fails with `Error::Io`,
-//! the store then refuses every write (nothing written after the failure can
+//! the store then refuses every write with `Error::Poisoned` (nothing written after the failure can
 //! be trusted to reach the disk) while reads keep working, and after a
 //! crash and reopen every acknowledged change is there, every unacknowledged
 //! one is wholly present or wholly absent, and `check()` is clean.
@@ -42,6 +42,12 @@ fn is_io(r: &Result<impl std::fmt::Debug>) -> bool {
     matches!(r, Err(Error::Io { .. }))
 }
 
+/// Refused because an earlier sync failed: a variant of its own, so callers
+/// can tell "reopen the store" from a fresh I/O error.
+fn is_poisoned(r: &Result<impl std::fmt::Debug>) -> bool {
+    matches!(r, Err(Error::Poisoned { .. }))
+}
+
 /// Every loss model, several seeds each.
 fn outcomes() -> Vec<(LossMode, u64)> {
     let mut v = vec![(LossMode::DropAll, 0), (LossMode::KeepAll, 0)];
@@ -54,17 +60,17 @@ fn outcomes() -> Vec<(LossMode, u64)> {
 
 fn assert_every_write_refused(store: &Store, vol: &Volume, snap: SnapshotId) {
     let vid = vol.volume_id().unwrap();
-    assert!(is_io(&write_blocks(vol, 0..1, 999)), "write after a failed sync");
-    assert!(is_io(&vol.flush()), "flush after a failed sync");
-    assert!(is_io(&vol.discard(0, BS as u64)), "discard after a failed sync");
-    assert!(is_io(&store.create_snapshot(vid, SnapshotOptions::named("late"))), "snapshot after a failed sync");
-    assert!(is_io(&store.create_volume(VolumeOptions::new("late", 4096))), "create after a failed sync");
+    assert!(is_poisoned(&write_blocks(vol, 0..1, 999)), "write after a failed sync");
+    assert!(is_poisoned(&vol.flush()), "flush after a failed sync");
+    assert!(is_poisoned(&vol.discard(0, BS as u64)), "discard after a failed sync");
+    assert!(is_poisoned(&store.create_snapshot(vid, SnapshotOptions::named("late"))), "snapshot after a failed sync");
+    assert!(is_poisoned(&store.create_volume(VolumeOptions::new("late", 4096))), "create after a failed sync");
     let fork = ForkOptions { name: "late-fork".into(), from_snapshot: Some(snap), ..Default::default() };
-    assert!(is_io(&store.fork_volume(vid, fork)), "fork after a failed sync");
-    assert!(is_io(&store.restore_snapshot(vid, snap, RestoreOptions::default())), "restore after a failed sync");
-    assert!(is_io(&store.delete_snapshot(vid, snap)), "snapshot delete after a failed sync");
-    assert!(is_io(&store.checkpoint()), "checkpoint after a failed sync");
-    assert!(is_io(&store.delete_volume(vid)), "volume delete after a failed sync");
+    assert!(is_poisoned(&store.fork_volume(vid, fork)), "fork after a failed sync");
+    assert!(is_poisoned(&store.restore_snapshot(vid, snap, RestoreOptions::default())), "restore after a failed sync");
+    assert!(is_poisoned(&store.delete_snapshot(vid, snap)), "snapshot delete after a failed sync");
+    assert!(is_poisoned(&store.checkpoint()), "checkpoint after a failed sync");
+    assert!(is_poisoned(&store.delete_volume(vid)), "volume delete after a failed sync");
     // None of the refused operations changed anything.
     assert_eq!(store.list_volumes().len(), 1);
     assert_eq!(store.all_snapshots().len(), 1);
@@ -204,7 +210,7 @@ fn failed_sync_during_an_administrative_operation_is_all_or_nothing() {
             Checkpoint => store.checkpoint(),
         };
         assert!(is_io(&r), "{op:?}: a failed sync must fail the operation with Error::Io, got {r:?}");
-        assert!(is_io(&write_blocks(&vol, 0..1, 99)), "{op:?}: the store still accepts writes");
+        assert!(is_poisoned(&write_blocks(&vol, 0..1, 99)), "{op:?}: the store still accepts writes");
         drop(vol);
         // With the unflushed write 3 applied (per block) to the acknowledged state.
         let with_unflushed = |base: &[u64], got: &[u64]| {

@@ -67,6 +67,7 @@ fn reopen_after_drop_keeps_everything() {
                     name: "db-fork".into(),
                     from_snapshot: Some(s1.id),
                     access_mode: AccessMode::ReadOnlyMany,
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -133,6 +133,9 @@ pub enum VolumeCmd {
         /// Who may write.
         #[arg(long, value_enum, default_value_t = AccessArg::Rwo)]
         access_mode: AccessArg,
+        /// Owner of the new volume (a tenant or team); empty means none, or the owner of what it is made from.
+        #[arg(long, value_name = "OWNER", default_value = "")]
+        owner: String,
     },
     /// List the live volumes.
     List,
@@ -158,6 +161,9 @@ pub enum VolumeCmd {
         /// Who may write to the new volume.
         #[arg(long, value_enum, default_value_t = AccessArg::Rwo)]
         access_mode: AccessArg,
+        /// Owner of the new volume (a tenant or team); empty means the source volume's owner.
+        #[arg(long, value_name = "OWNER", default_value = "")]
+        owner: String,
     },
     /// Create a volume from a raw disk image; all-zero blocks are not stored.
     Import {
@@ -341,6 +347,9 @@ pub enum TemplateCmd {
         /// A key=value label; repeat for more.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Owner of the new template (a tenant or team); empty means the snapshot's owner.
+        #[arg(long, value_name = "OWNER", default_value = "")]
+        owner: String,
     },
     /// List the templates.
     List,

@@ -90,6 +90,7 @@ impl CliError {
             E::Corruption { .. } => {
                 (code::CORRUPTION, Some("run `cowvol check` and `cowvol scrub` to see what is damaged"))
             }
+            E::Poisoned { .. } => (code::FAILURE, Some("the next command reopens the store, which recovers it")),
             E::Io { .. } => (code::FAILURE, None),
             _ => (code::FAILURE, None),
         };

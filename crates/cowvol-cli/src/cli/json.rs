@@ -62,6 +62,8 @@ pub struct VolumeJson {
     pub cache_bytes: u64,
     /// Unflushed bytes after which the engine flushes by itself.
     pub write_buffer_bytes: u64,
+    /// Free-form owner; empty when unset.
+    pub owner: String,
 }
 
 impl VolumeJson {
@@ -78,6 +80,7 @@ impl VolumeJson {
             snapshot_count,
             cache_bytes: v.cache_bytes,
             write_buffer_bytes: v.write_buffer_bytes,
+            owner: v.owner.clone(),
         }
     }
 
@@ -183,6 +186,8 @@ pub struct TemplateJson {
     pub labels: BTreeMap<String, String>,
     /// Live volumes made from it.
     pub volume_count: usize,
+    /// Free-form owner; empty when unset.
+    pub owner: String,
 }
 
 impl TemplateJson {
@@ -197,6 +202,7 @@ impl TemplateJson {
             source_volume_id: t.source.0.to_string(),
             source_snapshot_id: t.source.1.to_string(),
             labels: t.labels.clone(),
+            owner: t.owner.clone(),
             volume_count: store
                 .list_volumes()
                 .iter()

@@ -11,8 +11,8 @@ use serde::Serialize;
 /// Runs a template subcommand.
 pub fn run(ctx: &Ctx, cmd: TemplateCmd) -> CliResult {
     match cmd {
-        TemplateCmd::Create { name, from_snapshot, volume, description, labels } => {
-            let opts = TemplateOptions { name, description, labels: labels.into_iter().collect() };
+        TemplateCmd::Create { name, from_snapshot, volume, description, labels, owner } => {
+            let opts = TemplateOptions { name, description, labels: labels.into_iter().collect(), owner };
             create(ctx, opts, &from_snapshot, volume.as_deref())
         }
         TemplateCmd::List => list(ctx),

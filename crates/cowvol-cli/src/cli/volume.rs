@@ -15,19 +15,23 @@ use std::io::Write;
 /// Runs a volume subcommand.
 pub fn run(ctx: &Ctx, cmd: VolumeCmd) -> CliResult {
     match cmd {
-        VolumeCmd::Create { name, size, from_snapshot, volume, from_template, access_mode: am } => {
+        VolumeCmd::Create { name, size, from_snapshot, volume, from_template, access_mode: am, owner } => {
             let source = match (from_snapshot, from_template) {
                 (Some(snap), _) => Source::Snapshot { snap, volume },
                 (None, Some(t)) => Source::Template(t),
                 (None, None) => Source::Empty,
             };
-            create(ctx, name, size.unwrap_or(0), source, am)
+            let mut opts = VolumeOptions::new(name, size.unwrap_or(0));
+            opts.access_mode = access_mode(am);
+            opts.owner = owner;
+            create(ctx, opts, source)
         }
         VolumeCmd::List => list(ctx),
         VolumeCmd::Info { volume } => info(ctx, &volume),
         VolumeCmd::Delete { volume } => delete(ctx, &volume),
-        VolumeCmd::Fork { volume, new, from_snapshot, access_mode: am } => {
-            fork(ctx, &volume, new, from_snapshot.as_deref(), am)
+        VolumeCmd::Fork { volume, new, from_snapshot, access_mode: am, owner } => {
+            let opts = ForkOptions { name: new, from_snapshot: None, access_mode: access_mode(am), owner };
+            fork(ctx, &volume, opts, from_snapshot.as_deref())
         }
         VolumeCmd::Import { name, file } => image::import(ctx, name, &file),
         VolumeCmd::Export { volume, file, snapshot } => image::export(ctx, &volume, &file, snapshot.as_deref()),
@@ -62,10 +66,9 @@ enum Source {
     Template(String),
 }
 
-fn create(ctx: &Ctx, name: String, size: u64, source: Source, am: super::args::AccessArg) -> CliResult {
+fn create(ctx: &Ctx, opts: VolumeOptions, source: Source) -> CliResult {
+    let name = opts.name.clone();
     let store = ctx.open_store()?;
-    let mut opts = VolumeOptions::new(name.clone(), size);
-    opts.access_mode = access_mode(am);
     let (info, from) = match source {
         Source::Empty => (store.create_volume(opts).ctx(format_args!("creating volume {name:?}"))?, String::new()),
         Source::Snapshot { snap, volume } => {
@@ -206,7 +209,7 @@ fn delete(ctx: &Ctx, volume: &str) -> CliResult {
     close(store)
 }
 
-fn fork(ctx: &Ctx, volume: &str, new: String, from: Option<&str>, am: super::args::AccessArg) -> CliResult {
+fn fork(ctx: &Ctx, volume: &str, mut opts: ForkOptions, from: Option<&str>) -> CliResult {
     let store: Store = ctx.open_store()?;
     let (src, snap) = match from {
         Some(s) => {
@@ -216,16 +219,13 @@ fn fork(ctx: &Ctx, volume: &str, new: String, from: Option<&str>, am: super::arg
         }
         None => (resolve_volume(&store, volume)?.id, None),
     };
+    let new = &opts.name;
     let what = match &snap {
         Some(s) => format!("forking snapshot {:?} ({}) of {src} into {new:?}", s.name, s.id),
         None => format!("forking volume {src} into {new:?}"),
     };
-    let info = store
-        .fork_volume(
-            src,
-            ForkOptions { name: new, from_snapshot: snap.as_ref().map(|s| s.id), access_mode: access_mode(am) },
-        )
-        .ctx(what)?;
+    opts.from_snapshot = snap.as_ref().map(|s| s.id);
+    let info = store.fork_volume(src, opts).ctx(what)?;
     if ctx.json {
         ctx.print_json(&VolumeOut { volume: VolumeJson::new(&info, 0) })?;
     } else {

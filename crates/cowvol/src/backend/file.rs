@@ -134,6 +134,7 @@ impl StorageFile for HostFile {
     }
 }
 
+#[expect(unsafe_code, reason = "fallocate(2) has no safe wrapper in std; the one FFI call of the engine")]
 fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return Err(io::ErrorKind::InvalidInput.into());

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests (each test file is its own
 //! crate and uses what it needs, hence the allowances).
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code, unused_imports)] // each test crate uses a different part; `expect` would fail in those that use it all
 
 use cowvol::{Store, Volume};
 

@@ -1,0 +1,177 @@
+//! The one path every change takes: applied in memory and appended to the
+//! log under the state lock, then made durable by a sync that concurrent
+//! callers share (group commit). After a failed write or sync the engine is
+//! poisoned and refuses every further change.
+
+use super::record::Record;
+use super::{Engine, State};
+use crate::error::{Error, Result};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Quarantined pages that trigger a checkpoint to make them reusable.
+const QUARANTINE_CHECKPOINT: usize = 1 << 16;
+
+/// Longest a group-commit leader waits for writes under way to append
+/// their records before it syncs.
+const GATHER_WAIT: Duration = Duration::from_micros(200);
+
+impl Engine {
+    pub(crate) fn ensure_writable(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::Poisoned { during: "a change".into() });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    /// Makes the store drop like a crashed process (see `testing::abandon`).
+    pub(crate) fn abandon(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
+    pub(super) fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        self.wal.lock().poison();
+    }
+
+    /// The path every administrative change takes. It refuses at once when
+    /// the store is poisoned; then, under the state lock, `build` checks
+    /// what the change depends on and returns the caller's result with the
+    /// record to log (`None` when there is nothing to change); the record is
+    /// applied and appended there, and the call returns once it is durable.
+    /// Checks and change under one lock hold: nothing can slip in between.
+    pub(crate) fn commit<T>(&self, build: impl FnOnce(&mut State) -> Result<(T, Option<Record>)>) -> Result<T> {
+        self.ensure_writable()?;
+        let (out, lsn) = {
+            let mut st = self.state.lock();
+            let (out, rec) = build(&mut st)?;
+            let lsn = rec.map(|rec| self.apply_and_log(&mut st, rec)).transpose()?;
+            (out, lsn)
+        };
+        if let Some(lsn) = lsn {
+            self.sync_to(lsn)?;
+        }
+        Ok(out)
+    }
+
+    /// Applies a change in memory and appends its record to the WAL, keeping
+    /// spare WAL segments topped up. Returns the LSN that must be durable
+    /// for the change to be (pass it to [`Engine::sync_to`]).
+    pub(crate) fn apply_and_log(&self, st: &mut State, rec: Record) -> Result<u64> {
+        self.apply_and_log_many(st, std::slice::from_ref(&rec))
+    }
+
+    pub(crate) fn apply_and_log_many(&self, st: &mut State, recs: &[Record]) -> Result<u64> {
+        // Measure first: nothing is applied unless every record can be logged.
+        let mut incoming = 0;
+        let mut wal = self.wal.lock();
+        for rec in recs {
+            let len = rec.encoded_len();
+            if !wal.fits(len) {
+                return Err(Error::invalid(
+                    "the change is too large for one WAL record (a name, description or label is too long)",
+                ));
+            }
+            incoming += len;
+        }
+        while wal.spares.len() < wal.spares_needed(incoming) {
+            let page = st.new_log_segment(&self.log_geo, &*self.file)?;
+            wal.spares.push(page);
+        }
+        for (i, rec) in recs.iter().enumerate() {
+            let result = st.apply(rec).and_then(|()| wal.append(rec).map(drop));
+            if let Err(e) = result {
+                if i > 0 || !matches!(e, Error::Corruption { .. }) {
+                    // The in-memory state changed but the log did not follow:
+                    // the store can no longer promise anything after this.
+                    drop(wal);
+                    self.fail();
+                }
+                return Err(e);
+            }
+        }
+        let lsn = wal.next_lsn();
+        let want_checkpoint = wal.bytes_since_checkpoint > self.opts.checkpoint_wal_bytes
+            || st.space.quarantine.len() > QUARANTINE_CHECKPOINT;
+        drop(wal);
+        if want_checkpoint {
+            self.maint.request_checkpoint();
+        }
+        Ok(lsn)
+    }
+
+    /// Waits until every record below `lsn` is durable. Concurrent callers
+    /// share one sync: the first becomes the leader, writes the open batch
+    /// and syncs; the others wait and are covered by it (group commit).
+    pub(crate) fn sync_to(&self, lsn: u64) -> Result<()> {
+        let mut c = self.commit.lock();
+        loop {
+            self.ensure_writable()?;
+            if c.durable >= lsn {
+                break;
+            }
+            if c.syncing {
+                self.commit_cv.wait(&mut c);
+                continue;
+            }
+            c.syncing = true;
+            drop(c);
+            self.gather_writes();
+            let result = self.sync_once();
+            c = self.commit.lock();
+            c.syncing = false;
+            self.commit_cv.notify_all();
+            match result {
+                Ok(end) => c.durable = c.durable.max(end),
+                Err(e) => return Err(e),
+            }
+        }
+        drop(c);
+        self.run_inline_checkpoint_if_due()
+    }
+
+    /// Lets the data writes that are under way (their `pwrite` done or in
+    /// progress, their record not yet appended) join the sync about to
+    /// start: without this, concurrent writers that each flush alternate
+    /// between syncs and two threads get no more syncs shared than one.
+    /// Bounded by [`GATHER_WAIT`]; no lock is held while waiting.
+    fn gather_writes(&self) {
+        let started = self.writes_started.load(Ordering::Acquire);
+        if self.writes_finished.load(Ordering::Acquire) >= started {
+            return;
+        }
+        let deadline = std::time::Instant::now() + GATHER_WAIT;
+        while self.writes_finished.load(Ordering::Acquire) < started && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+    }
+
+    fn sync_once(&self) -> Result<u64> {
+        let end = {
+            let mut wal = self.wal.lock();
+            if let Err(e) = wal.write_out() {
+                drop(wal);
+                self.fail();
+                return Err(e);
+            }
+            wal.next_lsn()
+        };
+        if let Err(e) = self.file.sync() {
+            self.fail();
+            return Err(Error::io("syncing the data file", e));
+        }
+        self.wal.lock().mark_durable(end);
+        Ok(end)
+    }
+
+    /// Flushes: every change made before the call is durable when it returns.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let lsn = self.wal.lock().next_lsn();
+        self.sync_to(lsn)
+    }
+}

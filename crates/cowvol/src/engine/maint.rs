@@ -1,0 +1,131 @@
+//! Background work: the thread that checkpoints when asked and runs
+//! snapshot policies, the handle that stops it when the store closes, and
+//! the release of detached trees in bounded steps.
+
+use super::{Engine, State};
+use crate::catalog::now_secs;
+use crate::tree;
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Nodes released per step when freeing a deleted tree; the state lock is
+/// dropped between steps so I/O on other volumes keeps flowing.
+const RELEASE_STEP: usize = 64;
+
+/// Wakes the background thread; shared by the store and that thread, so
+/// the thread can wait without keeping the store alive.
+#[derive(Debug, Default)]
+pub(super) struct Maintenance {
+    checkpoint_due: Mutex<bool>,
+    cv: Condvar,
+    stop: AtomicBool,
+}
+
+impl Maintenance {
+    /// Asks for a checkpoint: the background thread runs it, or, without
+    /// one, the next sync does inline.
+    pub(super) fn request_checkpoint(&self) {
+        *self.checkpoint_due.lock() = true;
+        self.cv.notify_all();
+    }
+
+    /// Whether a checkpoint was asked for since the last call.
+    pub(super) fn take_checkpoint_request(&self) -> bool {
+        std::mem::take(&mut *self.checkpoint_due.lock())
+    }
+}
+
+/// Held by every user-facing handle (`Store` clones and `Volume`s). When the
+/// last one goes, the background thread is stopped and joined, so the store
+/// closes on the dropping thread and its lock is free when the drop returns.
+#[derive(Debug)]
+pub(crate) struct Keeper {
+    maint: Arc<Maintenance>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What the background thread calls to run snapshot policies at `now`.
+pub(crate) type PolicyRunner = fn(&Engine, u64);
+
+impl Keeper {
+    /// Starts the background thread when the engine's options ask for one,
+    /// and returns the handle that stops it.
+    pub(crate) fn start(engine: &Arc<Engine>, run_policies: PolicyRunner) -> Arc<Keeper> {
+        let opts = &engine.opts;
+        let thread = if opts.background_checkpoints || opts.policy_interval.is_some() {
+            let policies = opts.policy_interval.map(|every| (every, run_policies));
+            spawn_maintenance(Arc::downgrade(engine), engine.maint.clone(), policies)
+        } else {
+            None
+        };
+        Arc::new(Keeper { maint: engine.maint.clone(), thread: Mutex::new(thread) })
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.maint.stop.store(true, Ordering::Release);
+        self.maint.cv.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            // A panic on the thread has already been reported; close anyway.
+            let _ = t.join();
+        }
+    }
+}
+
+impl Engine {
+    /// Releases garbage trees in bounded steps, dropping the state lock
+    /// between steps.
+    pub(crate) fn reclaim(&self) {
+        loop {
+            let mut st = self.state.lock();
+            let State { garbage, space, .. } = &mut *st;
+            if tree::release_some(garbage, space, RELEASE_STEP) {
+                break;
+            }
+        }
+    }
+}
+
+/// The background thread: checkpoints when asked, and runs snapshot
+/// policies every `policies` (when set) with the wall clock.
+fn spawn_maintenance(
+    weak: Weak<Engine>,
+    maint: Arc<Maintenance>,
+    policies: Option<(Duration, PolicyRunner)>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let tick = policies.map_or(Duration::from_millis(500), |(p, _)| p.min(Duration::from_millis(500)));
+    let spawned = std::thread::Builder::new().name("cowvol-maint".into()).spawn(move || {
+        let mut last_policy_run = std::time::Instant::now();
+        loop {
+            let due = {
+                let mut m = maint.checkpoint_due.lock();
+                if !*m && !maint.stop.load(Ordering::Acquire) {
+                    maint.cv.wait_for(&mut m, tick);
+                }
+                std::mem::take(&mut *m)
+            };
+            if maint.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let policies_due = policies.filter(|(every, _)| last_policy_run.elapsed() >= *every);
+            if !due && policies_due.is_none() {
+                continue;
+            }
+            let Some(engine) = weak.upgrade() else { return };
+            if due {
+                // Errors poison the store; the next operation reports them.
+                let _ = engine.checkpoint();
+            }
+            if let Some((_, run_policies)) = policies_due {
+                last_policy_run = std::time::Instant::now();
+                run_policies(&engine, now_secs());
+            }
+        }
+    });
+    // Without the thread, checkpoints still happen inline at close; a
+    // store that cannot spawn threads is only slower to reopen.
+    spawned.ok()
+}

@@ -1,0 +1,369 @@
+//! Opening a store: creating a new one atomically, or recovering an
+//! existing one (superblock, catalog, trees, reference counts, log replay)
+//! and writing the checkpoint that makes the recovered state durable.
+
+use super::maint::{Keeper, Maintenance, PolicyRunner};
+use super::record::Record;
+use super::state::{empty_state, Entry, State};
+use super::{CheckpointState, CommitState, Engine};
+use crate::backend::{DirLock, StorageDir, StorageFile};
+use crate::catalog::{CatalogImage, SnapshotStatus};
+use crate::error::{Error, Result};
+use crate::format::{self, Crc, Superblock, DATA_FILE, SUPERBLOCK_SLOTS};
+use crate::options::StoreOptions;
+use crate::space::Space;
+use crate::tree::{self, Geometry, Node, Root};
+use crate::wal::{self, LogGeometry, Wal};
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+/// Opens the store in `dir` (creating it when it has no data file) and
+/// starts the background thread when the options ask for one. Policies run
+/// through `run_policies`, which the layer above passes in.
+pub(crate) fn open(
+    dir: Arc<dyn StorageDir>,
+    opts: StoreOptions,
+    run_policies: PolicyRunner,
+) -> Result<(Arc<Keeper>, Arc<Engine>)> {
+    let lock = dir.lock().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            Error::Locked { path: dir.describe().into() }
+        } else {
+            Error::io("locking the store", e)
+        }
+    })?;
+    let engine = match dir.open_file(DATA_FILE, false) {
+        Ok(file) => {
+            let sb = read_superblock(&*file)?;
+            recover(dir, file, lock, opts, sb)?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(dir, lock, opts)?,
+        Err(e) => return Err(Error::io(format!("opening {DATA_FILE}"), e)),
+    };
+    let engine = Arc::new(engine);
+    let keeper = Keeper::start(&engine, run_policies);
+    Ok((keeper, engine))
+}
+
+fn random_u64() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    std::collections::hash_map::RandomState::new().hash_one((t, std::process::id()))
+}
+
+/// Reads both superblock slots and returns the valid one with the higher
+/// generation. A store file exists only once its first superblock was
+/// durable (creation renames it into place), so finding none is corruption.
+fn read_superblock(file: &dyn StorageFile) -> Result<Superblock> {
+    let mut best: Option<Superblock> = None;
+    let mut errors = Vec::new();
+    for slot in SUPERBLOCK_SLOTS {
+        let mut buf = vec![0u8; format::SUPERBLOCK_LEN];
+        file.read_at(&mut buf, slot).map_err(|e| Error::io("reading the superblock", e))?;
+        match Superblock::decode(&buf) {
+            Ok(Some(sb)) => {
+                if best.as_ref().is_none_or(|b| sb.generation > b.generation) {
+                    best = Some(sb);
+                }
+            }
+            Ok(None) => {}
+            Err(Error::Corruption { detail, .. }) => {
+                errors.push(Error::corruption("superblock", format!("{DATA_FILE} byte offset {slot}"), detail))
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    match best {
+        Some(sb) => Ok(sb),
+        None => Err(errors.into_iter().next().unwrap_or_else(|| {
+            Error::corruption(
+                "superblock",
+                format!("{DATA_FILE} offsets 0 and 4096"),
+                "neither slot holds a superblock",
+            )
+        })),
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one constructor shared by create and recover; each argument is a distinct piece of opened state"
+)]
+fn new_engine(
+    dir: Arc<dyn StorageDir>,
+    file: Arc<dyn StorageFile>,
+    lock: DirLock,
+    opts: StoreOptions,
+    block_size: u32,
+    store_id: u64,
+    state: State,
+    generation: u64,
+    catalog_pages: (u64, u64),
+) -> Result<Engine> {
+    let log_geo = LogGeometry::new(format::data_start(block_size), block_size);
+    let mut state = state;
+    let first = state.new_log_segment(&log_geo, &*file)?;
+    let next = state.new_log_segment(&log_geo, &*file)?;
+    let wal = Wal::start(file.clone(), log_geo, random_u64(), first, next, 1)?;
+    Ok(Engine {
+        dir,
+        file,
+        _lock: lock,
+        block_size,
+        store_id,
+        opts,
+        state: Mutex::new(state),
+        wal: Mutex::new(wal),
+        log_geo,
+        commit: Mutex::new(CommitState::default()),
+        commit_cv: Condvar::new(),
+        checkpoint: Mutex::new(CheckpointState { generation, catalog_pages }),
+        failed: AtomicBool::new(false),
+        maint: Arc::new(Maintenance::default()),
+        writes_started: AtomicU64::new(0),
+        writes_finished: AtomicU64::new(0),
+        policy_pass: Mutex::new(()),
+    })
+}
+
+/// Name the data file has until its first checkpoint is durable, so that a
+/// crash during creation leaves no half-made store behind.
+const NEW_DATA_FILE: &str = "cowvol.dat.new";
+
+fn create(dir: Arc<dyn StorageDir>, lock: DirLock, opts: StoreOptions) -> Result<Engine> {
+    let bs = opts.block_size;
+    if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
+        return Err(Error::invalid(format!("block size {bs} must be a power of two from 4096 to 1048576")));
+    }
+    let io = |what: &'static str| move |e| Error::io(what, e);
+    dir.remove(NEW_DATA_FILE).map_err(io("removing an unfinished store file"))?;
+    let file = dir.open_file(NEW_DATA_FILE, true).map_err(io("creating the data file"))?;
+    let state = empty_state(file.clone(), bs, 1);
+    let engine = new_engine(dir.clone(), file, lock, opts, bs, random_u64(), state, 0, (0, 0))?;
+    engine.checkpoint()?;
+    dir.rename(NEW_DATA_FILE, DATA_FILE).map_err(io("naming the data file"))?;
+    dir.sync_dir().map_err(io("syncing the store directory"))?;
+    Ok(engine)
+}
+
+fn recover(
+    dir: Arc<dyn StorageDir>,
+    file: Arc<dyn StorageFile>,
+    lock: DirLock,
+    opts: StoreOptions,
+    sb: Superblock,
+) -> Result<Engine> {
+    let bs = sb.block_size;
+    let bsz = bs as u64;
+    let ds = format::data_start(bs);
+    let len = file.len().map_err(|e| Error::io("reading the data file length", e))?;
+    let npages = len.saturating_sub(ds) / bsz;
+    let mut st = empty_state(file.clone(), bs, npages);
+    let cat_pages = sb.catalog_len.div_ceil(bsz).max(1);
+    if sb.catalog_page == 0 || sb.catalog_page + cat_pages > npages || sb.catalog_len > 1 << 32 {
+        return Err(Error::corruption(
+            "superblock",
+            "catalog pointer",
+            format!("catalog at page {} ({} bytes) lies outside the file", sb.catalog_page, sb.catalog_len),
+        ));
+    }
+    let mut cat = vec![0u8; sb.catalog_len as usize];
+    file.read_at(&mut cat, st.space.offset_of(sb.catalog_page)).map_err(|e| Error::io("reading the catalog", e))?;
+    let location = format!("{DATA_FILE} page {}", sb.catalog_page);
+    let image = CatalogImage::decode(&cat, sb.catalog_crc, &location, sb.version)?;
+    for p in sb.catalog_page..sb.catalog_page + cat_pages {
+        st.space.set_reserved(p, true);
+    }
+    // Load every tree, sharing nodes that several trees reference.
+    let mut loaded: HashMap<u64, (Arc<Node>, u32)> = HashMap::new();
+    st.next_volume = image.next_volume.max(1);
+    st.next_snapshot = image.next_snapshot.max(1);
+    for (info, root) in image.volumes {
+        let geo = st.geometry(info.size_bytes);
+        let root = load_tree(&*file, &mut st.space, &mut loaded, root, geo)?;
+        st.insert_volume(info, root);
+    }
+    for (info, root) in image.snapshots {
+        let geo = st.geometry(info.size_bytes);
+        let root = load_tree(&*file, &mut st.space, &mut loaded, root, geo)?;
+        st.next_snapshot = st.next_snapshot.max(info.id.0 + 1);
+        st.snapshots.insert(info.id.0, Entry::new(info, root, geo));
+    }
+    st.next_template = image.next_template.max(1);
+    for (info, root) in image.templates {
+        let geo = st.geometry(info.size_bytes);
+        let root = load_tree(&*file, &mut st.space, &mut loaded, root, geo)?;
+        st.next_template = st.next_template.max(info.id.0 + 1);
+        st.templates.insert(info.id.0, Entry::new(info, root, geo));
+    }
+    drop(loaded);
+    // Read the log first so its segments count as metadata below.
+    let log_geo = LogGeometry::new(ds, bs);
+    let log = wal::read_log(&*file, log_geo, sb.log, npages, sb.version)?;
+    for &s in &log.segments {
+        for p in s..(s + log_geo.segment_pages).min(npages) {
+            st.space.set_reserved(p, true);
+        }
+    }
+    // Reference counts are what the trees reference, recomputed, never read.
+    let mut counts: Vec<(u64, u32)> = Vec::new();
+    tree::visit_unique(st.all_roots(), |n, _| {
+        if let tree::Body::Leaf(entries) = &n.body {
+            counts.extend(entries.iter().map(|e| (e.page, 1)));
+        }
+    });
+    for (p, _) in counts {
+        if st.space.is_reserved(p) {
+            return Err(Error::corruption("tree", format!("page {p}"), "a data page is also metadata"));
+        }
+        let c = st.space.refcount(p);
+        st.space.set_refcount(p, c + 1);
+    }
+    // Replay the WAL.
+    let mut records = log.records;
+    let keep = first_unverifiable(&*file, &st, &records, log.durable_lsn, npages)?;
+    records.truncate(keep);
+    for (lsn, rec) in &records {
+        validate_record(&st, rec, npages).map_err(|e| match e {
+            Error::Corruption { detail, .. } => Error::corruption("WAL", format!("record {lsn}"), detail),
+            e => e,
+        })?;
+        st.apply(rec)?;
+    }
+    // A snapshot still `Creating` lost its moment: it fails, and the
+    // checkpoint below makes that durable before open returns.
+    for s in st.snapshots.values_mut() {
+        if s.info.status == SnapshotStatus::Creating {
+            s.info.status = SnapshotStatus::Failed;
+        }
+    }
+    {
+        let State { garbage, space, .. } = &mut st;
+        while !tree::release_some(garbage, space, usize::MAX) {}
+    }
+    // Pages freed during replay stay out of the free map until the
+    // checkpoint below is durable; the old log's pages are freed then too.
+    let quarantined = st.space.quarantine.clone();
+    for &p in &quarantined {
+        st.space.set_reserved(p, true);
+    }
+    st.space.rebuild_free_map();
+    for &p in &quarantined {
+        st.space.set_reserved(p, false);
+    }
+    for &s in &log.segments {
+        for p in s..(s + log_geo.segment_pages).min(npages) {
+            st.space.obsolete(p);
+        }
+    }
+    let engine = new_engine(dir, file, lock, opts, bs, sb.store_id, st, sb.generation, (sb.catalog_page, cat_pages))?;
+    engine.checkpoint()?;
+    Ok(engine)
+}
+
+/// Checks that a record only names pages inside the file, before replay
+/// trusts it.
+fn validate_record(st: &State, rec: &Record, npages: u64) -> Result<()> {
+    if let Record::Map { page, crcs, vol, lblock } = rec {
+        let end = page + crcs.len() as u64;
+        if *page == 0 || end > npages {
+            return Err(Error::corruption("WAL", "map record", format!("pages {page}..{end} lie outside the file")));
+        }
+        if (*page..end).any(|p| st.space.is_reserved(p)) {
+            return Err(Error::corruption("WAL", "map record", format!("pages {page}..{end} overlap metadata")));
+        }
+        if let Some(v) = st.volumes.get(vol) {
+            if (lblock + crcs.len() as u64) * st.block_size > v.info.size_bytes.next_multiple_of(st.block_size) {
+                return Err(Error::corruption("WAL", "map record", "blocks beyond the volume's end"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finds the first record whose data blocks did not reach the disk. Only
+/// records after the last durable marker can be such; for them every data
+/// block is read and checked against its CRC. Each page is written at most
+/// once in the replayed window (see `space`), so a block that fails here
+/// was never synced, and neither was anything logged after it.
+fn first_unverifiable(
+    file: &dyn StorageFile,
+    st: &State,
+    records: &[(u64, Record)],
+    durable_lsn: u64,
+    npages: u64,
+) -> Result<usize> {
+    let bs = st.block_size as usize;
+    let mut buf = Vec::new();
+    for (i, (lsn, rec)) in records.iter().enumerate() {
+        if *lsn < durable_lsn {
+            continue;
+        }
+        if let Record::Map { page, crcs, .. } = rec {
+            if *page == 0 || page + crcs.len() as u64 > npages {
+                return Ok(i);
+            }
+            buf.resize(bs * crcs.len(), 0);
+            file.read_at(&mut buf, st.space.offset_of(*page))
+                .map_err(|e| Error::io("verifying unsynced WAL data", e))?;
+            if buf.chunks(bs).zip(crcs).any(|(b, &c)| Crc::of(b).0 != c) {
+                return Ok(i);
+            }
+        }
+    }
+    Ok(records.len())
+}
+
+fn load_tree(
+    file: &dyn StorageFile,
+    space: &mut Space,
+    loaded: &mut HashMap<u64, (Arc<Node>, u32)>,
+    root: u64,
+    geo: Geometry,
+) -> Result<Root> {
+    if root == 0 {
+        return Ok(None);
+    }
+    let npages = space.npages();
+    load_node(file, space, loaded, root, geo.levels - 1, geo, npages).map(Some)
+}
+
+fn load_node(
+    file: &dyn StorageFile,
+    space: &mut Space,
+    loaded: &mut HashMap<u64, (Arc<Node>, u32)>,
+    page: u64,
+    level: u32,
+    geo: Geometry,
+    npages: u64,
+) -> Result<Arc<Node>> {
+    if let Some((n, l)) = loaded.get(&page) {
+        if *l != level {
+            return Err(Error::corruption("tree", format!("page {page}"), "node shared at two different levels"));
+        }
+        return Ok(n.clone());
+    }
+    if page == 0 || page >= npages {
+        return Err(Error::corruption("tree", format!("page {page}"), "node pointer outside the file"));
+    }
+    let mut buf = vec![0u8; space_block(space)];
+    file.read_at(&mut buf, space.offset_of(page))
+        .map_err(|e| Error::io(format!("reading tree node at page {page}"), e))?;
+    let decoded = tree::decode_node(&buf, page, level, geo, npages)?;
+    let mut children = Vec::new();
+    if let tree::DecodedNode::Interior(v) = &decoded {
+        for &(i, child) in v {
+            children.push((i, load_node(file, space, loaded, child, level - 1, geo, npages)?));
+        }
+    }
+    space.set_reserved(page, true);
+    let node = Arc::new(tree::build_node(decoded, children, geo, page));
+    loaded.insert(page, (node.clone(), level));
+    Ok(node)
+}
+
+fn space_block(space: &Space) -> usize {
+    (space.offset_of(1) - space.offset_of(0)) as usize
+}

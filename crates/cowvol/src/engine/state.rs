@@ -1,0 +1,319 @@
+//! The in-memory state the `state` lock protects: the catalog's volumes,
+//! snapshots and templates with their trees, the space map, and the trees
+//! waiting to be released. [`State::apply`] is the one function that changes
+//! it, for a live operation and for replay alike.
+
+use super::record::Record;
+use super::{write_buffer_or_default, VolRuntime};
+use crate::backend::StorageFile;
+use crate::catalog::{
+    now_secs, SnapshotId, SnapshotInfo, SnapshotStatus, TemplateInfo, VolumeId, VolumeInfo, VolumeOrigin,
+};
+use crate::error::{Error, Result};
+use crate::format;
+use crate::options::{SnapshotOptions, VolumeOptions};
+use crate::space::Space;
+use crate::tree::{self, Geometry, Mapping, Node, Root};
+use crate::wal::LogGeometry;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A volume, snapshot or template in memory: its catalog record and its
+/// tree. `R` is what it needs at run time besides: a volume's I/O
+/// coordination, nothing for the others.
+#[derive(Debug)]
+pub(crate) struct Entry<I, R = ()> {
+    pub(crate) info: I,
+    pub(crate) root: Root,
+    pub(crate) geo: Geometry,
+    pub(crate) rt: R,
+}
+
+pub(crate) type VolState = Entry<VolumeInfo, Arc<VolRuntime>>;
+pub(crate) type SnapState = Entry<SnapshotInfo>;
+pub(crate) type TemplState = Entry<TemplateInfo>;
+
+impl<I> Entry<I> {
+    pub(crate) fn new(info: I, root: Root, geo: Geometry) -> Entry<I> {
+        Entry { info, root, geo, rt: () }
+    }
+}
+
+impl<I, R> Entry<I, R> {
+    /// The tree's root with its level, when it has one.
+    fn leveled_root(&self) -> Option<(&Node, u32)> {
+        self.root.as_deref().map(|r| (r, self.geo.levels - 1))
+    }
+}
+
+/// Everything the state lock protects.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) space: Space,
+    pub(crate) volumes: BTreeMap<u64, VolState>,
+    pub(crate) snapshots: BTreeMap<u64, SnapState>,
+    pub(crate) templates: BTreeMap<u64, TemplState>,
+    pub(crate) next_volume: u64,
+    pub(crate) next_snapshot: u64,
+    pub(crate) next_template: u64,
+    /// Trees detached by delete, restore, discard or a finished checkpoint,
+    /// waiting to be released in bounded steps.
+    pub(crate) garbage: Vec<Arc<Node>>,
+    pub(crate) bits: u32,
+    pub(crate) block_size: u64,
+}
+
+impl State {
+    /// Allocates a WAL segment, reserves its pages and has the log
+    /// prepare it.
+    pub(crate) fn new_log_segment(&mut self, geo: &LogGeometry, file: &dyn StorageFile) -> Result<u64> {
+        let n = geo.segment_pages;
+        let page = self.space.alloc_contiguous(n)?;
+        for p in page..page + n {
+            self.space.set_reserved(p, true);
+        }
+        geo.zero_segment(page, file);
+        Ok(page)
+    }
+
+    pub(crate) fn vol(&self, id: VolumeId) -> Result<&VolState> {
+        self.volumes.get(&id.0).ok_or_else(|| Error::not_found(format!("volume {id}")))
+    }
+
+    pub(crate) fn snap_of(&self, volume: VolumeId, snap: SnapshotId) -> Result<&SnapState> {
+        match self.snapshots.get(&snap.0) {
+            Some(s) if s.info.volume_id == volume => Ok(s),
+            _ => Err(Error::not_found(format!("snapshot {snap} of volume {volume}"))),
+        }
+    }
+
+    /// A snapshot of `volume` whose data can be used (status `Ready`).
+    pub(crate) fn ready_snap_of(&self, volume: VolumeId, snap: SnapshotId) -> Result<&SnapState> {
+        let s = self.snap_of(volume, snap)?;
+        if !s.info.is_ready() {
+            return Err(Error::invalid(format!(
+                "snapshot {snap} ({:?}) is {}, not ready: it holds no data",
+                s.info.name, s.info.status
+            )));
+        }
+        Ok(s)
+    }
+
+    /// The record of a new snapshot of `volume`, checking that the volume
+    /// exists and that the name is free among its snapshots.
+    pub(crate) fn new_snapshot_info(
+        &mut self,
+        volume: VolumeId,
+        opts: SnapshotOptions,
+        status: SnapshotStatus,
+        created_at: u64,
+    ) -> Result<SnapshotInfo> {
+        let v = self.vol(volume)?;
+        let (size_bytes, volume_name) = (v.info.size_bytes, v.info.name.clone());
+        if self.snapshots.values().any(|s| s.info.volume_id == volume && s.info.name == opts.name) {
+            return Err(Error::AlreadyExists { what: format!("snapshot {:?} of volume {volume}", opts.name) });
+        }
+        let id = SnapshotId(self.next_snapshot);
+        // Reserve the id now: a group takes several before any is applied.
+        self.next_snapshot += 1;
+        Ok(SnapshotInfo {
+            id,
+            volume_id: volume,
+            volume_name,
+            name: opts.name,
+            description: opts.description,
+            size_bytes,
+            created_at,
+            owner: opts.owner,
+            labels: opts.labels,
+            kind: opts.kind,
+            status,
+            held: false,
+        })
+    }
+
+    /// The owner a volume made from `origin` inherits: the source volume's
+    /// (for a snapshot, its volume's while it lives, else the snapshot's),
+    /// or the template's.
+    pub(crate) fn owner_of(&self, origin: VolumeOrigin) -> String {
+        let (volume, snapshot) = match origin {
+            VolumeOrigin::Volume(v) => (Some(v), None),
+            VolumeOrigin::Snapshot(v, s) => (Some(v), Some(s)),
+            VolumeOrigin::Template(t) => {
+                return self.templates.get(&t.0).map(|t| t.info.owner.clone()).unwrap_or_default()
+            }
+        };
+        let of_volume = volume.and_then(|v| self.volumes.get(&v.0)).map(|v| v.info.owner.clone());
+        let of_snapshot = || snapshot.and_then(|s| self.snapshots.get(&s.0)).map(|s| s.info.owner.clone());
+        of_volume.or_else(of_snapshot).unwrap_or_default()
+    }
+
+    /// The record of a new volume with the next id, checking that its name
+    /// is free. A volume made from `origin` with no owner given takes the
+    /// owner of what it is made from.
+    pub(crate) fn new_volume_info(&self, opts: VolumeOptions, origin: Option<VolumeOrigin>) -> Result<VolumeInfo> {
+        self.check_volume_name_free(&opts.name)?;
+        let owner = match origin {
+            Some(o) if opts.owner.is_empty() => self.owner_of(o),
+            _ => opts.owner,
+        };
+        Ok(VolumeInfo {
+            id: VolumeId(self.next_volume),
+            name: opts.name,
+            size_bytes: opts.size_bytes,
+            access_mode: opts.access_mode,
+            cache_bytes: opts.cache_bytes,
+            write_buffer_bytes: write_buffer_or_default(opts.write_buffer_bytes),
+            created_at: now_secs(),
+            origin,
+            policy: None,
+            owner,
+        })
+    }
+
+    pub(crate) fn check_volume_name_free(&self, name: &str) -> Result<()> {
+        if self.volumes.values().any(|v| v.info.name == name) {
+            return Err(Error::AlreadyExists { what: format!("volume {name:?}") });
+        }
+        Ok(())
+    }
+
+    pub(super) fn geometry(&self, size_bytes: u64) -> Geometry {
+        Geometry::for_blocks(self.bits, size_bytes.div_ceil(self.block_size))
+    }
+
+    /// Applies one logged change to the in-memory state. The same code runs
+    /// for a live operation (before its record is appended) and for replay,
+    /// so recovery rebuilds exactly what the live path built.
+    pub(crate) fn apply(&mut self, rec: &Record) -> Result<()> {
+        let missing = |what: String| Error::corruption("WAL", "replay", format!("{what} does not exist"));
+        match rec {
+            Record::Map { vol, lblock, page, crcs } => {
+                let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
+                for (i, &crc) in crcs.iter().enumerate() {
+                    let m = Mapping { page: page + i as u64, crc: format::Crc(crc) };
+                    tree::insert(&mut v.root, v.geo, lblock + i as u64, m, &mut self.space);
+                }
+            }
+            Record::Unmap { vol, lblock, count } => {
+                let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
+                tree::remove_range(&mut v.root, v.geo, *lblock, lblock + count, &mut self.space, &mut self.garbage);
+            }
+            Record::CreateVolume(info) => self.insert_volume(info.clone(), None),
+            Record::Fork(info) => {
+                let root = match info.origin.ok_or_else(|| missing("fork origin".into()))? {
+                    VolumeOrigin::Volume(v) => self.volumes.get(&v.0).map(|v| v.root.clone()),
+                    VolumeOrigin::Snapshot(_, s) => self.snapshots.get(&s.0).map(|s| s.root.clone()),
+                    VolumeOrigin::Template(t) => self.templates.get(&t.0).map(|t| t.root.clone()),
+                };
+                let root = root.ok_or_else(|| missing(format!("the origin of volume {}", info.id)))?;
+                self.insert_volume(info.clone(), root);
+            }
+            Record::DeleteVolume { vol } => {
+                let v = self.volumes.remove(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
+                self.garbage.extend(v.root);
+                // A two-step snapshot of it can never be committed now.
+                for s in self.snapshots.values_mut().filter(|s| s.info.volume_id.0 == *vol) {
+                    if s.info.status == SnapshotStatus::Creating {
+                        s.info.status = SnapshotStatus::Failed;
+                    }
+                }
+            }
+            Record::CreateSnapshot(info) => self.insert_snapshot(info)?,
+            Record::CreateSnapshots(list) => {
+                for info in list {
+                    self.insert_snapshot(info)?;
+                }
+            }
+            Record::CommitSnapshot { snap } => {
+                let s = self.snapshots.get(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
+                let v = self.volumes.get(&s.info.volume_id.0).ok_or_else(|| missing(format!("volume of {snap}")))?;
+                let (root, geo) = (v.root.clone(), v.geo);
+                let s = self.snapshots.get_mut(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
+                s.info.status = SnapshotStatus::Ready;
+                // Creating snapshots hold no tree, so nothing is replaced.
+                self.garbage.extend(std::mem::replace(&mut s.root, root));
+                s.geo = geo;
+            }
+            Record::UpdateSnapshot(info) => {
+                let s = self.snapshots.get_mut(&info.id.0).ok_or_else(|| missing(format!("snapshot {}", info.id)))?;
+                s.info = info.clone();
+            }
+            Record::CreateTemplate(info) => {
+                let (root, geo) = {
+                    let s = self.snapshots.get(&info.source.1 .0);
+                    let s = s.ok_or_else(|| missing(format!("snapshot {}", info.source.1)))?;
+                    (s.root.clone(), s.geo)
+                };
+                self.next_template = self.next_template.max(info.id.0 + 1);
+                self.templates.insert(info.id.0, Entry::new(info.clone(), root, geo));
+            }
+            Record::DeleteTemplate { tmpl } => {
+                let t = self.templates.remove(tmpl).ok_or_else(|| missing(format!("template {tmpl}")))?;
+                self.garbage.extend(t.root);
+            }
+            Record::SetPolicy { vol, policy } => {
+                let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
+                v.info.policy = *policy;
+            }
+            Record::DeleteSnapshot { snap } => {
+                let s = self.snapshots.remove(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
+                self.garbage.extend(s.root);
+            }
+            Record::Restore { vol, snap, safety } => {
+                if let Some(info) = safety {
+                    self.insert_snapshot(info)?;
+                }
+                let root = self.snapshots.get(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?.root.clone();
+                let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
+                let old = std::mem::replace(&mut v.root, root);
+                self.garbage.extend(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a snapshot: a `Ready` one shares its volume's tree as it is
+    /// now; any other holds no tree.
+    fn insert_snapshot(&mut self, info: &SnapshotInfo) -> Result<()> {
+        let v = self.volumes.get(&info.volume_id.0).ok_or_else(|| {
+            Error::corruption("WAL", "replay", format!("volume {} of a new snapshot does not exist", info.volume_id))
+        })?;
+        let root = if info.is_ready() { v.root.clone() } else { None };
+        let snap = Entry::new(info.clone(), root, v.geo);
+        self.next_snapshot = self.next_snapshot.max(info.id.0 + 1);
+        self.snapshots.insert(info.id.0, snap);
+        Ok(())
+    }
+
+    pub(super) fn insert_volume(&mut self, info: VolumeInfo, root: Root) {
+        let geo = self.geometry(info.size_bytes);
+        self.next_volume = self.next_volume.max(info.id.0 + 1);
+        self.volumes.insert(info.id.0, Entry { info, root, geo, rt: Arc::new(VolRuntime::default()) });
+    }
+
+    /// Every tree root with its geometry: volumes, snapshots, and garbage
+    /// not yet released.
+    pub(crate) fn all_roots(&self) -> Vec<(&Node, u32)> {
+        let volumes = self.volumes.values().filter_map(Entry::leveled_root);
+        let snapshots = self.snapshots.values().filter_map(Entry::leveled_root);
+        volumes.chain(snapshots).chain(self.templates.values().filter_map(Entry::leveled_root)).collect()
+    }
+}
+
+pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u64) -> State {
+    let mut space = Space::new(file, block_size, format::data_start(block_size), npages);
+    space.segment_pages = LogGeometry::new(format::data_start(block_size), block_size).segment_pages;
+    State {
+        space,
+        volumes: BTreeMap::new(),
+        snapshots: BTreeMap::new(),
+        templates: BTreeMap::new(),
+        next_volume: 1,
+        next_snapshot: 1,
+        next_template: 1,
+        garbage: Vec::new(),
+        bits: format::fanout_bits_for(block_size),
+        block_size: block_size as u64,
+    }
+}

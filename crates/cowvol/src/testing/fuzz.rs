@@ -1,0 +1,303 @@
+//! Decoders the fuzz targets drive (each the path recovery uses) and the
+//! valid inputs their seeds start from.
+
+use crate::catalog::{
+    SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo, VolumeId,
+    VolumeInfo, VolumeOrigin,
+};
+use crate::error::Result;
+use std::collections::BTreeMap;
+
+/// Decodes one WAL batch (header, CRC, records) as recovery does, returning
+/// the number of records, or `None` where recovery would stop. For fuzzing:
+/// any input must give an answer, never a panic.
+pub fn decode_wal_batch(bytes: &[u8]) -> Option<usize> {
+    let (hdr, _) = crate::format::BatchHeader::decode(bytes)?;
+    crate::wal::parse_batch::<crate::engine::record::Record>(
+        bytes,
+        0,
+        hdr.log_id,
+        hdr.first_lsn,
+        crate::format::FORMAT_VERSION,
+    )
+    .map(|(_, recs, _)| recs.len())
+}
+
+/// Decodes a checkpoint's catalog (volumes, snapshots, tree roots) after
+/// verifying `crc`, returning the numbers of volumes and snapshots.
+///
+/// # Errors
+/// [`crate::Error::Corruption`] for anything malformed.
+pub fn decode_catalog(bytes: &[u8], crc: u32) -> Result<(usize, usize)> {
+    let img = crate::catalog::CatalogImage::decode(bytes, crc, "fuzz input", crate::format::FORMAT_VERSION)?;
+    Ok((img.volumes.len(), img.snapshots.len()))
+}
+
+/// Decodes a superblock slot; `Ok(None)` when it holds none.
+///
+/// # Errors
+/// [`crate::Error::Corruption`] for a damaged superblock.
+pub fn decode_superblock(bytes: &[u8]) -> Result<Option<u64>> {
+    Ok(crate::format::Superblock::decode(bytes)?.map(|sb| sb.generation))
+}
+
+/// Decodes a tree node page of a store with 4 KiB blocks as it would be read
+/// at `page` and `level`, returning its entry count.
+///
+/// # Errors
+/// [`crate::Error::Corruption`] for anything malformed.
+pub fn decode_tree_node(bytes: &[u8], page: u64, level: u32) -> Result<usize> {
+    let geo = crate::tree::Geometry { bits: crate::format::fanout_bits_for(4096), levels: level.saturating_add(1) };
+    Ok(match crate::tree::decode_node(bytes, page, level, geo, 1 << 40)? {
+        crate::tree::DecodedNode::Leaf(v) => v.len(),
+        crate::tree::DecodedNode::Interior(v) => v.len(),
+    })
+}
+
+/// CRC32 as the on-disk formats use it, for building valid fuzz seeds.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    crate::format::Crc::of(bytes).0
+}
+
+/// Valid inputs for the `wal_batch` fuzz target, as `(name, bytes)`: whole
+/// batches (header, CRC, records, padding to 4 KiB sectors) built with the
+/// encoders the WAL uses. `all-records` holds one record of every type,
+/// with a restore both with and without a safety snapshot and volumes of
+/// every origin. `fuzz/examples/write_seeds.rs` writes them as seeds.
+pub fn sample_wal_batches() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::engine::record::Record;
+    let (vol, fork) = (samples::volume(), samples::fork());
+    let (snap, creating) = (samples::snapshot(), samples::creating_snapshot());
+    let from_snapshot = VolumeInfo {
+        id: VolumeId(4),
+        name: "from-golden".into(),
+        origin: Some(VolumeOrigin::Snapshot(VolumeId(1), SnapshotId(2))),
+        ..vol.clone()
+    };
+    let from_template = samples::from_template();
+    let safety =
+        SnapshotInfo { id: SnapshotId(7), name: "before-restore".into(), labels: BTreeMap::new(), ..snap.clone() };
+    let group: Vec<SnapshotInfo> = [(8, 1, "root-disk"), (9, 2, "clone")]
+        .into_iter()
+        .map(|(id, v, vname)| SnapshotInfo {
+            id: SnapshotId(id),
+            volume_id: VolumeId(v),
+            volume_name: vname.into(),
+            name: "consistent".into(),
+            ..snap.clone()
+        })
+        .collect();
+    let all = vec![
+        Record::Map { vol: 1, lblock: 3, page: 200, crcs: vec![0x1eef, 0x3dde, 0x5ccd, 0x7bbc] },
+        Record::Unmap { vol: 1, lblock: 0, count: 2 },
+        Record::CreateVolume(vol.clone()),
+        Record::Fork(fork),
+        Record::Fork(from_snapshot),
+        Record::Fork(from_template),
+        Record::DeleteVolume { vol: 2 },
+        Record::CreateSnapshot(snap.clone()),
+        Record::CreateSnapshot(creating.clone()),
+        Record::CommitSnapshot { snap: creating.id.0 },
+        Record::UpdateSnapshot(SnapshotInfo { held: true, ..snap.clone() }),
+        Record::CreateSnapshots(group),
+        Record::CreateTemplate(samples::template()),
+        Record::DeleteTemplate { tmpl: 1 },
+        Record::SetPolicy { vol: 1, policy: Some(samples::policy()) },
+        Record::SetPolicy { vol: 1, policy: Some(SnapshotPolicy { keep_last: None, ..samples::policy() }) },
+        Record::SetPolicy { vol: 1, policy: None },
+        Record::Restore { vol: 1, snap: 2, safety: None },
+        Record::Restore { vol: 1, snap: 2, safety: Some(safety) },
+        Record::DeleteSnapshot { snap: 2 },
+    ];
+    let batch = |first_lsn: u64, recs: &[Record]| {
+        let mut e = crate::format::Enc::default();
+        for r in recs {
+            crate::wal::LogRecord::encode(r, &mut e);
+        }
+        let hdr = crate::format::BatchHeader {
+            log_id: 42,
+            first_lsn,
+            count: recs.len() as u32,
+            payload_len: e.len() as u32,
+            durable_lsn: first_lsn,
+        };
+        hdr.encode_with(&e.buf)
+    };
+    vec![
+        ("map", batch(100, &all[..1])),
+        ("unmap", batch(101, &all[1..2])),
+        ("all-records", batch(100, &all)),
+        ("lifecycle", batch(120, &all[7..])),
+    ]
+}
+
+/// Valid inputs for the `catalog` fuzz target, as `(name, bytes)`: a
+/// catalog with volumes of every origin (one with a snapshot policy),
+/// ready, automatic, held, creating and failed snapshots with labels, and
+/// a template; an empty catalog; a superblock; and a leaf and an interior
+/// tree node, each after the 9-byte page and level prefix the target reads
+/// first. `fuzz/examples/write_seeds.rs` writes them as seeds.
+pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::catalog::CatalogImage;
+    use crate::tree::{build_node, encode_node, DecodedNode, Geometry, LeafEntry};
+    let snap = samples::snapshot();
+    let snapshots = vec![
+        (snap.clone(), 9),
+        (
+            SnapshotInfo {
+                id: SnapshotId(3),
+                name: "auto-20270115-080000".into(),
+                kind: SnapshotKind::Auto,
+                held: true,
+                ..snap.clone()
+            },
+            9,
+        ),
+        (SnapshotInfo { status: SnapshotStatus::Failed, ..samples::creating_snapshot() }, 0),
+        (SnapshotInfo { id: SnapshotId(6), ..samples::creating_snapshot() }, 0),
+    ];
+    let volumes = vec![
+        (VolumeInfo { policy: Some(samples::policy()), ..samples::volume() }, 9),
+        (samples::fork(), 9),
+        (samples::from_template(), 9),
+        (
+            VolumeInfo {
+                id: VolumeId(6),
+                name: "restored".into(),
+                origin: Some(VolumeOrigin::Snapshot(VolumeId(1), SnapshotId(2))),
+                ..samples::volume()
+            },
+            0,
+        ),
+    ];
+    let full = CatalogImage {
+        next_volume: 7,
+        next_snapshot: 7,
+        next_template: 2,
+        volumes,
+        snapshots,
+        templates: vec![(samples::template(), 9)],
+    };
+    let empty = CatalogImage { next_volume: 1, next_snapshot: 1, next_template: 1, ..Default::default() };
+    let sb = crate::format::Superblock {
+        version: crate::format::FORMAT_VERSION,
+        block_size: 4096,
+        fanout_bits: crate::format::fanout_bits_for(4096),
+        generation: 7,
+        store_id: 0x5eed,
+        catalog_page: 12,
+        catalog_len: full.encode().len() as u64,
+        catalog_crc: crc32(&full.encode()),
+        log: crate::format::LogStart { log_id: 42, segment_page: 1, segment_seq: 3, offset: 4096, lsn: 100 },
+    };
+    let geo = Geometry { bits: crate::format::fanout_bits_for(4096), levels: 2 };
+    let entries = [(0, 20, 0x1111_1111), (5, 21, 0x2222_2222), (255, 22, 0)];
+    let leaf = build_node(
+        DecodedNode::Leaf(entries.iter().map(|&(idx, page, crc)| LeafEntry { idx, page, crc }).collect()),
+        Vec::new(),
+        geo,
+        9,
+    );
+    let children = [(0, 9), (1, 31), (200, 32)]
+        .into_iter()
+        .map(|(i, page)| (i, std::sync::Arc::new(build_node(DecodedNode::Leaf(Vec::new()), Vec::new(), geo, page))))
+        .collect();
+    let interior = build_node(DecodedNode::Interior(Vec::new()), children, geo, 30);
+    let node = |page: u64, level: u8, n: &crate::tree::Node| {
+        let mut b = page.to_le_bytes().to_vec();
+        b.push(level);
+        b.extend(encode_node(n, level as u32, page, 4096));
+        b
+    };
+    vec![
+        ("catalog", full.encode()),
+        ("catalog-empty", empty.encode()),
+        ("superblock", sb.encode()),
+        ("leaf", node(9, 0, &leaf)),
+        ("interior", node(30, 1, &interior)),
+    ]
+}
+
+/// The records the sample seeds share.
+mod samples {
+    use super::*;
+
+    pub(super) fn volume() -> VolumeInfo {
+        VolumeInfo {
+            id: VolumeId(1),
+            name: "root-disk".into(),
+            size_bytes: 1 << 20,
+            access_mode: crate::catalog::AccessMode::ReadWriteOnce,
+            cache_bytes: 0,
+            write_buffer_bytes: 64 << 20,
+            created_at: 1_795_000_000,
+            origin: None,
+            policy: None,
+            owner: "tenant-a".into(),
+        }
+    }
+
+    pub(super) fn fork() -> VolumeInfo {
+        VolumeInfo {
+            id: VolumeId(2),
+            name: "clone".into(),
+            access_mode: crate::catalog::AccessMode::ReadWriteMany,
+            origin: Some(VolumeOrigin::Volume(VolumeId(1))),
+            ..volume()
+        }
+    }
+
+    pub(super) fn from_template() -> VolumeInfo {
+        VolumeInfo {
+            id: VolumeId(5),
+            name: "web-1".into(),
+            origin: Some(VolumeOrigin::Template(TemplateId(1))),
+            ..volume()
+        }
+    }
+
+    pub(super) fn snapshot() -> SnapshotInfo {
+        SnapshotInfo {
+            id: SnapshotId(2),
+            volume_id: VolumeId(1),
+            volume_name: "root-disk".into(),
+            name: "golden".into(),
+            description: "before upgrade".into(),
+            size_bytes: 1 << 20,
+            created_at: 1_795_000_100,
+            owner: "ops".into(),
+            labels: [("env".to_string(), "prod".to_string())].into(),
+            kind: SnapshotKind::Manual,
+            status: SnapshotStatus::Ready,
+            held: false,
+        }
+    }
+
+    pub(super) fn creating_snapshot() -> SnapshotInfo {
+        SnapshotInfo {
+            id: SnapshotId(5),
+            name: "quiesced".into(),
+            owner: String::new(),
+            labels: BTreeMap::new(),
+            status: SnapshotStatus::Creating,
+            ..snapshot()
+        }
+    }
+
+    pub(super) fn template() -> TemplateInfo {
+        TemplateInfo {
+            id: TemplateId(1),
+            name: "debian-base".into(),
+            description: "golden image".into(),
+            size_bytes: 1 << 20,
+            created_at: 1_795_000_200,
+            source: (VolumeId(1), SnapshotId(2)),
+            labels: [("os".to_string(), "debian".to_string())].into(),
+            owner: "platform".into(),
+        }
+    }
+
+    pub(super) fn policy() -> SnapshotPolicy {
+        SnapshotPolicy { interval_secs: 3600, keep_last: Some(24), keep_for_secs: Some(7 * 86_400) }
+    }
+}
