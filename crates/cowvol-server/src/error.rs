@@ -108,6 +108,9 @@ impl From<cowvol::Error> for ApiError {
             E::OutOfRange { .. } | E::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
             E::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
             E::Locked { .. } => (StatusCode::SERVICE_UNAVAILABLE, "locked"),
+            // After a failed write or sync the store refuses changes until
+            // it is reopened: the service is unavailable, not the request wrong.
+            E::Poisoned { .. } => (StatusCode::SERVICE_UNAVAILABLE, "poisoned"),
             E::Corruption { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corruption"),
             E::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -18,7 +18,6 @@ mod error;
 mod extract;
 mod metrics;
 mod ops;
-mod owners;
 mod panel;
 mod routes;
 mod size;

@@ -4,7 +4,6 @@
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::owners::Owners;
 use crate::size::parse_size;
 use crate::wire::*;
 use cowvol::{
@@ -26,7 +25,6 @@ pub(crate) const MAX_RESTORE_TIMEOUT_MS: u64 = 30_000;
 pub struct App {
     /// The store, opened once.
     pub store: Store,
-    owners: Owners,
     default_volume_size: u64,
     names: AtomicU64,
 }
@@ -36,7 +34,7 @@ type R<T> = Result<T, ApiError>;
 impl App {
     /// Serves `store`; volumes created without a size get `default_volume_size`.
     pub fn new(store: Store, default_volume_size: u64) -> Self {
-        App { store, owners: Owners::default(), default_volume_size, names: AtomicU64::new(0) }
+        App { store, default_volume_size, names: AtomicU64::new(0) }
     }
 
     /// A fresh name for an object created without one.
@@ -46,7 +44,7 @@ impl App {
     }
 
     fn volume_json(&self, v: &VolumeInfo) -> VolumeJson {
-        VolumeJson::new(v, self.owners.volume_owner(v))
+        VolumeJson::new(v)
     }
 
     fn snapshot_json(&self, s: &SnapshotInfo) -> SnapshotJson {
@@ -61,7 +59,7 @@ impl App {
     fn visible_volume(&self, caller: &Caller, id: &str) -> R<VolumeInfo> {
         let vid: VolumeId = id.parse().map_err(|_| ApiError::not_found(format!("volume {id}")))?;
         match self.store.volume(vid) {
-            Ok(v) if caller.owns(&self.owners.volume_owner(&v)) => Ok(v),
+            Ok(v) if caller.owns(&v.owner) => Ok(v),
             Ok(_) => Err(ApiError::not_found(format!("volume {vid}"))),
             Err(e) => Err(e.into()),
         }
@@ -70,8 +68,7 @@ impl App {
     /// A snapshot is the caller's when they took it or own its live volume
     /// (automatic snapshots carry no owner of their own).
     fn may_see_snapshot(&self, caller: &Caller, s: &SnapshotInfo) -> bool {
-        caller.owns(&s.owner)
-            || self.store.volume(s.volume_id).is_ok_and(|v| caller.owns(&self.owners.volume_owner(&v)))
+        caller.owns(&s.owner) || self.store.volume(s.volume_id).is_ok_and(|v| caller.owns(&v.owner))
     }
 
     /// The snapshot `sid` of volume `vid`, if the caller may see it. Works
@@ -108,7 +105,7 @@ impl App {
         let missing = || ApiError::not_found(format!("template {id}"));
         let tid: TemplateId = id.parse().map_err(|_| missing())?;
         match self.store.template(tid) {
-            Ok(t) if caller.owns(&self.owners.template_owner(&t)) => Ok(t),
+            Ok(t) if caller.owns(&t.owner) => Ok(t),
             Ok(_) | Err(cowvol::Error::NotFound { .. }) => Err(missing()),
             Err(e) => Err(e.into()),
         }
@@ -138,6 +135,7 @@ impl App {
             access_mode: req.access_mode.map_or(AccessMode::default(), AccessMode::from),
             cache_bytes: size_field("cache_size", req.cache_size.as_deref())?.unwrap_or(0),
             write_buffer_bytes: size_field("buffer_size", req.buffer_size.as_deref())?.unwrap_or(0),
+            owner: caller.owner.clone(),
         };
         if !from_source && opts.size_bytes == 0 {
             return Err(ApiError::bad_request("size_bytes", "size_bytes must be at least 1"));
@@ -149,14 +147,13 @@ impl App {
         } else {
             self.store.create_volume(opts)?
         };
-        self.owners.set_volume_owner(info.id, &caller.owner);
         Ok(self.volume_json(&info))
     }
 
     /// `GET /api/v1/sandboxvolumes`.
     pub fn list_volumes(&self, caller: &Caller) -> Vec<VolumeJson> {
         let mut vols: Vec<VolumeInfo> = self.store.list_volumes();
-        vols.retain(|v| caller.owns(&self.owners.volume_owner(v)));
+        vols.retain(|v| caller.owns(&v.owner));
         vols.sort_by_key(|v| v.id);
         vols.iter().map(|v| self.volume_json(v)).collect()
     }
@@ -187,9 +184,10 @@ impl App {
             name: req.name.unwrap_or_else(|| self.fresh_name(&format!("{}-fork", source.id))),
             from_snapshot,
             access_mode: req.access_mode.map_or(source.access_mode, AccessMode::from),
+            // Empty: the fork belongs to whoever owns the source.
+            owner: String::new(),
         };
         let info = self.store.fork_volume(source.id, opts)?;
-        self.owners.set_volume_owner(info.id, &self.owners.volume_owner(&source));
         Ok(self.volume_json(&info))
     }
 
@@ -202,7 +200,7 @@ impl App {
         let opts = SnapshotOptions {
             name: req.name,
             description: req.description,
-            owner: self.owners.volume_owner(&v),
+            owner: v.owner.clone(),
             labels: req.labels,
             kind: cowvol::SnapshotKind::Manual,
         };
@@ -238,7 +236,7 @@ impl App {
         let safety_snapshot = req.safety_snapshot.then(|| SnapshotOptions {
             name: self.fresh_name(&format!("before-restore-to-{}", s.name.chars().take(20).collect::<String>())),
             description: format!("state of {} before it was restored to {} ({})", v.name, s.name, s.id),
-            owner: self.owners.volume_owner(&v),
+            owner: v.owner.clone(),
             ..Default::default()
         });
         let opts = RestoreOptions { timeout: Duration::from_millis(timeout_ms), safety_snapshot };
@@ -344,28 +342,27 @@ impl App {
     pub fn create_template(&self, caller: &Caller, req: CreateTemplateRequest) -> R<TemplateJson> {
         check_name("name", &req.name)?;
         let s = self.visible_snapshot_by_id(caller, "snapshot_id", &req.snapshot_id)?;
-        let opts = TemplateOptions { name: req.name, description: req.description, labels: req.labels };
+        let opts = TemplateOptions {
+            name: req.name,
+            description: req.description,
+            labels: req.labels,
+            owner: caller.owner.clone(),
+        };
         let t = self.store.create_template(s.id, opts)?;
-        self.owners.set_template_owner(t.id, &caller.owner);
-        Ok(TemplateJson::new(&t, caller.owner.clone()))
+        Ok(TemplateJson::new(&t))
     }
 
     /// `GET /api/v1/templates`.
     pub fn list_templates(&self, caller: &Caller) -> Vec<TemplateJson> {
         let mut ts = self.store.list_templates();
         ts.sort_by_key(|t| t.id);
-        ts.iter()
-            .map(|t| (t, self.owners.template_owner(t)))
-            .filter(|(_, owner)| caller.owns(owner))
-            .map(|(t, owner)| TemplateJson::new(t, owner))
-            .collect()
+        ts.iter().filter(|t| caller.owns(&t.owner)).map(TemplateJson::new).collect()
     }
 
     /// `GET /api/v1/templates/{id}`.
     pub fn get_template(&self, caller: &Caller, id: &str) -> R<TemplateJson> {
         let t = self.visible_template(caller, id)?;
-        let owner = self.owners.template_owner(&t);
-        Ok(TemplateJson::new(&t, owner))
+        Ok(TemplateJson::new(&t))
     }
 
     /// `DELETE /api/v1/templates/{id}`: idempotent like snapshot deletes.

@@ -150,8 +150,8 @@ pub struct VolumeJson {
 }
 
 impl VolumeJson {
-    /// The wire form of a volume owned by `owner`.
-    pub fn new(v: &VolumeInfo, owner: String) -> Self {
+    /// The wire form of a volume.
+    pub fn new(v: &VolumeInfo) -> Self {
         let (source_volume_id, source_snapshot_id, source_template_id) = match v.origin {
             Some(VolumeOrigin::Volume(src)) => (Some(src.to_string()), None, None),
             Some(VolumeOrigin::Snapshot(src, snap)) => (Some(src.to_string()), Some(snap.to_string()), None),
@@ -161,7 +161,7 @@ impl VolumeJson {
         VolumeJson {
             id: v.id.to_string(),
             name: v.name.clone(),
-            owner,
+            owner: v.owner.clone(),
             size_bytes: v.size_bytes,
             access_mode: v.access_mode.into(),
             cache_size_bytes: v.cache_bytes,
@@ -416,12 +416,12 @@ pub struct TemplateJson {
 }
 
 impl TemplateJson {
-    /// The wire form of a template owned by `owner`.
-    pub fn new(t: &TemplateInfo, owner: String) -> Self {
+    /// The wire form of a template.
+    pub fn new(t: &TemplateInfo) -> Self {
         TemplateJson {
             id: t.id.to_string(),
             name: t.name.clone(),
-            owner,
+            owner: t.owner.clone(),
             description: t.description.clone(),
             size_bytes: t.size_bytes,
             created_at: rfc3339(t.created_at),
