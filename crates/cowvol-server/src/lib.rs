@@ -127,7 +127,7 @@ fn router(app: Arc<ops::App>, tokens: Arc<Tokens>, config: &ServerConfig) -> Rou
         .route("/templates/{id}", get(get_template).delete(delete_template))
         .route_layer(middleware::from_fn_with_state(tokens, auth::require_token))
         .with_state(app.clone());
-    let openapi = Arc::new(ApiDoc::openapi().to_pretty_json().unwrap_or_default());
+    let openapi = Arc::new(openapi_json());
     let metrics = Arc::new(metrics::Metrics::default());
     let scrape = {
         let (app, metrics) = (app.clone(), metrics.clone());
@@ -146,6 +146,31 @@ fn router(app: Arc<ops::App>, tokens: Arc<Tokens>, config: &ServerConfig) -> Rou
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(config.max_in_flight))
         .layer(middleware::from_fn_with_state(config.request_timeout, deadline))
         .layer(middleware::from_fn_with_state(metrics, metrics::record))
+}
+
+/// The OpenAPI document as served. utoipa writes a link's target as
+/// `operation_id`; OpenAPI (and schemathesis, which follows links in its
+/// stateful phase) reads `operationId`.
+pub fn openapi_json() -> String {
+    fn fix_links(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(links)) = map.get_mut("links") {
+                    for link in links.values_mut().filter_map(serde_json::Value::as_object_mut) {
+                        if let Some(id) = link.remove("operation_id") {
+                            link.insert("operationId".into(), id);
+                        }
+                    }
+                }
+                map.values_mut().for_each(fix_links);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(fix_links),
+            _ => {}
+        }
+    }
+    let mut doc = serde_json::to_value(routes::ApiDoc::openapi()).unwrap_or_default();
+    fix_links(&mut doc);
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
 
 async fn serve_openapi(doc: Arc<String>) -> Response {

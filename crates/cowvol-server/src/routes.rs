@@ -152,7 +152,7 @@ pub async fn fork_volume(
 #[utoipa::path(post, path = "/api/v1/sandboxvolumes/{id}/snapshots", tag = "snapshots",
     params(("id" = String, Path, description = "vol-N")),
     request_body = CreateSnapshotRequest,
-    responses((status = 201, body = Success<SnapshotJson>), (status = 404, body = Failure),
+    responses((status = 201, body = Success<SnapshotJson>, links(("GetSnapshot" = (operation_id = "get_snapshot", parameters(("id" = "$response.body#/data/volume_id"), ("sid" = "$response.body#/data/id")))), ("DeleteSnapshot" = (operation_id = "delete_snapshot", parameters(("id" = "$response.body#/data/volume_id"), ("sid" = "$response.body#/data/id")))), ("HoldSnapshot" = (operation_id = "hold_snapshot", parameters(("id" = "$response.body#/data/volume_id"), ("sid" = "$response.body#/data/id")))), ("ReleaseSnapshot" = (operation_id = "release_snapshot", parameters(("id" = "$response.body#/data/volume_id"), ("sid" = "$response.body#/data/id")))), ("RestoreSnapshot" = (operation_id = "restore_snapshot", parameters(("id" = "$response.body#/data/volume_id"), ("sid" = "$response.body#/data/id")))))), (status = 404, body = Failure),
         (status = 409, description = "Name taken, or another operation holds the volume", body = Failure),
         (status = 413, description = "Body too large", body = Failure),
         (status = 507, description = "The store is full", body = Failure),
@@ -265,7 +265,7 @@ pub async fn search_snapshots(
 
 /// Makes a template (a read-only base image) from a ready snapshot.
 #[utoipa::path(post, path = "/api/v1/templates", tag = "templates", request_body = CreateTemplateRequest,
-    responses((status = 201, body = Success<TemplateJson>), (status = 404, body = Failure),
+    responses((status = 201, body = Success<TemplateJson>, links(("GetTemplate" = (operation_id = "get_template", parameters(("id" = "$response.body#/data/id")))), ("DeleteTemplate" = (operation_id = "delete_template", parameters(("id" = "$response.body#/data/id")))))), (status = 404, body = Failure),
         (status = 409, description = "Name taken", body = Failure),
         (status = 413, description = "Body too large", body = Failure),
         (status = 507, description = "The store is full", body = Failure),
