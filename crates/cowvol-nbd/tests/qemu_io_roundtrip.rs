@@ -38,5 +38,5 @@ fn qemu_io_reads_back_what_it_wrote_over_unix_and_tcp() {
         assert_eq!(s.read(base, 4096), vec![0; 4096]);
     }
     let out = qemu_io(&s.unix_uri(VOLUME), &["read -v 16842752 16"]);
-    assert!(out.contains("00000000:  41 41 41 41"), "read -v shows the bytes written over tcp:\n{out}");
+    assert!(out.contains("01010000:  41 41 41 41"), "read -v shows the bytes written over tcp:\n{out}");
 }

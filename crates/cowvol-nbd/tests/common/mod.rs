@@ -149,3 +149,165 @@ pub fn nbdsh(script: &str) -> String {
 pub fn write_file(path: &Path, data: &[u8]) {
     std::fs::write(path, data).expect("write file");
 }
+
+/// A hand-rolled NBD client on a raw socket, for what real clients never send.
+pub mod raw {
+    use std::io::{Read, Write};
+    use std::path::Path;
+    use std::time::Duration;
+
+    pub const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+    pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+    pub const OPT_GO: u32 = 7;
+    pub const OPT_STRUCTURED_REPLY: u32 = 8;
+    pub const REP_ACK: u32 = 1;
+    pub const REP_INFO: u32 = 3;
+    pub const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
+    pub const CMD_READ: u16 = 0;
+    pub const CMD_WRITE: u16 = 1;
+    pub const CMD_DISC: u16 = 2;
+    pub const CMD_FLUSH: u16 = 3;
+    pub const EPERM: u32 = 1;
+    pub const EINVAL: u32 = 22;
+
+    pub trait Stream: Read + Write + Send {}
+    impl<T: Read + Write + Send> Stream for T {}
+
+    pub struct Client {
+        pub s: Box<dyn Stream>,
+    }
+
+    impl Client {
+        /// Connects and reads the greeting (without answering it).
+        pub fn connect_unix(path: &Path) -> Client {
+            let s = std::os::unix::net::UnixStream::connect(path).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let mut c = Client { s: Box::new(s) };
+            let g = c.read_n(18);
+            assert_eq!(g[..8], *b"NBDMAGIC");
+            assert_eq!(g[8..16], *b"IHAVEOPT");
+            c
+        }
+
+        pub fn connect_tcp(port: u16) -> Client {
+            let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let mut c = Client { s: Box::new(s) };
+            let g = c.read_n(18);
+            assert_eq!(g[..8], *b"NBDMAGIC");
+            c
+        }
+
+        pub fn read_n(&mut self, n: usize) -> Vec<u8> {
+            let mut b = vec![0u8; n];
+            self.s.read_exact(&mut b).expect("read from server");
+            b
+        }
+
+        pub fn send(&mut self, b: &[u8]) {
+            self.s.write_all(b).expect("write to server");
+        }
+
+        /// True when the server has closed the connection (EOF, or reset).
+        pub fn closed_by_server(&mut self) -> bool {
+            let mut b = [0u8; 1];
+            matches!(self.s.read(&mut b), Ok(0) | Err(_))
+        }
+
+        /// Fixed newstyle, no zeroes.
+        pub fn client_flags(&mut self) {
+            self.send(&3u32.to_be_bytes());
+        }
+
+        pub fn option(&mut self, opt: u32, data: &[u8]) {
+            let mut b = Vec::new();
+            b.extend_from_slice(&IHAVEOPT.to_be_bytes());
+            b.extend_from_slice(&opt.to_be_bytes());
+            b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            b.extend_from_slice(data);
+            self.send(&b);
+        }
+
+        /// One option reply: (option, type, data).
+        pub fn option_reply(&mut self) -> (u32, u32, Vec<u8>) {
+            let h = self.read_n(20);
+            let opt = u32::from_be_bytes(h[8..12].try_into().expect("4 bytes"));
+            let kind = u32::from_be_bytes(h[12..16].try_into().expect("4 bytes"));
+            let len = u32::from_be_bytes(h[16..20].try_into().expect("4 bytes"));
+            (opt, kind, self.read_n(len as usize))
+        }
+
+        /// `NBD_OPT_GO`; returns (size, transmission flags).
+        pub fn go(&mut self, export: &str) -> (u64, u16) {
+            let mut d = Vec::new();
+            d.extend_from_slice(&(export.len() as u32).to_be_bytes());
+            d.extend_from_slice(export.as_bytes());
+            d.extend_from_slice(&0u16.to_be_bytes());
+            self.option(OPT_GO, &d);
+            let mut export_info = None;
+            loop {
+                let (_, kind, data) = self.option_reply();
+                match kind {
+                    REP_INFO if data[..2] == [0, 0] => {
+                        let size = u64::from_be_bytes(data[2..10].try_into().expect("8 bytes"));
+                        let flags = u16::from_be_bytes(data[10..12].try_into().expect("2 bytes"));
+                        export_info = Some((size, flags));
+                    }
+                    REP_INFO => {}
+                    REP_ACK => return export_info.expect("NBD_INFO_EXPORT before the ACK"),
+                    other => panic!("NBD_OPT_GO failed with reply {other:#x}: {}", String::from_utf8_lossy(&data)),
+                }
+            }
+        }
+
+        /// Handshake through `NBD_OPT_GO` with simple replies.
+        pub fn attach_unix(path: &Path, export: &str) -> (Client, u64) {
+            let mut c = Client::connect_unix(path);
+            c.client_flags();
+            let (size, _) = c.go(export);
+            (c, size)
+        }
+
+        pub fn request(&mut self, flags: u16, cmd: u16, handle: u64, offset: u64, len: u32) {
+            let mut b = Vec::with_capacity(28);
+            b.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+            b.extend_from_slice(&flags.to_be_bytes());
+            b.extend_from_slice(&cmd.to_be_bytes());
+            b.extend_from_slice(&handle.to_be_bytes());
+            b.extend_from_slice(&offset.to_be_bytes());
+            b.extend_from_slice(&len.to_be_bytes());
+            self.send(&b);
+        }
+
+        /// A simple reply header: (error, handle).
+        pub fn simple_reply(&mut self) -> (u32, u64) {
+            let h = self.read_n(16);
+            assert_eq!(h[..4], 0x6744_6698u32.to_be_bytes(), "simple reply magic");
+            let err = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
+            let handle = u64::from_be_bytes(h[8..16].try_into().expect("8 bytes"));
+            (err, handle)
+        }
+
+        pub fn write(&mut self, handle: u64, offset: u64, data: &[u8]) -> u32 {
+            self.request(0, CMD_WRITE, handle, offset, data.len() as u32);
+            self.send(data);
+            let (err, h) = self.simple_reply();
+            assert_eq!(h, handle);
+            err
+        }
+
+        pub fn read(&mut self, handle: u64, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
+            self.request(0, CMD_READ, handle, offset, len);
+            let (err, h) = self.simple_reply();
+            assert_eq!(h, handle);
+            if err != 0 {
+                return Err(err);
+            }
+            Ok(self.read_n(len as usize))
+        }
+
+        pub fn disconnect(mut self) {
+            self.request(0, CMD_DISC, 0, 0, 0);
+        }
+    }
+}
