@@ -447,7 +447,9 @@ fn run_threads(n: u64, f: impl Fn(u64) -> Result<()> + Sync) -> Result<()> {
                 })
             })
             .collect();
-        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::InvalidArgument("bench thread panicked".into()))))
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::InvalidArgument("bench thread panicked".into()))))
     })
 }
 

@@ -138,7 +138,13 @@ async fn one_request(mut s: UnixStream, server: Server, handler: ControlHandler)
                 ControlResponse::failure(1, "cowvol: error: the forwarded command panicked in the server\n")
             })
         }
-        Ok(req) => ControlResponse::failure(2, format!("cowvol: error: control protocol version {} is not supported (this server speaks {VERSION})\n", req.version)),
+        Ok(req) => ControlResponse::failure(
+            2,
+            format!(
+                "cowvol: error: control protocol version {} is not supported (this server speaks {VERSION})\n",
+                req.version
+            ),
+        ),
         Err(e) => ControlResponse::failure(2, format!("cowvol: error: malformed control request: {e}\n")),
     };
     let out = serde_json::to_vec(&response).map_err(io::Error::other)?;

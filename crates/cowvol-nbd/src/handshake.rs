@@ -65,11 +65,7 @@ where
     if client_flags & !p::CLIENT_KNOWN_FLAGS != 0 {
         return Err(violation(format!("unknown client flags {client_flags:#x}")));
     }
-    let mut st = State {
-        structured: false,
-        meta: None,
-        no_zeroes: client_flags & p::CLIENT_NO_ZEROES != 0,
-    };
+    let mut st = State { structured: false, meta: None, no_zeroes: client_flags & p::CLIENT_NO_ZEROES != 0 };
     for _ in 0..MAX_OPTIONS {
         let magic = match s.read_u64().await {
             Ok(m) => m,
@@ -153,7 +149,13 @@ fn negotiated(st: &State, export: Arc<OpenExport>, name: &str) -> Negotiated {
 }
 
 /// `NBD_OPT_INFO` and `NBD_OPT_GO`: describe the export; `GO` also enters transmission.
-async fn info_or_go<S>(s: &mut S, ctx: &HandshakeCtx, st: &mut State, opt: u32, data: &[u8]) -> io::Result<Option<Outcome>>
+async fn info_or_go<S>(
+    s: &mut S,
+    ctx: &HandshakeCtx,
+    st: &mut State,
+    opt: u32,
+    data: &[u8],
+) -> io::Result<Option<Outcome>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -219,7 +221,8 @@ where
         return reply(s, opt, errors::option_error(&e), msg.as_bytes()).await;
     }
     let matches = |q: &str| q == p::BASE_ALLOCATION || (!set && q == "base:");
-    let selected = if set { queries.iter().any(|q| matches(q)) } else { queries.is_empty() || queries.iter().any(|q| matches(q)) };
+    let selected =
+        if set { queries.iter().any(|q| matches(q)) } else { queries.is_empty() || queries.iter().any(|q| matches(q)) };
     if selected {
         send(s, opt, rep::META_CONTEXT, &p::rep_meta_context(p::BASE_ALLOCATION_ID, p::BASE_ALLOCATION)).await?;
     }

@@ -4,7 +4,7 @@ use crate::control::{self, Control};
 use crate::export::{lock, Exports};
 use crate::handshake::{self, HandshakeCtx, Outcome};
 use crate::transmission::{self, Limits};
-use cowvol::{Error, Restored, RestoreOptions, SnapshotId, Store, VolumeId};
+use cowvol::{Error, RestoreOptions, Restored, SnapshotId, Store, VolumeId};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;

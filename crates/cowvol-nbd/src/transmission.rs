@@ -113,7 +113,10 @@ where
         match step {
             Step::Run(job) => dispatch(job, conn.clone(), tx.clone()),
             Step::Refuse(req, errno, why) => {
-                log(&conn, format_args!("refused {:?} at {}+{}: {why} ({})", req.cmd, req.offset, req.length, errno.name()));
+                log(
+                    &conn,
+                    format_args!("refused {:?} at {}+{}: {why} ({})", req.cmd, req.offset, req.length, errno.name()),
+                );
                 let bytes = error_reply(&conn, &req, errno, why);
                 if tx.send(Outgoing { bytes, _slot: None, _buffer: None }).await.is_err() {
                     break End::Io(io::Error::other("reply writer stopped"));
@@ -199,7 +202,11 @@ where
     if req.cmd == Cmd::Write {
         payload = vec![0u8; req.length as usize];
         if let Err(e) = rd.read_exact(&mut payload).await {
-            return Step::End(if e.kind() == io::ErrorKind::UnexpectedEof { End::HungUpMidRequest } else { End::Io(e) });
+            return Step::End(if e.kind() == io::ErrorKind::UnexpectedEof {
+                End::HungUpMidRequest
+            } else {
+                End::Io(e)
+            });
         }
     }
     if let Some((errno, why)) = check(conn, &req, limits) {
@@ -235,9 +242,7 @@ fn check(conn: &Conn, req: &Request, limits: &Limits) -> Option<(Errno, &'static
         Cmd::Read if req.length > limits.max_payload => {
             return Some((Errno::Inval, "read larger than the maximum block size"))
         }
-        Cmd::BlockStatus if !conn.base_allocation => {
-            return Some((Errno::Inval, "base:allocation was not negotiated"))
-        }
+        Cmd::BlockStatus if !conn.base_allocation => return Some((Errno::Inval, "base:allocation was not negotiated")),
         Cmd::BlockStatus if req.length == 0 => return Some((Errno::Inval, "block status of an empty range")),
         _ => {}
     }

@@ -90,7 +90,9 @@ impl Drop for Attached {
 
 #[test]
 fn ext4_files_come_back_after_a_restore() {
-    for (name, pkg) in [("mkfs.ext4", "e2fsprogs"), ("e2fsck", "e2fsprogs"), ("fusermount3", "fuse3"), ("fsfreeze", "util-linux")] {
+    for (name, pkg) in
+        [("mkfs.ext4", "e2fsprogs"), ("e2fsck", "e2fsprogs"), ("fusermount3", "fuse3"), ("fsfreeze", "util-linux")]
+    {
         tool(name, pkg);
     }
     let s = TestServer::start(64 << 20);

@@ -127,9 +127,8 @@ fn idle_connections_are_bounded_by_a_limit_and_a_handshake_timeout() {
         o.handshake_timeout = Duration::from_millis(500);
     });
     // Hundreds of clients that connect and say nothing.
-    let mut idle: Vec<std::os::unix::net::UnixStream> = (0..300)
-        .map(|_| std::os::unix::net::UnixStream::connect(&s.sock).expect("connect"))
-        .collect();
+    let mut idle: Vec<std::os::unix::net::UnixStream> =
+        (0..300).map(|_| std::os::unix::net::UnixStream::connect(&s.sock).expect("connect")).collect();
     std::thread::sleep(Duration::from_millis(1500));
     // Every one of them has been closed by now: over the limit at once,
     // the others when their handshake timed out.

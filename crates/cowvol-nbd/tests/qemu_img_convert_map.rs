@@ -20,10 +20,28 @@ fn qemu_img_converts_compares_and_maps_holes() {
         let out = run(Command::new(&qemu_img).args(["map", "--output=json", "-f", "raw"]).arg(&uri));
         let map = String::from_utf8_lossy(&out.stdout);
         // Data where the source had data, holes between and after.
-        assert!(map.contains(r#""start": 0, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true"#), "{map}");
-        assert!(map.contains(r#""start": 1048576, "length": 7340032, "depth": 0, "present": true, "zero": true, "data": false"#), "{map}");
-        assert!(map.contains(r#""start": 8388608, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true"#), "{map}");
-        assert!(map.contains(r#""start": 9437184, "length": 24117248, "depth": 0, "present": true, "zero": true, "data": false"#), "{map}");
+        assert!(
+            map.contains(r#""start": 0, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true"#),
+            "{map}"
+        );
+        assert!(
+            map.contains(
+                r#""start": 1048576, "length": 7340032, "depth": 0, "present": true, "zero": true, "data": false"#
+            ),
+            "{map}"
+        );
+        assert!(
+            map.contains(
+                r#""start": 8388608, "length": 1048576, "depth": 0, "present": true, "zero": false, "data": true"#
+            ),
+            "{map}"
+        );
+        assert!(
+            map.contains(
+                r#""start": 9437184, "length": 24117248, "depth": 0, "present": true, "zero": true, "data": false"#
+            ),
+            "{map}"
+        );
     }
     assert_eq!(s.read(8 << 20, 4096), vec![0xbb; 4096]);
 }

@@ -311,7 +311,14 @@ pub fn main() -> u8 {
 fn forwardable(cmd: &Command) -> bool {
     match cmd {
         Command::Volume(v) => {
-            matches!(v, VolumeCmd::Create { .. } | VolumeCmd::List | VolumeCmd::Info { .. } | VolumeCmd::Delete { .. } | VolumeCmd::Fork { .. })
+            matches!(
+                v,
+                VolumeCmd::Create { .. }
+                    | VolumeCmd::List
+                    | VolumeCmd::Info { .. }
+                    | VolumeCmd::Delete { .. }
+                    | VolumeCmd::Fork { .. }
+            )
         }
         Command::Snapshot(_) | Command::Template(_) | Command::Policy(_) => true,
         Command::Check | Command::Scrub | Command::Stats => true,

@@ -2,7 +2,7 @@
 //! 127.0.0.1 with an ephemeral port, plus helpers to run client tools.
 #![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
-use cowvol::{Restored, RestoreOptions, SnapshotId, Store, StoreOptions, VolumeId, VolumeOptions};
+use cowvol::{RestoreOptions, Restored, SnapshotId, Store, StoreOptions, VolumeId, VolumeOptions};
 use cowvol_nbd::{BoundAddr, ListenAddr, Server, ServerOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
