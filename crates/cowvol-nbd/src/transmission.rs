@@ -103,7 +103,8 @@ where
     let mut rd = BufReader::with_capacity(256 * 1024, rd);
     let (tx, rx) = mpsc::channel::<Outgoing>(limits.max_in_flight.max(1));
     let writer = tokio::spawn(write_replies(wr, rx, limits.write_timeout));
-    let slots = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
+    let max_in_flight = limits.max_in_flight.max(1);
+    let slots = Arc::new(Semaphore::new(max_in_flight));
     let end = loop {
         let step = tokio::select! {
             biased;
@@ -111,7 +112,17 @@ where
             s = next_request(&mut rd, &conn, &slots, &limits) => s,
         };
         match step {
-            Step::Run(job) => dispatch(job, conn.clone(), tx.clone()),
+            Step::Run(job) => {
+                let idle = slots.available_permits() + 1 == max_in_flight && rd.buffer().is_empty();
+                match try_inline(job, &conn, idle) {
+                    Ok(out) => {
+                        if tx.send(out).await.is_err() {
+                            break End::Io(io::Error::other("reply writer stopped"));
+                        }
+                    }
+                    Err(job) => dispatch(job, conn.clone(), tx.clone()),
+                }
+            }
             Step::Refuse(req, errno, why) => {
                 log(
                     &conn,
@@ -255,15 +266,35 @@ fn check(conn: &Conn, req: &Request, limits: &Limits) -> Option<(Errno, &'static
 /// Runs a job on the blocking pool and queues its reply.
 fn dispatch(job: Job, conn: Arc<Conn>, tx: mpsc::Sender<Outgoing>) {
     tokio::task::spawn_blocking(move || {
-        let Job { req, payload, slot, buffer, gate } = job;
-        let bytes = execute(&conn, &req, &payload);
-        drop(payload);
-        drop(gate);
+        let out = run_job(job, &conn);
         // The channel holds as many replies as there are slots, so this
         // never waits; it fails only when the writer is gone, and then the
         // reply has nobody to go to.
-        let _ = tx.blocking_send(Outgoing { bytes, _slot: Some(slot), _buffer: buffer });
+        let _ = tx.blocking_send(out);
     });
+}
+
+/// Runs a job where the reader is, when nothing else is in flight on the
+/// connection and no further request is already buffered: a lone request
+/// (queue depth 1) then costs no hand-off to a pool thread and back, which
+/// dominates its latency on a busy machine. `block_in_place` first moves
+/// this worker's other tasks to another thread, so the engine call still
+/// blocks no async work. Returns the job when it must be dispatched.
+fn try_inline(job: Job, conn: &Conn, idle: bool) -> Result<Outgoing, Job> {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if !idle || !multi_thread {
+        return Err(job);
+    }
+    Ok(tokio::task::block_in_place(|| run_job(job, conn)))
+}
+
+fn run_job(job: Job, conn: &Conn) -> Outgoing {
+    let Job { req, payload, slot, buffer, gate } = job;
+    let bytes = execute(conn, &req, &payload);
+    drop(payload);
+    drop(gate);
+    Outgoing { bytes, _slot: Some(slot), _buffer: buffer }
 }
 
 /// Performs one request against the engine and encodes the reply.
