@@ -44,7 +44,7 @@ fn random_requests_never_hurt_the_server() {
         let ctl = sock.try_clone().expect("clone");
         let mut c = Client { s: Box::new(sock) };
         c.read_n(18);
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             // Garbage in place of the handshake.
             let n = 1 + (rng.next() % 300) as usize;
             let junk = rng.bytes(n);
@@ -54,7 +54,7 @@ fn random_requests_never_hurt_the_server() {
             c.go(VOLUME);
             for _ in 0..4 {
                 let cmd = (rng.next() % 10) as u16;
-                let flags = if rng.next() % 3 == 0 { rng.next() as u16 } else { 0 };
+                let flags = if rng.next().is_multiple_of(3) { rng.next() as u16 } else { 0 };
                 let offset = match rng.next() % 3 {
                     0 => rng.next(),
                     _ => rng.next() % (5 << 20),
