@@ -58,6 +58,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve volumes and snapshots as NBD exports (qemu, nbdfuse, nbd-client) until SIGINT/SIGTERM.
     Nbd(NbdArgs),
+    /// Serve the platform HTTP API and the snapshot panel (/ui) until SIGINT or SIGTERM.
+    Serve(ServeArgs),
 }
 
 /// `cowvol nbd`.
@@ -88,6 +90,20 @@ pub struct NbdArgs {
 
 fn parse_listen(s: &str) -> Result<cowvol_nbd::ListenAddr, String> {
     s.parse()
+}
+
+/// `cowvol serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7480")]
+    pub listen: std::net::SocketAddr,
+    /// Tokens file, one `TOKEN OWNER [admin]` a line, mode 600 [default: a one-off admin token, printed].
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// Size of volumes created without size_bytes (thin).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "10G")]
+    pub default_volume_size: u64,
 }
 
 /// `cowvol bench`.

@@ -12,6 +12,7 @@ mod maint;
 mod nbd;
 mod policy;
 mod progress;
+mod serve;
 mod snapshot;
 mod template;
 mod volume;
@@ -322,7 +323,7 @@ fn forwardable(cmd: &Command) -> bool {
         }
         Command::Snapshot(_) | Command::Template(_) | Command::Policy(_) => true,
         Command::Check | Command::Scrub | Command::Stats => true,
-        Command::Demo | Command::Init(_) | Command::Bench(_) | Command::Nbd(_) => false,
+        Command::Demo | Command::Init(_) | Command::Bench(_) | Command::Nbd(_) | Command::Serve(_) => false,
     }
 }
 
@@ -403,5 +404,6 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
         Command::Stats => maint::stats(ctx),
         Command::Bench(a) => bench::run(ctx, a),
         Command::Nbd(a) => nbd::run(ctx, a),
+        Command::Serve(a) => serve::run(ctx, a),
     }
 }

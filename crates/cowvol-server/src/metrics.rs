@@ -1,0 +1,108 @@
+//! Prometheus metrics: requests by route and status, their latencies, and
+//! the store's space and object counts (read at scrape time).
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use cowvol::Store;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Latency histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+#[derive(Debug, Default)]
+struct Series {
+    count: u64,
+    sum_secs: f64,
+    /// Per bucket (not cumulative); made cumulative when rendered.
+    buckets: [u64; BUCKETS.len()],
+}
+
+/// Request counters, keyed by (method, route template, status code).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    series: Mutex<BTreeMap<(String, String, u16), Series>>,
+}
+
+impl Metrics {
+    fn observe(&self, method: &str, route: &str, code: u16, secs: f64) {
+        let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let s = map.entry((method.to_string(), route.to_string(), code)).or_default();
+        s.count += 1;
+        s.sum_secs += secs;
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            s.buckets[i] += 1;
+        }
+    }
+
+    /// The Prometheus text exposition of the request series and the store.
+    pub fn render(&self, store: &Store) -> String {
+        let mut out = String::new();
+        self.render_requests(&mut out);
+        render_store(&mut out, store);
+        out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        let map = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        out.push_str("# HELP cowvol_http_requests_total HTTP requests answered, by method, route and status code.\n");
+        out.push_str("# TYPE cowvol_http_requests_total counter\n");
+        for ((m, r, c), s) in map.iter() {
+            let _ =
+                writeln!(out, "cowvol_http_requests_total{{method=\"{m}\",route=\"{r}\",code=\"{c}\"}} {}", s.count);
+        }
+        out.push_str("# HELP cowvol_http_request_duration_seconds Time to answer, by method, route and status code.\n");
+        out.push_str("# TYPE cowvol_http_request_duration_seconds histogram\n");
+        for ((m, r, c), s) in map.iter() {
+            let labels = format!("method=\"{m}\",route=\"{r}\",code=\"{c}\"");
+            let mut cumulative = 0;
+            for (bound, n) in BUCKETS.iter().zip(s.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "cowvol_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(out, "cowvol_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
+            let _ = writeln!(out, "cowvol_http_request_duration_seconds_sum{{{labels}}} {}", s.sum_secs);
+            let _ = writeln!(out, "cowvol_http_request_duration_seconds_count{{{labels}}} {}", s.count);
+        }
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+}
+
+fn render_store(out: &mut String, store: &Store) {
+    let st = store.stats();
+    gauge(out, "cowvol_store_logical_bytes", "Sum of the logical sizes of live volumes.", st.logical_bytes);
+    gauge(out, "cowvol_store_mapped_bytes", "Bytes of written (mapped) ranges across volumes.", st.mapped_bytes);
+    gauge(out, "cowvol_store_physical_bytes", "Bytes of data blocks stored, shared ones once.", st.physical_bytes);
+    gauge(out, "cowvol_store_file_bytes", "Size of the store's data file.", st.file_bytes);
+    gauge(out, "cowvol_store_free_bytes", "Free bytes inside the data file.", st.free_bytes);
+    gauge(out, "cowvol_volumes", "Live volumes.", st.volumes as u64);
+    gauge(out, "cowvol_templates", "Templates.", st.templates as u64);
+    let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for s in store.all_snapshots() {
+        *by.entry((s.kind.to_string(), s.status.to_string())).or_default() += 1;
+    }
+    out.push_str("# HELP cowvol_snapshots Snapshots, by kind and status.\n# TYPE cowvol_snapshots gauge\n");
+    for ((kind, status), n) in by {
+        let _ = writeln!(out, "cowvol_snapshots{{kind=\"{kind}\",status=\"{status}\"}} {n}");
+    }
+}
+
+/// Middleware: counts and times every request under its route template
+/// (never the raw path, which would make one series per id).
+pub async fn record(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    metrics.observe(&method, &route, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    resp
+}
