@@ -9,6 +9,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub mod limits;
+
 macro_rules! typed_id {
     ($name:ident, $prefix:literal, $doc:literal) => {
         #[doc = $doc]
@@ -256,13 +258,6 @@ fn decode_labels(d: &mut Dec<'_>) -> Result<BTreeMap<String, String>> {
         labels.insert(k, d.str()?);
     }
     Ok(labels)
-}
-
-pub(crate) fn validate_name(kind: &str, name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
-        return Err(Error::invalid(format!("{kind} name {name:?} must be 1 to 255 bytes without control characters")));
-    }
-    Ok(())
 }
 
 /// Seconds since the Unix epoch, as stored in the catalog.

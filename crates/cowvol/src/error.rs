@@ -68,8 +68,9 @@ pub enum Error {
         /// The read-only target.
         what: String,
     },
-    /// Another process holds the store.
-    #[error("store {} is locked by another process", path.display())]
+    /// Another opener holds the store: another process, or another
+    /// [`crate::Store`] of this process. Nothing was read or changed.
+    #[error("store {} is locked: another process or another Store of this process has it open", path.display())]
     Locked {
         /// The store directory.
         path: PathBuf,

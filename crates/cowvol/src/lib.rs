@@ -78,6 +78,7 @@ mod tree;
 mod volume;
 mod wal;
 
+pub use catalog::limits;
 pub use catalog::{
     AccessMode, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo,
     VolumeId, VolumeInfo, VolumeOrigin,

@@ -7,7 +7,7 @@
 //! wholly done or wholly undone, and a snapshot left `Creating` is marked
 //! `Failed` when the store opens.
 
-use crate::catalog::validate_name;
+use crate::catalog::limits;
 use crate::catalog::{
     now_secs, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo,
     VolumeId, VolumeInfo, VolumeOrigin,
@@ -27,11 +27,11 @@ pub const AUTO_LABEL: &str = "cowvol.policy";
 /// How a template is made.
 #[derive(Debug, Clone, Default)]
 pub struct TemplateOptions {
-    /// Unique among templates; 1 to 255 bytes, no control characters.
+    /// Unique among templates; limits as [`SnapshotOptions::name`].
     pub name: String,
-    /// Free text.
+    /// Free text; limits as [`SnapshotOptions::description`].
     pub description: String,
-    /// Free key/value labels.
+    /// Free key/value labels; limits as [`SnapshotOptions::labels`].
     pub labels: BTreeMap<String, String>,
     /// Owner of the template; empty (the default) means its snapshot's owner.
     pub owner: String,
@@ -193,7 +193,7 @@ impl Store {
     /// administrative operation holds one of the volumes. On any error no
     /// snapshot is taken.
     pub fn create_group_snapshot(&self, volumes: &[VolumeId], opts: SnapshotOptions) -> Result<Vec<SnapshotInfo>> {
-        validate_name("snapshot", &opts.name)?;
+        opts.check_limits()?;
         let mut ids = volumes.to_vec();
         ids.sort();
         ids.dedup();
@@ -324,7 +324,7 @@ impl Store {
     /// [`Error::NotFound`]; [`Error::InvalidArgument`] for a snapshot that
     /// is not ready; [`Error::AlreadyExists`] for a taken template name.
     pub fn create_template(&self, snapshot: SnapshotId, opts: TemplateOptions) -> Result<TemplateInfo> {
-        validate_name("template", &opts.name)?;
+        limits::described("template", &opts.name, &opts.description, &opts.owner, &opts.labels)?;
         self.engine.commit(|st| {
             let s = st.snapshots.get(&snapshot.0).ok_or_else(|| not_found_snapshot(snapshot))?;
             let s = st.ready_snap_of(s.info.volume_id, snapshot)?;
@@ -548,7 +548,7 @@ impl Engine {
 
     /// Creates a volume whose tree is `origin`'s, which has `size` bytes.
     fn create_volume_with_origin(&self, origin: VolumeOrigin, size: u64, opts: VolumeOptions) -> Result<VolumeInfo> {
-        validate_name("volume", &opts.name)?;
+        limits::volume(&opts.name, &opts.owner)?;
         if opts.size_bytes != 0 && opts.size_bytes != size {
             return Err(Error::invalid(format!(
                 "a volume made from a snapshot or template has its size ({size} bytes), not {}",

@@ -1,6 +1,7 @@
 //! Options and result types of the public API.
 
-use crate::catalog::{AccessMode, SnapshotId, SnapshotInfo, SnapshotKind, VolumeId};
+use crate::catalog::{limits, AccessMode, SnapshotId, SnapshotInfo, SnapshotKind, VolumeId};
+use crate::error::Result;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -40,7 +41,9 @@ impl Default for StoreOptions {
 /// How a volume is created.
 #[derive(Debug, Clone)]
 pub struct VolumeOptions {
-    /// Unique among live volumes; 1 to 255 bytes, no control characters.
+    /// Unique among live volumes; 1 to [`limits::MAX_NAME_BYTES`] (255)
+    /// bytes, without control characters, line separators or bidirectional
+    /// formatting characters (see [`crate::limits`]).
     pub name: String,
     /// Logical size in bytes (at least 1).
     pub size_bytes: u64,
@@ -57,6 +60,7 @@ pub struct VolumeOptions {
     /// Free-form owner (a tenant, a team), for platforms that keep tenants
     /// apart. Empty for a new volume means none; for a volume made from a
     /// snapshot or template, empty means the owner of what it is made from.
+    /// At most [`limits::MAX_OWNER_BYTES`] (255) bytes, the characters of a name.
     pub owner: String,
 }
 
@@ -77,13 +81,18 @@ impl VolumeOptions {
 /// How a snapshot is taken.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotOptions {
-    /// Unique among the snapshots of the volume.
+    /// Unique among the snapshots of the volume; 1 to
+    /// [`limits::MAX_NAME_BYTES`] (255) bytes, the characters of a volume name.
     pub name: String,
-    /// Free text.
+    /// Free text, at most [`limits::MAX_DESCRIPTION_BYTES`] (4096) bytes;
+    /// tab and line feed are the only control characters allowed.
     pub description: String,
-    /// Free-form owner.
+    /// Free-form owner, at most [`limits::MAX_OWNER_BYTES`] (255) bytes.
     pub owner: String,
-    /// Free key/value labels.
+    /// Free key/value labels: at most [`limits::MAX_LABELS`] (64); keys of 1
+    /// to [`limits::MAX_LABEL_KEY_BYTES`] (63) bytes with the characters of a
+    /// name, values of at most [`limits::MAX_LABEL_VALUE_BYTES`] (255) bytes
+    /// without control characters.
     pub labels: BTreeMap<String, String>,
     /// Manual (the default) or automatic. Retention prunes only automatic
     /// snapshots, so mark one `Auto` only when a policy may delete it.
@@ -94,6 +103,11 @@ impl SnapshotOptions {
     /// A snapshot named `name` with no description.
     pub fn named(name: impl Into<String>) -> Self {
         SnapshotOptions { name: name.into(), ..Default::default() }
+    }
+
+    /// Checks every field against [`crate::limits`].
+    pub(crate) fn check_limits(&self) -> Result<()> {
+        limits::described("snapshot", &self.name, &self.description, &self.owner, &self.labels)
     }
 }
 
@@ -119,7 +133,7 @@ impl Default for RestoreOptions {
 /// How a fork is made.
 #[derive(Debug, Clone, Default)]
 pub struct ForkOptions {
-    /// Name of the new volume.
+    /// Name of the new volume, as [`VolumeOptions::name`].
     pub name: String,
     /// Fork this snapshot of the source instead of its live state.
     pub from_snapshot: Option<SnapshotId>,
@@ -127,6 +141,7 @@ pub struct ForkOptions {
     pub access_mode: AccessMode,
     /// Owner of the new volume; empty (the default) means the source
     /// volume's owner (the snapshot's, when the source volume is gone).
+    /// As [`VolumeOptions::owner`].
     pub owner: String,
 }
 

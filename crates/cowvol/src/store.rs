@@ -4,7 +4,7 @@
 
 use crate::backend::{FileDir, StorageDir};
 use crate::catalog::{
-    now_secs, validate_name, AccessMode, SnapshotId, SnapshotInfo, SnapshotStatus, VolumeId, VolumeInfo, VolumeOrigin,
+    limits, now_secs, AccessMode, SnapshotId, SnapshotInfo, SnapshotStatus, VolumeId, VolumeInfo, VolumeOrigin,
 };
 use crate::engine::record::Record;
 use crate::engine::{self, try_admin, Engine, Keeper, VolRuntime};
@@ -105,7 +105,7 @@ impl Store {
     /// [`Error::AlreadyExists`] when a live volume has the name;
     /// [`Error::InvalidArgument`] for an empty size or bad name.
     pub fn create_volume(&self, opts: VolumeOptions) -> Result<VolumeInfo> {
-        validate_name("volume", &opts.name)?;
+        limits::volume(&opts.name, &opts.owner)?;
         if opts.size_bytes == 0 {
             return Err(Error::invalid("volume size must be at least 1 byte"));
         }
@@ -291,7 +291,7 @@ impl Store {
         let engine = &self.engine;
         engine.ensure_writable()?;
         if let Some(safety) = &opts.safety_snapshot {
-            validate_name("snapshot", &safety.name)?;
+            safety.check_limits()?;
         }
         let rt = {
             let st = engine.state.lock();
@@ -335,7 +335,7 @@ impl Store {
     /// [`Error::NotFound`]; [`Error::AlreadyExists`] for a taken name;
     /// [`Error::Busy`] when another administrative operation holds the source.
     pub fn fork_volume(&self, source: VolumeId, opts: ForkOptions) -> Result<VolumeInfo> {
-        validate_name("volume", &opts.name)?;
+        limits::volume(&opts.name, &opts.owner)?;
         let engine = &self.engine;
         engine.ensure_writable()?;
         let rt = {
@@ -396,7 +396,7 @@ impl Engine {
         status: SnapshotStatus,
         created_at: u64,
     ) -> Result<SnapshotInfo> {
-        validate_name("snapshot", &opts.name)?;
+        opts.check_limits()?;
         self.ensure_writable()?;
         let rt = self.state.lock().vol(volume)?.rt.clone();
         let _admin = try_admin(&rt, volume, "snapshot")?;

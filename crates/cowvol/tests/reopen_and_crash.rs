@@ -338,3 +338,106 @@ fn discard_reads_zeroes_and_frees_unmapped_blocks() {
     assert_eq!(read_all(&vol), vec![0u8; size as usize]);
     assert_clean(&store);
 }
+
+/// Found by the hardening review (issue 11, finding 5): the lock was only a
+/// `flock` on the `LOCK` file, never checked again, so deleting or replacing
+/// `LOCK` let a second `Store` open the same data file and the two together
+/// left a store that no longer opened. The data file itself is locked now.
+#[test]
+fn deleting_or_replacing_the_lock_file_does_not_let_a_second_store_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let info = store.create_volume(VolumeOptions::new("v", BS)).unwrap();
+    let vol = store.open_volume(info.id).unwrap();
+    vol.write_at(&fill(1, BS as usize), 0).unwrap();
+    vol.flush().unwrap();
+    let lock = dir.path().join("LOCK");
+    std::fs::remove_file(&lock).unwrap();
+    assert!(matches!(Store::open(dir.path(), StoreOptions::default()), Err(Error::Locked { .. })));
+    // Replaced by another file (the second opener above created a new LOCK).
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::write(dir.path().join("other"), b"").unwrap();
+    std::fs::rename(dir.path().join("other"), &lock).unwrap();
+    assert!(matches!(Store::open(dir.path(), StoreOptions::default()), Err(Error::Locked { .. })));
+    // The first store never noticed and keeps working.
+    vol.write_at(&fill(2, BS as usize), 0).unwrap();
+    vol.flush().unwrap();
+    drop(vol);
+    drop(store);
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(read(&store.open_volume(info.id).unwrap(), 0, BS), fill(2, BS as usize));
+    assert!(store.check().unwrap().is_clean());
+}
+
+/// The same on the simulated disk: breaking its directory lock (what
+/// deleting `LOCK` does) leaves the data file's lock in force.
+#[test]
+fn a_broken_directory_lock_still_keeps_a_second_store_out() {
+    let sim = SimDir::new();
+    let store = Store::open_in(Arc::new(sim.clone()), StoreOptions::default()).unwrap();
+    sim.break_dir_lock();
+    assert!(matches!(Store::open_in(Arc::new(sim.clone()), StoreOptions::default()), Err(Error::Locked { .. })));
+    drop(store);
+    Store::open_in(Arc::new(sim), StoreOptions::default()).unwrap();
+}
+
+const LOCK_CHILD: &str = "COWVOL_LOCK_CHILD";
+
+/// Finding 5 across processes: a child holds the store while the parent
+/// deletes `LOCK` and tries to open it, then the parent holds it while a
+/// child tries. Each second opener gets `Error::Locked`.
+#[test]
+fn a_second_process_is_locked_out_even_when_the_lock_file_is_deleted() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    const NAME: &str = "a_second_process_is_locked_out_even_when_the_lock_file_is_deleted";
+    if let Ok(path) = std::env::var(LOCK_CHILD) {
+        // The child: open, report, and hold the store until stdin closes.
+        let outcome = match Store::open(&path, StoreOptions::default()) {
+            Ok(store) => Ok(store),
+            Err(Error::Locked { .. }) => Err("LOCKED".to_string()),
+            Err(e) => Err(format!("ERROR {e}")),
+        };
+        // On a line of its own: the harness has printed "test ... " already.
+        println!("\nRESULT {}", outcome.as_ref().map(|_| "OPENED").unwrap_or_else(|e| e));
+        std::io::stdout().flush().unwrap();
+        let _ = std::io::stdin().read_line(&mut String::new());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("store");
+    let spawn = || {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(LOCK_CHILD, &path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = out.find_map(|l| l.unwrap().strip_prefix("RESULT ").map(str::to_string)).expect("the child reports");
+        ((child, out), line)
+    };
+    let finish = |(mut child, out): (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>)| {
+        drop(child.stdin.take());
+        // Read the harness's last words, or the child dies of a broken pipe.
+        out.for_each(drop);
+        assert!(child.wait().unwrap().success());
+    };
+    // The child creates the store and holds it.
+    let (holder, line) = spawn();
+    assert_eq!(line, "OPENED");
+    std::fs::remove_file(path.join("LOCK")).unwrap();
+    assert!(matches!(Store::open(&path, StoreOptions::default()), Err(Error::Locked { .. })));
+    finish(holder);
+    // The parent holds it; the child finds LOCK gone and still cannot open.
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    std::fs::remove_file(path.join("LOCK")).unwrap();
+    let (child, line) = spawn();
+    assert_eq!(line, "LOCKED");
+    finish(child);
+    drop(store);
+    let (child, line) = spawn();
+    assert_eq!(line, "OPENED");
+    finish(child);
+}

@@ -56,8 +56,40 @@ pub enum Command {
     Stats,
     /// Measure cowvol against raw pwrite/pread/fdatasync in the same directory.
     Bench(BenchArgs),
+    /// Serve volumes and snapshots as NBD exports (qemu, nbdfuse, nbd-client) until SIGINT/SIGTERM.
+    Nbd(NbdArgs),
     /// Serve the platform HTTP API and the snapshot panel (/ui) until SIGINT or SIGTERM.
     Serve(ServeArgs),
+}
+
+/// `cowvol nbd`.
+#[derive(Debug, Args)]
+#[command(after_help = "Export names are volume names or ids; VOL@SNAP exports a snapshot read-only.\n\
+While serving, other cowvol commands on the same --store are forwarded to this process over\n\
+DIR/cowvol.ctl. Before a restore, clients must unmount or freeze their file systems.")]
+pub struct NbdArgs {
+    /// Where to listen: unix:PATH or tcp:HOST:PORT (repeatable).
+    #[arg(long, value_name = "ADDR", required = true, value_parser = parse_listen)]
+    pub listen: Vec<cowvol_nbd::ListenAddr>,
+    /// Serve every export read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Serve only these exports (volume, volume id, or VOL@SNAP) [default: every volume].
+    #[arg(long, value_name = "NAME", num_args = 1..)]
+    pub export: Vec<String>,
+    /// Close a volume's connections cleanly (finish in-flight requests, flush) before restoring it.
+    #[arg(long)]
+    pub disconnect_on_restore: bool,
+    /// Open connections at most.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a client has to finish the handshake.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub handshake_timeout: u64,
+}
+
+fn parse_listen(s: &str) -> Result<cowvol_nbd::ListenAddr, String> {
+    s.parse()
 }
 
 /// `cowvol serve`.

@@ -34,6 +34,9 @@ pub struct CliError {
     pub hint: Option<String>,
     /// Writing to stdout failed because the reader went away: exit quietly.
     pub broken_pipe: bool,
+    /// The store is locked by another process (which may take the command
+    /// over its control socket).
+    pub locked: bool,
 }
 
 /// Result of a CLI command.
@@ -42,7 +45,7 @@ pub type CliResult<T = ()> = Result<T, CliError>;
 impl CliError {
     /// A failure with an explicit exit code.
     pub fn new(code: u8, message: impl Into<String>) -> CliError {
-        CliError { code, message: message.into(), hint: None, broken_pipe: false }
+        CliError { code, message: message.into(), hint: None, broken_pipe: false, locked: false }
     }
 
     /// Bad usage (exit 2).
@@ -94,7 +97,8 @@ impl CliError {
             E::Io { .. } => (code::FAILURE, None),
             _ => (code::FAILURE, None),
         };
-        CliError { code, message: format!("{what}: {e}"), hint: hint.map(str::to_string), broken_pipe: false }
+        let locked = matches!(e, E::Locked { .. });
+        CliError { code, message: format!("{what}: {e}"), hint: hint.map(str::to_string), broken_pipe: false, locked }
     }
 
     /// From an operating system error on a file the CLI itself handles.
@@ -110,6 +114,7 @@ impl CliError {
             message: format!("{what}: {}", strip_os_error(&e)),
             hint: None,
             broken_pipe: e.kind() == io::ErrorKind::BrokenPipe,
+            locked: false,
         }
     }
 

@@ -9,6 +9,7 @@ mod fmt;
 mod image;
 mod json;
 mod maint;
+mod nbd;
 mod policy;
 mod progress;
 mod serve;
@@ -16,16 +17,18 @@ mod snapshot;
 mod template;
 mod volume;
 
-use args::{Cli, Command};
+use args::{Cli, Command, VolumeCmd};
 use clap::Parser;
 use cowvol::{
-    AccessMode, SnapshotId, SnapshotInfo, SnapshotQuery, Store, StoreOptions, TemplateId, TemplateInfo, VolumeId,
-    VolumeInfo,
+    AccessMode, RestoreOptions, Restored, SnapshotId, SnapshotInfo, SnapshotQuery, Store, StoreOptions, TemplateId,
+    TemplateInfo, VolumeId, VolumeInfo,
 };
+use cowvol_nbd::{ControlRequest, ControlResponse};
 use error::{code, out_err, CliError, CliResult, LibContext};
 use serde::Serialize;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// What every command gets: global options and where output goes.
 pub struct Ctx {
@@ -39,18 +42,74 @@ pub struct Ctx {
     pub quiet: bool,
     /// Progress bars are drawn (stdout is a terminal and not `--quiet`).
     pub progress: bool,
-    out: io::Stdout,
+    out: Output,
+    /// Set when the command was forwarded to a `cowvol nbd` process over
+    /// its control socket: the command runs against that server's store.
+    served: Option<cowvol_nbd::Server>,
+}
+
+/// Where a command's standard output goes: the process's stdout, or a
+/// buffer returned to the `cowvol` process that forwarded the command.
+enum Output {
+    Stdout(io::Stdout),
+    Buffer(Arc<Mutex<Vec<u8>>>),
+}
+
+/// A writer on a command's output (see [`Ctx::out`]).
+pub enum OutLock {
+    /// The process's stdout, locked.
+    Stdout(io::StdoutLock<'static>),
+    /// The buffer of a forwarded command.
+    Buffer(Arc<Mutex<Vec<u8>>>),
+}
+
+impl Write for OutLock {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            OutLock::Stdout(s) => s.write(buf),
+            OutLock::Buffer(b) => {
+                b.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            OutLock::Stdout(s) => s.flush(),
+            OutLock::Buffer(_) => Ok(()),
+        }
+    }
 }
 
 impl Ctx {
-    /// Standard output, locked.
-    pub fn out(&self) -> io::StdoutLock<'static> {
-        self.out.lock()
+    /// Standard output (or the forwarded command's output buffer), locked.
+    pub fn out(&self) -> OutLock {
+        match &self.out {
+            Output::Stdout(s) => OutLock::Stdout(s.lock()),
+            Output::Buffer(b) => OutLock::Buffer(b.clone()),
+        }
+    }
+
+    /// Restores a volume: through the NBD server's restore path when the
+    /// command was forwarded to one (so its clients are drained first),
+    /// else directly on the store.
+    pub fn restore(
+        &self,
+        store: &Store,
+        volume: VolumeId,
+        snapshot: SnapshotId,
+        opts: RestoreOptions,
+    ) -> cowvol::Result<Restored> {
+        match &self.served {
+            Some(server) => server.restore_snapshot_blocking(volume, snapshot, opts),
+            None => store.restore_snapshot(volume, snapshot, opts),
+        }
     }
 
     /// Prints `value` as pretty JSON followed by a newline.
     pub fn print_json<T: Serialize>(&self, value: &T) -> CliResult {
-        let mut out = self.out.lock();
+        let mut out = self.out();
         serde_json::to_writer_pretty(&mut out, value)
             .map_err(io::Error::from)
             .and_then(|()| writeln!(out))
@@ -63,12 +122,15 @@ impl Ctx {
         if self.quiet {
             return Ok(());
         }
-        let mut out = self.out.lock();
+        let mut out = self.out();
         writeln!(out, "{line}").map_err(out_err)
     }
 
     /// Opens the existing store; a missing or empty directory is "not found".
     pub fn open_store(&self) -> CliResult<Store> {
+        if let Some(server) = &self.served {
+            return Ok(server.store().clone());
+        }
         let dir = &self.store_dir;
         let hint = "create one with `cowvol init`, or point --store / COWVOL_STORE at an existing store";
         match std::fs::read_dir(dir) {
@@ -228,18 +290,105 @@ pub fn main() -> u8 {
         json: cli.json,
         quiet: cli.quiet,
         progress: io::stdout().is_terminal() && !cli.quiet,
-        out: io::stdout(),
+        out: Output::Stdout(io::stdout()),
+        served: None,
     };
+    let forwardable = forwardable(&cli.command);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&ctx, cli.command)));
     match result {
         Ok(Ok(())) => code::OK,
         Ok(Err(e)) if e.broken_pipe => code::OK,
+        Ok(Err(e)) if e.locked && forwardable => forward(&ctx, &e),
         Ok(Err(e)) => {
             eprintln!("{}", e.line());
             e.code
         }
         Err(_) => code::FAILURE,
     }
+}
+
+/// Commands a `cowvol nbd` process can run for another `cowvol` process:
+/// those that touch only the store (no local files, no standard input).
+fn forwardable(cmd: &Command) -> bool {
+    match cmd {
+        Command::Volume(v) => {
+            matches!(
+                v,
+                VolumeCmd::Create { .. }
+                    | VolumeCmd::List
+                    | VolumeCmd::Info { .. }
+                    | VolumeCmd::Delete { .. }
+                    | VolumeCmd::Fork { .. }
+            )
+        }
+        Command::Snapshot(_) | Command::Template(_) | Command::Policy(_) => true,
+        Command::Check | Command::Scrub | Command::Stats => true,
+        Command::Demo | Command::Init(_) | Command::Bench(_) | Command::Nbd(_) | Command::Serve(_) => false,
+    }
+}
+
+/// The store is locked: when a `cowvol nbd` process holds it and listens on
+/// the store's control socket, run the command there and relay its output.
+fn forward(ctx: &Ctx, locked: &CliError) -> u8 {
+    let socket = cowvol_nbd::control::socket_path(&ctx.store_dir);
+    if !socket.exists() {
+        eprintln!("{}", locked.line());
+        return locked.code;
+    }
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    match cowvol_nbd::control::forward(&socket, argv) {
+        Ok(r) => {
+            let _ = io::stdout().write_all(r.stdout.as_bytes()).and_then(|()| io::stdout().flush());
+            eprint!("{}", r.stderr);
+            r.code
+        }
+        Err(e) => {
+            eprintln!(
+                "{}",
+                CliError::from_io(format!("forwarding the command to the server on {}", socket.display()), e)
+                    .hint("the process holding the store did not answer on its control socket")
+                    .line()
+            );
+            locked.code
+        }
+    }
+}
+
+/// Runs a command forwarded over the control socket against the server's
+/// store, capturing what it prints.
+pub fn run_forwarded(server: &cowvol_nbd::Server, req: ControlRequest) -> ControlResponse {
+    let cli = match Cli::try_parse_from(std::iter::once("cowvol".to_string()).chain(req.argv)) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { code::USAGE } else { code::OK };
+            return ControlResponse::failure(code, e.render().to_string());
+        }
+    };
+    if !forwardable(&cli.command) {
+        return ControlResponse::failure(
+            code::USAGE,
+            "cowvol: error: this command cannot run through the control socket; hint: stop `cowvol nbd` first\n",
+        );
+    }
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let ctx = Ctx {
+        store_dir: cli.store_dir(),
+        store_explicit: cli.store.is_some(),
+        json: cli.json,
+        quiet: cli.quiet,
+        progress: false,
+        out: Output::Buffer(buffer.clone()),
+        served: Some(server.clone()),
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&ctx, cli.command)));
+    let (code, stderr) = match result {
+        Ok(Ok(())) => (code::OK, String::new()),
+        Ok(Err(e)) if e.broken_pipe => (code::OK, String::new()),
+        Ok(Err(e)) => (e.code, format!("{}\n", e.line())),
+        Err(_) => (code::FAILURE, "cowvol: error: internal error in the forwarded command\n".to_string()),
+    };
+    let stdout = String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    ControlResponse { code, stdout, stderr }
 }
 
 fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
@@ -254,6 +403,7 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
         Command::Scrub => maint::scrub(ctx),
         Command::Stats => maint::stats(ctx),
         Command::Bench(a) => bench::run(ctx, a),
+        Command::Nbd(a) => nbd::run(ctx, a),
         Command::Serve(a) => serve::run(ctx, a),
     }
 }

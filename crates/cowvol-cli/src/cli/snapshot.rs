@@ -268,8 +268,8 @@ fn restore(ctx: &Ctx, volume: &str, snapshot: &str, timeout: Option<f64>, safety
         description: format!("state of volume {} before it was restored to snapshot {}", v.name, s.name),
         ..SnapshotOptions::named(name)
     });
-    let r = store
-        .restore_snapshot(v.id, s.id, opts)
+    let r = ctx
+        .restore(&store, v.id, s.id, opts)
         .ctx(format_args!("restoring volume {:?} to snapshot {:?} ({})", v.name, s.name, s.id))?;
     if ctx.json {
         #[derive(Serialize)]

@@ -132,9 +132,57 @@ impl StorageFile for HostFile {
             other => other,
         }
     }
+
+    fn try_lock(&self) -> io::Result<DirLock> {
+        // flock belongs to the open file description, which the duplicate
+        // shares: the lock covers this handle, and a separate open of the
+        // same file (another Store in this process included) conflicts.
+        let dup = self.file.try_clone()?;
+        match dup.try_lock() {
+            Ok(()) => Ok(Box::new(FileLock(dup))),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        // After fdatasync every cached page is clean: written, or marked
+        // clean by a failed write-back. DONTNEED drops clean pages that are
+        // not mapped, locked or under write-back; the engine maps nothing
+        // and holds the data file's lock, so no page of it is in those
+        // states, and the next read of every page goes to the disk.
+        let synced = self.file.sync_data();
+        fadvise_dontneed(&self.file)?;
+        synced
+    }
 }
 
-#[expect(unsafe_code, reason = "fallocate(2) has no safe wrapper in std; the one FFI call of the engine")]
+/// The guard of [`HostFile::try_lock`]: unlocking explicitly releases the
+/// lock when the guard goes, even while the engine still holds the file.
+struct FileLock(File);
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Closing the last descriptor would release it too; an error here
+        // leaves nothing to do.
+        let _ = self.0.unlock();
+    }
+}
+
+#[expect(unsafe_code, reason = "posix_fadvise(2) has no safe wrapper in std")]
+fn fadvise_dontneed(file: &File) -> io::Result<()> {
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor
+    // is owned by `file` and stays open for the duration of the call.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    // It returns the error number instead of setting errno.
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+#[expect(unsafe_code, reason = "fallocate(2) has no safe wrapper in std")]
 fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return Err(io::ErrorKind::InvalidInput.into());

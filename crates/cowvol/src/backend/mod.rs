@@ -1,8 +1,9 @@
 //! Storage backends: the only way bytes reach or leave the disk.
 //!
 //! The engine talks to a [`StorageDir`] (a directory: open files, take the
-//! process lock, sync the directory) and to [`StorageFile`]s (positional
-//! reads and writes, `fdatasync`, length, preallocation, hole punching).
+//! directory lock, sync the directory) and to [`StorageFile`]s (positional
+//! reads and writes, `fdatasync`, length, preallocation, hole punching, the
+//! lock on the file itself, dropping cached pages).
 //! [`FileDir`] is the real implementation over the operating system;
 //! [`crate::testing::SimDir`] models a disk with a volatile write cache so
 //! tests can cut the power at any operation and inject errors.
@@ -45,9 +46,25 @@ pub trait StorageFile: Send + Sync + Debug {
     /// the range then reads as zeroes. Best effort: an unsupported punch is
     /// not an error.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Takes an exclusive lock on this file (the file, not its name: it
+    /// follows the file through a rename, and a file later put under the
+    /// same name is not covered). Fails with `ErrorKind::WouldBlock` while
+    /// another handle holds it, whether in another process or opened
+    /// separately in this one. Dropping the guard releases it.
+    fn try_lock(&self) -> io::Result<DirLock>;
+    /// Makes later reads return what is on the disk, not cached copies:
+    /// syncs the file, then drops its cached pages.
+    ///
+    /// Needed after a failed sync. Linux marks pages whose write-back failed
+    /// clean and keeps them cached, so reads keep returning bytes the disk
+    /// never received until the kernel happens to evict them; recovery must
+    /// not trust them. An error from the sync is returned (the pages are
+    /// then clean and the cache is still dropped, so a second call reads the
+    /// disk).
+    fn drop_cache(&self) -> io::Result<()>;
 }
 
-/// A held exclusive lock on a store directory; dropping it releases the lock.
+/// A held exclusive lock on a store directory or file; dropping it releases the lock.
 pub type DirLock = Box<dyn Any + Send + Sync>;
 
 /// The directory a store lives in.
@@ -61,8 +78,12 @@ pub trait StorageDir: Send + Sync + Debug {
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Removes the named file; a missing file is not an error.
     fn remove(&self, name: &str) -> io::Result<()>;
-    /// Takes the exclusive process lock on the store. Fails with
-    /// `ErrorKind::WouldBlock` when another opener holds it.
+    /// Takes the exclusive lock on the directory (the `LOCK` file of
+    /// [`FileDir`]). Fails with `ErrorKind::WouldBlock` when another opener
+    /// holds it. This lock is a name that can be deleted or replaced under
+    /// its holder, so the engine also locks its data file with
+    /// [`StorageFile::try_lock`], which is what keeps a second writer out; this one
+    /// keeps out versions of cowvol that lock only the directory.
     fn lock(&self) -> io::Result<DirLock>;
     /// A human-readable location, used in error messages.
     fn describe(&self) -> String;

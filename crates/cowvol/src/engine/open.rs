@@ -28,24 +28,53 @@ pub(crate) fn open(
     opts: StoreOptions,
     run_policies: PolicyRunner,
 ) -> Result<(Arc<Keeper>, Arc<Engine>)> {
-    let lock = dir.lock().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::WouldBlock {
-            Error::Locked { path: dir.describe().into() }
-        } else {
-            Error::io("locking the store", e)
-        }
-    })?;
+    let dir_lock = dir.lock().map_err(lock_error(&*dir, "locking the store directory"))?;
     let engine = match dir.open_file(DATA_FILE, false) {
-        Ok(file) => {
-            let sb = read_superblock(&*file)?;
-            recover(dir, file, lock, opts, sb)?
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(dir, lock, opts)?,
+        Ok(file) => open_existing(dir, file, dir_lock, opts)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create(&dir, opts.clone())? {
+            Created::Done(file, file_lock, opts) => finish_create(dir, file, Box::new((dir_lock, file_lock)), opts)?,
+            // Another opener created the store while we looked.
+            Created::Exists(file) => open_existing(dir, file, dir_lock, opts)?,
+        },
         Err(e) => return Err(Error::io(format!("opening {DATA_FILE}"), e)),
     };
     let engine = Arc::new(engine);
     let keeper = Keeper::start(&engine, run_policies);
     Ok((keeper, engine))
+}
+
+/// Maps a failure to take a lock: held elsewhere is [`Error::Locked`].
+fn lock_error(dir: &dyn StorageDir, what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    let path = dir.describe();
+    move |e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            Error::Locked { path: path.into() }
+        } else {
+            Error::io(what, e)
+        }
+    }
+}
+
+/// Locks the data file and recovers the store in it.
+///
+/// The lock on the data file, not the directory lock, is what keeps a
+/// second writer out: the directory lock is the `LOCK` file, which can be
+/// deleted or replaced under its holder, while the data file is the one
+/// thing both writers would have to share. The lock belongs to the file
+/// (the inode), so a rename or a new `LOCK` file does not release it.
+fn open_existing(
+    dir: Arc<dyn StorageDir>,
+    file: Arc<dyn StorageFile>,
+    dir_lock: DirLock,
+    opts: StoreOptions,
+) -> Result<Engine> {
+    let file_lock = file.try_lock().map_err(lock_error(&*dir, "locking the data file"))?;
+    // Recovery must read what is on the disk. After a failed sync (in an
+    // earlier store of this process, or in another process: the page cache
+    // is the kernel's) the cache can hold pages the disk never received.
+    file.drop_cache().map_err(|e| Error::io("dropping the data file's cached pages", e))?;
+    let sb = read_superblock(&*file)?;
+    recover(dir, file, Box::new((dir_lock, file_lock)), opts, sb)
 }
 
 fn random_u64() -> u64 {
@@ -132,14 +161,49 @@ fn new_engine(
 /// crash during creation leaves no half-made store behind.
 const NEW_DATA_FILE: &str = "cowvol.dat.new";
 
-fn create(dir: Arc<dyn StorageDir>, lock: DirLock, opts: StoreOptions) -> Result<Engine> {
+/// What [`create`] found once it held the new file's lock.
+enum Created {
+    /// The new data file, locked and emptied, ready to be built.
+    Done(Arc<dyn StorageFile>, DirLock, StoreOptions),
+    /// The store exists after all: another opener finished creating it.
+    Exists(Arc<dyn StorageFile>),
+}
+
+/// Locks the file a new store is built in.
+///
+/// Creators exclude each other through the lock on `cowvol.dat.new`; the
+/// winner keeps holding it through the rename, so the finished store stays
+/// locked. Nobody removes or renames `cowvol.dat.new` without holding its
+/// lock, so once we hold it and `cowvol.dat` is still missing, the file is
+/// ours or the remains of an interrupted creation, never a live store.
+fn create(dir: &Arc<dyn StorageDir>, opts: StoreOptions) -> Result<Created> {
     let bs = opts.block_size;
     if !bs.is_power_of_two() || !(4096..=1 << 20).contains(&bs) {
         return Err(Error::invalid(format!("block size {bs} must be a power of two from 4096 to 1048576")));
     }
     let io = |what: &'static str| move |e| Error::io(what, e);
-    dir.remove(NEW_DATA_FILE).map_err(io("removing an unfinished store file"))?;
     let file = dir.open_file(NEW_DATA_FILE, true).map_err(io("creating the data file"))?;
+    let lock = file.try_lock().map_err(lock_error(&**dir, "locking the new data file"))?;
+    match dir.open_file(DATA_FILE, false) {
+        Ok(existing) => return Ok(Created::Exists(existing)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("opening {DATA_FILE}"), e)),
+    }
+    // Whatever an interrupted creation left goes; its superblocks could
+    // otherwise outrank ours.
+    file.set_len(0).map_err(io("emptying an unfinished store file"))?;
+    Ok(Created::Done(file, lock, opts))
+}
+
+/// Builds a new store in the locked `cowvol.dat.new` and names it.
+fn finish_create(
+    dir: Arc<dyn StorageDir>,
+    file: Arc<dyn StorageFile>,
+    lock: DirLock,
+    opts: StoreOptions,
+) -> Result<Engine> {
+    let io = |what: &'static str| move |e| Error::io(what, e);
+    let bs = opts.block_size;
     let state = empty_state(file.clone(), bs, 1);
     let engine = new_engine(dir.clone(), file, lock, opts, bs, random_u64(), state, 0, (0, 0))?;
     engine.checkpoint()?;
@@ -161,15 +225,19 @@ fn recover(
     let len = file.len().map_err(|e| Error::io("reading the data file length", e))?;
     let npages = len.saturating_sub(ds) / bsz;
     let mut st = empty_state(file.clone(), bs, npages);
+    // The catalog has no size limit of its own (its objects are bounded,
+    // their number is not; see `catalog::limits`), so any catalog inside the
+    // file is read: whatever a checkpoint wrote opens again. The file's
+    // length bounds the allocation.
     let cat_pages = sb.catalog_len.div_ceil(bsz).max(1);
-    if sb.catalog_page == 0 || sb.catalog_page + cat_pages > npages || sb.catalog_len > 1 << 32 {
-        return Err(Error::corruption(
-            "superblock",
-            "catalog pointer",
-            format!("catalog at page {} ({} bytes) lies outside the file", sb.catalog_page, sb.catalog_len),
-        ));
+    let cat_len = usize::try_from(sb.catalog_len).ok();
+    let (Some(cat_end), Some(cat_len)) = (sb.catalog_page.checked_add(cat_pages), cat_len) else {
+        return Err(catalog_outside(&sb));
+    };
+    if sb.catalog_page == 0 || cat_end > npages {
+        return Err(catalog_outside(&sb));
     }
-    let mut cat = vec![0u8; sb.catalog_len as usize];
+    let mut cat = vec![0u8; cat_len];
     file.read_at(&mut cat, st.space.offset_of(sb.catalog_page)).map_err(|e| Error::io("reading the catalog", e))?;
     let location = format!("{DATA_FILE} page {}", sb.catalog_page);
     let image = CatalogImage::decode(&cat, sb.catalog_crc, &location, sb.version)?;
@@ -261,6 +329,14 @@ fn recover(
     let engine = new_engine(dir, file, lock, opts, bs, sb.store_id, st, sb.generation, (sb.catalog_page, cat_pages))?;
     engine.checkpoint()?;
     Ok(engine)
+}
+
+fn catalog_outside(sb: &Superblock) -> Error {
+    Error::corruption(
+        "superblock",
+        "catalog pointer",
+        format!("catalog at page {} ({} bytes) lies outside the file", sb.catalog_page, sb.catalog_len),
+    )
 }
 
 /// Checks that a record only names pages inside the file, before replay

@@ -16,6 +16,13 @@
 //!   writing into a disk nobody will ever look at.
 //! * Knobs inject the failures that are hard to provoke on real hardware: a
 //!   power cut after exactly N operations, failing `fsync`s and a full disk.
+//! * A failed sync behaves as on Linux: the operations it should have made
+//!   durable are lost (write-back failed and the kernel marked the pages
+//!   clean, so no later sync retries them), yet reads keep seeing them, from
+//!   the page cache, until [`StorageFile::drop_cache`] drops it.
+//! * Locks: [`StorageDir::lock`] is one lock per disk (the `LOCK` file of
+//!   the real backend); [`StorageFile::try_lock`] locks one file, following
+//!   it through renames, as `flock` does.
 //!
 //! # Metadata model
 //!
@@ -139,6 +146,8 @@ struct SimFileState {
     visible: Vec<u8>,
     alloc: u64,
     pending: Vec<Pending>,
+    /// Holder of the file's lock, see [`StorageFile::try_lock`].
+    lock_token: Option<u64>,
 }
 
 impl SimFileState {
@@ -169,6 +178,9 @@ struct Disk {
     capacity: Option<u64>,
     lock_token: Option<u64>,
     next_token: u64,
+    /// `drop_cache` leaves the cache alone: models recovery that reads
+    /// through the page cache.
+    keep_cache: bool,
     next_seq: u64,
     stats: SimStats,
 }
@@ -186,6 +198,7 @@ impl Disk {
             capacity,
             lock_token: None,
             next_token: 0,
+            keep_cache: false,
             next_seq: 0,
             stats: SimStats::default(),
         }
@@ -390,7 +403,15 @@ impl SimDir {
         for file in old.files.iter().filter(|f| !f.name.is_empty()) {
             let (image, alloc) = match loss {
                 LossMode::DropAll => (file.durable.clone(), file.durable_alloc),
-                LossMode::KeepAll => (file.visible.clone(), file.alloc),
+                // Not `visible`: it may still show what a failed sync lost.
+                LossMode::KeepAll => {
+                    let mut img = file.durable.clone();
+                    let mut alloc = file.durable_alloc;
+                    for p in &file.pending {
+                        apply(&mut img, &mut alloc, &p.op);
+                    }
+                    (img, alloc)
+                }
                 LossMode::Random { keep_prob, tear_prob } => {
                     let mut img = file.durable.clone();
                     let mut alloc = file.durable_alloc;
@@ -433,6 +454,7 @@ impl SimDir {
                 visible: image,
                 alloc,
                 pending: Vec::new(),
+                lock_token: None,
             });
         }
         SimDir::from_disk(disk)
@@ -464,10 +486,27 @@ impl SimDir {
     }
 
     /// Makes the next `n` file syncs fail with `EIO` (replacing any earlier
-    /// count). Like Linux after an `fsync` error, nothing is made durable;
-    /// the data stays pending, so a later crash may still lose it.
+    /// count). Like Linux after an `fsync` error, the unsynced operations of
+    /// the file are lost for good (no later sync writes them, no crash keeps
+    /// them) but reads still see them, as reads of a page cache whose
+    /// failed pages were marked clean do, until the file's
+    /// [`StorageFile::drop_cache`] runs or the power is cut.
     pub fn fail_next_sync(&self, n: u64) {
         self.disk.lock().fail_syncs = n;
+    }
+
+    /// When set, [`StorageFile::drop_cache`] still syncs but keeps the page
+    /// cache: reads go on seeing data a failed sync lost. Models a store
+    /// that recovers through the cache, to show what dropping it prevents.
+    pub fn set_keep_cache(&self, keep: bool) {
+        self.disk.lock().keep_cache = keep;
+    }
+
+    /// Releases the directory lock whoever holds it, as deleting the real
+    /// backend's `LOCK` file under a running store does: the next
+    /// [`StorageDir::lock`] succeeds. File locks are not touched.
+    pub fn break_dir_lock(&self) {
+        self.disk.lock().lock_token = None;
     }
 
     /// Limits the bytes the disk holds, counted per file as the larger of its
@@ -608,7 +647,7 @@ impl StorageDir for SimDir {
         let token = disk.next_token;
         disk.next_token += 1;
         disk.lock_token = Some(token);
-        Ok(Box::new(SimLock { disk: Arc::clone(&self.disk), token }))
+        Ok(Box::new(SimLock { disk: Arc::clone(&self.disk), token, file: None }))
     }
 
     fn describe(&self) -> String {
@@ -622,13 +661,19 @@ struct SimLock {
     /// Identifies this holder, so a guard outliving a crash (which already
     /// released the lock) cannot release a lock taken by someone else.
     token: u64,
+    /// The locked file, or `None` for the directory lock.
+    file: Option<usize>,
 }
 
 impl Drop for SimLock {
     fn drop(&mut self) {
         let mut disk = self.disk.lock();
-        if disk.lock_token == Some(self.token) {
-            disk.lock_token = None;
+        let holder = match self.file {
+            Some(i) => &mut disk.files[i].lock_token,
+            None => &mut disk.lock_token,
+        };
+        if *holder == Some(self.token) {
+            *holder = None;
         }
     }
 }
@@ -683,6 +728,9 @@ impl StorageFile for SimFile {
         disk.begin_counted()?;
         if disk.fail_syncs > 0 {
             disk.fail_syncs -= 1;
+            // Write-back failed and the pages were marked clean: the data is
+            // gone from the disk's future but stays in `visible`.
+            disk.files[self.index].pending.clear();
             return Err(eio());
         }
         let file = &mut disk.files[self.index];
@@ -733,6 +781,35 @@ impl StorageFile for SimFile {
             return Err(einval());
         }
         disk.push(self.index, Op::Punch { offset, len })
+    }
+
+    fn try_lock(&self) -> io::Result<DirLock> {
+        let mut disk = self.disk.lock();
+        disk.alive()?;
+        if disk.files[self.index].lock_token.is_some() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let token = disk.next_token;
+        disk.next_token += 1;
+        disk.files[self.index].lock_token = Some(token);
+        Ok(Box::new(SimLock { disk: Arc::clone(&self.disk), token, file: Some(self.index) }))
+    }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        let synced = self.sync();
+        let mut disk = self.disk.lock();
+        disk.alive()?;
+        if !disk.keep_cache {
+            // The cache now holds only what the disk holds plus what is
+            // still pending (dirty pages are not dropped).
+            let file = &mut disk.files[self.index];
+            file.visible = file.durable.clone();
+            file.alloc = file.durable_alloc;
+            for p in &file.pending {
+                apply(&mut file.visible, &mut file.alloc, &p.op);
+            }
+        }
+        synced
     }
 }
 
@@ -841,14 +918,65 @@ mod tests {
         assert_eq!(read(&f, 0, 4), b"data");
         assert_eq!(dir.crash(LossMode::DropAll, 0).read_durable("a").unwrap(), b"");
 
+        // As on Linux, a later sync succeeds without writing what the
+        // failed one lost, while reads still see it until the cache goes.
         let dir = SimDir::new();
         let f = dir.open_file("a", true).unwrap();
         f.write_at(b"data", 0).unwrap();
         dir.fail_next_sync(1);
         assert!(f.sync().is_err());
+        f.write_at(b"!", 4).unwrap();
         f.sync().unwrap();
-        assert_eq!(dir.read_durable("a").unwrap(), b"data");
+        assert_eq!(dir.read_durable("a").unwrap(), b"\0\0\0\0!");
+        assert_eq!(read(&f, 0, 5), b"data!");
+        assert_eq!(dir.crash(LossMode::KeepAll, 0).read_durable("a").unwrap(), b"\0\0\0\0!");
         assert_eq!(dir.stats().syncs, 1);
+    }
+
+    #[test]
+    fn drop_cache_shows_what_the_disk_holds() {
+        let dir = SimDir::new();
+        let f = dir.open_file("a", true).unwrap();
+        f.write_at(b"old", 0).unwrap();
+        f.sync().unwrap();
+        f.write_at(b"new", 0).unwrap();
+        dir.fail_next_sync(1);
+        assert!(f.sync().is_err());
+        f.write_at(b"pending", 3).unwrap();
+        // Another handle shares the cache, as file descriptors of one inode do.
+        let g = dir.open_file("a", false).unwrap();
+        assert_eq!(read(&g, 0, 10), b"newpending");
+        dir.set_keep_cache(true);
+        g.drop_cache().unwrap();
+        assert_eq!(read(&f, 0, 10), b"newpending");
+        dir.set_keep_cache(false);
+        g.drop_cache().unwrap();
+        // The dropped cache shows the disk: the synced "old", then what the
+        // drop's own sync wrote.
+        assert_eq!(read(&f, 0, 10), b"oldpending");
+        assert_eq!(dir.read_durable("a").unwrap(), b"oldpending");
+    }
+
+    #[test]
+    fn file_lock_follows_the_file_not_the_name() {
+        let dir = SimDir::new();
+        let f = dir.open_file("a.new", true).unwrap();
+        let guard = f.try_lock().unwrap();
+        assert_eq!(f.try_lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        dir.rename("a.new", "a").unwrap();
+        let same = dir.open_file("a", false).unwrap();
+        assert_eq!(same.try_lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        // A new file under the old name is another file.
+        let other = dir.open_file("a.new", true).unwrap();
+        drop(other.try_lock().unwrap());
+        // The directory lock is separate, and breaking it leaves file locks.
+        let dl = dir.lock().unwrap();
+        dir.break_dir_lock();
+        let _dl2 = dir.lock().unwrap();
+        drop(dl);
+        assert_eq!(same.try_lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(guard);
+        drop(same.try_lock().unwrap());
     }
 
     #[test]
