@@ -197,6 +197,7 @@ impl App {
     pub fn create_snapshot(&self, caller: &Caller, id: &str, req: CreateSnapshotRequest) -> R<SnapshotJson> {
         let v = self.visible_volume(caller, id)?;
         check_name("name", &req.name)?;
+        check_text(&req.description, &req.labels)?;
         let opts = SnapshotOptions {
             name: req.name,
             description: req.description,
@@ -341,6 +342,7 @@ impl App {
     /// `POST /api/v1/templates`.
     pub fn create_template(&self, caller: &Caller, req: CreateTemplateRequest) -> R<TemplateJson> {
         check_name("name", &req.name)?;
+        check_text(&req.description, &req.labels)?;
         let s = self.visible_snapshot_by_id(caller, "snapshot_id", &req.snapshot_id)?;
         let opts = TemplateOptions {
             name: req.name,
@@ -418,11 +420,48 @@ impl App {
 /// engine's 255), no control characters. The OpenAPI pattern says the same.
 fn check_name(field: &str, name: &str) -> R<()> {
     let chars = name.chars().count();
-    if chars == 0 || chars > 63 || name.chars().any(char::is_control) {
+    if chars == 0 || chars > 63 || !name.chars().all(identifier_char) {
         return Err(ApiError::bad_request(
             field,
             format!("{field} must be 1 to 63 characters without control characters"),
         ));
+    }
+    Ok(())
+}
+
+/// The engine's identifier rule: no control, line or paragraph separator,
+/// or bidirectional formatting character.
+fn identifier_char(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Descriptions and labels within the limits the OpenAPI schema states.
+fn check_text(description: &str, labels: &std::collections::BTreeMap<String, String>) -> R<()> {
+    let free = |c: char| !c.is_control() || c == '\t' || c == '\n';
+    if description.chars().count() > 1024 || !description.chars().all(free) {
+        return Err(ApiError::bad_request(
+            "description",
+            "description must be at most 1024 characters; tab and line feed are the only control characters allowed",
+        ));
+    }
+    if labels.len() > 64 {
+        return Err(ApiError::bad_request("labels", "at most 64 labels"));
+    }
+    for (k, v) in labels {
+        let key_ok = (1..=15).contains(&k.chars().count()) && k.chars().all(identifier_char);
+        if !key_ok {
+            return Err(ApiError::bad_request(
+                "labels",
+                format!("label key {k:?} must be 1 to 15 characters without control or bidirectional characters"),
+            ));
+        }
+        if v.chars().count() > 63 || v.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                format!("labels.{k}"),
+                "label values must be at most 63 characters without control characters",
+            ));
+        }
     }
     Ok(())
 }

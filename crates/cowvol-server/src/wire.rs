@@ -86,7 +86,11 @@ impl From<AccessModeJson> for AccessMode {
 pub struct CreateVolumeRequest {
     /// Unique among live volumes, 1 to 63 characters, no control
     /// characters; generated when absent.
-    #[schema(min_length = 1, max_length = 63, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028-\\u202E\\u2066-\\u2069]+$"
+    )]
     pub name: Option<String>,
     /// Logical (thin) size in bytes; the server's default when absent. Must
     /// match the source's size (or be absent) with `snapshot_id`/`template_id`.
@@ -112,7 +116,11 @@ pub struct CreateVolumeRequest {
 #[serde(deny_unknown_fields)]
 pub struct ForkRequest {
     /// Name of the fork (rules as for volumes); generated when absent.
-    #[schema(min_length = 1, max_length = 63, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028-\\u202E\\u2066-\\u2069]+$"
+    )]
     pub name: Option<String>,
     /// The source's access mode when absent.
     pub access_mode: Option<AccessModeJson>,
@@ -180,13 +188,21 @@ impl VolumeJson {
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshotRequest {
     /// Unique among the volume's snapshots, 1 to 63 characters, no control characters.
-    #[schema(min_length = 1, max_length = 63, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028-\\u202E\\u2066-\\u2069]+$"
+    )]
     pub name: String,
-    /// Free text.
+    /// Free text: up to 1024 characters; tab and line feed are the only
+    /// control characters allowed.
     #[serde(default)]
+    #[schema(max_length = 1024, pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$")]
     pub description: String,
-    /// Free key/value labels.
+    /// Up to 64 labels; keys 1 to 15 characters (rules as for names),
+    /// values up to 63 characters without control characters.
     #[serde(default)]
+    #[schema(schema_with = labels_schema)]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -382,13 +398,21 @@ pub struct CreateTemplateRequest {
     /// The ready snapshot to make it from (`snap-N`).
     pub snapshot_id: String,
     /// Unique among templates, 1 to 63 characters, no control characters.
-    #[schema(min_length = 1, max_length = 63, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$")]
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028-\\u202E\\u2066-\\u2069]+$"
+    )]
     pub name: String,
-    /// Free text.
+    /// Free text: up to 1024 characters; tab and line feed are the only
+    /// control characters allowed.
     #[serde(default)]
+    #[schema(max_length = 1024, pattern = "^[^\\u0000-\\u0008\\u000B-\\u001F\\u007F-\\u009F]*$")]
     pub description: String,
-    /// Free key/value labels.
+    /// Up to 64 labels; keys 1 to 15 characters (rules as for names),
+    /// values up to 63 characters without control characters.
     #[serde(default)]
+    #[schema(schema_with = labels_schema)]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -483,6 +507,31 @@ pub struct PolicyStateJson {
 pub struct HealthJson {
     /// `ok`.
     pub status: String,
+}
+
+/// Characters allowed in names and label keys (the engine's identifier
+/// rule): no control, line-separator or bidirectional-formatting characters.
+pub(crate) const IDENTIFIER: &str =
+    "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028-\\u202E\\u2066-\\u2069]+$";
+
+/// The labels map of snapshot and template requests, with its limits.
+fn labels_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let key = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(15))
+        .pattern(Some(IDENTIFIER));
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(63))
+        .pattern(Some("^[^\\u0000-\\u001F\\u007F-\\u009F]*$"));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .max_properties(Some(64))
+        .property_names(Some(key))
+        .additional_properties(Some(value))
+        .build()
 }
 
 /// Seconds since the Unix epoch as RFC 3339 in UTC.
