@@ -53,6 +53,11 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} was not found"))
     }
 
+    /// 409 for a request that contradicts the state it refers to.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
     /// 401: no token, or one that is not in the tokens file.
     pub fn unauthorized() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid token is required (Authorization: Bearer TOKEN)")

@@ -123,6 +123,17 @@ impl App {
             return Err(ApiError::bad_request("template_id", "give snapshot_id or template_id, not both"));
         }
         let from_source = req.snapshot_id.is_some() || req.template_id.is_some();
+        // A volume made from a source has the source's size; asking for
+        // another contradicts the source, like a taken name does.
+        let source_size = snapshot.as_ref().map(|s| s.size_bytes).or(template.as_ref().map(|t| t.size_bytes));
+        if let (Some(have), Some(want)) = (source_size, req.size_bytes) {
+            if have != want {
+                return Err(ApiError::conflict(
+                    "size_mismatch",
+                    format!("the source is {have} bytes; size_bytes must be absent or {have}"),
+                ));
+            }
+        }
         if let Some(name) = &req.name {
             check_name("name", name)?;
         }

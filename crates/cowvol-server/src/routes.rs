@@ -84,7 +84,7 @@ enum CommonErrors {
     request_body(content = Option<CreateVolumeRequest>, description = "Every field optional"),
     responses((status = 201, body = Success<VolumeJson>),
         (status = 404, description = "snapshot_id or template_id not found", body = Failure),
-        (status = 409, description = "Name taken, or the source is busy", body = Failure),
+        (status = 409, description = "Name taken, the source is busy, or size_bytes differs from the source's size", body = Failure),
         (status = 413, description = "Body too large", body = Failure),
         (status = 507, description = "The store is full", body = Failure),
         CommonErrors))]
