@@ -3,12 +3,14 @@
 //! checkpoint's start and the pages only the old checkpoint needed are
 //! freed after it is durable.
 
+use super::state::Entry;
 use super::{CheckpointState, Engine, State};
 use crate::catalog::{CatalogImage, SnapshotInfo, TemplateInfo, VolumeInfo};
 use crate::error::{Error, Result};
 use crate::format::{self, Crc, Superblock, SUPERBLOCK_SLOTS};
 use crate::space::Run;
 use crate::tree::{self, Node};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A tree node with its level (0 = leaf).
@@ -59,30 +61,9 @@ impl Engine {
             let mut wal = self.wal.lock();
             let (log_start, retired) = wal.checkpoint_start()?;
             let mut roots = Vec::new();
-            let volumes = st
-                .volumes
-                .values()
-                .map(|v| {
-                    roots.extend(v.root.clone().map(|r| (r, v.geo.levels - 1)));
-                    (v.info.clone(), v.root.clone())
-                })
-                .collect();
-            let snapshots = st
-                .snapshots
-                .values()
-                .map(|s| {
-                    roots.extend(s.root.clone().map(|r| (r, s.geo.levels - 1)));
-                    (s.info.clone(), s.root.clone())
-                })
-                .collect();
-            let templates = st
-                .templates
-                .values()
-                .map(|t| {
-                    roots.extend(t.root.clone().map(|r| (r, t.geo.levels - 1)));
-                    (t.info.clone(), t.root.clone())
-                })
-                .collect();
+            let volumes = capture(&st.volumes, &mut roots);
+            let snapshots = capture(&st.snapshots, &mut roots);
+            let templates = capture(&st.templates, &mut roots);
             let cap = Captured {
                 roots,
                 volumes,
@@ -208,6 +189,19 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// The records of `entries` with their tree roots, adding each root (with
+/// its level) to `roots`, for a checkpoint to write.
+fn capture<I: Clone, R>(
+    entries: &BTreeMap<u64, Entry<I, R>>,
+    roots: &mut Vec<LeveledNode>,
+) -> Vec<(I, Option<Arc<Node>>)> {
+    let capture_one = |e: &Entry<I, R>| {
+        roots.extend(e.root.clone().map(|r| (r, e.geo.levels - 1)));
+        (e.info.clone(), e.root.clone())
+    };
+    entries.values().map(capture_one).collect()
 }
 
 /// Catalog entries with the page of their tree's root (0 for none).

@@ -41,7 +41,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub(crate) const DEFAULT_WRITE_BUFFER: u64 = 64 << 20;
+const DEFAULT_WRITE_BUFFER: u64 = 64 << 20;
 
 /// Per-volume coordination that lives outside the state lock.
 #[derive(Debug)]

@@ -171,7 +171,7 @@ impl State {
         })
     }
 
-    pub(crate) fn check_volume_name_free(&self, name: &str) -> Result<()> {
+    fn check_volume_name_free(&self, name: &str) -> Result<()> {
         if self.volumes.values().any(|v| v.info.name == name) {
             return Err(Error::AlreadyExists { what: format!("volume {name:?}") });
         }
