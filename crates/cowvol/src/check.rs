@@ -227,15 +227,18 @@ impl Store {
     /// its CRC, naming each damaged block and who sees it. Reads in page
     /// order, in large runs, without holding the state lock while reading.
     ///
+    /// Scrub runs beside writes and checkpoints: it plans from the trees as
+    /// they were when it started, so a page freed and reused for other data
+    /// meanwhile fails its planned checksum. Every page that fails is looked
+    /// at again against the trees as they are now, with checkpoints held
+    /// off only for that short second look (a page still referenced cannot
+    /// be reused until a checkpoint releases it).
+    ///
     /// # Errors
     /// Only when the store itself cannot be accessed; damage is reported.
     pub fn scrub(&self) -> Result<ScrubReport> {
-        // Pages freed while scrub reads stay unused until a checkpoint; none
-        // runs meanwhile, so a page read here still holds what was planned.
-        let _no_checkpoint = self.engine.checkpoint_guard();
         let (expected, mut bad) = self.expected_checksums();
         let bs = self.engine.block_size as u64;
-        let ds = crate::format::data_start(self.engine.block_size);
         let max_run = ((4u64 << 20) / bs).max(1);
         // Runs of consecutive live pages, in page order, at most 4 MiB each.
         let mut runs = Vec::new();
@@ -253,17 +256,53 @@ impl Store {
             report.blocks_checked += n;
             report.bytes_read += n * bs;
         }
-        let read = |start: u64, buf: &mut Vec<u8>, n: u64| {
-            buf.resize((n * bs) as usize, 0);
-            self.engine.file.read_at(buf, ds + start * bs).is_ok()
-        };
-        bad.extend(verify_runs(&runs, &expected, bs as usize, read));
+        let suspects = verify_runs(&runs, &expected, bs as usize, |start, buf, n| self.read_pages(start, buf, n));
+        bad.extend(self.recheck(&suspects));
         bad.sort_unstable();
         bad.dedup();
         if !bad.is_empty() {
             report.damaged = self.owners_of(&bad);
         }
         Ok(report)
+    }
+
+    /// Reads `n` pages from `start` into `buf`; false when the read failed.
+    fn read_pages(&self, start: u64, buf: &mut Vec<u8>, n: u64) -> bool {
+        let bs = self.engine.block_size as u64;
+        buf.resize((n * bs) as usize, 0);
+        let ds = crate::format::data_start(self.engine.block_size);
+        self.engine.file.read_at(buf, ds + start * bs).is_ok()
+    }
+
+    /// The pages among `suspects` that are still referenced and still fail
+    /// their checksum (or that leaves give different checksums), judged by
+    /// the trees as they are now.
+    fn recheck(&self, suspects: &[u64]) -> Vec<u64> {
+        if suspects.is_empty() {
+            return Vec::new();
+        }
+        let _no_checkpoint = self.engine.checkpoint_guard();
+        let mut want: HashMap<u64, Option<u32>> = suspects.iter().map(|&p| (p, None)).collect();
+        let mut bad = Vec::new();
+        {
+            let st = self.engine.state.lock();
+            for_each_leaf_entry(&st, |page, crc| {
+                if let Some(slot) = want.get_mut(&page) {
+                    match slot {
+                        Some(c) if *c != crc => bad.push(page),
+                        _ => *slot = Some(crc),
+                    }
+                }
+            });
+        }
+        let mut buf = Vec::new();
+        for (page, crc) in want {
+            let Some(crc) = crc else { continue }; // no longer referenced
+            if !self.read_pages(page, &mut buf, 1) || Crc::of(&buf).0 != crc {
+                bad.push(page);
+            }
+        }
+        bad
     }
 
     /// The checksum every live data page must have, from the leaves of all
@@ -277,22 +316,18 @@ impl Store {
             live: vec![0; st.space.npages().div_ceil(64) as usize],
         };
         let mut conflicting = Vec::new();
-        tree::visit_unique(st.all_roots(), |n, _| {
-            if let Body::Leaf(entries) = &n.body {
-                for e in entries {
-                    let Some(slot) = exp.crc.get_mut(e.page as usize) else {
-                        conflicting.push(e.page);
-                        continue;
-                    };
-                    let word = &mut exp.live[e.page as usize / 64];
-                    let bit = 1u64 << (e.page % 64);
-                    if *word & bit != 0 && *slot != e.crc {
-                        conflicting.push(e.page);
-                    }
-                    *word |= bit;
-                    *slot = e.crc;
-                }
+        for_each_leaf_entry(&st, |page, crc| {
+            let Some(slot) = exp.crc.get_mut(page as usize) else {
+                conflicting.push(page);
+                return;
+            };
+            let word = &mut exp.live[page as usize / 64];
+            let bit = 1u64 << (page % 64);
+            if *word & bit != 0 && *slot != crc {
+                conflicting.push(page);
             }
+            *word |= bit;
+            *slot = crc;
         });
         (exp, conflicting)
     }
@@ -414,6 +449,16 @@ fn verify_runs(
         }
         bad
     })
+}
+
+/// Calls `f(page, crc)` for every leaf entry of every tree, visiting
+/// shared subtrees once.
+fn for_each_leaf_entry(st: &State, mut f: impl FnMut(u64, u32)) {
+    tree::visit_unique(st.all_roots(), |n, _| {
+        if let Body::Leaf(entries) = &n.body {
+            entries.iter().for_each(|e| f(e.page, e.crc));
+        }
+    });
 }
 
 fn verify_node_page(buf: &[u8], page: u64) -> Result<()> {

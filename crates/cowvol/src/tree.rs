@@ -204,8 +204,15 @@ pub(crate) fn lookup_range(root: &Root, geo: Geometry, first: u64, n: u64, out: 
 /// shared. A copied leaf adds a reference to each of its pages. A node
 /// changed in place loses its disk identity, and its old page becomes
 /// obsolete.
+///
+/// Invariant kept here: `space.dirty_nodes` is at least the number of nodes
+/// without a disk address, because each of them needs a page at the next
+/// checkpoint and the metadata reserve must hold one for it. A copy is a
+/// new such node, and so is a written node changed in place (its old page
+/// stays in use until the checkpoint is durable).
 fn make_mut<'a>(slot: &'a mut Arc<Node>, space: &mut Space) -> &'a mut Node {
     if Arc::get_mut(slot).is_none() {
+        space.dirty_nodes += 1;
         let body = match &slot.body {
             Body::Leaf(v) => {
                 for e in v {
@@ -221,6 +228,7 @@ fn make_mut<'a>(slot: &'a mut Arc<Node>, space: &mut Space) -> &'a mut Node {
     let old = *node.addr.get_mut();
     if old != 0 {
         space.obsolete(old);
+        space.dirty_nodes += 1;
         *node.addr.get_mut() = 0;
     }
     node
@@ -309,7 +317,9 @@ fn remove_at(
         }),
     }
     if node.is_empty() {
+        // `make_mut` left it unwritten and counted: it will need no page.
         *slot = None;
+        space.dirty_nodes = space.dirty_nodes.saturating_sub(1);
     }
 }
 

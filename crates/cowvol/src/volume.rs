@@ -404,6 +404,11 @@ impl Volume {
     fn log_staged(&self, vol: VolumeId, staged: Staged, then: Option<Record>) -> Result<u64> {
         let Staged { mut recs, runs } = staged;
         recs.extend(then);
+        let incoming = recs.iter().map(Record::encoded_len).sum();
+        if let Err(e) = self.engine.reserve_log_room(incoming) {
+            self.free_runs(&runs);
+            return Err(e);
+        }
         let mut st = self.engine.state.lock();
         let logged = st.vol(vol).map(drop).and_then(|()| self.engine.apply_and_log_many(&mut st, &recs));
         match logged {

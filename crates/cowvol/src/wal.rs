@@ -226,6 +226,12 @@ impl Wal {
         Ok(())
     }
 
+    /// Whether the log has moved past segments that the next checkpoint
+    /// frees.
+    pub(crate) fn has_retired_segments(&self) -> bool {
+        self.segments.len() > 1
+    }
+
     /// Records that every record below `lsn` is durable.
     pub(crate) fn mark_durable(&mut self, lsn: u64) {
         self.durable_lsn = self.durable_lsn.max(lsn);

@@ -352,3 +352,225 @@ fn discard_racing_with_page_reuse() {
         assert_eq!(contents(&store.open_volume(info.id).unwrap(), "reopened"), want);
     }
 }
+
+// Findings 1 and 2 of the hardening review: a full disk on a volume of
+// thousands of leaves, pinned and unpinned, with free space whole or in
+// fragments. Each leaf maps 256 blocks (1 MiB), so a volume with one block
+// written per leaf has as many tree nodes as data blocks.
+
+const LEAF_BLOCKS: u64 = 256;
+const LEAVES: u64 = 2048;
+const PAGE: u64 = BS as u64;
+
+/// A 2 GiB volume with one block written in each of its 2,048 leaves,
+/// flushed and checkpointed, on a disk that holds `spare_pages` more pages
+/// than the store uses now.
+fn one_block_per_leaf(options: StoreOptions, spare_pages: u64) -> (SimDir, Store, Volume) {
+    let disk = SimDir::new();
+    let store = Store::open_in(Arc::new(disk.clone()), options).unwrap();
+    let info = store.create_volume(VolumeOptions::new("wide", LEAVES * LEAF_BLOCKS * PAGE)).unwrap();
+    let vol = store.open_volume(info.id).unwrap();
+    for leaf in 0..LEAVES {
+        write_run(&vol, leaf * LEAF_BLOCKS, 1, 1).unwrap();
+    }
+    vol.flush().unwrap();
+    store.checkpoint().unwrap();
+    disk.set_capacity(Some(disk.used_bytes() + spare_pages * PAGE));
+    (disk, store, vol)
+}
+
+/// Reads the first block of every leaf and returns the write ids.
+fn leaf_heads(vol: &Volume, what: &str) -> Vec<u64> {
+    let mut b = vec![0u8; BS];
+    (0..LEAVES)
+        .map(|leaf| {
+            let lb = leaf * LEAF_BLOCKS;
+            vol.read_at(&mut b, lb * PAGE).unwrap_or_else(|e| panic!("{what}: read of block {lb}: {e}"));
+            decode(&b, lb).unwrap_or_else(|| panic!("{what}: block {lb} holds garbage"))
+        })
+        .collect()
+}
+
+/// Overwrites the first block of leaves round-robin from `from` for `n`
+/// writes, flushing every 8; returns the writes acknowledged before the
+/// first `NoSpace` (all `n` when none came).
+fn overwrite_leaf_heads(vol: &Volume, ids: &mut [u64], from: u64, n: u64, next_w: &mut u64) -> u64 {
+    for i in 0..n {
+        let leaf = (from + i) % LEAVES;
+        let w = *next_w;
+        match write_run(vol, leaf * LEAF_BLOCKS, 1, w) {
+            Ok(()) => {
+                *next_w += 1;
+                ids[leaf as usize] = w;
+            }
+            Err(Error::NoSpace { .. }) => return i,
+            Err(e) => panic!("write {i}: expected success or NoSpace, got {e}"),
+        }
+        if i % 8 == 7 {
+            match vol.flush() {
+                Ok(()) => {}
+                Err(Error::NoSpace { .. }) => return i + 1,
+                Err(e) => panic!("flush after write {i}: expected success or NoSpace, got {e}"),
+            }
+        }
+    }
+    n
+}
+
+/// Finding 1, unpinned: overwriting data in place costs no space in the
+/// long run, so at a full disk such writes must go on for ever. Before the
+/// fix, about 750 writes in, every change failed with "refuses writes until
+/// reopened": nodes copied or changed in place were not counted in the
+/// metadata reserve and the checkpoint that would free space had no room.
+#[test]
+fn overwrites_at_a_full_disk_never_wedge_a_volume_of_thousands_of_leaves() {
+    let (_disk, store, vol) = one_block_per_leaf(opts(), 700);
+    let mut ids = vec![1u64; LEAVES as usize];
+    let mut next_w = 2;
+    let n = 3 * LEAVES;
+    let done = overwrite_leaf_heads(&vol, &mut ids, 0, n, &mut next_w);
+    assert_eq!(done, n, "an overwrite failed with NoSpace after {done} writes");
+    vol.flush().unwrap();
+    assert_eq!(leaf_heads(&vol, "after the overwrites"), ids);
+    assert_clean(&store, "after the overwrites");
+}
+
+/// Finding 1, pinned: with a snapshot holding every old block, writes fill
+/// the disk and then fail with `NoSpace`, only once the free space inside
+/// the file is nearly gone; the store stays writable, and deleting the
+/// snapshot makes writes work again with no reopen and no explicit call.
+#[test]
+fn a_full_disk_pinned_by_a_snapshot_recovers_when_the_snapshot_is_deleted() {
+    let spare = 1500;
+    let (_disk, store, vol) = one_block_per_leaf(opts(), spare);
+    let vid = vol.volume_id().unwrap();
+    let free_at_cap = store.stats().free_bytes / PAGE + spare;
+    let snap = store.create_snapshot(vid, SnapshotOptions::named("pin")).unwrap();
+    let mut ids = vec![1u64; LEAVES as usize];
+    let mut next_w = 2;
+    let acked = overwrite_leaf_heads(&vol, &mut ids, 0, 3 * LEAVES, &mut next_w);
+    let free_at_failure = store.stats().free_bytes / PAGE;
+    println!("{free_at_cap} pages free at the cap; {acked} writes, then NoSpace with {free_at_failure} pages free");
+    assert!(acked < 3 * LEAVES, "the disk never filled up");
+    // Each write of a pinned block costs its data page and a copy of its
+    // leaf; what stays free is the reserve that lets a checkpoint and the
+    // log go on (two WAL segments of 256 pages and a little more).
+    assert!(acked >= (free_at_cap - 600) / 2, "only {acked} writes fit in {free_at_cap} free pages");
+    // Free pages at the failure include one for each leaf copied since the
+    // last checkpoint (about one per write), which that checkpoint needs.
+    let spare_at_failure = free_at_failure.saturating_sub(acked);
+    assert!(spare_at_failure < 600, "NoSpace with {free_at_failure} pages free after {acked} writes");
+    assert_clean(&store, "at NoSpace");
+    // Still writable: the failure poisoned nothing.
+    assert!(store.delete_snapshot(vid, snap.id).unwrap().existed);
+    let from = acked % LEAVES;
+    let more = overwrite_leaf_heads(&vol, &mut ids, from, 2 * LEAVES, &mut next_w);
+    assert_eq!(more, 2 * LEAVES, "after deleting the snapshot, an overwrite failed after {more} writes");
+    vol.flush().unwrap();
+    assert_eq!(leaf_heads(&vol, "after deleting the snapshot"), ids);
+    assert_clean(&store, "after deleting the snapshot");
+}
+
+/// Finding 1 with discard: new data fills the disk; discarding part of
+/// it makes room for new writes by itself.
+#[test]
+fn discard_at_a_full_disk_makes_room_by_itself() {
+    let (_disk, store, vol) = one_block_per_leaf(opts(), 700);
+    let mut w = 2;
+    let mut written = Vec::new();
+    // Fill with new blocks: the second block of each leaf, then the third...
+    'fill: for k in 1..LEAF_BLOCKS {
+        for leaf in 0..LEAVES {
+            let lb = leaf * LEAF_BLOCKS + k;
+            match write_run(&vol, lb, 1, w) {
+                Ok(()) => written.push((lb, w)),
+                Err(Error::NoSpace { .. }) => break 'fill,
+                Err(e) => panic!("write of block {lb}: {e}"),
+            }
+            w += 1;
+        }
+    }
+    assert!(written.len() < (LEAVES * (LEAF_BLOCKS - 1)) as usize, "the disk never filled up");
+    vol.flush().unwrap_or_else(|e| panic!("flush at a full disk: {e}"));
+    let half = written.len() / 2;
+    for &(lb, _) in &written[..half] {
+        vol.discard(lb * PAGE, PAGE).unwrap_or_else(|e| panic!("discard of block {lb} at a full disk: {e}"));
+    }
+    vol.flush().unwrap();
+    for (i, &(lb, _)) in written[..half].iter().enumerate() {
+        write_run(&vol, lb, 1, w).unwrap_or_else(|e| panic!("write {i} into discarded space: {e}"));
+        w += 1;
+    }
+    vol.flush().unwrap();
+    assert_clean(&store, "after writing into discarded space");
+}
+
+/// Finding 2: free space in single pages. A 64 MiB volume written, pinned,
+/// every other block rewritten, the snapshot deleted: half the old pages
+/// come back as 8,192 free single pages, and the disk is capped there. A
+/// new WAL segment needs 256 contiguous pages; before the fix every write,
+/// snapshot create and delete failed with `NoSpace` after about 930
+/// write+flush pairs, with 31 MiB free inside the file, until someone
+/// called `checkpoint()`. With background checkpoints on and off.
+#[test]
+fn fragmented_free_space_never_blocks_writes() {
+    for background in [false, true] {
+        let options = StoreOptions { background_checkpoints: background, ..Default::default() };
+        fragmented_free_space_case(options, &format!("background checkpoints {background}"));
+    }
+}
+
+fn fragmented_free_space_case(options: StoreOptions, what: &str) {
+    const N: u64 = 16_384;
+    let disk = SimDir::new();
+    let store = Store::open_in(Arc::new(disk.clone()), options.clone()).unwrap();
+    let info = store.create_volume(VolumeOptions::new("frag", N * PAGE)).unwrap();
+    let vol = store.open_volume(info.id).unwrap();
+    let mut ids = vec![1u64; N as usize];
+    for start in (0..N).step_by(64) {
+        write_run(&vol, start, 64, 1).unwrap();
+    }
+    vol.flush().unwrap();
+    let snap = store.create_snapshot(info.id, SnapshotOptions::named("pin")).unwrap();
+    for lb in (0..N).step_by(2) {
+        write_run(&vol, lb, 1, 2).unwrap();
+        ids[lb as usize] = 2;
+    }
+    vol.flush().unwrap();
+    store.delete_snapshot(info.id, snap.id).unwrap();
+    store.checkpoint().unwrap();
+    disk.set_capacity(Some(disk.used_bytes()));
+    let free = store.stats().free_bytes / PAGE;
+    assert!(free > 8000, "{what}: only {free} pages free after the rewrite");
+    let mut rng = common::Rng(7);
+    for i in 0..4000u64 {
+        let w = i + 3;
+        let lb = rng.below(N);
+        write_run(&vol, lb, 1, w).unwrap_or_else(|e| panic!("{what}: write {i} with {free} pages free: {e}"));
+        ids[lb as usize] = w;
+        vol.flush().unwrap_or_else(|e| panic!("{what}: flush {i}: {e}"));
+        if i % 500 == 499 {
+            let s = store
+                .create_snapshot(info.id, SnapshotOptions::named(format!("s{i}")))
+                .unwrap_or_else(|e| panic!("{what}: snapshot create after {i} pairs: {e}"));
+            store.delete_snapshot(info.id, s.id).unwrap_or_else(|e| panic!("{what}: snapshot delete: {e}"));
+        }
+    }
+    let verify = |vol: &Volume, when: &str| {
+        let mut buf = vec![0u8; (N * PAGE) as usize];
+        vol.read_at(&mut buf, 0).unwrap();
+        for (lb, b) in buf.chunks(BS).enumerate() {
+            assert_eq!(decode(b, lb as u64), Some(ids[lb]), "{what}, {when}: block {lb}");
+        }
+    };
+    verify(&vol, "after the writes");
+    assert_clean(&store, what);
+    // Everything was flushed: a power cut loses none of it, and the store
+    // reopens on the same full disk.
+    drop(vol);
+    let recovered = disk.crash(LossMode::DropAll, 0);
+    testing::abandon(store);
+    let store = Store::open_in(Arc::new(recovered), options).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+    verify(&store.open_volume(info.id).unwrap(), "after a power cut");
+    assert_clean(&store, what);
+}

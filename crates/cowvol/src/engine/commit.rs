@@ -6,6 +6,7 @@
 use super::record::Record;
 use super::{Engine, State};
 use crate::error::{Error, Result};
+use crate::wal::Wal;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ impl Engine {
     /// Checks and change under one lock hold: nothing can slip in between.
     pub(crate) fn commit<T>(&self, build: impl FnOnce(&mut State) -> Result<(T, Option<Record>)>) -> Result<T> {
         self.ensure_writable()?;
+        self.reserve_log_room(0)?;
         let (out, lsn) = {
             let mut st = self.state.lock();
             let (out, rec) = build(&mut st)?;
@@ -79,10 +81,7 @@ impl Engine {
             }
             incoming += len;
         }
-        while wal.spares.len() < wal.spares_needed(incoming) {
-            let page = st.new_log_segment(&self.log_geo, &*self.file)?;
-            wal.spares.push(page);
-        }
+        self.top_up_spares(st, &mut wal, incoming)?;
         for (i, rec) in recs.iter().enumerate() {
             let result = st.apply(rec).and_then(|()| wal.append(rec).map(drop));
             if let Err(e) = result {
@@ -103,6 +102,44 @@ impl Engine {
             self.maint.request_checkpoint();
         }
         Ok(lsn)
+    }
+
+    /// Makes sure the WAL has the spare segments a change of about
+    /// `incoming` encoded bytes needs, before the caller takes the state
+    /// lock to make it. A segment is a contiguous run: on a full or
+    /// fragmented disk there may be none, although the segments the log has
+    /// moved past since the last checkpoint are free as soon as a new one is
+    /// durable. So when none is found and a checkpoint can free something,
+    /// run it and look once more.
+    pub(crate) fn reserve_log_room(&self, incoming: usize) -> Result<()> {
+        let attempt = || {
+            let mut st = self.state.lock();
+            let mut wal = self.wal.lock();
+            self.top_up_spares(&mut st, &mut wal, incoming)
+        };
+        match attempt() {
+            Err(Error::NoSpace { .. }) if self.checkpoint_frees_space() => {
+                self.checkpoint()?;
+                attempt()
+            }
+            other => other,
+        }
+    }
+
+    fn top_up_spares(&self, st: &mut State, wal: &mut Wal, incoming: usize) -> Result<()> {
+        while wal.spares.len() < wal.spares_needed(incoming) {
+            let page = st.new_log_segment(&self.log_geo, &*self.file)?;
+            wal.spares.push(page);
+        }
+        Ok(())
+    }
+
+    /// Whether a checkpoint would free pages: retired WAL segments,
+    /// quarantined data pages or obsolete node pages.
+    pub(super) fn checkpoint_frees_space(&self) -> bool {
+        let st = self.state.lock();
+        let wal = self.wal.lock();
+        wal.has_retired_segments() || !st.space.quarantine.is_empty() || !st.space.obsolete.is_empty()
     }
 
     /// Waits until every record below `lsn` is durable. Concurrent callers

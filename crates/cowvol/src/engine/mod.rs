@@ -17,7 +17,8 @@
 //! whole of a write, including its automatic flush; `admin`, and for restore
 //! and delete the exclusive `gate`, through the operation's one sync and the
 //! release of the old tree; `checkpoint` through a checkpoint's writes and
-//! syncs, and through `check` and `scrub`.
+//! syncs, through `check`, and through the short second look `scrub` takes
+//! at blocks that failed their checksum (never through its main pass).
 
 mod checkpoint;
 mod commit;

@@ -18,7 +18,7 @@ impl Engine {
         };
         self.zero_pages(zero);
         match first {
-            Err(Error::NoSpace { .. }) if self.has_reclaimable_pages() => {
+            Err(Error::NoSpace { .. }) if self.checkpoint_frees_space() => {
                 self.checkpoint()?;
                 self.state.lock().space.claim(n)
             }
@@ -42,10 +42,5 @@ impl Engine {
             let _ = self.file.write_at(&zeroes[..(r.len * bs) as usize], data_start + r.start * bs);
         }
         self.state.lock().space.unclaim(&runs);
-    }
-
-    fn has_reclaimable_pages(&self) -> bool {
-        let st = self.state.lock();
-        !st.space.quarantine.is_empty() || !st.space.obsolete.is_empty()
     }
 }
