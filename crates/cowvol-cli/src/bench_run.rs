@@ -6,7 +6,9 @@
 //! Every figure is the median of several repetitions, because shared
 //! machines are noisy.
 
-use cowvol::{Error, ForkOptions, RestoreOptions, Result, SnapshotOptions, Store, StoreOptions, VolumeOptions};
+use cowvol::{
+    Error, ForkOptions, RestoreOptions, Result, SnapshotOptions, Store, StoreOptions, VolumeId, VolumeOptions,
+};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,9 @@ pub struct BenchOptions {
     /// data (4 KiB per block) would not fit in the directory's free space,
     /// with a quarter to spare, is skipped and has no row.
     pub snapshot_sizes: Vec<u64>,
+    /// The parts to run (`random`, `sequential`, `durable`, `admin`,
+    /// `names`); empty runs them all.
+    pub only: Vec<String>,
 }
 
 /// The size at which the store-wide figures (check, scrub, memory, open,
@@ -45,7 +50,7 @@ impl BenchOptions {
         if !quick {
             snapshot_sizes.push(10_000_000);
         }
-        BenchOptions { dir: dir.into(), quick, snapshot_sizes }
+        BenchOptions { dir: dir.into(), quick, snapshot_sizes, only: Vec::new() }
     }
     fn reps(&self) -> usize {
         if self.quick {
@@ -247,10 +252,19 @@ fn push(report: &mut BenchReport, name: &str, unit: &str, cowvol: f64, raw: Opti
 pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
     std::fs::create_dir_all(&opts.dir).map_err(io_err("creating the bench directory"))?;
     let mut report = BenchReport::default();
-    random_io(opts, &mut report, progress)?;
-    sequential(opts, &mut report, progress)?;
-    durable(opts, &mut report, progress)?;
-    admin_latency(opts, &mut report, progress)?;
+    type Part = fn(&BenchOptions, &mut BenchReport, &mut dyn FnMut(&str)) -> Result<()>;
+    let parts: [(&str, Part); 5] = [
+        ("random", random_io),
+        ("sequential", sequential),
+        ("durable", durable),
+        ("admin", admin_latency),
+        ("names", create_among_many),
+    ];
+    for (name, part) in parts {
+        if opts.only.is_empty() || opts.only.iter().any(|o| o == name) {
+            part(opts, &mut report, progress)?;
+        }
+    }
     Ok(report)
 }
 
@@ -578,6 +592,49 @@ fn list_snapshots(opts: &BenchOptions, report: &mut BenchReport, progress: &mut 
         v.push(us);
     }
     push(report, "list_10k_snapshots", "us", median(v), None, false);
+    Ok(())
+}
+
+/// Snapshot create on a volume that has 10 snapshots and on one that has
+/// 100,000 (10,000 with `--quick`), in one store: the name check and the
+/// insert must not grow with the count. The two volumes and a raw
+/// fdatasync take turns, so that all three see the same moments of a
+/// noisy disk; each create is undone by an untimed delete so the counts
+/// stay put. Medians.
+fn create_among_many(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let many: u64 = if opts.quick { 10_000 } else { 100_000 };
+    let s = Scratch::new(&opts.dir, "store-many", store_opts())?;
+    let store = s.store();
+    let few_vol = store.create_volume(VolumeOptions::new("few", 64 * MIB))?.id;
+    let many_vol = store.create_volume(VolumeOptions::new("many", 64 * MIB))?.id;
+    progress(&format!("creating {many} snapshots on one volume"));
+    for (vol, n) in [(few_vol, 10), (many_vol, many)] {
+        for i in 0..n {
+            store.create_snapshot(vol, SnapshotOptions::named(format!("s{i}")))?;
+        }
+    }
+    let raw = Raw::create(&opts.dir, "raw-sync-names.img")?;
+    raw.fill(MIB)?;
+    let buf = pattern(BS as usize, 9);
+    let create_once = |vol: VolumeId, i: usize| -> Result<f64> {
+        let (us, snap) = time_us(|| store.create_snapshot(vol, SnapshotOptions::named(format!("t{i}"))))?;
+        store.delete_snapshot(vol, snap.id)?;
+        Ok(us)
+    };
+    let (mut few, mut at_many, mut sync) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..opts.reps().max(5) * 10 {
+        few.push(create_once(few_vol, i)?);
+        at_many.push(create_once(many_vol, i)?);
+        let (us, ()) = time_us(|| {
+            raw.write(&buf, (i as u64 % 256) * BS)?;
+            raw.sync()
+        })?;
+        sync.push(us);
+    }
+    let raw_us = median(sync);
+    push(report, "snapshot_create_us_10_on_volume", "us", median(few), Some(raw_us), false);
+    let name = if opts.quick { "snapshot_create_us_10k_on_volume" } else { "snapshot_create_us_100k_on_volume" };
+    push(report, name, "us", median(at_many), Some(raw_us), false);
     Ok(())
 }
 

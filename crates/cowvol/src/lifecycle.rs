@@ -209,7 +209,7 @@ impl Store {
         // Taken in id order; `try_lock` cannot deadlock anyway.
         let _admins =
             ids.iter().zip(&rts).map(|(&v, rt)| try_admin(rt, v, "group snapshot")).collect::<Result<Vec<_>>>()?;
-        engine.commit(|st| {
+        engine.commit_growing(|st| {
             let now = now_secs();
             let infos = volumes
                 .iter()
@@ -254,8 +254,12 @@ impl Store {
     pub fn search_snapshots(&self, query: &SnapshotQuery) -> SnapshotPage {
         let needle = query.name_contains.as_ref().map(|n| n.to_lowercase());
         let st = self.engine.state.lock();
-        let mut hits: Vec<&SnapshotInfo> =
-            st.snapshots.values().map(|s| &s.info).filter(|s| matches(s, query, needle.as_deref())).collect();
+        // A query for one volume looks only at that volume's snapshots.
+        let candidates: Box<dyn Iterator<Item = &SnapshotInfo>> = match query.volume {
+            Some(v) => Box::new(st.snapshots_of(v).into_iter().map(|s| &s.info)),
+            None => Box::new(st.snapshots.values().map(|s| &s.info)),
+        };
+        let mut hits: Vec<&SnapshotInfo> = candidates.filter(|s| matches(s, query, needle.as_deref())).collect();
         hits.sort_by_key(|s| (s.created_at, s.id));
         if query.newest_first {
             hits.reverse();
@@ -325,7 +329,7 @@ impl Store {
     /// is not ready; [`Error::AlreadyExists`] for a taken template name.
     pub fn create_template(&self, snapshot: SnapshotId, opts: TemplateOptions) -> Result<TemplateInfo> {
         limits::described("template", &opts.name, &opts.description, &opts.owner, &opts.labels)?;
-        self.engine.commit(|st| {
+        self.engine.commit_growing(|st| {
             let s = st.snapshots.get(&snapshot.0).ok_or_else(|| not_found_snapshot(snapshot))?;
             let s = st.ready_snap_of(s.info.volume_id, snapshot)?;
             if st.templates.values().any(|t| t.info.name == opts.name) {
@@ -481,7 +485,7 @@ impl Engine {
         let base = format!("auto-{}", utc_stamp(now));
         let name = {
             let st = self.state.lock();
-            let taken = |n: &str| st.snapshots.values().any(|s| s.info.volume_id == volume && s.info.name == n);
+            let taken = |n: &str| st.snapshot_named(volume, n).is_some();
             (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") }).find(|n| !taken(n))
         };
         let opts = SnapshotOptions {
@@ -555,7 +559,7 @@ impl Engine {
                 opts.size_bytes
             )));
         }
-        self.commit(|st| {
+        self.commit_growing(|st| {
             // The origin may have been deleted since the caller looked it up.
             match origin {
                 VolumeOrigin::Volume(v) => st.vol(v).map(drop)?,

@@ -64,6 +64,9 @@ pub(crate) struct Space {
     pub(crate) dirty_nodes: u64,
     /// Pages the next catalog may need.
     pub(crate) catalog_reserve: u64,
+    /// Bytes of catalog records added since the last checkpoint: the next
+    /// catalog is that much larger, and the reserve counts it twice.
+    pub(crate) catalog_growth: u64,
     /// Pages per WAL segment, for the spares a checkpoint may need.
     pub(crate) segment_pages: u64,
     /// Pages from here to the end of the file were added by [`Space::grow`]
@@ -90,6 +93,7 @@ impl Space {
             in_flight: BTreeMap::new(),
             dirty_nodes: 0,
             catalog_reserve: 1,
+            catalog_growth: 0,
             segment_pages: 1,
             unwritten_from: npages,
         };
@@ -254,17 +258,27 @@ impl Space {
     /// run, even on a full disk: it is the checkpoint that turns freed
     /// (quarantined) pages back into free space.
     fn metadata_reserve(&self) -> u64 {
-        RESERVE_BASE_PAGES + self.dirty_nodes + self.catalog_reserve + 2 * self.segment_pages
+        let growth = (2 * self.catalog_growth).div_ceil(self.block_size);
+        RESERVE_BASE_PAGES + self.dirty_nodes + self.catalog_reserve + growth + 2 * self.segment_pages
+    }
+
+    /// Makes sure `n` more pages can be taken with the metadata reserve
+    /// left free, growing the file when it must. Data writes and changes
+    /// that add to the catalog ask this; changes that free space do not,
+    /// so they find room for their record and for the checkpoint that frees.
+    pub(crate) fn make_room(&mut self, n: u64) -> Result<()> {
+        let need = n + self.metadata_reserve();
+        if self.free_pages < need {
+            self.grow(need - self.free_pages)?;
+        }
+        Ok(())
     }
 
     /// Allocates `n` pages for a data write, leaving the metadata reserve
     /// untouched; they stay accounted as in flight until [`Space::settle`]
     /// (mapped) or [`Space::unclaim`] (failed).
     pub(crate) fn claim(&mut self, n: u64) -> Result<Vec<Run>> {
-        let need = n + self.metadata_reserve();
-        if self.free_pages < need {
-            self.grow(need - self.free_pages)?;
-        }
+        self.make_room(n)?;
         let runs = self.alloc(n)?;
         for r in &runs {
             self.in_flight.insert(r.start, r.len);

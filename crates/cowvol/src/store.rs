@@ -7,7 +7,7 @@ use crate::catalog::{
     limits, now_secs, AccessMode, SnapshotId, SnapshotInfo, SnapshotStatus, VolumeId, VolumeInfo, VolumeOrigin,
 };
 use crate::engine::record::Record;
-use crate::engine::{self, try_admin, Engine, Keeper, VolRuntime};
+use crate::engine::{self, try_admin, Engine, Keeper, State, VolRuntime};
 use crate::error::{Error, Result};
 use crate::options::{
     Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,
@@ -113,7 +113,7 @@ impl Store {
         if opts.size_bytes.div_ceil(bs) > 1 << 48 {
             return Err(Error::invalid(format!("volume size {} is too large", opts.size_bytes)));
         }
-        self.engine.commit(|st| {
+        self.engine.commit_growing(|st| {
             let info = st.new_volume_info(opts, None)?;
             Ok((info.clone(), Some(Record::CreateVolume(info))))
         })
@@ -135,7 +135,17 @@ impl Store {
     /// Finds a live volume by name.
     pub fn volume_by_name(&self, name: &str) -> Option<VolumeInfo> {
         let st = self.engine.state.lock();
-        st.volumes.values().find(|v| v.info.name == name).map(|v| v.info.clone())
+        let id = *st.volume_names.get(name)?;
+        st.volumes.get(&id).map(|v| v.info.clone())
+    }
+
+    /// Finds a snapshot of `volume` by name (the volume may have been
+    /// deleted since). Costs what that volume's snapshots cost, whatever
+    /// the store holds.
+    pub fn snapshot_by_name(&self, volume: VolumeId, name: &str) -> Option<SnapshotInfo> {
+        let st = self.engine.state.lock();
+        let id = st.snapshot_named(volume, name)?;
+        st.snapshots.get(&id.0).map(|s| s.info.clone())
     }
 
     /// Opens a read-write handle on a volume.
@@ -248,7 +258,7 @@ impl Store {
     /// volume whose snapshots remain.
     pub fn list_snapshots(&self, volume: VolumeId) -> Vec<SnapshotInfo> {
         let st = self.engine.state.lock();
-        st.snapshots.values().filter(|s| s.info.volume_id == volume).map(|s| s.info.clone()).collect()
+        st.snapshots_of(volume).into_iter().map(|s| s.info.clone()).collect()
     }
 
     /// Every snapshot in the store, oldest first.
@@ -303,7 +313,8 @@ impl Store {
             what: format!("restoring volume {volume} to {snapshot}"),
             waited_ms: opts.timeout.as_millis() as u64,
         })?;
-        let safety = engine.commit(|st| {
+        let adds_a_snapshot = opts.safety_snapshot.is_some();
+        let build = |st: &mut State| {
             st.ready_snap_of(volume, snapshot)?;
             let safety = match opts.safety_snapshot {
                 Some(o) => Some(st.new_snapshot_info(volume, o, SnapshotStatus::Ready, now_secs())?),
@@ -311,7 +322,9 @@ impl Store {
             };
             let rec = Record::Restore { vol: volume.0, snap: snapshot.0, safety: safety.clone() };
             Ok((safety, Some(rec)))
-        })?;
+        };
+        // A restore alone can only free space; with a safety snapshot it adds one.
+        let safety = if adds_a_snapshot { engine.commit_growing(build) } else { engine.commit(build) }?;
         engine.reclaim();
         Ok(Restored { volume_id: volume, snapshot_id: snapshot, safety_snapshot: safety })
     }
@@ -349,7 +362,7 @@ impl Store {
             }
         };
         let _admin = rt.as_ref().map(|rt| try_admin(rt, source, "fork")).transpose()?;
-        engine.commit(|st| {
+        engine.commit_growing(|st| {
             let (origin, size_bytes, write_buffer_bytes) = match opts.from_snapshot {
                 Some(s) => (VolumeOrigin::Snapshot(source, s), st.ready_snap_of(source, s)?.info.size_bytes, 0),
                 None => {
@@ -400,7 +413,7 @@ impl Engine {
         self.ensure_writable()?;
         let rt = self.state.lock().vol(volume)?.rt.clone();
         let _admin = try_admin(&rt, volume, "snapshot")?;
-        self.commit(|st| {
+        self.commit_growing(|st| {
             let info = st.new_snapshot_info(volume, opts, status, created_at)?;
             Ok((info.clone(), Some(Record::CreateSnapshot(info))))
         })

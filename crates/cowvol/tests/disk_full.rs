@@ -574,3 +574,50 @@ fn fragmented_free_space_case(options: StoreOptions, what: &str) {
     verify(&store.open_volume(info.id).unwrap(), "after a power cut");
     assert_clean(&store, what);
 }
+
+/// Snapshots taken at a full disk use only what changes that add to the
+/// catalog may use: before this rule they took the last WAL segments and
+/// catalog room (746 snapshots in), and then deletes failed with `NoSpace`
+/// too, so nothing could free space. Now creates are refused while the
+/// reserve for freeing changes is intact, deletes always go through, and
+/// creates work again after them.
+#[test]
+fn snapshots_at_a_full_disk_never_keep_deletes_out() {
+    let (_disk, store, vol) = one_block_per_leaf(opts(), 1500);
+    let vid = vol.volume_id().unwrap();
+    let mut ids = vec![1u64; LEAVES as usize];
+    let mut next_w = 2;
+    // Pinned overwrites until the data fills the disk, a snapshot every 64.
+    let mut snaps = Vec::new();
+    for round in 0.. {
+        let done = overwrite_leaf_heads(&vol, &mut ids, round * 64, 64, &mut next_w);
+        if done < 64 {
+            break;
+        }
+        snaps.push(store.create_snapshot(vid, SnapshotOptions::named(format!("pin{round}"))).unwrap().id);
+    }
+    let pinned = snaps.len();
+    // Then snapshots alone, until one is refused.
+    let refused = (0..100_000)
+        .find(|i| match store.create_snapshot(vid, SnapshotOptions::named(format!("meta{i}"))) {
+            Ok(s) => {
+                snaps.push(s.id);
+                false
+            }
+            Err(Error::NoSpace { .. }) => true,
+            Err(e) => panic!("snapshot {i} at a full disk: {e}"),
+        })
+        .expect("100,000 snapshots and the disk never filled up");
+    println!("{pinned} pinning snapshots, then {refused} more before NoSpace");
+    assert_clean(&store, "after the refused snapshot");
+    for (i, id) in snaps.iter().enumerate() {
+        store.delete_snapshot(vid, *id).unwrap_or_else(|e| panic!("delete {i} of {} at a full disk: {e}", snaps.len()));
+    }
+    let after = store.create_snapshot(vid, SnapshotOptions::named("after")).unwrap();
+    store.delete_snapshot(vid, after.id).unwrap(); // it would pin the blocks overwritten next
+    let more = overwrite_leaf_heads(&vol, &mut ids, 0, LEAVES, &mut next_w);
+    assert_eq!(more, LEAVES, "writes after the deletes failed after {more}");
+    vol.flush().unwrap();
+    assert_eq!(leaf_heads(&vol, "after the deletes"), ids);
+    assert_clean(&store, "after the deletes");
+}

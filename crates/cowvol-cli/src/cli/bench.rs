@@ -41,6 +41,9 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> CliResult {
     if let Some(sizes) = a.sizes {
         opts.snapshot_sizes = sizes;
     }
+    if let Some(only) = a.only {
+        opts.only = only;
+    }
     let spin = progress::spinner(ctx, "benchmarking");
     let report = bench::run(&opts, &mut |step| spin.set_message(format!("benchmarking: {step}")));
     spin.finish_and_clear();

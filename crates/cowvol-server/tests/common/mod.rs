@@ -26,9 +26,14 @@ impl TestServer {
         Self::start_with(ServerConfig::default())
     }
 
-    pub fn start_with(mut config: ServerConfig) -> TestServer {
+    pub fn start_with(config: ServerConfig) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        Self::start_on(store, config, dir)
+    }
+
+    /// A server over `store`; `dir` is kept until the server is dropped.
+    pub fn start_on(store: Store, mut config: ServerConfig, dir: tempfile::TempDir) -> TestServer {
         let tokens = Tokens::parse(&format!("{ALICE} alice\n{BOB} bob\n{ADMIN} root admin\n")).unwrap();
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.default_volume_size = 64 << 20;

@@ -149,6 +149,7 @@ impl Engine {
         drop(plan.nodes);
         let mut st = self.state.lock();
         st.space.catalog_reserve = 2 * cat.len + 1;
+        st.space.catalog_growth = 0;
         st.space.release(plan.quarantine, meta);
         st.garbage.extend(plan.roots.into_iter().map(|(r, _)| r));
         drop(st);

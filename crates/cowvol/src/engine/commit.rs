@@ -61,6 +61,32 @@ impl Engine {
         Ok(out)
     }
 
+    /// [`Engine::commit`] for a change that adds to the catalog (a volume,
+    /// a snapshot, a template). Like a data write it must leave the
+    /// metadata reserve free, so that changes which free space (deletes,
+    /// discards) always find room for their record and for the checkpoint
+    /// that frees: without this, snapshots taken at a full disk used up the
+    /// last WAL segments and catalog room, and then even deletes failed.
+    /// When there is no room, a checkpoint runs first if it would free
+    /// something.
+    pub(crate) fn commit_growing<T>(&self, build: impl FnOnce(&mut State) -> Result<(T, Option<Record>)>) -> Result<T> {
+        let room = || self.state.lock().space.make_room(1);
+        match room() {
+            Err(Error::NoSpace { .. }) if self.checkpoint_frees_space() => {
+                self.checkpoint()?;
+                room()?;
+            }
+            other => other?,
+        }
+        self.commit(|st| {
+            let (out, rec) = build(st)?;
+            if let Some(rec) = &rec {
+                st.space.catalog_growth += rec.encoded_len() as u64;
+            }
+            Ok((out, rec))
+        })
+    }
+
     /// Applies a change in memory and appends its record to the WAL, keeping
     /// spare WAL segments topped up. Returns the LSN that must be durable
     /// for the change to be (pass it to [`Engine::sync_to`]).

@@ -256,8 +256,7 @@ fn recover(
     for (info, root) in image.snapshots {
         let geo = st.geometry(info.size_bytes);
         let root = load_tree(&*file, &mut st.space, &mut loaded, root, geo)?;
-        st.next_snapshot = st.next_snapshot.max(info.id.0 + 1);
-        st.snapshots.insert(info.id.0, Entry::new(info, root, geo));
+        st.load_snapshot(info, root, geo);
     }
     st.next_template = image.next_template.max(1);
     for (info, root) in image.templates {

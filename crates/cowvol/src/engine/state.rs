@@ -15,7 +15,7 @@ use crate::options::{SnapshotOptions, VolumeOptions};
 use crate::space::Space;
 use crate::tree::{self, Geometry, Mapping, Node, Root};
 use crate::wal::LogGeometry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// A volume, snapshot or template in memory: its catalog record and its
@@ -53,6 +53,15 @@ pub(crate) struct State {
     pub(crate) volumes: BTreeMap<u64, VolState>,
     pub(crate) snapshots: BTreeMap<u64, SnapState>,
     pub(crate) templates: BTreeMap<u64, TemplState>,
+    /// Each volume's snapshot ids by name, kept with `snapshots` by
+    /// [`State::index_snapshot`] and [`State::unindex_snapshot`]: a name
+    /// check or a volume's list costs what that volume holds, not what the
+    /// store holds.
+    /// Pairs of (name, id), so that even a catalog holding two snapshots of
+    /// one name (which no operation creates) loses neither.
+    pub(crate) snapshot_names: HashMap<u64, BTreeSet<(String, u64)>>,
+    /// Live volume ids by name, kept with `volumes`.
+    pub(crate) volume_names: HashMap<String, u64>,
     pub(crate) next_volume: u64,
     pub(crate) next_snapshot: u64,
     pub(crate) next_template: u64,
@@ -110,7 +119,7 @@ impl State {
     ) -> Result<SnapshotInfo> {
         let v = self.vol(volume)?;
         let (size_bytes, volume_name) = (v.info.size_bytes, v.info.name.clone());
-        if self.snapshots.values().any(|s| s.info.volume_id == volume && s.info.name == opts.name) {
+        if self.snapshot_named(volume, &opts.name).is_some() {
             return Err(Error::AlreadyExists { what: format!("snapshot {:?} of volume {volume}", opts.name) });
         }
         let id = SnapshotId(self.next_snapshot);
@@ -172,7 +181,7 @@ impl State {
     }
 
     fn check_volume_name_free(&self, name: &str) -> Result<()> {
-        if self.volumes.values().any(|v| v.info.name == name) {
+        if self.volume_names.contains_key(name) {
             return Err(Error::AlreadyExists { what: format!("volume {name:?}") });
         }
         Ok(())
@@ -211,6 +220,9 @@ impl State {
             }
             Record::DeleteVolume { vol } => {
                 let v = self.volumes.remove(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
+                if self.volume_names.get(&v.info.name) == Some(vol) {
+                    self.volume_names.remove(&v.info.name);
+                }
                 self.garbage.extend(v.root);
                 // A two-step snapshot of it can never be committed now.
                 for s in self.snapshots.values_mut().filter(|s| s.info.volume_id.0 == *vol) {
@@ -237,7 +249,9 @@ impl State {
             }
             Record::UpdateSnapshot(info) => {
                 let s = self.snapshots.get_mut(&info.id.0).ok_or_else(|| missing(format!("snapshot {}", info.id)))?;
-                s.info = info.clone();
+                let old = std::mem::replace(&mut s.info, info.clone());
+                self.unindex_snapshot(&old);
+                self.index_snapshot(info);
             }
             Record::CreateTemplate(info) => {
                 let (root, geo) = {
@@ -258,6 +272,7 @@ impl State {
             }
             Record::DeleteSnapshot { snap } => {
                 let s = self.snapshots.remove(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
+                self.unindex_snapshot(&s.info);
                 self.garbage.extend(s.root);
             }
             Record::Restore { vol, snap, safety } => {
@@ -280,15 +295,51 @@ impl State {
             Error::corruption("WAL", "replay", format!("volume {} of a new snapshot does not exist", info.volume_id))
         })?;
         let root = if info.is_ready() { v.root.clone() } else { None };
-        let snap = Entry::new(info.clone(), root, v.geo);
-        self.next_snapshot = self.next_snapshot.max(info.id.0 + 1);
-        self.snapshots.insert(info.id.0, snap);
+        let geo = v.geo;
+        self.load_snapshot(info.clone(), root, geo);
         Ok(())
+    }
+
+    /// Adds a snapshot with its tree (at replay, or from the catalog).
+    pub(super) fn load_snapshot(&mut self, info: SnapshotInfo, root: Root, geo: Geometry) {
+        self.next_snapshot = self.next_snapshot.max(info.id.0 + 1);
+        self.index_snapshot(&info);
+        self.snapshots.insert(info.id.0, Entry::new(info, root, geo));
+    }
+
+    fn index_snapshot(&mut self, info: &SnapshotInfo) {
+        self.snapshot_names.entry(info.volume_id.0).or_default().insert((info.name.clone(), info.id.0));
+    }
+
+    fn unindex_snapshot(&mut self, info: &SnapshotInfo) {
+        let volume = info.volume_id.0;
+        let Some(names) = self.snapshot_names.get_mut(&volume) else { return };
+        names.remove(&(info.name.clone(), info.id.0));
+        if names.is_empty() {
+            self.snapshot_names.remove(&volume);
+        }
+    }
+
+    /// The id of `volume`'s snapshot named `name`, if it has one.
+    pub(crate) fn snapshot_named(&self, volume: VolumeId, name: &str) -> Option<SnapshotId> {
+        let names = self.snapshot_names.get(&volume.0)?;
+        let first = names.range((name.to_owned(), 0)..).next()?;
+        (first.0 == name).then_some(SnapshotId(first.1))
+    }
+
+    /// Every snapshot of `volume` (live or deleted), in id order, found
+    /// through the index.
+    pub(crate) fn snapshots_of(&self, volume: VolumeId) -> Vec<&SnapState> {
+        let mut ids: Vec<u64> =
+            self.snapshot_names.get(&volume.0).map(|n| n.iter().map(|(_, id)| *id).collect()).unwrap_or_default();
+        ids.sort_unstable();
+        ids.iter().filter_map(|id| self.snapshots.get(id)).collect()
     }
 
     pub(super) fn insert_volume(&mut self, info: VolumeInfo, root: Root) {
         let geo = self.geometry(info.size_bytes);
         self.next_volume = self.next_volume.max(info.id.0 + 1);
+        self.volume_names.insert(info.name.clone(), info.id.0);
         self.volumes.insert(info.id.0, Entry { info, root, geo, rt: Arc::new(VolRuntime::default()) });
     }
 
@@ -309,6 +360,8 @@ pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u
         volumes: BTreeMap::new(),
         snapshots: BTreeMap::new(),
         templates: BTreeMap::new(),
+        snapshot_names: HashMap::new(),
+        volume_names: HashMap::new(),
         next_volume: 1,
         next_snapshot: 1,
         next_template: 1,
