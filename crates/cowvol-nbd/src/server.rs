@@ -3,7 +3,7 @@
 use crate::control::{self, Control};
 use crate::export::{lock, Exports};
 use crate::handshake::{self, HandshakeCtx, Outcome};
-use crate::transmission::{self, Limits};
+use crate::transmission::{self, IntoSocket, Limits};
 use cowvol::{Error, RestoreOptions, Restored, SnapshotId, Store, VolumeId};
 use std::fmt;
 use std::io;
@@ -372,7 +372,7 @@ impl Server {
     /// Starts serving a new connection, or closes it when the server is full.
     fn admit<S>(&self, stream: S, id: u64, peer: String)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + IntoSocket + Unpin + Send + 'static,
     {
         let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
             eprintln!("cowvol-nbd: {peer}: refused: {} connections are open already", self.shared.opts.max_connections);
@@ -387,7 +387,7 @@ impl Server {
 
     async fn connection<S>(self, mut stream: S, id: u64, peer: String)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + IntoSocket + Unpin + Send + 'static,
     {
         let sh = &self.shared;
         let ctx = HandshakeCtx {
@@ -415,9 +415,17 @@ impl Server {
                 return;
             }
         };
+        // The requests are served by threads of the connection's own (see `transmission`).
+        let socket = match stream.into_socket() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cowvol-nbd: {peer}: cannot serve the connection: {e}");
+                return;
+            }
+        };
         let close = sh.shutdown.child_token();
         let _registration = neg.export.gate.as_ref().map(|g| g.register(id, close.clone()));
-        transmission::serve(stream, neg, sh.limits.clone(), close, peer).await;
+        transmission::serve(socket, neg, sh.limits.clone(), close, peer).await;
     }
 }
 
