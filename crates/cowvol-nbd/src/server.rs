@@ -81,7 +81,9 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// A client must finish the handshake within this time. Default: 10 s.
     pub handshake_timeout: Duration,
-    /// Requests one connection may have in flight. Default: 64.
+    /// Requests one connection may have in flight. Default: 64. A
+    /// connection serves them on at most 16 threads of its own, one request
+    /// per thread, so at most 16 are in flight at once.
     pub max_in_flight: usize,
     /// Largest read or write payload, advertised as the maximum block size. Default: 32 MiB.
     pub max_payload: u32,
@@ -458,8 +460,10 @@ pub(crate) async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
 /// # Errors
 /// Binding failed, or the shutdown's flush failed.
 pub fn run_until_signal(store: Store, opts: ServerOptions, ready: impl FnOnce(&Server)) -> io::Result<()> {
-    // Engine calls run on the blocking pool; a cap keeps thousands of
-    // queued requests from becoming thousands of threads.
+    // Requests run on their connections' own threads (see `transmission`);
+    // the other engine calls (opening exports, control commands, restores,
+    // shutdown) run on the blocking pool, whose cap keeps a burst of them
+    // from becoming as many threads.
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(64).build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};

@@ -93,7 +93,7 @@ fn a_power_cut_before_the_flush_leaves_each_block_old_or_new() {
         let vol = never(&store, id);
         write_all(&vol, 1);
         vol.flush().unwrap();
-        // Four write buffers' worth, none of it flushed.
+        // Eight write buffers' worth, none of it flushed.
         write_all(&vol, 2);
         let after = disk.crash(loss, seed);
         drop((vol, store));
