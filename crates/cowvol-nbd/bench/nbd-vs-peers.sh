@@ -9,7 +9,7 @@
 # RUNS (runs per cell, median reported, default 5), COWVOL (the binary to
 # measure, default this tree's release build), BASE (optional second cowvol
 # binary, e.g. a build of an older commit, measured as one more column on a
-# store of its own). Needs fio, qemu-utils, nbdkit, libnbd-bin
+# store of its own), WORKLOADS (a subset of the default list, same syntax). Needs fio, qemu-utils, nbdkit, libnbd-bin
 # (.ci/deps-nbd.sh installs them) and a release build.
 #
 # Every server runs for the whole measurement and the cells are interleaved:
@@ -103,7 +103,7 @@ for t in cowvol base; do
 done
 sync
 
-WORKLOADS="randread:4k:1 randread:4k:32 randwrite:4k:1 randwrite:4k:32 read:1M:1 read:1M:32 write:1M:1 write:1M:32"
+WORKLOADS=${WORKLOADS:-"randread:4k:1 randread:4k:32 randwrite:4k:1 randwrite:4k:32 read:1M:1 read:1M:32 write:1M:1 write:1M:32"}
 read -ra TS <<<"$TARGETS"
 declare -A VALS RESULT
 for t in "${TS[@]}"; do start "$t"; done
