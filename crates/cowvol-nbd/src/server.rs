@@ -3,7 +3,7 @@
 use crate::control::{self, Control};
 use crate::export::{lock, Exports};
 use crate::handshake::{self, HandshakeCtx, Outcome};
-use crate::transmission::{self, Limits};
+use crate::transmission::{self, IntoSocket, Limits};
 use cowvol::{Error, RestoreOptions, Restored, SnapshotId, Store, VolumeId};
 use std::fmt;
 use std::io;
@@ -81,7 +81,9 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// A client must finish the handshake within this time. Default: 10 s.
     pub handshake_timeout: Duration,
-    /// Requests one connection may have in flight. Default: 64.
+    /// Requests one connection may have in flight. Default: 64. A
+    /// connection serves them on at most 16 threads of its own, one request
+    /// per thread, so at most 16 are in flight at once.
     pub max_in_flight: usize,
     /// Largest read or write payload, advertised as the maximum block size. Default: 32 MiB.
     pub max_payload: u32,
@@ -372,7 +374,7 @@ impl Server {
     /// Starts serving a new connection, or closes it when the server is full.
     fn admit<S>(&self, stream: S, id: u64, peer: String)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + IntoSocket + Unpin + Send + 'static,
     {
         let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
             eprintln!("cowvol-nbd: {peer}: refused: {} connections are open already", self.shared.opts.max_connections);
@@ -387,7 +389,7 @@ impl Server {
 
     async fn connection<S>(self, mut stream: S, id: u64, peer: String)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + IntoSocket + Unpin + Send + 'static,
     {
         let sh = &self.shared;
         let ctx = HandshakeCtx {
@@ -415,9 +417,17 @@ impl Server {
                 return;
             }
         };
+        // The requests are served by threads of the connection's own (see `transmission`).
+        let socket = match stream.into_socket() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cowvol-nbd: {peer}: cannot serve the connection: {e}");
+                return;
+            }
+        };
         let close = sh.shutdown.child_token();
         let _registration = neg.export.gate.as_ref().map(|g| g.register(id, close.clone()));
-        transmission::serve(stream, neg, sh.limits.clone(), close, peer).await;
+        transmission::serve(socket, neg, sh.limits.clone(), close, peer).await;
     }
 }
 
@@ -450,8 +460,10 @@ pub(crate) async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
 /// # Errors
 /// Binding failed, or the shutdown's flush failed.
 pub fn run_until_signal(store: Store, opts: ServerOptions, ready: impl FnOnce(&Server)) -> io::Result<()> {
-    // Engine calls run on the blocking pool; a cap keeps thousands of
-    // queued requests from becoming thousands of threads.
+    // Requests run on their connections' own threads (see `transmission`);
+    // the other engine calls (opening exports, control commands, restores,
+    // shutdown) run on the blocking pool, whose cap keeps a burst of them
+    // from becoming as many threads.
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(64).build()?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};

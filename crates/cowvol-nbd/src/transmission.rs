@@ -1,23 +1,33 @@
 //! The transmission phase of one connection.
 //!
-//! One task reads requests in order. Each valid request takes an in-flight
-//! slot (per connection), its buffer bytes (server-wide) and, on a volume,
-//! the volume's gate (shared), then runs on the blocking pool; its encoded
-//! reply goes to the one writer task, so replies leave in completion order,
-//! matched to requests by handle. The slot and bytes are returned when the
-//! reply has been written, which bounds both the work and the memory a
-//! client can hold.
+//! The engine's calls block, so after the handshake a connection is served
+//! by threads of its own, not by the async workers. A thread takes the
+//! connection's read side, reads one request (and its payload), lets go of
+//! it, runs the request against the engine and writes the reply under the
+//! write side's lock. A lone request (queue depth 1) is thus read, served
+//! and answered by one thread with no hand-off between threads; the hops
+//! from an async worker to the blocking pool and back cost more than the
+//! request itself on a small machine (docs/performance.md has the profile).
+//! A thread that finds more bytes buffered behind the request it read, or
+//! that read a request which may take long (a flush), starts another thread
+//! unless one is already waiting for the read side, up to the connection's
+//! limit: requests run concurrently and replies leave in completion order,
+//! matched by handle. From its header until its reply is written, a request
+//! holds its buffer bytes (server-wide) and, on a volume, the volume's gate
+//! (shared) until the engine call returns; the number of threads bounds
+//! what one connection has in flight.
 
 use crate::errors;
-use crate::export::OpenExport;
+use crate::export::{lock, OpenExport};
 use crate::handshake::Negotiated;
 use crate::protocol::{self as p, cflag, chunk, Cmd, Errno, Request};
-use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, OwnedRwLockReadGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Per-server limits every connection obeys.
@@ -25,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Limits {
     /// Largest read or write payload (also advertised as the maximum block size).
     pub(crate) max_payload: u32,
-    /// Requests one connection may have in flight.
+    /// Requests one connection may have in flight (its threads are at most
+    /// this many, and at most [`MAX_THREADS`]).
     pub(crate) max_in_flight: usize,
     /// Buffer bytes all connections together may hold for requests in flight.
     pub(crate) buffer_bytes: Arc<Semaphore>,
@@ -34,6 +45,9 @@ pub(crate) struct Limits {
     pub(crate) write_timeout: Duration,
 }
 
+/// Threads one connection runs at most. More would only queue on the
+/// engine's locks and the disk; nbdkit's default is the same.
+const MAX_THREADS: usize = 16;
 /// Zeroes written per engine call for `WRITE_ZEROES` with `NO_HOLE`.
 const ZERO_CHUNK: u64 = 1 << 20;
 /// Descriptors in one block-status reply, so a reply never gets huge.
@@ -41,27 +55,120 @@ const MAX_DESCRIPTORS: usize = 64 * 1024;
 /// Bytes of chunk headers reserved per read beyond its data.
 const READ_OVERHEAD: u32 = 64 * 1024;
 
-/// One connection's fixed facts.
+/// A connected socket in blocking mode, as the connection's threads use it.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl Socket {
+    fn try_clone(&self) -> io::Result<Socket> {
+        Ok(match self {
+            Socket::Unix(s) => Socket::Unix(s.try_clone()?),
+            Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
+        })
+    }
+
+    /// Shuts one or both directions; a thread blocked reading wakes up to
+    /// an end of stream.
+    fn shutdown(&self, how: Shutdown) {
+        // Fails only when the peer has gone already, which is the goal.
+        let _ = match self {
+            Socket::Unix(s) => s.shutdown(how),
+            Socket::Tcp(s) => s.shutdown(how),
+        };
+    }
+
+    fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Socket::Unix(s) => s.set_write_timeout(Some(t)),
+            Socket::Tcp(s) => s.set_write_timeout(Some(t)),
+        }
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Unix(s) => s.read(buf),
+            Socket::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Unix(s) => s.write(buf),
+            Socket::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A tokio stream that can leave the runtime for the transmission threads.
+pub(crate) trait IntoSocket {
+    /// The same connection as a blocking socket.
+    fn into_socket(self) -> io::Result<Socket>;
+}
+
+impl IntoSocket for tokio::net::UnixStream {
+    fn into_socket(self) -> io::Result<Socket> {
+        let s = self.into_std()?;
+        s.set_nonblocking(false)?;
+        Ok(Socket::Unix(s))
+    }
+}
+
+impl IntoSocket for tokio::net::TcpStream {
+    fn into_socket(self) -> io::Result<Socket> {
+        let s = self.into_std()?;
+        s.set_nonblocking(false)?;
+        Ok(Socket::Tcp(s))
+    }
+}
+
+/// One connection: its fixed facts and what its threads share.
 struct Conn {
     export: Arc<OpenExport>,
     structured: bool,
     base_allocation: bool,
     peer: String,
     wrote: AtomicBool,
+    limits: Limits,
+    /// The server's runtime, to wait on its semaphore and lock when they are taken.
+    runtime: Handle,
+    /// A handle on the socket for shutting it down.
+    socket: Socket,
+    reader: Mutex<BufReader<Socket>>,
+    writer: Mutex<ReplyWriter>,
+    /// Threads waiting for the read side: when one is, nobody needs to be started.
+    readers_waiting: AtomicUsize,
+    /// Threads waiting for the write side: the last one writing flushes for all.
+    writers_waiting: AtomicUsize,
+    threads: AtomicUsize,
+    max_threads: usize,
+    /// Set once the connection is ending: no thread reads another request.
+    ending: AtomicBool,
+    /// Why it ends: the first reason wins.
+    end: Mutex<Option<End>>,
+    /// Fired by the last thread, when everything is finished.
+    finished: CancellationToken,
 }
 
-/// A reply on its way to the writer, with what it holds until written.
-struct Outgoing {
-    bytes: Vec<u8>,
-    _slot: Option<OwnedSemaphorePermit>,
-    _buffer: Option<OwnedSemaphorePermit>,
+struct ReplyWriter {
+    out: BufWriter<Socket>,
+    ok: bool,
 }
 
 /// A request ready for the engine.
 struct Job {
     req: Request,
     payload: Vec<u8>,
-    slot: OwnedSemaphorePermit,
     buffer: Option<OwnedSemaphorePermit>,
     gate: Option<OwnedRwLockReadGuard<()>>,
 }
@@ -88,65 +195,237 @@ enum End {
 
 /// Serves requests until the client disconnects, breaks the protocol, or
 /// `close` fires; then finishes what is in flight, flushes, and returns.
-pub(crate) async fn serve<S>(stream: S, neg: Negotiated, limits: Limits, close: CancellationToken, peer: String)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let conn = Arc::new(Conn {
+pub(crate) async fn serve(socket: Socket, neg: Negotiated, limits: Limits, close: CancellationToken, peer: String) {
+    let conn = match connect(socket, neg, limits, peer) {
+        Ok(c) => Arc::new(c),
+        Err((peer, e)) => {
+            eprintln!("cowvol-nbd: {peer}: cannot serve the connection: {e}");
+            return;
+        }
+    };
+    if let Err(e) = start_thread(&conn) {
+        conn.threads.fetch_sub(1, Ordering::AcqRel);
+        log(&conn, format_args!("cannot start a thread for the connection: {e}"));
+        return;
+    }
+    tokio::select! {
+        () = conn.finished.cancelled() => {}
+        () = close.cancelled() => {
+            conn.finish(End::ClosedByServer);
+            conn.finished.cancelled().await;
+        }
+    }
+}
+
+/// The shared state of a connection whose first thread is about to start.
+fn connect(socket: Socket, neg: Negotiated, limits: Limits, peer: String) -> Result<Conn, (String, io::Error)> {
+    let setup = || -> io::Result<(Socket, Socket)> {
+        socket.set_write_timeout(limits.write_timeout)?;
+        Ok((socket.try_clone()?, socket.try_clone()?))
+    };
+    let (rd, wr) = match setup() {
+        Ok(x) => x,
+        Err(e) => return Err((peer, e)),
+    };
+    Ok(Conn {
         export: neg.export,
         structured: neg.structured,
         base_allocation: neg.base_allocation,
         peer,
         wrote: AtomicBool::new(false),
-    });
-    let (rd, wr) = tokio::io::split(stream);
-    let mut rd = BufReader::with_capacity(256 * 1024, rd);
-    let (tx, rx) = mpsc::channel::<Outgoing>(limits.max_in_flight.max(1));
-    let writer = tokio::spawn(write_replies(wr, rx, limits.write_timeout));
-    let max_in_flight = limits.max_in_flight.max(1);
-    let slots = Arc::new(Semaphore::new(max_in_flight));
-    let end = loop {
-        let step = tokio::select! {
-            biased;
-            () = close.cancelled() => Step::End(End::ClosedByServer),
-            s = next_request(&mut rd, &conn, &slots, &limits) => s,
-        };
+        max_threads: limits.max_in_flight.clamp(1, MAX_THREADS),
+        limits,
+        runtime: Handle::current(),
+        socket,
+        reader: Mutex::new(BufReader::with_capacity(256 * 1024, rd)),
+        writer: Mutex::new(ReplyWriter { out: BufWriter::with_capacity(128 * 1024, wr), ok: true }),
+        readers_waiting: AtomicUsize::new(0),
+        writers_waiting: AtomicUsize::new(0),
+        threads: AtomicUsize::new(1),
+        ending: AtomicBool::new(false),
+        end: Mutex::new(None),
+        finished: CancellationToken::new(),
+    })
+}
+
+/// Starts a thread for `conn`; the caller has counted it in `conn.threads`.
+fn start_thread(conn: &Arc<Conn>) -> io::Result<()> {
+    let c = conn.clone();
+    std::thread::Builder::new().name("cowvol-nbd-conn".into()).spawn(move || run_thread(c)).map(drop)
+}
+
+fn run_thread(conn: Arc<Conn>) {
+    while let Some(step) = conn.next_step() {
         match step {
             Step::Run(job) => {
-                let idle = slots.available_permits() + 1 == max_in_flight && rd.buffer().is_empty();
-                match try_inline(job, &conn, idle) {
-                    Ok(out) => {
-                        if tx.send(out).await.is_err() {
-                            break End::Io(io::Error::other("reply writer stopped"));
-                        }
-                    }
-                    Err(job) => dispatch(job, conn.clone(), tx.clone()),
-                }
+                let Job { req, payload, buffer, gate } = job;
+                let bytes = execute(&conn, &req, &payload);
+                drop((payload, gate));
+                conn.reply(&bytes);
+                drop(buffer);
             }
             Step::Refuse(req, errno, why) => {
                 log(
                     &conn,
                     format_args!("refused {:?} at {}+{}: {why} ({})", req.cmd, req.offset, req.length, errno.name()),
                 );
-                let bytes = error_reply(&conn, &req, errno, why);
-                if tx.send(Outgoing { bytes, _slot: None, _buffer: None }).await.is_err() {
-                    break End::Io(io::Error::other("reply writer stopped"));
-                }
+                conn.reply(&error_reply(&conn, &req, errno, why));
             }
-            Step::End(end) => break end,
-        }
-    };
-    // Finish what is in flight: every slot comes back once its reply is written.
-    let _ = slots.acquire_many(limits.max_in_flight.max(1) as u32).await;
-    if conn.wrote.load(Ordering::Acquire) {
-        let vol = conn.export.volume.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || vol.flush()).await {
-            log(&conn, format_args!("flush at disconnect failed: {e}"));
+            Step::End(end) => conn.finish(end),
         }
     }
-    drop(tx);
-    let _ = writer.await;
-    log_end(&conn, end);
+    if conn.threads.fetch_sub(1, Ordering::AcqRel) == 1 {
+        conn.close_down();
+    }
+}
+
+impl Conn {
+    /// The next request for this thread, or `None` once the connection is ending.
+    fn next_step(self: &Arc<Self>) -> Option<Step> {
+        if self.ending.load(Ordering::Acquire) {
+            return None;
+        }
+        self.readers_waiting.fetch_add(1, Ordering::AcqRel);
+        let mut rd = lock(&self.reader);
+        self.readers_waiting.fetch_sub(1, Ordering::AcqRel);
+        if self.ending.load(Ordering::Acquire) {
+            return None;
+        }
+        let step = self.read_request(&mut rd);
+        if let Step::Run(job) = &step {
+            let more = !rd.buffer().is_empty() || may_take_long(&job.req);
+            if more
+                && self.readers_waiting.load(Ordering::Acquire) == 0
+                && self.threads.load(Ordering::Acquire) < self.max_threads
+            {
+                self.threads.fetch_add(1, Ordering::AcqRel);
+                // Only this thread (holding the read side) starts threads,
+                // so the count cannot overshoot. Without a new thread the
+                // requests are served one after another, which is still correct.
+                if let Err(e) = start_thread(self) {
+                    self.threads.fetch_sub(1, Ordering::AcqRel);
+                    log(self, format_args!("cannot start another thread: {e}"));
+                }
+            }
+        }
+        Some(step)
+    }
+
+    /// Reads one request header (and payload) and decides what to do with it.
+    fn read_request(&self, rd: &mut BufReader<Socket>) -> Step {
+        let mut hdr = [0u8; p::REQUEST_LEN];
+        if let Err(e) = read_header(rd, &mut hdr) {
+            return Step::End(e);
+        }
+        let req = match Request::decode(&hdr) {
+            Ok(r) => r,
+            Err(p::BadMagic(m)) => return Step::End(End::Violation(format!("bad request magic {m:#x}"))),
+        };
+        if req.cmd == Cmd::Disc {
+            return Step::End(End::Disc);
+        }
+        let limits = &self.limits;
+        if req.cmd == Cmd::Write && req.length > limits.max_payload {
+            // The payload would have to be read to stay in sync; refusing to
+            // buffer it is the one answer that bounds memory.
+            return Step::End(End::Violation(format!(
+                "write of {} bytes exceeds the maximum block size {}",
+                req.length, limits.max_payload
+            )));
+        }
+        let buffer_bytes = match req.cmd {
+            Cmd::Write => req.length,
+            Cmd::Read if req.length <= limits.max_payload => req.length + READ_OVERHEAD,
+            _ => 0,
+        };
+        // The semaphore lives as long as the server; a closed one never happens.
+        let buffer = if buffer_bytes > 0 {
+            let sem = limits.buffer_bytes.clone();
+            match sem.clone().try_acquire_many_owned(buffer_bytes) {
+                Ok(b) => Some(b),
+                Err(_) => match self.runtime.block_on(sem.acquire_many_owned(buffer_bytes)) {
+                    Ok(b) => Some(b),
+                    Err(_) => return Step::End(End::ClosedByServer),
+                },
+            }
+        } else {
+            None
+        };
+        // In flight from here: a restore waits for this request.
+        let gate = self.export.gate.as_ref().map(|g| match g.io.clone().try_read_owned() {
+            Ok(guard) => guard,
+            Err(_) => self.runtime.block_on(g.io.clone().read_owned()),
+        });
+        let mut payload = Vec::new();
+        if req.cmd == Cmd::Write {
+            payload = vec![0u8; req.length as usize];
+            if let Err(e) = rd.read_exact(&mut payload) {
+                return Step::End(if e.kind() == io::ErrorKind::UnexpectedEof {
+                    End::HungUpMidRequest
+                } else {
+                    End::Io(e)
+                });
+            }
+        }
+        if let Some((errno, why)) = check(self, &req, limits) {
+            return Step::Refuse(req, errno, why);
+        }
+        Step::Run(Job { req, payload, buffer, gate })
+    }
+
+    /// Writes one reply. The socket is flushed by whoever writes last, so
+    /// replies finishing together leave in one system call.
+    fn reply(&self, bytes: &[u8]) {
+        self.writers_waiting.fetch_add(1, Ordering::AcqRel);
+        let mut w = lock(&self.writer);
+        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+        if !w.ok {
+            return;
+        }
+        let mut r = w.out.write_all(bytes);
+        if r.is_ok() && self.writers_waiting.load(Ordering::Acquire) == 0 {
+            r = w.out.flush();
+        }
+        if let Err(e) = r {
+            w.ok = false;
+            drop(w);
+            self.finish(End::Io(e));
+        }
+    }
+
+    /// Ends the connection: no further request is read, and threads
+    /// waiting for one wake up. Requests already read still get replies.
+    fn finish(&self, end: End) {
+        lock(&self.end).get_or_insert(end);
+        self.ending.store(true, Ordering::Release);
+        self.socket.shutdown(Shutdown::Read);
+    }
+
+    /// The last thread's work: flush what was written, close, log, tell
+    /// the async side.
+    fn close_down(&self) {
+        if self.wrote.load(Ordering::Acquire) {
+            if let Err(e) = self.export.volume.flush() {
+                log(self, format_args!("flush at disconnect failed: {e}"));
+            }
+        }
+        {
+            let mut w = lock(&self.writer);
+            if w.ok {
+                let _ = w.out.flush();
+            }
+        }
+        self.socket.shutdown(Shutdown::Both);
+        let end = lock(&self.end).take().unwrap_or(End::HungUp);
+        log_end(self, end);
+        self.finished.cancel();
+    }
+}
+
+/// Requests that can block for a long time: the next request should not
+/// wait behind them for a thread.
+fn may_take_long(req: &Request) -> bool {
+    matches!(req.cmd, Cmd::Flush | Cmd::WriteZeroes) || req.flags & cflag::FUA != 0
 }
 
 fn log(conn: &Conn, msg: std::fmt::Arguments<'_>) {
@@ -163,76 +442,14 @@ fn log_end(conn: &Conn, end: End) {
     }
 }
 
-/// Reads one request header (and payload) and decides what to do with it.
-async fn next_request<R>(rd: &mut R, conn: &Conn, slots: &Arc<Semaphore>, limits: &Limits) -> Step
-where
-    R: AsyncRead + Unpin,
-{
-    let mut hdr = [0u8; p::REQUEST_LEN];
-    if let Err(e) = read_header(rd, &mut hdr).await {
-        return Step::End(e);
-    }
-    let req = match Request::decode(&hdr) {
-        Ok(r) => r,
-        Err(p::BadMagic(m)) => return Step::End(End::Violation(format!("bad request magic {m:#x}"))),
-    };
-    if req.cmd == Cmd::Disc {
-        return Step::End(End::Disc);
-    }
-    if req.cmd == Cmd::Write && req.length > limits.max_payload {
-        // The payload would have to be read to stay in sync; refusing to
-        // buffer it is the one answer that bounds memory.
-        return Step::End(End::Violation(format!(
-            "write of {} bytes exceeds the maximum block size {}",
-            req.length, limits.max_payload
-        )));
-    }
-    let buffer_bytes = match req.cmd {
-        Cmd::Write => req.length,
-        Cmd::Read if req.length <= limits.max_payload => req.length + READ_OVERHEAD,
-        _ => 0,
-    };
-    // Both semaphores live as long as the server; a closed one never happens.
-    let Ok(slot) = slots.clone().acquire_owned().await else {
-        return Step::End(End::ClosedByServer);
-    };
-    let buffer = if buffer_bytes > 0 {
-        match limits.buffer_bytes.clone().acquire_many_owned(buffer_bytes).await {
-            Ok(b) => Some(b),
-            Err(_) => return Step::End(End::ClosedByServer),
-        }
-    } else {
-        None
-    };
-    // In flight from here: a restore waits for this request.
-    let gate = match &conn.export.gate {
-        Some(g) => Some(g.io.clone().read_owned().await),
-        None => None,
-    };
-    let mut payload = Vec::new();
-    if req.cmd == Cmd::Write {
-        payload = vec![0u8; req.length as usize];
-        if let Err(e) = rd.read_exact(&mut payload).await {
-            return Step::End(if e.kind() == io::ErrorKind::UnexpectedEof {
-                End::HungUpMidRequest
-            } else {
-                End::Io(e)
-            });
-        }
-    }
-    if let Some((errno, why)) = check(conn, &req, limits) {
-        return Step::Refuse(req, errno, why);
-    }
-    Step::Run(Job { req, payload, slot, buffer, gate })
-}
-
-async fn read_header<R: AsyncRead + Unpin>(rd: &mut R, hdr: &mut [u8; p::REQUEST_LEN]) -> Result<(), End> {
+fn read_header(rd: &mut BufReader<Socket>, hdr: &mut [u8; p::REQUEST_LEN]) -> Result<(), End> {
     let mut got = 0;
     while got < hdr.len() {
-        match rd.read(&mut hdr[got..]).await {
+        match rd.read(&mut hdr[got..]) {
             Ok(0) if got == 0 => return Err(End::HungUp),
             Ok(0) => return Err(End::HungUpMidRequest),
             Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(End::Io(e)),
         }
     }
@@ -261,40 +478,6 @@ fn check(conn: &Conn, req: &Request, limits: &Limits) -> Option<(Errno, &'static
         return Some((Errno::Inval, "range is outside the export"));
     }
     None
-}
-
-/// Runs a job on the blocking pool and queues its reply.
-fn dispatch(job: Job, conn: Arc<Conn>, tx: mpsc::Sender<Outgoing>) {
-    tokio::task::spawn_blocking(move || {
-        let out = run_job(job, &conn);
-        // The channel holds as many replies as there are slots, so this
-        // never waits; it fails only when the writer is gone, and then the
-        // reply has nobody to go to.
-        let _ = tx.blocking_send(out);
-    });
-}
-
-/// Runs a job where the reader is, when nothing else is in flight on the
-/// connection and no further request is already buffered: a lone request
-/// (queue depth 1) then costs no hand-off to a pool thread and back, which
-/// dominates its latency on a busy machine. `block_in_place` first moves
-/// this worker's other tasks to another thread, so the engine call still
-/// blocks no async work. Returns the job when it must be dispatched.
-fn try_inline(job: Job, conn: &Conn, idle: bool) -> Result<Outgoing, Job> {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if !idle || !multi_thread {
-        return Err(job);
-    }
-    Ok(tokio::task::block_in_place(|| run_job(job, conn)))
-}
-
-fn run_job(job: Job, conn: &Conn) -> Outgoing {
-    let Job { req, payload, slot, buffer, gate } = job;
-    let bytes = execute(conn, &req, &payload);
-    drop(payload);
-    drop(gate);
-    Outgoing { bytes, _slot: Some(slot), _buffer: buffer }
 }
 
 /// Performs one request against the engine and encodes the reply.
@@ -441,31 +624,4 @@ fn block_status(conn: &Conn, req: &Request) -> Vec<u8> {
     let keep = if req.flags & cflag::REQ_ONE != 0 { 1 } else { MAX_DESCRIPTORS };
     descs.truncate(keep);
     p::block_status_chunk(req.handle, p::BASE_ALLOCATION_ID, &descs)
-}
-
-/// The one writer of a connection: writes replies as they come and flushes
-/// whenever the queue runs dry. After a failed write it keeps draining the
-/// queue, so that every in-flight slot is still returned.
-async fn write_replies<W>(wr: W, mut rx: mpsc::Receiver<Outgoing>, timeout: Duration)
-where
-    W: AsyncWrite + Unpin,
-{
-    let mut w = BufWriter::with_capacity(128 * 1024, wr);
-    let mut ok = true;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(out) = next {
-            if ok {
-                ok = matches!(tokio::time::timeout(timeout, w.write_all(&out.bytes)).await, Ok(Ok(())));
-            }
-            drop(out);
-            next = rx.try_recv().ok();
-        }
-        if ok {
-            ok = matches!(tokio::time::timeout(timeout, w.flush()).await, Ok(Ok(())));
-        }
-    }
-    if ok {
-        let _ = tokio::time::timeout(timeout, w.shutdown()).await;
-    }
 }

@@ -87,7 +87,8 @@ pub use check::{CheckReport, DamagedBlock, Problem, ScrubReport, StoreStats};
 pub use error::{Error, Result};
 pub use lifecycle::{PolicyRun, SnapshotPage, SnapshotQuery, TemplateOptions, UtcTime, AUTO_LABEL};
 pub use options::{
-    Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,
+    AutoFlush, Deleted, ForkOptions, HandleOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions,
+    VolumeOptions,
 };
 pub use store::Store;
 pub use volume::{Extent, Volume, VolumeCursor};

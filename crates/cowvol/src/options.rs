@@ -155,6 +155,36 @@ pub enum OpenMode {
     ReadOnly,
 }
 
+/// When a read-write handle makes its writes durable on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoFlush {
+    /// After the volume's [`VolumeOptions::write_buffer_bytes`] of writes
+    /// not yet flushed, the write that crosses the bound flushes (the
+    /// default): it bounds what a crash can lose, at the cost of a sync
+    /// the caller did not ask for.
+    #[default]
+    AfterWriteBuffer,
+    /// Never: writes become durable only when a flush is asked for
+    /// ([`crate::Volume::flush`] on this or any other handle of the store,
+    /// since a flush covers the whole store), or as a side effect of the
+    /// engine's own syncs (checkpoints, administrative operations). For a
+    /// caller that owns the durability contract, such as a block-device
+    /// server whose clients send their own flushes; a crash before the
+    /// next flush may lose any number of writes made since the last one,
+    /// each block reading either its old or its new contents.
+    Never,
+}
+
+/// How a handle on a volume is opened ([`crate::Store::open_volume_with_options`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HandleOptions {
+    /// Read-write (the default) or read-only.
+    pub mode: OpenMode,
+    /// When the handle flushes on its own. Default:
+    /// [`AutoFlush::AfterWriteBuffer`]. Ignored for read-only handles.
+    pub auto_flush: AutoFlush,
+}
+
 /// What a restore did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restored {

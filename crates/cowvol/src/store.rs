@@ -10,7 +10,8 @@ use crate::engine::record::Record;
 use crate::engine::{self, try_admin, Engine, Keeper, State, VolRuntime};
 use crate::error::{Error, Result};
 use crate::options::{
-    Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,
+    AutoFlush, Deleted, ForkOptions, HandleOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions,
+    VolumeOptions,
 };
 use crate::tree;
 use crate::volume::{Target, Volume};
@@ -163,9 +164,33 @@ impl Store {
     /// # Errors
     /// As [`Store::open_volume`].
     pub fn open_volume_with(&self, id: VolumeId, mode: OpenMode) -> Result<Volume> {
+        self.open_volume_with_options(id, HandleOptions { mode, ..Default::default() })
+    }
+
+    /// Opens a handle on a volume with every [`HandleOptions`] field
+    /// chosen, e.g. a read-write handle that never flushes on its own:
+    ///
+    /// ```
+    /// use cowvol::{AutoFlush, HandleOptions, Store, StoreOptions, VolumeOptions};
+    /// # fn main() -> cowvol::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path(), StoreOptions::default())?;
+    /// let mut disk = VolumeOptions::new("disk", 64 << 20);
+    /// disk.write_buffer_bytes = 1 << 20;
+    /// let disk = store.create_volume(disk)?;
+    /// let opts = HandleOptions { auto_flush: AutoFlush::Never, ..Default::default() };
+    /// let vol = store.open_volume_with_options(disk.id, opts)?;
+    /// vol.write_at(&vec![7u8; 4 << 20], 0)?; // four times the write buffer, no sync
+    /// vol.flush()?; // durable from here on
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Store::open_volume`].
+    pub fn open_volume_with_options(&self, id: VolumeId, opts: HandleOptions) -> Result<Volume> {
         let st = self.engine.state.lock();
         let v = st.vol(id)?;
-        let writable = mode == OpenMode::ReadWrite;
+        let writable = opts.mode == OpenMode::ReadWrite;
         if writable {
             match v.info.access_mode {
                 AccessMode::ReadOnlyMany => {
@@ -191,7 +216,11 @@ impl Store {
             v.info.size_bytes,
             v.rt.clone(),
             writable,
-            v.info.write_buffer_bytes,
+            match opts.auto_flush {
+                AutoFlush::AfterWriteBuffer => v.info.write_buffer_bytes,
+                // No count of unflushed bytes ever exceeds it.
+                AutoFlush::Never => u64::MAX,
+            },
         ))
     }
 
