@@ -63,6 +63,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+mod calendar;
 mod catalog;
 mod check;
 mod engine;
@@ -80,14 +81,16 @@ mod wal;
 
 pub use catalog::limits;
 pub use catalog::{
-    AccessMode, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo,
-    VolumeId, VolumeInfo, VolumeOrigin,
+    AccessMode, Every, RunResult, Schedule, ScheduleInfo, ScheduleStatus, SnapshotId, SnapshotInfo, SnapshotKind,
+    SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo, TimeOfDay, VolumeId, VolumeInfo, VolumeOrigin, Weekday,
+    FAILING_AFTER, MAX_SCHEDULES, RESERVED_LABEL_PREFIX, SCHEDULE_LABEL,
 };
 pub use check::{CheckReport, DamagedBlock, Problem, ScrubReport, StoreStats};
 pub use error::{Error, Result};
-pub use lifecycle::{PolicyRun, SnapshotPage, SnapshotQuery, TemplateOptions, UtcTime, AUTO_LABEL};
+pub use lifecycle::{PolicyRun, ScheduleRunReport, SnapshotPage, SnapshotQuery, TemplateOptions, UtcTime, AUTO_LABEL};
 pub use options::{
     Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,
+    IDEMPOTENCY_WINDOW_SECS,
 };
 pub use store::Store;
 pub use volume::{Extent, Volume, VolumeCursor};

@@ -292,6 +292,7 @@ impl Store {
         engine.ensure_writable()?;
         if let Some(safety) = &opts.safety_snapshot {
             safety.check_limits()?;
+            safety.refuse_idempotency_key("a restore's safety snapshot")?;
         }
         let rt = {
             let st = engine.state.lock();
@@ -397,10 +398,21 @@ impl Engine {
         created_at: u64,
     ) -> Result<SnapshotInfo> {
         opts.check_limits()?;
+        if opts.expires_at.is_some_and(|t| t <= created_at) {
+            return Err(Error::invalid(format!(
+                "snapshot {:?} would expire at {}, which is not after its creation",
+                opts.name,
+                opts.expires_at.unwrap_or_default()
+            )));
+        }
         self.ensure_writable()?;
         let rt = self.state.lock().vol(volume)?.rt.clone();
         let _admin = try_admin(&rt, volume, "snapshot")?;
         self.commit(|st| {
+            // A retry returns what the first call created; nothing is logged.
+            if let Some(first) = st.idempotent_snapshot(volume, opts.idempotency_key.as_deref(), created_at) {
+                return Ok((first.clone(), None));
+            }
             let info = st.new_snapshot_info(volume, opts, status, created_at)?;
             Ok((info.clone(), Some(Record::CreateSnapshot(info))))
         })

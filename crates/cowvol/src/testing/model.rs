@@ -348,6 +348,9 @@ impl Model {
             kind: opts.kind,
             status,
             held: false,
+            expires_at: opts.expires_at,
+            schedule: None,
+            idempotency_key: opts.idempotency_key.clone(),
         };
         assert_eq!(*got, want, "new snapshot");
         assert!(!self.snapshots.contains_key(&got.id), "snapshot id {} reused", got.id);
