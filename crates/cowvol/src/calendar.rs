@@ -62,7 +62,8 @@ pub(crate) fn latest_due_slot(every: &Every, tz: &TimeZone, after: u64, now: u64
     // The latest slot up to `now` lies within the longest distance between
     // two slots of the kind, so the walk starts no earlier than that.
     let lookback: u64 = match every {
-        Every::Hourly { .. } => 3 * 3600,
+        // A zone may skip a whole day (Samoa at the end of 2011).
+        Every::Hourly { .. } => 26 * 3600,
         Every::Daily { .. } => 3 * 86_400,
         Every::Weekly { .. } => 9 * 86_400,
         Every::Monthly { .. } => 63 * 86_400,

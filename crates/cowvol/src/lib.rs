@@ -47,12 +47,15 @@
 //! Each module uses only the ones below it:
 //! - the public API: [`Store`] (`store`: open, volumes, snapshots, fork,
 //!   restore), [`Volume`] (`volume`: reads, writes, discard, flush),
-//!   `lifecycle` (holds, search, templates, policies), `check` (check,
+//!   `lifecycle` (holds, search, templates, policies, calendar schedules,
+//!   expiry), `check` (check,
 //!   scrub, stats), `options` and [`Error`];
 //! - `engine`: the in-memory state and its replay, the commit path with
 //!   group commit, checkpoints, open and recovery, the background thread,
 //!   and `engine::record`, the changes it logs;
-//! - `catalog`: volume, snapshot and template records and their encoding;
+//! - `calendar`: the due times of schedules in IANA time zones;
+//! - `catalog`: volume, snapshot, template and schedule records and their
+//!   encoding;
 //! - `tree`: extent trees shared by path copying;
 //! - `space`: page allocation, reference counts, quarantine;
 //! - `wal`: the log's segments and CRC-framed batches of records;

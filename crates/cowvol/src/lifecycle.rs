@@ -217,6 +217,7 @@ impl Store {
     /// snapshot is taken.
     pub fn create_group_snapshot(&self, volumes: &[VolumeId], opts: SnapshotOptions) -> Result<Vec<SnapshotInfo>> {
         opts.check_limits()?;
+        opts.check_expiry(now_secs())?;
         opts.refuse_idempotency_key("a group snapshot")?;
         let mut ids = volumes.to_vec();
         ids.sort();

@@ -130,6 +130,17 @@ impl SnapshotOptions {
         }
     }
 
+    /// Refuses an expiry that is not after `now`, the snapshot's creation.
+    pub(crate) fn check_expiry(&self, now: u64) -> Result<()> {
+        match self.expires_at {
+            Some(t) if t <= now => Err(crate::Error::invalid(format!(
+                "snapshot {:?} would expire at {t}, which is not after its creation at {now}",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses an idempotency key where it is not honoured (`what` is where).
     pub(crate) fn refuse_idempotency_key(&self, what: &str) -> Result<()> {
         if self.idempotency_key.is_some() {

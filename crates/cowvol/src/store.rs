@@ -292,6 +292,7 @@ impl Store {
         engine.ensure_writable()?;
         if let Some(safety) = &opts.safety_snapshot {
             safety.check_limits()?;
+            safety.check_expiry(now_secs())?;
             safety.refuse_idempotency_key("a restore's safety snapshot")?;
         }
         let rt = {
@@ -398,13 +399,7 @@ impl Engine {
         created_at: u64,
     ) -> Result<SnapshotInfo> {
         opts.check_limits()?;
-        if opts.expires_at.is_some_and(|t| t <= created_at) {
-            return Err(Error::invalid(format!(
-                "snapshot {:?} would expire at {}, which is not after its creation",
-                opts.name,
-                opts.expires_at.unwrap_or_default()
-            )));
-        }
+        opts.check_expiry(created_at)?;
         self.ensure_writable()?;
         let rt = self.state.lock().vol(volume)?.rt.clone();
         let _admin = try_admin(&rt, volume, "snapshot")?;

@@ -341,6 +341,8 @@ fn expired_snapshots_are_deleted_by_the_policy_pass_unless_held() {
     assert_eq!(soon.expires_at, Some(now + HOUR));
     let past = store.create_snapshot(id, expiring("past", now.saturating_sub(1)));
     assert!(matches!(past, Err(Error::InvalidArgument { .. })), "{past:?}");
+    let group = store.create_group_snapshot(&[id], expiring("past-group", now.saturating_sub(1)));
+    assert!(matches!(group, Err(Error::InvalidArgument { .. })), "{group:?}");
 
     assert!(store.run_policies(now + HOUR - 1).expired.is_empty());
     let run = store.run_policies(now + HOUR);

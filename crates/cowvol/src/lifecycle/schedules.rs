@@ -142,6 +142,11 @@ impl Engine {
         let _admin = try_admin(&rt, volume, "a scheduled snapshot")?;
         self.commit(|st| {
             let current = schedule_of(st, volume, name)?.clone();
+            // Removed and added again since the pass looked: the new
+            // schedule's own slots start after it was added.
+            if current.handled_up_to() >= slot {
+                return Ok(((current.status, None), None));
+            }
             let snapshot = if current.schedule.skip_unchanged && unchanged_since_last(st, volume, name) {
                 None
             } else {
