@@ -143,5 +143,24 @@ fn ops_scripts() -> Vec<(&'static str, Vec<Op>)> {
                 RunPolicies { advance: 1000 },
             ],
         ),
+        (
+            "schedules",
+            vec![
+                Create { blocks: 9, tail: 0 },
+                write(0, 1),
+                SetPolicy { vol: 0, policy: Some((3600, Some(1), None)) },
+                AddSchedule { vol: 0, name: 0, daily: false, at: 15, keep: Some(2) },
+                AddSchedule { vol: 0, name: 1, daily: true, at: 120, keep: Some(1) },
+                SnapshotWith { vol: 0, expires: Some(600), key: Some(0) },
+                SnapshotWith { vol: 0, expires: None, key: Some(0) },
+                RunPolicies { advance: 3600 },
+                write(0, 2),
+                RunPolicies { advance: 3600 },
+                RunPolicies { advance: 65_000 },
+                RemoveSchedule { vol: 0, name: 0 },
+                CrashAfterFlush { vol: 0, seed: 3 },
+                RunPolicies { advance: 3600 },
+            ],
+        ),
     ]
 }

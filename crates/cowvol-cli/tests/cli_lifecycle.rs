@@ -455,3 +455,68 @@ fn restore_keeps_a_safety_snapshot_of_what_it_discards() {
     assert!(text.contains("kept as snapshot s2"), "{text}");
     st.ok(&["check"]);
 }
+
+#[test]
+fn calendar_schedules_expiry_and_idempotency_keys_from_the_command_line() {
+    let st = Store::new();
+    st.ok(&["volume", "create", "db", "--size", "1M"]);
+    st.write("db", &pattern(1, 4096));
+    // Added on 2027-01-01 at 00:00 UTC; 02:00 in Berlin is 01:00 UTC in winter.
+    let added = st.json(&[
+        "policy",
+        "add",
+        "db",
+        "--daily",
+        "02:00",
+        "--tz",
+        "Europe/Berlin",
+        "--keep",
+        "7",
+        "--now",
+        "2027-01-01T00:00:00Z",
+    ]);
+    let s = &added["schedule"];
+    assert_eq!((s["name"].as_str(), s["kind"].as_str(), s["hour"].as_u64()), (Some("daily"), Some("daily"), Some(2)));
+    assert_eq!(s["next_due_at"], 1_798_765_200, "2027-01-01T01:00:00Z");
+    st.ok(&["policy", "add", "db", "--weekly", "03:30", "--on", "sun", "--name", "sunday", "--keep", "4"]);
+    st.ok(&["policy", "add", "db", "--hourly", ":15", "--keep-for", "1d", "--label", "tier=gold"]);
+    st.fails(&["policy", "add", "db", "--daily", "02:00"], 1);
+    st.fails(&["policy", "add", "db", "--daily", "25:00", "--name", "x"], 2);
+    st.fails(&["policy", "add", "db", "--daily", "02:00", "--tz", "Mars/Base", "--name", "x"], 2);
+    st.fails(&["policy", "add", "db", "--weekly", "02:00", "--name", "x"], 2);
+    st.fails(&["policy", "add", "db", "--monthly", "02:00", "--on", "32", "--name", "x"], 2);
+    let list = st.json(&["policy", "list", "db"]);
+    let names: Vec<&str> = list["schedules"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["daily", "sunday", "hourly"]);
+
+    let run = st.json(&["policy", "run", "--now", "2027-01-01T01:00:00Z"]);
+    let created: Vec<&str> = run["created"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert!(created.contains(&"daily-20270101-0200"), "{run}");
+    let daily = run["schedules"].as_array().unwrap().iter().find(|r| r["schedule"] == "daily").unwrap().clone();
+    assert_eq!((daily["result"].as_str(), daily["failing"].as_bool()), (Some("created"), Some(false)));
+    // Nothing written since: the next day's run skips, and says so.
+    let text = String::from_utf8(st.ok(&["policy", "run", "--now", "2027-01-02T01:00:00Z"])).unwrap();
+    assert!(text.contains("schedule daily of db (vol-1): skipped"), "{text}");
+    let show = st.json(&["policy", "show", "db"]);
+    let shown = &show["policies"][0]["schedules"][0];
+    assert_eq!(
+        (shown["last_result"].as_str(), shown["consecutive_failures"].as_u64()),
+        (Some("skipped_unchanged"), Some(0))
+    );
+    let human = String::from_utf8(st.ok(&["policy", "list"])).unwrap();
+    assert!(human.contains("daily at 02:00") && human.contains("Europe/Berlin"), "{human}");
+    let removed = st.json(&["policy", "remove", "db", "sunday"]);
+    assert_eq!(removed["existed"], true);
+    assert_eq!(st.json(&["policy", "list", "db"])["schedules"].as_array().unwrap().len(), 2);
+
+    // Expiry and idempotency keys on snapshot create.
+    let made = st.json(&["snapshot", "create", "db", "s1", "--expires-in", "7d", "--idempotency-key", "req-1"]);
+    let first = made["snapshot"]["id"].clone();
+    assert!(made["snapshot"]["expires_at"].as_u64().is_some());
+    let again = st.json(&["snapshot", "create", "db", "s1", "--expires-in", "7d", "--idempotency-key", "req-1"]);
+    assert_eq!(again["snapshot"]["id"], first, "a retry returns the first snapshot");
+    let expires = made["snapshot"]["expires_at"].as_u64().unwrap();
+    let run = st.json(&["policy", "run", "--now", &expires.to_string()]);
+    let expired: Vec<&Value> = run["expired"].as_array().unwrap().iter().map(|s| &s["id"]).collect();
+    assert_eq!(expired, [&first]);
+}

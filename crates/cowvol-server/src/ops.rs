@@ -215,6 +215,7 @@ impl App {
             owner: v.owner.clone(),
             labels: req.labels,
             kind: cowvol::SnapshotKind::Manual,
+            ..Default::default()
         };
         let s = self.store.create_snapshot(v.id, opts)?;
         Ok(self.snapshot_json(&s))

@@ -10,6 +10,12 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod limits;
+mod schedule;
+
+pub use schedule::{
+    Every, RunResult, Schedule, ScheduleInfo, ScheduleStatus, TimeOfDay, Weekday, FAILING_AFTER, MAX_SCHEDULES,
+    RESERVED_LABEL_PREFIX, SCHEDULE_LABEL,
+};
 
 macro_rules! typed_id {
     ($name:ident, $prefix:literal, $doc:literal) => {
@@ -284,10 +290,12 @@ pub struct VolumeInfo {
     pub created_at: u64,
     /// The volume, snapshot or template its tree was copied from, if any.
     pub origin: Option<VolumeOrigin>,
-    /// Its automatic snapshot policy, if any.
+    /// Its interval snapshot policy, if any.
     pub policy: Option<SnapshotPolicy>,
     /// Free-form owner; empty when unset.
     pub owner: String,
+    /// Its calendar snapshot schedules, in the order they were added.
+    pub schedules: Vec<ScheduleInfo>,
 }
 
 /// What a snapshot is, as stored in the catalog.
@@ -319,6 +327,15 @@ pub struct SnapshotInfo {
     /// A held snapshot cannot be deleted, by hand or by retention, until
     /// the hold is released.
     pub held: bool,
+    /// When set, the policy pass deletes the snapshot once this time
+    /// (seconds since the Unix epoch) has passed, unless it is held.
+    pub expires_at: Option<u64>,
+    /// The name of the volume's schedule that took it, for automatic
+    /// snapshots taken by a calendar schedule.
+    pub schedule: Option<String>,
+    /// The idempotency key it was created with (see
+    /// [`crate::SnapshotOptions::idempotency_key`]).
+    pub idempotency_key: Option<String>,
 }
 
 impl SnapshotInfo {
@@ -399,6 +416,7 @@ impl VolumeInfo {
         encode_origin(&self.origin, e);
         SnapshotPolicy::encode(&self.policy, e);
         e.str(&self.owner);
+        schedule::encode_schedules(&self.schedules, e);
     }
 
     pub(crate) fn decode(d: &mut Dec<'_>) -> Result<VolumeInfo> {
@@ -412,6 +430,7 @@ impl VolumeInfo {
         let origin = decode_origin(d)?;
         let policy = SnapshotPolicy::decode(d)?;
         let owner = decode_owner(d)?;
+        let schedules = schedule::decode_schedules(d)?;
         Ok(VolumeInfo {
             id,
             name,
@@ -423,6 +442,7 @@ impl VolumeInfo {
             origin,
             policy,
             owner,
+            schedules,
         })
     }
 }
@@ -441,6 +461,7 @@ impl SnapshotInfo {
         e.u8(self.kind.code());
         e.u8(self.status.code());
         e.u8(u8::from(self.held));
+        encode_snapshot_extras(self, e);
     }
 
     pub(crate) fn decode(d: &mut Dec<'_>) -> Result<SnapshotInfo> {
@@ -460,6 +481,7 @@ impl SnapshotInfo {
             1 => true,
             b => return Err(d.bad(format!("bad hold flag {b}"))),
         };
+        let (expires_at, schedule, idempotency_key) = decode_snapshot_extras(d)?;
         Ok(SnapshotInfo {
             id,
             volume_id,
@@ -473,8 +495,43 @@ impl SnapshotInfo {
             kind,
             status,
             held,
+            expires_at,
+            schedule,
+            idempotency_key,
         })
     }
+}
+
+/// The snapshot fields version 4 added after the hold flag: a flags byte
+/// saying which are present (1: expiry, 2: schedule, 4: idempotency key),
+/// then the present ones in that order.
+fn encode_snapshot_extras(s: &SnapshotInfo, e: &mut Enc) {
+    let flags = u8::from(s.expires_at.is_some())
+        | u8::from(s.schedule.is_some()) << 1
+        | u8::from(s.idempotency_key.is_some()) << 2;
+    e.u8(flags);
+    if let Some(t) = s.expires_at {
+        e.u64(t);
+    }
+    for text in [&s.schedule, &s.idempotency_key].into_iter().flatten() {
+        e.str(text);
+    }
+}
+
+type SnapshotExtras = (Option<u64>, Option<String>, Option<String>);
+
+fn decode_snapshot_extras(d: &mut Dec<'_>) -> Result<SnapshotExtras> {
+    if d.version < 4 {
+        return Ok((None, None, None));
+    }
+    let flags = d.u8()?;
+    if flags & !7 != 0 {
+        return Err(d.bad(format!("bad snapshot flags {flags:#x}")));
+    }
+    let expires_at = if flags & 1 != 0 { Some(d.u64()?) } else { None };
+    let schedule = if flags & 2 != 0 { Some(d.str()?) } else { None };
+    let key = if flags & 4 != 0 { Some(d.str()?) } else { None };
+    Ok((expires_at, schedule, key))
 }
 
 /// The catalog as saved at a checkpoint: every record plus the page of its
@@ -576,6 +633,22 @@ mod tests {
             origin: Some(VolumeOrigin::Snapshot(VolumeId(4), SnapshotId(2))),
             policy: Some(SnapshotPolicy { interval_secs: 3600, keep_last: Some(24), keep_for_secs: None }),
             owner: "tenant-7".into(),
+            schedules: vec![ScheduleInfo {
+                schedule: Schedule {
+                    keep_last: Some(7),
+                    keep_for_secs: Some(86_400),
+                    labels: [("tier".to_string(), "gold".to_string())].into(),
+                    ..Schedule::new("daily", Every::Weekly { on: Weekday::Sunday, at: TimeOfDay::new(3, 30) }, "UTC")
+                },
+                added_at: 16,
+                status: ScheduleStatus {
+                    last_slot: Some(20),
+                    last_run_at: None,
+                    last_result: Some(RunResult::Created(SnapshotId(2))),
+                    last_error: "busy".into(),
+                    consecutive_failures: 3,
+                },
+            }],
         };
         let s = SnapshotInfo {
             id: SnapshotId(2),
@@ -590,6 +663,9 @@ mod tests {
             kind: SnapshotKind::Auto,
             status: SnapshotStatus::Failed,
             held: true,
+            expires_at: Some(99),
+            schedule: Some("daily".into()),
+            idempotency_key: None,
         };
         let t = TemplateInfo {
             id: TemplateId(5),
@@ -614,7 +690,9 @@ mod tests {
         let v = crate::format::FORMAT_VERSION;
         assert_eq!(CatalogImage::decode(&bytes, crc, "t", v).unwrap(), img);
         assert!(CatalogImage::decode(&bytes[..bytes.len() - 1], Crc::of(&bytes[..bytes.len() - 1]).0, "t", v).is_err());
-        // Read as version 2, the owners are not there: the bytes do not parse.
+        // Read as an older version, the newer fields are not there: the
+        // bytes do not parse.
         assert!(CatalogImage::decode(&bytes, crc, "t", 2).is_err());
+        assert!(CatalogImage::decode(&bytes, crc, "t", 3).is_err());
     }
 }

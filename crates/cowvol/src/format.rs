@@ -15,8 +15,9 @@ pub(crate) const SECTOR: u64 = 4096;
 pub(crate) const DATA_FILE: &str = "cowvol.dat";
 
 /// Current on-disk format version. Version 3 added owners to volumes and
-/// templates.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+/// templates; version 4 added calendar schedules to volumes, expiry,
+/// schedule and idempotency key to snapshots, and the schedule records.
+pub(crate) const FORMAT_VERSION: u32 = 4;
 /// The oldest version this build opens. Its stores are read as they are and
 /// written in the current version from their first checkpoint on.
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 2;

@@ -47,12 +47,15 @@
 //! Each module uses only the ones below it:
 //! - the public API: [`Store`] (`store`: open, volumes, snapshots, fork,
 //!   restore), [`Volume`] (`volume`: reads, writes, discard, flush),
-//!   `lifecycle` (holds, search, templates, policies), `check` (check,
+//!   `lifecycle` (holds, search, templates, policies, calendar schedules,
+//!   expiry), `check` (check,
 //!   scrub, stats), `options` and [`Error`];
 //! - `engine`: the in-memory state and its replay, the commit path with
 //!   group commit, checkpoints, open and recovery, the background thread,
 //!   and `engine::record`, the changes it logs;
-//! - `catalog`: volume, snapshot and template records and their encoding;
+//! - `calendar`: the due times of schedules in IANA time zones;
+//! - `catalog`: volume, snapshot, template and schedule records and their
+//!   encoding;
 //! - `tree`: extent trees shared by path copying;
 //! - `space`: page allocation, reference counts, quarantine;
 //! - `wal`: the log's segments and CRC-framed batches of records;
@@ -63,6 +66,7 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+mod calendar;
 mod catalog;
 mod check;
 mod engine;
@@ -80,15 +84,16 @@ mod wal;
 
 pub use catalog::limits;
 pub use catalog::{
-    AccessMode, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo,
-    VolumeId, VolumeInfo, VolumeOrigin,
+    AccessMode, Every, RunResult, Schedule, ScheduleInfo, ScheduleStatus, SnapshotId, SnapshotInfo, SnapshotKind,
+    SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo, TimeOfDay, VolumeId, VolumeInfo, VolumeOrigin, Weekday,
+    FAILING_AFTER, MAX_SCHEDULES, RESERVED_LABEL_PREFIX, SCHEDULE_LABEL,
 };
 pub use check::{CheckReport, DamagedBlock, Problem, ScrubReport, StoreStats};
 pub use error::{Error, Result};
-pub use lifecycle::{PolicyRun, SnapshotPage, SnapshotQuery, TemplateOptions, UtcTime, AUTO_LABEL};
+pub use lifecycle::{PolicyRun, ScheduleRunReport, SnapshotPage, SnapshotQuery, TemplateOptions, UtcTime, AUTO_LABEL};
 pub use options::{
     AutoFlush, Deleted, ForkOptions, HandleOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions,
-    VolumeOptions,
+    VolumeOptions, IDEMPOTENCY_WINDOW_SECS,
 };
 pub use store::Store;
 pub use volume::{Extent, Volume, VolumeCursor};

@@ -9,8 +9,8 @@
 
 use crate::catalog::limits;
 use crate::catalog::{
-    now_secs, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo,
-    VolumeId, VolumeInfo, VolumeOrigin,
+    now_secs, ScheduleStatus, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId,
+    TemplateInfo, VolumeId, VolumeInfo, VolumeOrigin,
 };
 use crate::engine::record::Record;
 use crate::engine::{try_admin, Engine, State, VolRuntime};
@@ -20,6 +20,8 @@ use crate::store::Store;
 use crate::volume::{Target, Volume};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+mod schedules;
 
 /// Label that automatic snapshots carry, naming the policy run that took them.
 pub const AUTO_LABEL: &str = "cowvol.policy";
@@ -86,14 +88,35 @@ pub struct SnapshotPage {
 /// What one [`Store::run_policies`] pass did.
 #[derive(Debug, Default)]
 pub struct PolicyRun {
-    /// Automatic snapshots taken.
+    /// Automatic snapshots taken, by schedules and interval policies.
     pub created: Vec<SnapshotInfo>,
     /// Automatic snapshots that retention deleted.
     pub pruned: Vec<SnapshotInfo>,
-    /// Volumes whose policy could not run this time (for example
-    /// [`Error::Busy`] while another administrative operation held the
-    /// volume); the next pass tries again.
+    /// Snapshots deleted because their `expires_at` had passed.
+    pub expired: Vec<SnapshotInfo>,
+    /// Every schedule that was due in this pass, with what it did.
+    pub schedules: Vec<ScheduleRunReport>,
+    /// Volumes whose policy, schedule or expiry could not run this time
+    /// (for example [`Error::Busy`] while another administrative operation
+    /// held the volume); the next pass tries again.
     pub errors: Vec<(VolumeId, Error)>,
+}
+
+/// What one due schedule did in a policy pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRunReport {
+    /// The schedule's volume.
+    pub volume: VolumeId,
+    /// The schedule's name.
+    pub schedule: String,
+    /// The slot that was due (seconds since the Unix epoch); `None` when
+    /// even that could not be worked out (a zone this build does not know).
+    pub slot: Option<u64>,
+    /// The schedule's status after the run: its result, error and count
+    /// of consecutive failures.
+    pub status: ScheduleStatus,
+    /// Whether it has now failed [`crate::FAILING_AFTER`] times in a row.
+    pub failing: bool,
 }
 
 impl Store {
@@ -194,6 +217,8 @@ impl Store {
     /// snapshot is taken.
     pub fn create_group_snapshot(&self, volumes: &[VolumeId], opts: SnapshotOptions) -> Result<Vec<SnapshotInfo>> {
         opts.check_limits()?;
+        opts.check_expiry(now_secs())?;
+        opts.refuse_idempotency_key("a group snapshot")?;
         let mut ids = volumes.to_vec();
         ids.sort();
         ids.dedup();
@@ -450,10 +475,26 @@ impl Store {
     }
 }
 
+/// Which automatic snapshots a retention rule counts: those of one
+/// schedule, or those of the volume's interval policy (no schedule).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention<'a> {
+    pub(crate) schedule: Option<&'a str>,
+    pub(crate) keep_last: Option<u32>,
+    pub(crate) keep_for_secs: Option<u64>,
+}
+
 impl Engine {
     pub(crate) fn run_policies(&self, now: u64) -> PolicyRun {
         let _one_pass = self.policy_pass.lock();
         let mut run = PolicyRun::default();
+        self.run_schedules(now, &mut run);
+        self.run_interval_policies(now, &mut run);
+        self.expire_snapshots(now, &mut run);
+        run
+    }
+
+    fn run_interval_policies(&self, now: u64, run: &mut PolicyRun) {
         let due: Vec<(VolumeId, SnapshotPolicy, bool)> = {
             let st = self.state.lock();
             st.volumes
@@ -469,27 +510,49 @@ impl Engine {
                     Err(e) => run.errors.push((volume, e)),
                 }
             }
-            for snap in self.expired_snapshots(volume, &policy, now) {
-                match self.delete_snapshot(volume, snap.id) {
-                    Ok(d) if d.existed => run.pruned.push(snap),
-                    // Deleted or held meanwhile: retention leaves it be.
-                    Ok(_) | Err(Error::Held { .. }) => {}
-                    Err(e) => run.errors.push((volume, e)),
-                }
+            let rules = Retention { schedule: None, keep_last: policy.keep_last, keep_for_secs: policy.keep_for_secs };
+            self.prune(volume, rules, now, run);
+        }
+    }
+
+    /// Deletes what `rules` let go among `volume`'s automatic snapshots.
+    pub(crate) fn prune(&self, volume: VolumeId, rules: Retention<'_>, now: u64, run: &mut PolicyRun) {
+        for snap in self.expired_snapshots(volume, rules, now) {
+            match self.delete_snapshot(volume, snap.id) {
+                Ok(d) if d.existed => run.pruned.push(snap),
+                // Deleted or held meanwhile: retention leaves it be.
+                Ok(_) | Err(Error::Held { .. }) => {}
+                Err(e) => run.errors.push((volume, e)),
             }
         }
-        run
+    }
+
+    /// Deletes every unheld snapshot whose `expires_at` has passed, of any
+    /// kind: its maker asked for that. `Creating` ones are left to finish.
+    fn expire_snapshots(&self, now: u64, run: &mut PolicyRun) {
+        let expired: Vec<SnapshotInfo> = {
+            let st = self.state.lock();
+            st.snapshots
+                .values()
+                .map(|s| &s.info)
+                .filter(|s| s.expires_at.is_some_and(|t| t <= now))
+                .filter(|s| !s.held && s.status != SnapshotStatus::Creating)
+                .cloned()
+                .collect()
+        };
+        for snap in expired {
+            match self.delete_snapshot(snap.volume_id, snap.id) {
+                Ok(d) if d.existed => run.expired.push(snap),
+                Ok(_) | Err(Error::Held { .. }) => {}
+                Err(e) => run.errors.push((snap.volume_id, e)),
+            }
+        }
     }
 
     fn take_auto_snapshot(&self, volume: VolumeId, now: u64) -> Result<SnapshotInfo> {
-        let base = format!("auto-{}", utc_stamp(now));
-        let name = {
-            let st = self.state.lock();
-            let taken = |n: &str| st.snapshot_named(volume, n).is_some();
-            (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") }).find(|n| !taken(n))
-        };
+        let name = free_snapshot_name(&self.state.lock(), volume, format!("auto-{}", utc_stamp(now)));
         let opts = SnapshotOptions {
-            name: name.unwrap_or(base),
+            name,
             description: "taken by the volume's snapshot policy".into(),
             labels: [(AUTO_LABEL.to_string(), now.to_string())].into(),
             kind: SnapshotKind::Auto,
@@ -498,20 +561,21 @@ impl Engine {
         self.take_snapshot(volume, opts, SnapshotStatus::Ready, now)
     }
 
-    /// The automatic snapshots of `volume` that retention lets go as of
-    /// `now`: not held, not among the newest `keep_last` ready ones, and
-    /// older than `keep_for_secs`, for every rule that is set. Failed
-    /// automatic snapshots hold no data and always go.
-    fn expired_snapshots(&self, volume: VolumeId, p: &SnapshotPolicy, now: u64) -> Vec<SnapshotInfo> {
-        if p.keep_last.is_none() && p.keep_for_secs.is_none() {
+    /// The automatic snapshots of `volume` counted by `rules` that they let
+    /// go as of `now`: not held, not among the newest `keep_last` ready
+    /// ones, and older than `keep_for_secs`, for every rule that is set.
+    /// Failed automatic snapshots hold no data and always go.
+    fn expired_snapshots(&self, volume: VolumeId, rules: Retention<'_>, now: u64) -> Vec<SnapshotInfo> {
+        if rules.keep_last.is_none() && rules.keep_for_secs.is_none() {
             return Vec::new();
         }
         let st = self.state.lock();
         let mut autos: Vec<&SnapshotInfo> = st
-            .snapshots
-            .values()
+            .snapshots_of(volume)
+            .into_iter()
             .map(|s| &s.info)
-            .filter(|s| s.volume_id == volume && s.kind == SnapshotKind::Auto && !s.held)
+            .filter(|s| s.kind == SnapshotKind::Auto && !s.held)
+            .filter(|s| s.schedule.as_deref() == rules.schedule)
             .collect();
         autos.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
         let mut ready_seen = 0u64;
@@ -521,8 +585,8 @@ impl Engine {
                 SnapshotStatus::Failed => true,
                 SnapshotStatus::Ready => {
                     ready_seen += 1;
-                    let kept_by_count = p.keep_last.is_some_and(|n| ready_seen <= n as u64);
-                    let kept_by_age = p.keep_for_secs.is_some_and(|d| now.saturating_sub(s.created_at) < d);
+                    let kept_by_count = rules.keep_last.is_some_and(|n| ready_seen <= n as u64);
+                    let kept_by_age = rules.keep_for_secs.is_some_and(|d| now.saturating_sub(s.created_at) < d);
                     !kept_by_count && !kept_by_age
                 }
                 _ => false,
@@ -614,12 +678,23 @@ fn contains_ignoring_case(hay: &str, needle: &str) -> bool {
     }
 }
 
+/// `base`, or `base-2`, `base-3`... whichever no snapshot of `volume` has.
+pub(crate) fn free_snapshot_name(st: &State, volume: VolumeId, base: String) -> String {
+    let taken = |n: &str| st.snapshot_named(volume, n).is_some();
+    if !taken(&base) {
+        return base;
+    }
+    (2..).map(|i| format!("{base}-{i}")).find(|n| !taken(n)).unwrap_or(base)
+}
+
+/// Whether the interval policy's snapshot is due: it counts only its own
+/// snapshots, not those of schedules.
 fn snapshot_due(st: &State, volume: VolumeId, p: &SnapshotPolicy, now: u64) -> bool {
     let newest = st
-        .snapshots
-        .values()
+        .snapshots_of(volume)
+        .into_iter()
         .map(|s| &s.info)
-        .filter(|s| s.volume_id == volume && s.kind == SnapshotKind::Auto && s.is_ready())
+        .filter(|s| s.kind == SnapshotKind::Auto && s.is_ready() && s.schedule.is_none())
         .map(|s| s.created_at)
         .max();
     newest.is_none_or(|t| now >= t.saturating_add(p.interval_secs))

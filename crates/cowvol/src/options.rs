@@ -97,7 +97,23 @@ pub struct SnapshotOptions {
     /// Manual (the default) or automatic. Retention prunes only automatic
     /// snapshots, so mark one `Auto` only when a policy may delete it.
     pub kind: SnapshotKind,
+    /// Delete the snapshot in the first policy pass ([`crate::Store::run_policies`])
+    /// at or after this time (seconds since the Unix epoch), unless it is
+    /// held then. Must lie in the future. Default: never.
+    pub expires_at: Option<u64>,
+    /// Makes a retried create safe: a second [`crate::Store::create_snapshot`]
+    /// or [`crate::Store::begin_snapshot`] with the same key on the same
+    /// volume within [`IDEMPOTENCY_WINDOW_SECS`] of the first returns the
+    /// first snapshot (whatever else the retry asks for) instead of taking
+    /// another. The key is forgotten when that snapshot is deleted. The
+    /// characters and length of a name. Group snapshots and a restore's
+    /// safety snapshot take none. Default: none.
+    pub idempotency_key: Option<String>,
 }
+
+/// How long an idempotency key keeps returning the snapshot it created:
+/// 24 hours, longer than any client retries a timed-out call.
+pub const IDEMPOTENCY_WINDOW_SECS: u64 = 24 * 3600;
 
 impl SnapshotOptions {
     /// A snapshot named `name` with no description.
@@ -107,7 +123,30 @@ impl SnapshotOptions {
 
     /// Checks every field against [`crate::limits`].
     pub(crate) fn check_limits(&self) -> Result<()> {
-        limits::described("snapshot", &self.name, &self.description, &self.owner, &self.labels)
+        limits::described("snapshot", &self.name, &self.description, &self.owner, &self.labels)?;
+        match &self.idempotency_key {
+            Some(key) => limits::name("idempotency key", key),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses an expiry that is not after `now`, the snapshot's creation.
+    pub(crate) fn check_expiry(&self, now: u64) -> Result<()> {
+        match self.expires_at {
+            Some(t) if t <= now => Err(crate::Error::invalid(format!(
+                "snapshot {:?} would expire at {t}, which is not after its creation at {now}",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses an idempotency key where it is not honoured (`what` is where).
+    pub(crate) fn refuse_idempotency_key(&self, what: &str) -> Result<()> {
+        if self.idempotency_key.is_some() {
+            return Err(crate::Error::invalid(format!("{what} takes no idempotency key")));
+        }
+        Ok(())
     }
 }
 

@@ -331,6 +331,8 @@ impl Store {
         engine.ensure_writable()?;
         if let Some(safety) = &opts.safety_snapshot {
             safety.check_limits()?;
+            safety.check_expiry(now_secs())?;
+            safety.refuse_idempotency_key("a restore's safety snapshot")?;
         }
         let rt = {
             let st = engine.state.lock();
@@ -439,10 +441,15 @@ impl Engine {
         created_at: u64,
     ) -> Result<SnapshotInfo> {
         opts.check_limits()?;
+        opts.check_expiry(created_at)?;
         self.ensure_writable()?;
         let rt = self.state.lock().vol(volume)?.rt.clone();
         let _admin = try_admin(&rt, volume, "snapshot")?;
         self.commit_growing(|st| {
+            // A retry returns what the first call created; nothing is logged.
+            if let Some(first) = st.idempotent_snapshot(volume, opts.idempotency_key.as_deref(), created_at) {
+                return Ok((first.clone(), None));
+            }
             let info = st.new_snapshot_info(volume, opts, status, created_at)?;
             Ok((info.clone(), Some(Record::CreateSnapshot(info))))
         })

@@ -1,13 +1,14 @@
 //! Stores written by earlier versions of cowvol still open and read back
 //! what was written into them, and a damaged one is refused cleanly.
 //!
-//! `tests/fixtures/v2-clean` was closed cleanly; `v2-crashed` was abandoned
-//! like a killed process with changes in its WAL after the last checkpoint,
-//! so opening it replays version-2 records; `v2-damaged-catalog` is
-//! `v2-clean` with one byte of its catalog flipped. They were made by
-//! `COWVOL_WRITE_FIXTURES=1 cargo test --test format_fixtures write_fixtures
-//! -- --ignored` on the version that wrote them, and are never rewritten:
-//! a format change that cannot read them fails here.
+//! For each version N kept here (2 and 3), `tests/fixtures/vN-clean` was
+//! closed cleanly; `vN-crashed` was abandoned like a killed process with
+//! changes in its WAL after the last checkpoint, so opening it replays
+//! version-N records; `vN-damaged-catalog` is `vN-clean` with one byte of
+//! its catalog flipped. They were made by `COWVOL_WRITE_FIXTURES=vN cargo
+//! test --test format_fixtures write_fixtures -- --ignored` on the version
+//! that wrote them, and are never rewritten: a format change that cannot
+//! read them fails here.
 
 use cowvol::*;
 use std::path::{Path, PathBuf};
@@ -114,22 +115,56 @@ fn assert_history(store: &Store) {
     assert!(store.scrub().unwrap().is_clean());
 }
 
-#[test]
-fn a_cleanly_closed_version_2_store_opens_and_reads_back() {
-    let dir = copy_of("v2-clean");
+/// The format version this build writes.
+const CURRENT: u32 = 4;
+
+/// Opens a clean fixture, checks it, writes to it, and checks that the
+/// first checkpoint upgraded it and that what the new version added works.
+fn upgrade_clean(version: &str) {
+    let original = std::fs::read(fixture(&format!("{version}-clean")).join("cowvol.dat")).unwrap();
+    let written_in = cowvol::testing::format_version(&original).map(|v| format!("v{v}"));
+    assert_eq!(written_in.as_deref(), Some(version), "the fixture is in the version it is named for");
+    let dir = copy_of(&format!("{version}-clean"));
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     assert_history(&store);
     // It keeps working, and reopens.
     let base = store.volume_by_name("base").unwrap();
+    assert!(base.schedules.is_empty(), "{version} had no schedules");
+    let golden = &store.list_snapshots(base.id)[0];
+    assert_eq!((golden.expires_at, &golden.schedule, &golden.idempotency_key), (None, &None, &None));
     store.open_volume(base.id).unwrap().write_at(&block(3, 40), 40 * BS as u64).unwrap();
+    let daily = Schedule::new("daily", Every::Daily { at: TimeOfDay::new(2, 0) }, "Europe/Berlin");
+    store.add_schedule(base.id, daily, 1_800_000_000).unwrap();
     store.close().unwrap();
     let image = std::fs::read(dir.path().join("cowvol.dat")).unwrap();
-    assert_eq!(cowvol::testing::format_version(&image), Some(3), "the first checkpoint upgrades the store");
+    assert_eq!(cowvol::testing::format_version(&image), Some(CURRENT), "the first checkpoint upgrades the store");
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    assert!(store.list_volumes().iter().all(|v| v.owner.is_empty()), "version 2 had no volume owners");
+    if version == "v2" {
+        assert!(store.list_volumes().iter().all(|v| v.owner.is_empty()), "version 2 had no volume owners");
+    }
+    let base = store.volume(base.id).unwrap();
+    assert_eq!(base.schedules.iter().map(|s| s.schedule.name.as_str()).collect::<Vec<_>>(), ["daily"]);
     let mut buf = vec![0u8; BS];
     store.open_volume(base.id).unwrap().read_at(&mut buf, 40 * BS as u64).unwrap();
     assert_eq!(buf, block(3, 40));
+}
+
+fn refused_as_corruption(version: &str) {
+    let dir = copy_of(&format!("{version}-damaged-catalog"));
+    match Store::open(dir.path(), StoreOptions::default()) {
+        Err(Error::Corruption { what, .. }) => assert!(what.contains("catalog"), "{what}"),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_cleanly_closed_version_2_store_opens_and_reads_back() {
+    upgrade_clean("v2");
+}
+
+#[test]
+fn a_cleanly_closed_version_3_store_opens_and_is_upgraded() {
+    upgrade_clean("v3");
 }
 
 #[test]
@@ -140,12 +175,20 @@ fn a_crashed_version_2_store_replays_its_log() {
 }
 
 #[test]
+fn a_crashed_version_3_store_replays_its_log() {
+    let dir = copy_of("v3-crashed");
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_history(&store);
+}
+
+#[test]
 fn a_damaged_version_2_store_is_refused_as_corruption() {
-    let dir = copy_of("v2-damaged-catalog");
-    match Store::open(dir.path(), StoreOptions::default()) {
-        Err(Error::Corruption { what, .. }) => assert!(what.contains("catalog"), "{what}"),
-        other => panic!("expected corruption, got {other:?}"),
-    }
+    refused_as_corruption("v2");
+}
+
+#[test]
+fn a_damaged_version_3_store_is_refused_as_corruption() {
+    refused_as_corruption("v3");
 }
 
 /// Writes the fixtures. Run only by hand, on the version whose format they
@@ -153,24 +196,24 @@ fn a_damaged_version_2_store_is_refused_as_corruption() {
 #[test]
 #[ignore = "writes the fixtures; run by hand when a format version is introduced"]
 fn write_fixtures() {
-    if std::env::var_os("COWVOL_WRITE_FIXTURES").is_none() {
+    let Ok(prefix) = std::env::var("COWVOL_WRITE_FIXTURES") else {
         return;
-    }
+    };
     let opts = || StoreOptions { background_checkpoints: false, ..Default::default() };
-    let clean = fixture("v2-clean");
+    let clean = fixture(&format!("{prefix}-clean"));
     std::fs::create_dir_all(&clean).unwrap();
     let store = Store::open(&clean, opts()).unwrap();
     write_history(&store);
     store.close().unwrap();
 
-    let crashed = fixture("v2-crashed");
+    let crashed = fixture(&format!("{prefix}-crashed"));
     std::fs::create_dir_all(&crashed).unwrap();
     let store = Store::open(&crashed, opts()).unwrap();
     store.checkpoint().unwrap();
     write_history(&store);
     cowvol::testing::abandon(store);
 
-    let damaged = fixture("v2-damaged-catalog");
+    let damaged = fixture(&format!("{prefix}-damaged-catalog"));
     std::fs::create_dir_all(&damaged).unwrap();
     for entry in std::fs::read_dir(&clean).unwrap() {
         let entry = entry.unwrap();

@@ -222,6 +222,8 @@ fn text_fields_exactly_at_their_limits_are_accepted_and_survive_reopen() {
         owner: owner.clone(),
         labels: labels(limits::MAX_LABELS, limits::MAX_LABEL_KEY_BYTES, limits::MAX_LABEL_VALUE_BYTES),
         kind: SnapshotKind::Manual,
+        expires_at: Some(u64::MAX),
+        idempotency_key: None,
     };
     let s = store.create_snapshot(v, full.clone()).unwrap().id;
     store.begin_snapshot(v, SnapshotOptions { name: name('b'), ..full.clone() }).unwrap();

@@ -257,6 +257,12 @@ pub struct SnapshotMeta {
     /// A key=value label; repeat for more.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Delete the snapshot in the first policy run this long after now (unless it is held then), e.g. 7d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expires_in: Option<u64>,
+    /// Makes a retry safe: a second create with the same key on the same volume within 24 hours returns the first snapshot.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Which snapshots `snapshot list` shows.
@@ -417,22 +423,100 @@ pub enum PolicyCmd {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         keep_for: Option<u64>,
     },
-    /// Show one volume's policy, or every volume that has one.
+    /// Show one volume's interval policy and schedules, or every volume that has either.
     Show {
         /// Volume name or id.
         volume: Option<String>,
+    },
+    /// Add a calendar schedule to a volume, e.g. `policy add db --daily 02:00 --tz Europe/Berlin --keep 7`.
+    Add(ScheduleArgs),
+    /// List the calendar schedules of one volume, or of every volume, with their last run and next slot.
+    List {
+        /// Volume name or id.
+        volume: Option<String>,
+    },
+    /// Remove a calendar schedule (the snapshots it took stay).
+    Remove {
+        /// Volume name or id.
+        volume: String,
+        /// Schedule name.
+        name: String,
     },
     /// Remove a volume's policy (its automatic snapshots stay).
     Clear {
         /// Volume name or id.
         volume: String,
     },
-    /// Take the automatic snapshots that are due and prune what retention lets go.
+    /// Take the snapshots that policies and schedules have due, prune what retention lets go, delete expired snapshots.
     Run {
-        /// The time to run as of, in seconds since the Unix epoch [default: now].
-        #[arg(long, value_name = "UNIX_SECS")]
+        /// The time to run as of: seconds since the Unix epoch, or RFC 3339 such as 2027-03-28T01:30:00Z [default: now].
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
         now: Option<u64>,
     },
+}
+
+/// `cowvol policy add`: one calendar schedule.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("every").required(true).args(["hourly", "daily", "weekly", "monthly"])))]
+pub struct ScheduleArgs {
+    /// Volume name or id.
+    pub volume: String,
+    /// Every hour at this minute (0 to 59; `:15` works too).
+    #[arg(long, value_name = "MINUTE", value_parser = parse_minute)]
+    pub hourly: Option<u8>,
+    /// Every day at this time (HH:MM).
+    #[arg(long, value_name = "HH:MM", value_parser = parse_time_of_day)]
+    pub daily: Option<cowvol::TimeOfDay>,
+    /// Every week at this time (HH:MM), on the day given by --on (mon to sun).
+    #[arg(long, value_name = "HH:MM", value_parser = parse_time_of_day, requires = "on")]
+    pub weekly: Option<cowvol::TimeOfDay>,
+    /// Every month at this time (HH:MM), on the day given by --on (1 to 31; the last day in shorter months).
+    #[arg(long, value_name = "HH:MM", value_parser = parse_time_of_day, requires = "on")]
+    pub monthly: Option<cowvol::TimeOfDay>,
+    /// The day for --weekly (mon to sun) or --monthly (1 to 31).
+    #[arg(long, value_name = "DAY")]
+    pub on: Option<String>,
+    /// The IANA time zone of the times, e.g. Europe/Berlin.
+    #[arg(long, value_name = "ZONE", default_value = "UTC")]
+    pub tz: String,
+    /// Keep at least the newest N snapshots this schedule took.
+    #[arg(long, value_name = "N")]
+    pub keep: Option<u32>,
+    /// Keep this schedule's snapshots younger than this, e.g. 30d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_for: Option<u64>,
+    /// The schedule's name, unique on the volume [default: hourly, daily, weekly or monthly].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// A key=value label every snapshot it takes carries; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Snapshot even when the volume has not changed since this schedule's last snapshot.
+    #[arg(long)]
+    pub take_unchanged: bool,
+    /// The time the schedule is added at (as for `policy run --now`): its first slot is the first after it [default: now].
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub now: Option<u64>,
+}
+
+fn parse_minute(s: &str) -> Result<u8, String> {
+    let t = s.strip_prefix(':').unwrap_or(s);
+    t.parse::<u8>().ok().filter(|&m| m < 60).ok_or_else(|| format!("{s:?} is not a minute (0 to 59)"))
+}
+
+fn parse_time_of_day(s: &str) -> Result<cowvol::TimeOfDay, String> {
+    s.parse().map_err(|e: cowvol::Error| e.to_string())
+}
+
+/// Seconds since the Unix epoch, or an RFC 3339 time with its offset.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(n);
+    }
+    let t: jiff::Timestamp = s.parse().map_err(|_| {
+        format!("{s:?} is not a time (seconds since the Unix epoch, or RFC 3339 such as 2027-03-28T01:30:00Z)")
+    })?;
+    u64::try_from(t.as_second()).map_err(|_| format!("{s:?} is before 1970"))
 }
 
 fn parse_kind(s: &str) -> Result<cowvol::SnapshotKind, String> {

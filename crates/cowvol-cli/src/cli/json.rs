@@ -119,6 +119,12 @@ pub struct SnapshotJson {
     pub status: String,
     /// True while the snapshot is held (it cannot be deleted).
     pub held: bool,
+    /// When the policy run deletes it (seconds since the Unix epoch), or null.
+    pub expires_at: Option<u64>,
+    /// The calendar schedule that took it, or null.
+    pub schedule: Option<String>,
+    /// The idempotency key it was created with, or null.
+    pub idempotency_key: Option<String>,
 }
 
 impl SnapshotJson {
@@ -138,6 +144,9 @@ impl SnapshotJson {
             kind: s.kind.to_string(),
             status: s.status.to_string(),
             held: s.held,
+            expires_at: s.expires_at,
+            schedule: s.schedule.clone(),
+            idempotency_key: s.idempotency_key.clone(),
         }
     }
 

@@ -407,3 +407,9 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
         Command::Serve(a) => serve::run(ctx, a),
     }
 }
+
+/// The wall clock in seconds since the Unix epoch: the default `now` of
+/// the commands that take one.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -101,6 +101,8 @@ fn options(name: String, meta: SnapshotMeta) -> SnapshotOptions {
         description: meta.description,
         owner: meta.owner,
         labels: meta.labels.into_iter().collect(),
+        expires_at: meta.expires_in.map(|d| super::now_secs().saturating_add(d)),
+        idempotency_key: meta.idempotency_key,
         ..Default::default()
     }
 }
@@ -224,6 +226,9 @@ fn info(ctx: &Ctx, volume: &str, snapshot: &str) -> CliResult {
                 ("held", yes_no(s.held).into()),
                 ("size", format!("{} ({} bytes)", fmt::bytes(s.size_bytes), s.size_bytes)),
                 ("created", fmt::timestamp(s.created_at)),
+                ("expires", s.expires_at.map_or("never".into(), fmt::timestamp)),
+                ("schedule", fmt::dash(s.schedule.as_deref().unwrap_or_default())),
+                ("idempotency key", fmt::dash(s.idempotency_key.as_deref().unwrap_or_default())),
                 ("description", fmt::dash(&s.description)),
                 ("owner", fmt::dash(&s.owner)),
                 ("labels", fmt::labels(&s.labels)),

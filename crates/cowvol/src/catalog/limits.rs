@@ -36,6 +36,10 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY_BYTES: usize = 63;
 /// Longest label value, in bytes; values may be empty.
 pub const MAX_LABEL_VALUE_BYTES: usize = 255;
+/// Longest schedule name, in bytes: short enough that the names of the
+/// snapshots it takes (the schedule's name, a local time stamp and a
+/// collision suffix) stay within [`MAX_NAME_BYTES`].
+pub const MAX_SCHEDULE_NAME_BYTES: usize = 63;
 
 /// What a character may be used for.
 #[derive(Clone, Copy, PartialEq)]
@@ -96,6 +100,11 @@ fn check(field: &str, value: &str, min: usize, max: usize, text: Text) -> Result
 /// A volume, snapshot or template name (`kind` is which).
 pub(crate) fn name(kind: &str, name: &str) -> Result<()> {
     check(&format!("{kind} name"), name, 1, MAX_NAME_BYTES, Text::Identifier)
+}
+
+/// A schedule name.
+pub(crate) fn schedule_name(name: &str) -> Result<()> {
+    check("schedule name", name, 1, MAX_SCHEDULE_NAME_BYTES, Text::Identifier)
 }
 
 /// An owner; empty is allowed and means none (or inherited).

@@ -2,7 +2,7 @@
 //! batches (docs/format.md, section 3.3). Replay applies each with the same
 //! code the live operation ran (`State::apply`).
 
-use crate::catalog::{SnapshotInfo, SnapshotPolicy, TemplateInfo, VolumeInfo};
+use crate::catalog::{ScheduleInfo, ScheduleStatus, SnapshotInfo, SnapshotPolicy, TemplateInfo, VolumeInfo};
 use crate::error::Result;
 use crate::format::{Dec, Enc};
 use crate::wal::LogRecord;
@@ -65,6 +65,22 @@ pub(crate) enum Record {
         vol: u64,
         policy: Option<SnapshotPolicy>,
     },
+    /// A volume's schedule `name` is added or replaced (`Some`) or
+    /// removed (`None`).
+    SetSchedule {
+        vol: u64,
+        name: String,
+        schedule: Option<ScheduleInfo>,
+    },
+    /// A schedule of `vol` ran: its new status, and in the same step the
+    /// `Ready` snapshot it took, if any, so that a pass cut short by a
+    /// crash never takes a slot's snapshot twice.
+    ScheduleRun {
+        vol: u64,
+        name: String,
+        status: ScheduleStatus,
+        snapshot: Option<SnapshotInfo>,
+    },
 }
 
 const TAG_MAP: u8 = 1;
@@ -81,6 +97,8 @@ const TAG_UPDATE_SNAPSHOT: u8 = 11;
 const TAG_CREATE_TEMPLATE: u8 = 12;
 const TAG_DELETE_TEMPLATE: u8 = 13;
 const TAG_SET_POLICY: u8 = 14;
+const TAG_SET_SCHEDULE: u8 = 15;
+const TAG_SCHEDULE_RUN: u8 = 16;
 
 impl Record {
     fn encode_fields(&self, e: &mut Enc) {
@@ -158,6 +176,25 @@ impl Record {
                 e.u64(*vol);
                 SnapshotPolicy::encode(policy, e);
             }
+            Record::SetSchedule { vol, name, schedule } => {
+                e.u8(TAG_SET_SCHEDULE);
+                e.u64(*vol);
+                e.str(name);
+                e.u8(u8::from(schedule.is_some()));
+                if let Some(s) = schedule {
+                    s.encode(e);
+                }
+            }
+            Record::ScheduleRun { vol, name, status, snapshot } => {
+                e.u8(TAG_SCHEDULE_RUN);
+                e.u64(*vol);
+                e.str(name);
+                status.encode(e);
+                e.u8(u8::from(snapshot.is_some()));
+                if let Some(s) = snapshot {
+                    s.encode(e);
+                }
+            }
         }
     }
 
@@ -222,8 +259,25 @@ impl Record {
             TAG_CREATE_TEMPLATE => Record::CreateTemplate(TemplateInfo::decode(d)?),
             TAG_DELETE_TEMPLATE => Record::DeleteTemplate { tmpl: d.u64()? },
             TAG_SET_POLICY => Record::SetPolicy { vol: d.u64()?, policy: SnapshotPolicy::decode(d)? },
+            TAG_SET_SCHEDULE => {
+                let (vol, name) = (d.u64()?, d.str()?);
+                Record::SetSchedule { vol, name, schedule: decode_optional(d, ScheduleInfo::decode)? }
+            }
+            TAG_SCHEDULE_RUN => {
+                let (vol, name, status) = (d.u64()?, d.str()?, ScheduleStatus::decode(d)?);
+                Record::ScheduleRun { vol, name, status, snapshot: decode_optional(d, SnapshotInfo::decode)? }
+            }
             t => return Err(d.bad(format!("unknown record tag {t}"))),
         })
+    }
+}
+
+/// A presence byte (0 or 1), then the value when present.
+fn decode_optional<T>(d: &mut Dec<'_>, decode: impl FnOnce(&mut Dec<'_>) -> Result<T>) -> Result<Option<T>> {
+    match d.u8()? {
+        0 => Ok(None),
+        1 => decode(d).map(Some),
+        f => Err(d.bad(format!("bad presence flag {f}"))),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::catalog::{
 };
 use crate::error::{Error, Result};
 use crate::format;
-use crate::options::{SnapshotOptions, VolumeOptions};
+use crate::options::{SnapshotOptions, VolumeOptions, IDEMPOTENCY_WINDOW_SECS};
 use crate::space::Space;
 use crate::tree::{self, Geometry, Mapping, Node, Root};
 use crate::wal::LogGeometry;
@@ -108,6 +108,16 @@ impl State {
         Ok(s)
     }
 
+    /// The snapshot of `volume` created with idempotency key `key` no more
+    /// than [`IDEMPOTENCY_WINDOW_SECS`] before `now`, if any. Cost: one
+    /// pass over the snapshot records, like the name check beside it.
+    pub(crate) fn idempotent_snapshot(&self, volume: VolumeId, key: Option<&str>, now: u64) -> Option<&SnapshotInfo> {
+        let key = key?;
+        self.snapshots_of(volume).into_iter().map(|s| &s.info).find(|s| {
+            s.idempotency_key.as_deref() == Some(key) && now < s.created_at.saturating_add(IDEMPOTENCY_WINDOW_SECS)
+        })
+    }
+
     /// The record of a new snapshot of `volume`, checking that the volume
     /// exists and that the name is free among its snapshots.
     pub(crate) fn new_snapshot_info(
@@ -138,6 +148,9 @@ impl State {
             kind: opts.kind,
             status,
             held: false,
+            expires_at: opts.expires_at,
+            schedule: None,
+            idempotency_key: opts.idempotency_key,
         })
     }
 
@@ -177,6 +190,7 @@ impl State {
             origin,
             policy: None,
             owner,
+            schedules: Vec::new(),
         })
     }
 
@@ -269,6 +283,24 @@ impl State {
             Record::SetPolicy { vol, policy } => {
                 let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
                 v.info.policy = *policy;
+            }
+            Record::SetSchedule { vol, name, schedule } => {
+                let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
+                let list = &mut v.info.schedules;
+                match (list.iter().position(|s| &s.schedule.name == name), schedule) {
+                    (Some(i), Some(new)) => list[i] = new.clone(),
+                    (Some(i), None) => drop(list.remove(i)),
+                    (None, Some(new)) => list.push(new.clone()),
+                    (None, None) => {}
+                }
+            }
+            Record::ScheduleRun { vol, name, status, snapshot } => {
+                if let Some(info) = snapshot {
+                    self.insert_snapshot(info)?;
+                }
+                let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
+                let s = v.info.schedules.iter_mut().find(|s| &s.schedule.name == name);
+                s.ok_or_else(|| missing(format!("schedule {name:?} of volume {vol}")))?.status = status.clone();
             }
             Record::DeleteSnapshot { snap } => {
                 let s = self.snapshots.remove(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;

@@ -108,6 +108,15 @@ pub fn sample_wal_batches() -> Vec<(&'static str, Vec<u8>)> {
         Record::Restore { vol: 1, snap: 2, safety: None },
         Record::Restore { vol: 1, snap: 2, safety: Some(safety) },
         Record::DeleteSnapshot { snap: 2 },
+        Record::SetSchedule { vol: 1, name: "daily".into(), schedule: samples::schedules().into_iter().next() },
+        Record::SetSchedule { vol: 1, name: "daily".into(), schedule: None },
+        Record::ScheduleRun {
+            vol: 1,
+            name: "daily".into(),
+            status: samples::schedules()[0].status.clone(),
+            snapshot: Some(samples::scheduled_snapshot()),
+        },
+        Record::ScheduleRun { vol: 1, name: "hourly".into(), status: samples::failed_run(), snapshot: None },
     ];
     let batch = |first_lsn: u64, recs: &[Record]| {
         let mut e = crate::format::Enc::default();
@@ -132,8 +141,9 @@ pub fn sample_wal_batches() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// Valid inputs for the `catalog` fuzz target, as `(name, bytes)`: a
-/// catalog with volumes of every origin (one with a snapshot policy),
-/// ready, automatic, held, creating and failed snapshots with labels, and
+/// catalog with volumes of every origin (one with a snapshot policy and a
+/// schedule of every kind), ready, automatic, held, creating, failed and
+/// scheduled snapshots with labels, expiry and idempotency key, and
 /// a template; an empty catalog; a superblock; and a leaf and an interior
 /// tree node, each after the 9-byte page and level prefix the target reads
 /// first. `fuzz/examples/write_seeds.rs` writes them as seeds.
@@ -155,9 +165,10 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (SnapshotInfo { status: SnapshotStatus::Failed, ..samples::creating_snapshot() }, 0),
         (SnapshotInfo { id: SnapshotId(6), ..samples::creating_snapshot() }, 0),
+        (SnapshotInfo { id: SnapshotId(4), ..samples::scheduled_snapshot() }, 9),
     ];
     let volumes = vec![
-        (VolumeInfo { policy: Some(samples::policy()), ..samples::volume() }, 9),
+        (VolumeInfo { policy: Some(samples::policy()), schedules: samples::schedules(), ..samples::volume() }, 9),
         (samples::fork(), 9),
         (samples::from_template(), 9),
         (
@@ -234,6 +245,60 @@ mod samples {
             origin: None,
             policy: None,
             owner: "tenant-a".into(),
+            schedules: Vec::new(),
+        }
+    }
+
+    /// A daily schedule that has run once, and an hourly one whose last
+    /// run failed.
+    pub(super) fn schedules() -> Vec<crate::catalog::ScheduleInfo> {
+        use crate::catalog::{Every, RunResult, Schedule, ScheduleInfo, ScheduleStatus, TimeOfDay, Weekday};
+        let daily = Schedule {
+            keep_last: Some(7),
+            labels: [("tier".to_string(), "gold".to_string())].into(),
+            ..Schedule::new("daily", Every::Daily { at: TimeOfDay::new(2, 0) }, "Europe/Berlin")
+        };
+        let hourly = Schedule {
+            keep_for_secs: Some(86_400),
+            skip_unchanged: false,
+            ..Schedule::new("hourly", Every::Hourly { minute: 15 }, "Asia/Kolkata")
+        };
+        let weekly = Schedule::new("weekly", Every::Weekly { on: Weekday::Sunday, at: TimeOfDay::new(3, 30) }, "UTC");
+        let monthly = Schedule::new("monthly", Every::Monthly { day: 31, at: TimeOfDay::new(0, 0) }, "UTC");
+        let ran = ScheduleStatus {
+            last_slot: Some(1_795_050_000),
+            last_run_at: Some(1_795_050_060),
+            last_result: Some(RunResult::Created(SnapshotId(3))),
+            ..Default::default()
+        };
+        vec![
+            ScheduleInfo { schedule: daily, added_at: 1_795_000_000, status: ran },
+            ScheduleInfo { schedule: hourly, added_at: 1_795_000_000, status: failed_run() },
+            ScheduleInfo { schedule: weekly, added_at: 1_795_000_000, status: Default::default() },
+            ScheduleInfo { schedule: monthly, added_at: 1_795_000_000, status: Default::default() },
+        ]
+    }
+
+    pub(super) fn failed_run() -> crate::catalog::ScheduleStatus {
+        crate::catalog::ScheduleStatus {
+            last_slot: None,
+            last_run_at: Some(1_795_050_060),
+            last_result: Some(crate::catalog::RunResult::Failed),
+            last_error: "volume vol-1 is busy".into(),
+            consecutive_failures: 4,
+        }
+    }
+
+    /// A snapshot a schedule took, with an expiry and an idempotency key.
+    pub(super) fn scheduled_snapshot() -> SnapshotInfo {
+        SnapshotInfo {
+            id: SnapshotId(3),
+            name: "daily-20261118-0200".into(),
+            kind: SnapshotKind::Auto,
+            expires_at: Some(1_796_000_000),
+            schedule: Some("daily".into()),
+            idempotency_key: Some("req-7f3a".into()),
+            ..snapshot()
         }
     }
 
@@ -270,6 +335,9 @@ mod samples {
             kind: SnapshotKind::Manual,
             status: SnapshotStatus::Ready,
             held: false,
+            expires_at: None,
+            schedule: None,
+            idempotency_key: None,
         }
     }
 

@@ -12,9 +12,11 @@
 //! The snapshot lifecycle is covered: holds, two-step snapshots (a reopen or
 //! crash while `Creating` leaves them `Failed`, as does deleting their
 //! volume), group snapshots, restores with a safety snapshot, templates,
-//! volumes made from templates and snapshots, and snapshot policies run on a
-//! simulated clock (what is taken and what retention prunes is predicted
-//! exactly; manual and held snapshots are never pruned).
+//! volumes made from templates and snapshots, snapshot policies and calendar
+//! schedules (hourly and daily, in UTC) run on a simulated clock (what is
+//! taken, for which slot, and what each one's retention prunes is predicted
+//! exactly; manual, held and other schedules' snapshots are never pruned),
+//! snapshots that expire, and idempotency keys on snapshot create.
 //!
 //! Inputs are bytes ([`Op::decode_all`]), so that any byte string is a valid
 //! sequence: libFuzzer mutates them and proptest generates and shrinks them.
@@ -24,9 +26,10 @@
 
 use super::{LossMode, SimDir};
 use crate::{
-    Error, ForkOptions, OpenMode, RestoreOptions, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotOptions,
-    SnapshotPolicy, SnapshotQuery, SnapshotStatus, Store, StoreOptions, TemplateId, TemplateInfo, TemplateOptions,
-    UtcTime, VolumeId, VolumeInfo, VolumeOptions, VolumeOrigin, AUTO_LABEL,
+    Error, Every, ForkOptions, OpenMode, RestoreOptions, RunResult, Schedule, ScheduleInfo, ScheduleStatus, SnapshotId,
+    SnapshotInfo, SnapshotKind, SnapshotOptions, SnapshotPolicy, SnapshotQuery, SnapshotStatus, Store, StoreOptions,
+    TemplateId, TemplateInfo, TemplateOptions, TimeOfDay, UtcTime, VolumeId, VolumeInfo, VolumeOptions, VolumeOrigin,
+    AUTO_LABEL, SCHEDULE_LABEL,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -148,6 +151,30 @@ pub enum Op {
         vol: u8,
         seed: u8,
     },
+    /// Add a UTC schedule named `s{name % 3}` (a taken name must be
+    /// refused): daily at `at % 1440` minutes past midnight, or hourly at
+    /// minute `at % 60`, keeping `keep` (0 must be refused). It always
+    /// snapshots, changed or not.
+    AddSchedule {
+        vol: u8,
+        name: u8,
+        daily: bool,
+        at: u16,
+        keep: Option<u8>,
+    },
+    /// Remove schedule `s{name % 3}` (it may not exist).
+    RemoveSchedule {
+        vol: u8,
+        name: u8,
+    },
+    /// A manual snapshot that expires `expires` seconds after the
+    /// simulated clock's present, and/or carries idempotency key
+    /// `k{key % 3}` (a repeat must return the first snapshot).
+    SnapshotWith {
+        vol: u8,
+        expires: Option<u16>,
+        key: Option<u8>,
+    },
 }
 
 /// Reads fields from the bytes of an input; past the end every field reads
@@ -205,7 +232,7 @@ impl Writer<'_> {
 /// How often each kind of operation comes out of random bytes: a write is
 /// the most common thing a disk sees, so it gets several of the 32 slots.
 const KINDS: [u8; 32] =
-    [0, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 1, 4, 3];
+    [0, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26];
 
 impl Op {
     /// Decodes a sequence: per operation, one byte picks its kind, then its
@@ -245,7 +272,10 @@ impl Op {
             20 => Op::DeleteVolume { vol: r.u8() },
             21 => Op::Checkpoint,
             22 => Op::Reopen,
-            _ => Op::CrashAfterFlush { vol: r.u8(), seed: r.u8() },
+            23 => Op::CrashAfterFlush { vol: r.u8(), seed: r.u8() },
+            24 => Op::AddSchedule { vol: r.u8(), name: r.u8(), daily: r.bool(), at: r.u16(), keep: r.opt(Reader::u8) },
+            25 => Op::RemoveSchedule { vol: r.u8(), name: r.u8() },
+            _ => Op::SnapshotWith { vol: r.u8(), expires: r.opt(Reader::u16), key: r.opt(Reader::u8) },
         }
     }
 
@@ -290,6 +320,13 @@ impl Op {
             Op::Checkpoint => w.u8(kind(21)),
             Op::Reopen => w.u8(kind(22)),
             Op::CrashAfterFlush { vol, seed } => w.u8(kind(23)).u8(vol).u8(seed),
+            Op::AddSchedule { vol, name, daily, at, keep } => {
+                w.u8(kind(24)).u8(vol).u8(name).bool(daily).u16(at).opt(keep, Writer::u8)
+            }
+            Op::RemoveSchedule { vol, name } => w.u8(kind(25)).u8(vol).u8(name),
+            Op::SnapshotWith { vol, expires, key } => {
+                w.u8(kind(26)).u8(vol).opt(expires, Writer::u16).opt(key, Writer::u8)
+            }
         };
     }
 }
@@ -334,6 +371,18 @@ impl Model {
     /// Registers a new snapshot of `vol` the store returned as `got`,
     /// checking every field against what the model expects.
     fn add_snapshot(&mut self, got: &SnapshotInfo, vol: VolumeId, opts: &SnapshotOptions, status: SnapshotStatus) {
+        self.add_snapshot_of(got, vol, opts, status, None);
+    }
+
+    /// As `add_snapshot`, for a snapshot that `schedule` (when set) took.
+    fn add_snapshot_of(
+        &mut self,
+        got: &SnapshotInfo,
+        vol: VolumeId,
+        opts: &SnapshotOptions,
+        status: SnapshotStatus,
+        schedule: Option<String>,
+    ) {
         let v = &self.volumes[&vol];
         let want = SnapshotInfo {
             id: got.id,
@@ -348,6 +397,9 @@ impl Model {
             kind: opts.kind,
             status,
             held: false,
+            expires_at: opts.expires_at,
+            schedule,
+            idempotency_key: opts.idempotency_key.clone(),
         };
         assert_eq!(*got, want, "new snapshot");
         assert!(!self.snapshots.contains_key(&got.id), "snapshot id {} reused", got.id);
@@ -377,32 +429,41 @@ impl Model {
         }
     }
 
-    /// What one policy pass at `self.now` must do: the snapshots it takes
-    /// (volume, expected record without its id), applied to the model one
-    /// volume at a time as the store does, and the ids retention prunes.
+    /// What one policy pass at `self.now` must do, in the store's order:
+    /// every schedule (its snapshot if due, then its retention), every
+    /// interval policy (likewise), then expiry. Snapshots taken are matched
+    /// in order against `run.created`; pruned and expired ids as sets.
     fn run_policies(&mut self, store: &Store) {
         let now = self.now;
         let run = store.run_policies(now);
         assert!(run.errors.is_empty(), "policy errors: {:?}", run.errors);
         let mut created = run.created.iter();
         let mut pruned = Vec::new();
+        let scheduled: Vec<(VolumeId, ScheduleInfo)> =
+            self.volumes.values().flat_map(|v| v.info.schedules.iter().map(|s| (v.info.id, s.clone()))).collect();
+        for (vol, sc) in scheduled {
+            if let Some(slot) = utc_slot_due(&sc, now) {
+                let got = created.next().unwrap_or_else(|| panic!("no scheduled snapshot of {vol} at {now}"));
+                self.add_scheduled(got, vol, &sc.schedule, slot);
+            }
+            let name = Some(sc.schedule.name.as_str());
+            pruned.extend(self.prune(vol, name, sc.schedule.keep_last, sc.schedule.keep_for_secs));
+        }
         let with_policy: Vec<(VolumeId, SnapshotPolicy)> =
             self.volumes.values().filter_map(|v| v.info.policy.map(|p| (v.info.id, p))).collect();
         for (vol, p) in with_policy {
             let newest = self
                 .snapshots_of(vol)
                 .filter(|s| s.info.kind == SnapshotKind::Auto && s.info.status == SnapshotStatus::Ready)
+                .filter(|s| s.info.schedule.is_none())
                 .map(|s| s.info.created_at)
                 .max();
             if newest.is_none_or(|t| now >= t.saturating_add(p.interval_secs)) {
                 let t = UtcTime::from_unix(now);
                 let base =
                     format!("auto-{:04}{:02}{:02}-{:02}{:02}{:02}", t.year, t.month, t.day, t.hour, t.minute, t.second);
-                let taken = |n: &str| self.snapshots_of(vol).any(|s| s.info.name == n);
-                let mut candidates = (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") });
-                let name = candidates.find(|n| !taken(n)).unwrap();
                 let opts = SnapshotOptions {
-                    name,
+                    name: self.free_name(vol, base),
                     description: "taken by the volume's snapshot policy".into(),
                     labels: [(AUTO_LABEL.to_string(), now.to_string())].into(),
                     kind: SnapshotKind::Auto,
@@ -412,39 +473,117 @@ impl Model {
                 assert_eq!(got.created_at, now, "time of automatic snapshot {}", got.id);
                 self.add_snapshot(got, vol, &opts, SnapshotStatus::Ready);
             }
-            // A policy without retention rules keeps everything.
-            if p.keep_last.is_none() && p.keep_for_secs.is_none() {
-                continue;
-            }
-            // Retention looks at unheld automatic snapshots only. Failed
-            // ones go; a ready one stays when it is among the newest
-            // `keep_last` ready ones or younger than `keep_for_secs`.
-            let autos = || self.snapshots_of(vol).map(|s| &s.info).filter(|s| s.kind == SnapshotKind::Auto && !s.held);
-            let mut ready: Vec<(u64, SnapshotId)> =
-                autos().filter(|s| s.status == SnapshotStatus::Ready).map(|s| (s.created_at, s.id)).collect();
-            ready.sort_unstable_by(|a, b| b.cmp(a));
-            let newest: Vec<SnapshotId> =
-                ready.iter().take(p.keep_last.map_or(0, |n| n as usize)).map(|&(_, id)| id).collect();
-            let young = |s: &SnapshotInfo| p.keep_for_secs.is_some_and(|d| now.saturating_sub(s.created_at) < d);
-            let gone: Vec<SnapshotId> = autos()
-                .filter(|s| match s.status {
-                    SnapshotStatus::Failed => true,
-                    SnapshotStatus::Ready => !newest.contains(&s.id) && !young(s),
-                    _ => false,
-                })
-                .map(|s| s.id)
-                .collect();
-            for id in &gone {
-                self.snapshots.remove(id);
-            }
-            pruned.extend(gone);
+            pruned.extend(self.prune(vol, None, p.keep_last, p.keep_for_secs));
         }
         assert!(created.next().is_none(), "more automatic snapshots than due: {:?}", run.created);
         let mut got: Vec<SnapshotId> = run.pruned.iter().map(|s| s.id).collect();
         got.sort();
         pruned.sort();
         assert_eq!(got, pruned, "snapshots pruned at {now}");
+        let mut expired: Vec<SnapshotId> = self
+            .snapshots
+            .values()
+            .map(|s| &s.info)
+            .filter(|s| s.expires_at.is_some_and(|t| t <= now) && !s.held && s.status != SnapshotStatus::Creating)
+            .map(|s| s.id)
+            .collect();
+        for id in &expired {
+            self.snapshots.remove(id);
+        }
+        let mut got: Vec<SnapshotId> = run.expired.iter().map(|s| s.id).collect();
+        got.sort();
+        expired.sort();
+        assert_eq!(got, expired, "snapshots expired at {now}");
     }
+
+    /// `base`, or `base-2`, `base-3`... whichever `vol` has no snapshot of.
+    fn free_name(&self, vol: VolumeId, base: String) -> String {
+        let taken = |n: &str| self.snapshots_of(vol).any(|s| s.info.name == n);
+        let mut candidates = (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") });
+        candidates.find(|n| !taken(n)).unwrap()
+    }
+
+    /// Registers the snapshot schedule `sc` of `vol` took for `slot`, and
+    /// the schedule's new status.
+    fn add_scheduled(&mut self, got: &SnapshotInfo, vol: VolumeId, sc: &Schedule, slot: u64) {
+        let t = UtcTime::from_unix(slot);
+        let base = format!("{}-{:04}{:02}{:02}-{:02}{:02}", sc.name, t.year, t.month, t.day, t.hour, t.minute);
+        let mut labels = sc.labels.clone();
+        labels.insert(AUTO_LABEL.to_string(), slot.to_string());
+        labels.insert(SCHEDULE_LABEL.to_string(), sc.name.clone());
+        let opts = SnapshotOptions {
+            name: self.free_name(vol, base),
+            description: format!("taken by schedule {:?} ({} {})", sc.name, sc.every, sc.time_zone),
+            labels,
+            kind: SnapshotKind::Auto,
+            ..Default::default()
+        };
+        assert_eq!(got.created_at, self.now, "time of scheduled snapshot {}", got.id);
+        self.add_snapshot_of(got, vol, &opts, SnapshotStatus::Ready, Some(sc.name.clone()));
+        let v = self.volumes.get_mut(&vol).unwrap();
+        let s = v.info.schedules.iter_mut().find(|s| s.schedule.name == sc.name).unwrap();
+        s.status = ScheduleStatus {
+            last_slot: Some(slot),
+            last_run_at: Some(self.now),
+            last_result: Some(RunResult::Created(got.id)),
+            last_error: String::new(),
+            consecutive_failures: 0,
+        };
+    }
+
+    /// Removes and returns what retention lets go among the unheld
+    /// automatic snapshots of `vol` that `schedule` took (`None`: the
+    /// interval policy's). Failed ones go; a ready one stays when it is
+    /// among the newest `keep_last` ready ones or younger than `keep_for`.
+    fn prune(
+        &mut self,
+        vol: VolumeId,
+        schedule: Option<&str>,
+        keep_last: Option<u32>,
+        keep_for: Option<u64>,
+    ) -> Vec<SnapshotId> {
+        // A policy or schedule without retention rules keeps everything.
+        if keep_last.is_none() && keep_for.is_none() {
+            return Vec::new();
+        }
+        let now = self.now;
+        let autos = || {
+            self.snapshots_of(vol)
+                .map(|s| &s.info)
+                .filter(|s| s.kind == SnapshotKind::Auto && !s.held && s.schedule.as_deref() == schedule)
+        };
+        let mut ready: Vec<(u64, SnapshotId)> =
+            autos().filter(|s| s.status == SnapshotStatus::Ready).map(|s| (s.created_at, s.id)).collect();
+        ready.sort_unstable_by(|a, b| b.cmp(a));
+        let newest: Vec<SnapshotId> =
+            ready.iter().take(keep_last.map_or(0, |n| n as usize)).map(|&(_, id)| id).collect();
+        let young = |s: &SnapshotInfo| keep_for.is_some_and(|d| now.saturating_sub(s.created_at) < d);
+        let gone: Vec<SnapshotId> = autos()
+            .filter(|s| match s.status {
+                SnapshotStatus::Failed => true,
+                SnapshotStatus::Ready => !newest.contains(&s.id) && !young(s),
+                _ => false,
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in &gone {
+            self.snapshots.remove(id);
+        }
+        gone
+    }
+}
+
+/// The slot of a UTC hourly or daily schedule due at `now`, if any: the
+/// latest instant at its wall time after the last slot it handled (or
+/// after it was added), at or before `now`.
+fn utc_slot_due(sc: &ScheduleInfo, now: u64) -> Option<u64> {
+    let (period, offset) = match sc.schedule.every {
+        Every::Hourly { minute } => (3600, u64::from(minute) * 60),
+        Every::Daily { at } => (86_400, u64::from(at.hour) * 3600 + u64::from(at.minute) * 60),
+        other => panic!("the model has no {other} schedules"),
+    };
+    let latest = now - (now - offset) % period;
+    (latest > sc.status.last_slot.unwrap_or(sc.added_at)).then_some(latest)
 }
 
 fn pick<K: Copy, V>(m: &BTreeMap<K, V>, i: u8) -> Option<K> {
@@ -832,8 +971,62 @@ pub fn run(ops: &[Op]) {
                     expect_err(r, is_invalid, "an invalid policy");
                 }
             }
+            Op::AddSchedule { vol, name, daily, at, keep } => {
+                let Some(id) = pick(&model.volumes, vol) else { continue };
+                let every = if daily {
+                    let at = at % 1440;
+                    Every::Daily { at: TimeOfDay::new((at / 60) as u8, (at % 60) as u8) }
+                } else {
+                    Every::Hourly { minute: (at % 60) as u8 }
+                };
+                let schedule = Schedule {
+                    keep_last: keep.map(u32::from),
+                    skip_unchanged: false,
+                    ..Schedule::new(format!("s{}", name % 3), every, "UTC")
+                };
+                let r = store.add_schedule(id, schedule.clone(), model.now);
+                let v = model.volumes.get_mut(&id).unwrap();
+                if keep == Some(0) {
+                    expect_err(r, is_invalid, "a schedule keeping 0");
+                } else if v.info.schedules.iter().any(|s| s.schedule.name == schedule.name) {
+                    expect_err(r, is_exists, "a taken schedule name");
+                } else {
+                    let info = ScheduleInfo { schedule, added_at: model.now, status: ScheduleStatus::default() };
+                    assert_eq!(r.unwrap(), info, "added schedule");
+                    v.info.schedules.push(info);
+                }
+            }
+            Op::RemoveSchedule { vol, name } => {
+                let Some(id) = pick(&model.volumes, vol) else { continue };
+                let name = format!("s{}", name % 3);
+                let list = &mut model.volumes.get_mut(&id).unwrap().info.schedules;
+                let before = list.len();
+                list.retain(|s| s.schedule.name != name);
+                assert_eq!(store.remove_schedule(id, &name).unwrap().existed, list.len() < before, "remove {name}");
+            }
+            Op::SnapshotWith { vol, expires, key } => {
+                let Some(id) = pick(&model.volumes, vol) else { continue };
+                if full_snaps {
+                    continue;
+                }
+                let so = SnapshotOptions {
+                    expires_at: expires.map(|e| model.now + u64::from(e) + 1),
+                    idempotency_key: key.map(|k| format!("k{}", k % 3)),
+                    ..SnapshotOptions::named(format!("s{names}"))
+                };
+                let got = store.create_snapshot(id, so.clone()).unwrap();
+                // The model's steps take seconds, far inside the window.
+                let first = model
+                    .snapshots_of(id)
+                    .find(|s| so.idempotency_key.is_some() && s.info.idempotency_key == so.idempotency_key);
+                match first {
+                    Some(first) => assert_eq!(got, first.info, "a repeated idempotency key"),
+                    None => model.add_snapshot(&got, id, &so, SnapshotStatus::Ready),
+                }
+            }
             Op::RunPolicies { advance } => {
-                let due = model.volumes.values().filter(|v| v.info.policy.is_some()).count();
+                let schedules: usize = model.volumes.values().map(|v| v.info.schedules.len()).sum();
+                let due = model.volumes.values().filter(|v| v.info.policy.is_some()).count() + schedules;
                 if model.snapshots.len() + due > MAX_SNAPSHOTS + MAX_VOLUMES {
                     continue;
                 }
@@ -882,6 +1075,10 @@ mod tests {
             Op::SetPolicy { vol: 2, policy: None },
             Op::CrashAfterFlush { vol: 4, seed: 200 },
             Op::Reopen,
+            Op::AddSchedule { vol: 1, name: 2, daily: true, at: 600, keep: Some(3) },
+            Op::RemoveSchedule { vol: 1, name: 2 },
+            Op::SnapshotWith { vol: 0, expires: Some(60), key: None },
+            Op::SnapshotWith { vol: 0, expires: None, key: Some(4) },
         ];
         assert_eq!(Op::decode_all(&Op::encode_all(&ops)), ops);
     }
