@@ -65,6 +65,7 @@
 pub mod backend;
 mod catalog;
 mod check;
+mod diff;
 mod engine;
 mod error;
 mod format;
@@ -72,6 +73,7 @@ mod lifecycle;
 mod options;
 mod space;
 mod store;
+pub mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod tree;
@@ -84,7 +86,8 @@ pub use catalog::{
     VolumeId, VolumeInfo, VolumeOrigin,
 };
 pub use check::{CheckReport, DamagedBlock, Problem, ScrubReport, StoreStats};
-pub use error::{Error, Result};
+pub use diff::{Diff, DiffCost, DiffExtent, DiffPoint};
+pub use error::{Error, Result, StreamFault};
 pub use lifecycle::{PolicyRun, SnapshotPage, SnapshotQuery, TemplateOptions, UtcTime, AUTO_LABEL};
 pub use options::{
     Deleted, ForkOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions, VolumeOptions,

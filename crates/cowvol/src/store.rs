@@ -119,9 +119,11 @@ impl Store {
         })
     }
 
-    /// Every live volume, by id.
+    /// Every live volume, by id. The hidden volume a receive in progress
+    /// stages its data in is left out (see [`crate::stream`]).
     pub fn list_volumes(&self) -> Vec<VolumeInfo> {
-        self.engine.state.lock().volumes.values().map(|v| v.info.clone()).collect()
+        let st = self.engine.state.lock();
+        st.volumes.values().filter(|v| !limits::is_reserved_volume(&v.info.name)).map(|v| v.info.clone()).collect()
     }
 
     /// One volume's record.
@@ -135,7 +137,7 @@ impl Store {
     /// Finds a live volume by name.
     pub fn volume_by_name(&self, name: &str) -> Option<VolumeInfo> {
         let st = self.engine.state.lock();
-        st.volumes.values().find(|v| v.info.name == name).map(|v| v.info.clone())
+        st.volumes.values().find(|v| v.info.name == name && !limits::is_reserved_volume(name)).map(|v| v.info.clone())
     }
 
     /// Opens a read-write handle on a volume.
