@@ -70,7 +70,7 @@ fn snapshots_travel_between_stores_through_files_and_pipes() {
 
     // Diff: the three rewritten blocks, as a table and as JSON.
     let text = String::from_utf8(ok(&a, &["snapshot", "diff", "disk", "mon", "tue"])).unwrap();
-    assert!(text.contains("1 extents, 12 KiB of data changed"), "{text}");
+    assert!(text.contains("1 extent, 12 KiB of data changed"), "{text}");
     let d = json(&a, &["snapshot", "diff", "disk", "mon", "-"]);
     assert_eq!(d["extents"], serde_json::json!([{"offset": 20 * BS, "length": 3 * BS, "data": true}]));
     assert_eq!(d["data_bytes"], 3 * BS);

@@ -45,10 +45,12 @@
 //!
 //! # Layers
 //! Each module uses only the ones below it:
+//! - [`stream`]: send and receive, snapshots as streams between stores;
 //! - the public API: [`Store`] (`store`: open, volumes, snapshots, fork,
 //!   restore), [`Volume`] (`volume`: reads, writes, discard, flush),
-//!   `lifecycle` (holds, search, templates, policies), `check` (check,
-//!   scrub, stats), `options` and [`Error`];
+//!   `lifecycle` (holds, search, templates, policies), `diff` (changed
+//!   extents between two trees), `check` (check, scrub, stats), `options`
+//!   and [`Error`];
 //! - `engine`: the in-memory state and its replay, the commit path with
 //!   group commit, checkpoints, open and recovery, the background thread,
 //!   and `engine::record`, the changes it logs;

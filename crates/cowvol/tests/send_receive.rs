@@ -149,12 +149,16 @@ fn an_incremental_chain_round_trips_and_carries_only_the_changes() {
     let inc2 = send(&src.store, s[2].id, Some(s[1].id));
     let d2 = src.store.diff(s[1].id, s[2].id).unwrap();
     assert!((inc2.len() as u64) < d2.data_bytes() + 64 * 1024, "incremental of {} bytes", inc2.len());
-    let mut received = Vec::new();
-    for bytes in [&full, &inc1, &inc2] {
+    // The full stream lands under another name; the incrementals on top of
+    // it follow their base's name without being told.
+    let renamed = ReceiveOptions { volume_name: Some("replica".into()), ..Default::default() };
+    let mut received = vec![receive_with(&dst, &full, &renamed).unwrap()];
+    for bytes in [&inc1, &inc2] {
         received.push(receive(&dst, bytes).unwrap());
     }
     for (sent, got) in s.iter().zip(&received) {
         assert_received(&src.store, sent, &dst, &got.snapshot);
+        assert_eq!(got.snapshot.volume_name, "replica");
     }
     assert_eq!(received[2].data_bytes, d2.data_bytes());
     assert_eq!(received[1].hole_bytes, src.store.diff(s[0].id, s[1].id).unwrap().hole_bytes());

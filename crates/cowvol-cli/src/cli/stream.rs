@@ -81,9 +81,10 @@ pub fn diff(ctx: &Ctx, volume: &str, from: &str, to: &str, to_volume: Option<&st
         let mut out = ctx.out();
         t.print(&mut out, "no differences").map_err(super::error::out_err)?;
     }
+    let n = d.extents.len();
     ctx.say(format_args!(
-        "{from_label} -> {to_label}: {} extents, {} of data changed, {} discarded ({} tree nodes read)",
-        d.extents.len(),
+        "{from_label} -> {to_label}: {n} {}, {} of data changed, {} discarded ({} tree nodes read)",
+        if n == 1 { "extent" } else { "extents" },
         fmt::bytes(d.data_bytes()),
         fmt::bytes(d.hole_bytes()),
         d.cost.nodes_visited

@@ -19,7 +19,7 @@
 //!   volume), and the snapshot appears only once the end frame has been
 //!   checked and the staged contents match the sender's digest: in one
 //!   logged step, with the snapshot's name, description, labels and
-//!   creation time, its volume name (or [`ReceiveOptions::volume_name`]),
+//!   creation time, its volume name (see [`ReceiveOptions::volume_name`]),
 //!   and the label [`ORIGIN_LABEL`] recording its identity. The staging
 //!   volume is then deleted (its snapshot stays, as snapshots of deleted
 //!   volumes do). Until then nothing is visible: the staging volume is not
@@ -112,7 +112,9 @@ pub struct Progress {
 #[derive(Debug, Clone)]
 pub struct ReceiveOptions {
     /// The volume name the received snapshot is filed under (its
-    /// `volume_name`); `None` (the default) keeps the sender's.
+    /// `volume_name`). `None` (the default): for an incremental stream, the
+    /// name its base has in this store, so a chain stays under one name;
+    /// for a full stream, the sender's.
     pub volume_name: Option<String>,
     /// Continue an interrupted receive of the same stream from its last
     /// acknowledged frame. Without it, a stream whose receive was

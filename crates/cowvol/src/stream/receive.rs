@@ -155,12 +155,12 @@ pub(super) fn receive(
         }
     };
     check_begin(store, &begin)?;
-    let landing = landing_options(&begin, opts)?;
     let key = stream_key(&begin);
     if let Some(done) = already_received(store, &begin) {
         return finish_landed(store, key, done);
     }
     let base = find_base(store, &begin)?;
+    let landing = landing_options(&begin, base.as_ref(), opts)?;
     let (staging, ack) = open_staging(store, &begin, base.as_ref(), key, opts.resume)?;
     let start = ack.unwrap_or(Ack { next_seq: 1, offset: reader.offset, data_bytes: 0, hole_bytes: 0, end: 0 });
     let vol = store.open_volume(staging)?;
@@ -224,8 +224,13 @@ struct Landing {
     volume_name: String,
 }
 
-fn landing_options(b: &Begin, opts: &ReceiveOptions) -> Result<Landing> {
-    let volume_name = opts.volume_name.clone().unwrap_or_else(|| b.volume_name.clone());
+/// The volume name is the one asked for, else the local base's (so that a
+/// chain of incrementals stays under the name its first snapshot was given
+/// here), else the sender's.
+fn landing_options(b: &Begin, base: Option<&SnapshotInfo>, opts: &ReceiveOptions) -> Result<Landing> {
+    let volume_name = (opts.volume_name.clone())
+        .or_else(|| base.map(|s| s.volume_name.clone()))
+        .unwrap_or_else(|| b.volume_name.clone());
     limits::name("volume", &volume_name)?;
     let mut labels = b.labels.clone();
     labels.insert(ORIGIN_LABEL.to_string(), origin_label(b.snapshot.store_id, b.snapshot.snapshot_id));
