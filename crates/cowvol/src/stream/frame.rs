@@ -409,8 +409,8 @@ mod tests {
             b[i / 8] ^= 1 << (i % 8);
             let mut input = &b[..];
             let r = FrameReader::new(&mut input).next();
-            // A flip in the sequence number's CRC-covered bytes is caught
-            // by the CRC; nothing decodes to a different frame.
+            // The CRC covers the header and the payload, so no single flip
+            // turns one valid frame into another.
             assert!(r.is_err(), "flip of bit {i} accepted: {r:?}");
         }
     }
