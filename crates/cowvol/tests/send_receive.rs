@@ -400,4 +400,5 @@ fn a_power_cut_at_any_point_of_a_receive_leaves_nothing_half_there() {
     }
     // Cuts in the last steps (after the snapshot's record is durable) land it.
     assert!(landed > 0);
+    println!("{total} disk operations in the receive; stride {stride}; {landed} recoveries found it landed");
 }
