@@ -297,6 +297,26 @@ impl Read for Interrupted<'_> {
     }
 }
 
+/// A seekable input that counts the bytes read from it.
+struct Counting<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: io::Seek> io::Seek for Counting<R> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
 #[test]
 fn an_interrupted_receive_resumes_from_its_last_acknowledgement() {
     let src = source();
@@ -323,6 +343,17 @@ fn an_interrupted_receive_resumes_from_its_last_acknowledgement() {
     assert_received(&src.store, snap, &dst, &got.snapshot);
     assert!(stream::pending_receives(&dst).is_empty());
     assert_clean(&dst);
+
+    // From a file, the receive seeks past the acknowledged frames.
+    let (_, dst) = sim_store();
+    let mut cut = Interrupted { data: &bytes, limit: bytes.len() * 3 / 4 };
+    assert!(stream::receive(&dst, &mut cut, &small_acks, &mut |_| {}).is_err());
+    let pending = stream::pending_receives(&dst);
+    let mut file = Counting { inner: io::Cursor::new(&bytes[..]), read: 0 };
+    let got = stream::receive_seekable(&dst, &mut file, &resume, &mut |_| {}).unwrap();
+    assert_eq!(got.frames_skipped, pending[0].next_frame - 1);
+    assert!(file.read < bytes.len() as u64 - pending[0].acknowledged_bytes + 4096, "read {} bytes", file.read);
+    assert_received(&src.store, snap, &dst, &got.snapshot);
 
     // The sender can resume too: it leaves out the acknowledged frames.
     let (_, dst) = sim_store();

@@ -10,7 +10,7 @@ use cowvol::stream::{self, Progress, ReceiveOptions, SendOptions};
 use cowvol::{DiffPoint, SnapshotInfo, Store};
 use serde::Serialize;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufReader, BufWriter, IsTerminal, Write};
 use std::path::Path;
 
 /// Progress bars for send and receive go to stderr, and are drawn when
@@ -202,17 +202,21 @@ pub fn receive(
         ctx.say(format_args!("discarded the interrupted receive {key}"))?;
         return close(store);
     }
-    let mut source: Box<dyn Read> = match input {
-        Some(p) => Box::new(BufReader::new(File::open(p).io_ctx(format!("opening {}", p.display()))?)),
-        None => Box::new(BufReader::new(io::stdin().lock())),
-    };
     let bar = progress::bytes_when(show_progress(ctx), 0, "receiving");
     let mut report = |p: Progress| {
         bar.set_length(p.data_bytes_total);
         bar.set_position(p.data_bytes);
     };
     let opts = ReceiveOptions { volume_name: as_name, resume, ..Default::default() };
-    let got = stream::receive(&store, &mut source, &opts, &mut report).ctx("receiving a snapshot stream")?;
+    // A file is seekable: a resumed receive jumps over what it acknowledged.
+    let got = match input {
+        Some(p) => {
+            let mut file = BufReader::new(File::open(p).io_ctx(format!("opening {}", p.display()))?);
+            stream::receive_seekable(&store, &mut file, &opts, &mut report)
+        }
+        None => stream::receive(&store, &mut BufReader::new(io::stdin().lock()), &opts, &mut report),
+    }
+    .ctx("receiving a snapshot stream")?;
     bar.finish_and_clear();
     let s: &SnapshotInfo = &got.snapshot;
     if ctx.json {

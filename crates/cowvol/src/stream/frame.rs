@@ -6,7 +6,7 @@ use crate::catalog::SnapshotKind;
 use crate::error::{Error, Result, StreamFault};
 use crate::format::{Crc, Dec, Enc};
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 /// Starts every frame.
 pub(crate) const FRAME_MAGIC: [u8; 4] = *b"CVSF";
@@ -235,10 +235,61 @@ pub(crate) fn encode_frame(seq: u64, frame: &Frame) -> Vec<u8> {
     e.buf
 }
 
+/// Where a stream is read from: any reader, and for one that can seek, a
+/// way to jump over the frames an interrupted receive acknowledged instead
+/// of reading them again.
+pub(crate) trait Input: Read {
+    /// Moves to byte `offset` of the stream when the input can; returns
+    /// whether it did.
+    fn seek_to(&mut self, offset: u64) -> io::Result<bool>;
+}
+
+/// An input read from start to end (a pipe, a socket, a buffer).
+pub(crate) struct Sequential<'a>(pub(crate) &'a mut dyn Read);
+
+impl Read for Sequential<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Input for Sequential<'_> {
+    fn seek_to(&mut self, _offset: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+}
+
+/// A seekable input (a file) whose stream starts at `start`.
+pub(crate) struct Seekable<'a, R> {
+    inner: &'a mut R,
+    start: u64,
+}
+
+impl<'a, R: Read + Seek> Seekable<'a, R> {
+    /// The stream starts where `inner` is now.
+    pub(crate) fn new(inner: &'a mut R) -> io::Result<Self> {
+        let start = inner.stream_position()?;
+        Ok(Seekable { inner, start })
+    }
+}
+
+impl<R: Read> Read for Seekable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl<R: Read + Seek> Input for Seekable<'_, R> {
+    fn seek_to(&mut self, offset: u64) -> io::Result<bool> {
+        self.inner.seek(SeekFrom::Start(self.start + offset))?;
+        Ok(true)
+    }
+}
+
 /// Reads and verifies frames, tracking the byte offset for error messages
 /// and for resuming.
 pub(crate) struct FrameReader<'r> {
-    input: &'r mut dyn Read,
+    input: &'r mut dyn Input,
     /// Bytes consumed so far: the offset of the next frame.
     pub(crate) offset: u64,
 }
@@ -256,8 +307,19 @@ pub(crate) fn stream_error(fault: StreamFault, offset: u64, detail: impl Into<St
 }
 
 impl<'r> FrameReader<'r> {
-    pub(crate) fn new(input: &'r mut dyn Read) -> Self {
+    pub(crate) fn new(input: &'r mut dyn Input) -> Self {
         FrameReader { input, offset: 0 }
+    }
+
+    /// Jumps ahead to stream byte `offset` (a frame boundary the caller
+    /// knows) when the input can seek; returns whether it did. The frame
+    /// found there is checked like any other.
+    pub(crate) fn skip_to(&mut self, offset: u64) -> Result<bool> {
+        if offset <= self.offset || !self.input.seek_to(offset).map_err(|e| Error::io("seeking in the stream", e))? {
+            return Ok(false);
+        }
+        self.offset = offset;
+        Ok(true)
     }
 
     /// Reads the next frame. Every failure is a typed error: the input ended
@@ -392,7 +454,8 @@ mod tests {
         }
         let total = w.bytes;
         assert_eq!(total, buf.len() as u64);
-        let mut input = &buf[..];
+        let mut bytes = &buf[..];
+        let mut input = Sequential(&mut bytes);
         let mut r = FrameReader::new(&mut input);
         for (i, f) in frames.iter().enumerate() {
             let got = r.next().unwrap();
@@ -407,8 +470,8 @@ mod tests {
         for i in 0..bytes.len() * 8 {
             let mut b = bytes.clone();
             b[i / 8] ^= 1 << (i % 8);
-            let mut input = &b[..];
-            let r = FrameReader::new(&mut input).next();
+            let mut bytes = &b[..];
+            let r = FrameReader::new(&mut Sequential(&mut bytes)).next();
             // The CRC covers the header and the payload, so no single flip
             // turns one valid frame into another.
             assert!(r.is_err(), "flip of bit {i} accepted: {r:?}");
@@ -427,7 +490,7 @@ mod tests {
         };
         bytes[CRC_AT..FRAME_HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
         let mut input = &bytes[..];
-        let r = FrameReader::new(&mut input).next();
+        let r = FrameReader::new(&mut Sequential(&mut input)).next();
         assert!(matches!(r, Err(Error::Stream { fault: StreamFault::UnsupportedVersion, .. })), "{r:?}");
     }
 }

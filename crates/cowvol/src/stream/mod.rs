@@ -28,7 +28,8 @@
 //!   and the position acknowledged in a small state file, so an interrupted
 //!   receive resumes ([`ReceiveOptions::resume`]) from there: the receiver
 //!   skips frames it already has, whether the sender starts over or resumes
-//!   at [`PendingReceive::next_frame`] ([`SendOptions::resume_from_frame`]).
+//!   at [`PendingReceive::next_frame`] ([`SendOptions::resume_from_frame`]);
+//!   [`receive_seekable`] seeks a file straight to that frame.
 //!   [`pending_receives`] lists interrupted receives and [`abort_receive`]
 //!   discards one.
 //!
@@ -69,7 +70,7 @@ pub use identity::ORIGIN_LABEL;
 use crate::catalog::{SnapshotId, SnapshotInfo, VolumeId};
 use crate::error::Result;
 use crate::store::Store;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 
 /// How [`send`] builds its stream.
 #[derive(Debug, Clone, Default)]
@@ -210,7 +211,23 @@ pub fn receive(
     opts: &ReceiveOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Received> {
-    receive::receive(store, input, opts, progress)
+    receive::receive(store, &mut frame::Sequential(input), opts, progress)
+}
+
+/// [`receive`] from a seekable input (a file) whose stream starts at its
+/// current position. A resumed receive seeks straight to the first frame
+/// not yet acknowledged instead of reading the ones before it.
+///
+/// # Errors
+/// As [`receive`]; [`Error::Io`](crate::Error::Io) when seeking fails.
+pub fn receive_seekable<R: Read + Seek>(
+    store: &Store,
+    input: &mut R,
+    opts: &ReceiveOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Received> {
+    let mut input = frame::Seekable::new(input).map_err(|e| crate::Error::io("finding the stream's start", e))?;
+    receive::receive(store, &mut input, opts, progress)
 }
 
 /// The interrupted receives of a store, oldest first.

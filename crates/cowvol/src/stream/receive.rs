@@ -9,7 +9,7 @@
 //! A crash before the snapshot's record is durable leaves only the staging
 //! volume, which a resumed receive continues and an abort deletes.
 
-use super::frame::{stream_error, Begin, Frame, FrameReader, Totals};
+use super::frame::{stream_error, Begin, Frame, FrameReader, Input, Totals};
 use super::identity::{find_by_origin, origin_label, tree_digest, Fnv, ORIGIN_LABEL};
 use super::{PendingReceive, Progress, ReceiveOptions, Received};
 use crate::backend::StorageDir;
@@ -21,7 +21,6 @@ use crate::format::{Crc, Dec, Enc};
 use crate::options::{SnapshotOptions, VolumeOptions};
 use crate::store::Store;
 use crate::volume::Volume;
-use std::io::Read;
 
 /// Staging volumes are named this prefix and the stream's key in hex.
 const STAGING_PREFIX: &str = ".cowvol-receive-";
@@ -138,7 +137,7 @@ fn find_staging(store: &Store, key: u64) -> Option<VolumeId> {
 
 pub(super) fn receive(
     store: &Store,
-    input: &mut dyn Read,
+    input: &mut dyn Input,
     opts: &ReceiveOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Received> {
@@ -163,6 +162,9 @@ pub(super) fn receive(
     let landing = landing_options(&begin, base.as_ref(), opts)?;
     let (staging, ack) = open_staging(store, &begin, base.as_ref(), key, opts.resume)?;
     let start = ack.unwrap_or(Ack { next_seq: 1, offset: reader.offset, data_bytes: 0, hole_bytes: 0, end: 0 });
+    // A seekable input jumps to the first frame not acknowledged; any other
+    // is read on, and the acknowledged frames are checked and skipped.
+    let jumped = reader.skip_to(start.offset)?;
     let vol = store.open_volume(staging)?;
     let mut apply = Applier {
         store,
@@ -175,7 +177,7 @@ pub(super) fn receive(
         unacked_bytes: 0,
         ack_every: opts.ack_every_bytes.max(1),
         applied: 0,
-        skipped: 0,
+        skipped: if jumped { start.next_seq - 1 } else { 0 },
     };
     match apply.run(&mut reader, progress) {
         Ok(totals) => {
