@@ -19,13 +19,15 @@ esac
 cd "$(dirname "$0")"
 export CARGO_TERM_COLOR=never
 
-targets=(wal_batch catalog ops)
+targets=(wal_batch catalog ops stream)
 # Per-target libFuzzer options: a WAL batch is padded to 4 KiB sectors and a
-# tree node is a 4 KiB page (plus a 9-byte prefix), so let inputs reach two.
+# tree node is a 4 KiB page (plus a 9-byte prefix), so let inputs reach two;
+# a stream input holds whole 4 KiB data frames.
 declare -A extra=(
   [wal_batch]="-max_len=8192"
   [catalog]="-max_len=8192"
   [ops]="-max_len=4096 -timeout=30"
+  [stream]="-max_len=65536 -timeout=30"
 )
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

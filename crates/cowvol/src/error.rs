@@ -104,6 +104,27 @@ pub enum Error {
         /// What was refused.
         during: String,
     },
+    /// A send/receive stream failed verification: it is damaged, cut
+    /// short, reordered, or not a cowvol stream. The receive was refused and
+    /// nothing of it became visible.
+    #[error("bad stream at byte {offset}: {fault}: {detail}")]
+    Stream {
+        /// What kind of damage.
+        fault: StreamFault,
+        /// Byte offset in the stream of the frame that failed.
+        offset: u64,
+        /// What the check found.
+        detail: String,
+    },
+    /// An incremental stream's base snapshot is not in the receiving store,
+    /// or is there with other contents. Nothing was received.
+    #[error("cannot receive onto {what}: {detail}")]
+    BaseMismatch {
+        /// The base the stream needs, e.g. `snapshot 3 of store 4f2a...`.
+        what: String,
+        /// Missing, or which check differed.
+        detail: String,
+    },
     /// An I/O error from the operating system; the store refuses further
     /// writes after a failed write or sync.
     #[error("I/O error while {during}: {source}")]
@@ -114,6 +135,41 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// The kinds of damage [`Error::Stream`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StreamFault {
+    /// The input ended inside a frame or before the end frame.
+    Truncated,
+    /// The bytes are not a cowvol stream frame (wrong magic or frame kind).
+    NotAStream,
+    /// A stream format version this build does not read.
+    UnsupportedVersion,
+    /// A frame's checksum does not match its bytes.
+    Checksum,
+    /// A frame is out of sequence: missing, repeated or reordered.
+    OutOfOrder,
+    /// A frame's fields are inconsistent (a range outside the volume, a
+    /// block size this store does not use, a bad length).
+    Malformed,
+    /// The end frame's totals or digest disagree with what was received.
+    Mismatch,
+}
+
+impl std::fmt::Display for StreamFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StreamFault::Truncated => "truncated",
+            StreamFault::NotAStream => "not a cowvol stream",
+            StreamFault::UnsupportedVersion => "unsupported version",
+            StreamFault::Checksum => "checksum mismatch",
+            StreamFault::OutOfOrder => "frame out of order",
+            StreamFault::Malformed => "malformed frame",
+            StreamFault::Mismatch => "totals do not match",
+        })
+    }
 }
 
 impl Error {

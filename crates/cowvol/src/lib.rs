@@ -45,10 +45,11 @@
 //!
 //! # Layers
 //! Each module uses only the ones below it:
+//! - [`stream`]: send and receive, snapshots as streams between stores;
 //! - the public API: [`Store`] (`store`: open, volumes, snapshots, fork,
 //!   restore), [`Volume`] (`volume`: reads, writes, discard, flush),
 //!   `lifecycle` (holds, search, templates, policies, calendar schedules,
-//!   expiry), `check` (check,
+//!   expiry), `diff` (changed extents between two trees), `check` (check,
 //!   scrub, stats), `options` and [`Error`];
 //! - `engine`: the in-memory state and its replay, the commit path with
 //!   group commit, checkpoints, open and recovery, the background thread,
@@ -69,6 +70,7 @@ pub mod backend;
 mod calendar;
 mod catalog;
 mod check;
+mod diff;
 mod engine;
 mod error;
 mod format;
@@ -76,6 +78,7 @@ mod lifecycle;
 mod options;
 mod space;
 mod store;
+pub mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod tree;
@@ -89,7 +92,8 @@ pub use catalog::{
     FAILING_AFTER, MAX_SCHEDULES, RESERVED_LABEL_PREFIX, SCHEDULE_LABEL,
 };
 pub use check::{CheckReport, DamagedBlock, Problem, ScrubReport, StoreStats};
-pub use error::{Error, Result};
+pub use diff::{Diff, DiffCost, DiffExtent, DiffPoint};
+pub use error::{Error, Result, StreamFault};
 pub use lifecycle::{PolicyRun, ScheduleRunReport, SnapshotPage, SnapshotQuery, TemplateOptions, UtcTime, AUTO_LABEL};
 pub use options::{
     AutoFlush, Deleted, ForkOptions, HandleOptions, OpenMode, RestoreOptions, Restored, SnapshotOptions, StoreOptions,

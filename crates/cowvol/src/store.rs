@@ -120,9 +120,11 @@ impl Store {
         })
     }
 
-    /// Every live volume, by id.
+    /// Every live volume, by id. The hidden volume a receive in progress
+    /// stages its data in is left out (see [`crate::stream`]).
     pub fn list_volumes(&self) -> Vec<VolumeInfo> {
-        self.engine.state.lock().volumes.values().map(|v| v.info.clone()).collect()
+        let st = self.engine.state.lock();
+        st.volumes.values().filter(|v| !limits::is_reserved_volume(&v.info.name)).map(|v| v.info.clone()).collect()
     }
 
     /// One volume's record.
@@ -136,6 +138,9 @@ impl Store {
     /// Finds a live volume by name.
     pub fn volume_by_name(&self, name: &str) -> Option<VolumeInfo> {
         let st = self.engine.state.lock();
+        if limits::is_reserved_volume(name) {
+            return None;
+        }
         let id = *st.volume_names.get(name)?;
         st.volumes.get(&id).map(|v| v.info.clone())
     }

@@ -20,6 +20,10 @@
 //! clears the address. Two trees can therefore be compared by skipping
 //! equal addresses, and a checkpoint writes only nodes without one.
 
+mod diff;
+
+pub(crate) use diff::{diff_trees, DiffCounters};
+
 use crate::error::{Error, Result};
 use crate::format::{Crc, Dec, Enc, NodeHeader, MAX_PAGE, NODE_HEADER_LEN};
 use crate::space::Space;

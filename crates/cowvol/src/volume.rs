@@ -622,7 +622,7 @@ impl From<Error> for io::Error {
             Error::OutOfRange { .. } | Error::InvalidArgument(_) => io::ErrorKind::InvalidInput,
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             Error::NoSpace { .. } => io::ErrorKind::StorageFull,
-            Error::Corruption { .. } => io::ErrorKind::InvalidData,
+            Error::Corruption { .. } | Error::Stream { .. } => io::ErrorKind::InvalidData,
             Error::Busy { .. } | Error::Locked { .. } => io::ErrorKind::ResourceBusy,
             Error::Poisoned { .. } => io::ErrorKind::BrokenPipe,
             _ => io::ErrorKind::Other,

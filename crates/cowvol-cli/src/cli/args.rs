@@ -367,6 +367,52 @@ pub enum SnapshotCmd {
         /// Snapshot name or id.
         snapshot: String,
     },
+    /// Show the extents that differ between two snapshots, or a snapshot and the live volume.
+    Diff {
+        /// Volume name or id (an id or recorded name also works for a deleted volume).
+        volume: String,
+        /// The earlier side: a snapshot name or id.
+        from: String,
+        /// The later side: a snapshot name or id, or `-` for the volume's live state.
+        to: String,
+        /// Read TO from this volume instead (a fork or another volume with a common ancestor).
+        #[arg(long, value_name = "VOL")]
+        to_volume: Option<String>,
+    },
+    /// Write a snapshot as a stream (to stdout, or -o FILE) for `snapshot receive` in another store.
+    Send {
+        /// Volume name or id (an id or recorded name also works for a deleted volume).
+        volume: String,
+        /// Snapshot name or id.
+        snapshot: String,
+        /// Send only the changes since this snapshot (an incremental stream).
+        #[arg(long, value_name = "SNAP")]
+        from: Option<String>,
+        /// Write the stream to FILE instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Leave out the frames before N, for a receiver resuming at frame N (see `receive --pending`).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        resume_from_frame: u64,
+    },
+    /// Read a stream (from stdin, or -i FILE) and land it as a snapshot in this store.
+    Receive {
+        /// Read the stream from FILE instead of stdin.
+        #[arg(short, long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// File the snapshot under this volume name instead of the sender's.
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
+        /// Continue an interrupted receive of the same stream from its last acknowledged frame.
+        #[arg(long)]
+        resume: bool,
+        /// List interrupted receives (key, next frame, acknowledged bytes) and exit.
+        #[arg(long, conflicts_with_all = ["resume", "abort", "input", "as_name"])]
+        pending: bool,
+        /// Discard the interrupted receive with this key and exit.
+        #[arg(long, value_name = "KEY", conflicts_with_all = ["resume", "input", "as_name"])]
+        abort: Option<String>,
+    },
 }
 
 /// `cowvol template ...`.

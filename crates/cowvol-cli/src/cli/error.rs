@@ -94,6 +94,13 @@ impl CliError {
                 (code::CORRUPTION, Some("run `cowvol check` and `cowvol scrub` to see what is damaged"))
             }
             E::Poisoned { .. } => (code::FAILURE, Some("the next command reopens the store, which recovers it")),
+            E::Stream { .. } => (
+                code::CORRUPTION,
+                Some("the stream is damaged or incomplete; send it again (`snapshot receive --resume` keeps what was acknowledged)"),
+            ),
+            E::BaseMismatch { .. } => {
+                (code::FAILURE, Some("receive the base snapshot first, or send a full stream (without --from)"))
+            }
             E::Io { .. } => (code::FAILURE, None),
             _ => (code::FAILURE, None),
         };

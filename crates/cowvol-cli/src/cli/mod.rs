@@ -14,6 +14,7 @@ mod policy;
 mod progress;
 mod serve;
 mod snapshot;
+mod stream;
 mod template;
 mod volume;
 
@@ -321,7 +322,10 @@ fn forwardable(cmd: &Command) -> bool {
                     | VolumeCmd::Fork { .. }
             )
         }
-        Command::Snapshot(_) | Command::Template(_) | Command::Policy(_) => true,
+        // Send and receive move a stream through this process's stdin,
+        // stdout or files, which a forwarded command cannot reach.
+        Command::Snapshot(s) => !matches!(s, args::SnapshotCmd::Send { .. } | args::SnapshotCmd::Receive { .. }),
+        Command::Template(_) | Command::Policy(_) => true,
         Command::Check | Command::Scrub | Command::Stats => true,
         Command::Demo | Command::Init(_) | Command::Bench(_) | Command::Nbd(_) | Command::Serve(_) => false,
     }

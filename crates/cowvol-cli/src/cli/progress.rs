@@ -7,7 +7,13 @@ use std::time::Duration;
 
 /// A byte-counting bar with throughput and ETA (hidden when not wanted).
 pub fn bytes(ctx: &Ctx, total: u64, what: &str) -> ProgressBar {
-    if !ctx.progress {
+    bytes_when(ctx.progress, total, what)
+}
+
+/// [`bytes`], drawn when `show` is set: commands whose stdout carries a
+/// stream decide from stderr instead.
+pub fn bytes_when(show: bool, total: u64, what: &str) -> ProgressBar {
+    if !show {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());

@@ -1,5 +1,5 @@
 //! `cowvol snapshot ...`: create, create-group, list, info, hold, release,
-//! restore, delete.
+//! restore, delete (diff, send and receive live in `stream`).
 
 use super::args::{SnapshotCmd, SnapshotFilter, SnapshotMeta};
 use super::error::{code, out_err, CliError, CliResult, LibContext};
@@ -24,6 +24,15 @@ pub fn run(ctx: &Ctx, cmd: SnapshotCmd) -> CliResult {
             restore(ctx, &volume, &snapshot, timeout, safety_snapshot)
         }
         SnapshotCmd::Delete { volume, snapshot } => delete(ctx, &volume, &snapshot),
+        SnapshotCmd::Diff { volume, from, to, to_volume } => {
+            super::stream::diff(ctx, &volume, &from, &to, to_volume.as_deref())
+        }
+        SnapshotCmd::Send { volume, snapshot, from, output, resume_from_frame } => {
+            super::stream::send(ctx, &volume, &snapshot, from.as_deref(), output.as_deref(), resume_from_frame)
+        }
+        SnapshotCmd::Receive { input, as_name, resume, pending, abort } => {
+            super::stream::receive(ctx, input.as_deref(), as_name, resume, pending, abort.as_deref())
+        }
     }
 }
 

@@ -112,9 +112,24 @@ pub(crate) fn owner(kind: &str, owner: &str) -> Result<()> {
     check(&format!("{kind} owner"), owner, 0, MAX_OWNER_BYTES, Text::Identifier)
 }
 
+/// Volume names the engine keeps for its own hidden volumes (a receive in
+/// progress stages its data in one); users cannot create them and listings
+/// leave them out.
+pub(crate) const RESERVED_VOLUME_PREFIX: &str = ".cowvol-";
+
+/// Whether a volume name is one of the engine's hidden volumes.
+pub(crate) fn is_reserved_volume(name: &str) -> bool {
+    name.starts_with(RESERVED_VOLUME_PREFIX)
+}
+
 /// The fields of a new volume.
 pub(crate) fn volume(name: &str, owner: &str) -> Result<()> {
     self::name("volume", name)?;
+    if is_reserved_volume(name) {
+        return Err(Error::invalid(format!(
+            "volume name {name:?} starts with {RESERVED_VOLUME_PREFIX:?}, which cowvol keeps for its own volumes"
+        )));
+    }
     self::owner("volume", owner)
 }
 

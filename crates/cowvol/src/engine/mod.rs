@@ -125,6 +125,13 @@ impl Drop for Engine {
     }
 }
 
+impl Engine {
+    /// The random number that names this store for its lifetime.
+    pub(crate) fn store_id(&self) -> u64 {
+        self.store_id
+    }
+}
+
 /// A volume's write buffer: as asked, or the default for 0.
 pub(crate) fn write_buffer_or_default(asked: u64) -> u64 {
     if asked == 0 {
