@@ -60,6 +60,7 @@ fn source() -> Source {
             owner: "ops".into(),
             labels: [("env".to_string(), "prod".to_string()), ("round".to_string(), round.to_string())].into(),
             kind: if round == 1 { SnapshotKind::Auto } else { SnapshotKind::Manual },
+            ..Default::default()
         };
         snaps.push(store.create_snapshot(v, opts).unwrap());
     }
