@@ -404,29 +404,35 @@ impl Volume {
     fn log_staged(&self, vol: VolumeId, staged: Staged, then: Option<Record>) -> Result<u64> {
         let Staged { mut recs, runs } = staged;
         recs.extend(then);
-        let incoming = recs.iter().map(Record::encoded_len).sum();
-        if let Err(e) = self.engine.reserve_log_room(incoming) {
-            self.free_runs(&runs);
-            return Err(e);
+        let mut logged = self.map_staged(vol, &recs, &runs);
+        if matches!(logged, Err(Error::NoSpace { .. })) && !self.engine.is_failed() {
+            // Nothing was applied: the log found no spare segment, which a
+            // checkpoint may free (see `Engine::reserve_log_room`). Looked
+            // at only on this failure, never on the path of every write.
+            let incoming = recs.iter().map(Record::encoded_len).sum();
+            logged = self.engine.reserve_log_room(incoming).and_then(|()| self.map_staged(vol, &recs, &runs));
         }
-        let mut st = self.engine.state.lock();
-        let logged = st.vol(vol).map(drop).and_then(|()| self.engine.apply_and_log_many(&mut st, &recs));
-        match logged {
-            Ok(lsn) => {
+        if logged.is_err() {
+            let mut st = self.engine.state.lock();
+            // A failure after part of the write was mapped poisons the
+            // store; the mapped pages must then stay owned.
+            if self.engine.is_failed() {
                 st.space.settle(&runs);
-                Ok(lsn)
-            }
-            Err(e) => {
-                // A failure after part of the write was mapped poisons the
-                // store; the mapped pages must then stay owned.
-                if self.engine.is_failed() {
-                    st.space.settle(&runs);
-                } else {
-                    st.space.unclaim(&runs);
-                }
-                Err(e)
+            } else {
+                st.space.unclaim(&runs);
             }
         }
+        logged
+    }
+
+    /// Applies and logs the records of a staged write under the state
+    /// lock; on success its pages are settled as mapped.
+    fn map_staged(&self, vol: VolumeId, recs: &[Record], runs: &[Run]) -> Result<u64> {
+        let mut st = self.engine.state.lock();
+        st.vol(vol)?;
+        let lsn = self.engine.apply_and_log_many(&mut st, recs)?;
+        st.space.settle(runs);
+        Ok(lsn)
     }
 
     fn free_runs(&self, runs: &[Run]) {

@@ -132,21 +132,10 @@ fn failed_flush_refuses_writes_keeps_reads_and_acknowledged_data() {
 
 #[test]
 fn failed_flush_then_clean_drop_reopens_without_a_crash() {
-    let disk = SimDir::new();
-    let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
-    let info = store.create_volume(VolumeOptions::new("v", BLOCKS * BS as u64)).unwrap();
-    let vol = store.open_volume(info.id).unwrap();
-    write_blocks(&vol, 0..8, 1).unwrap();
-    vol.flush().unwrap();
-    write_blocks(&vol, 4..12, 2).unwrap();
-    disk.fail_next_sync(1);
-    assert!(is_io(&vol.flush()));
     // The process goes on and drops the poisoned store; no power cut.
-    drop(vol);
-    drop(store);
-    let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
+    let (disk, vid, store) = reopen_after_a_failed_flush(false);
     assert!(store.check().unwrap().is_clean());
-    let vol = store.open_volume(info.id).unwrap();
+    let vol = store.open_volume(vid).unwrap();
     let got = contents(&vol, "reopened");
     for (lb, &w) in got.iter().enumerate() {
         let want_old = if lb < 8 { 1 } else { 0 };
@@ -158,7 +147,7 @@ fn failed_flush_then_clean_drop_reopens_without_a_crash() {
     drop(store);
     let store = Store::open_in(Arc::new(disk.crash(LossMode::DropAll, 0)), opts()).unwrap();
     assert!(store.check().unwrap().is_clean());
-    assert_eq!(contents(&store.open_volume(info.id).unwrap(), "after crash")[20], 5);
+    assert_eq!(contents(&store.open_volume(vid).unwrap(), "after crash")[20], 5);
 }
 
 /// The administrative operations whose sync fails in the test below.
