@@ -421,10 +421,13 @@ impl App {
         Ok(PolicyStateJson { volume_id: v.id.to_string(), policy: v.policy.map(Into::into) })
     }
 
-    /// `GET /api/v1/sandboxvolumes/{id}/policy`.
+    /// `GET /api/v1/sandboxvolumes/{id}/policy`. A volume without a policy
+    /// answers 404, like any other resource that was never made or was
+    /// deleted; the volume object's `policy` field says null instead.
     pub fn get_policy(&self, caller: &Caller, id: &str) -> R<PolicyStateJson> {
         let v = self.visible_volume(caller, id)?;
-        Ok(PolicyStateJson { volume_id: v.id.to_string(), policy: v.policy.map(Into::into) })
+        let policy = v.policy.ok_or_else(|| ApiError::not_found(format!("a policy of volume {}", v.id)))?;
+        Ok(PolicyStateJson { volume_id: v.id.to_string(), policy: Some(policy.into()) })
     }
 }
 

@@ -326,10 +326,11 @@ pub async fn put_policy(
     blocking(&app, OK, move |a| a.set_policy(&c, &id, Some(p))).await
 }
 
-/// A volume's policy (null when it has none).
+/// A volume's policy; 404 when it has none (or the volume is not yours).
 #[utoipa::path(get, path = "/api/v1/sandboxvolumes/{id}/policy", tag = "policies",
     params(("id" = String, Path, description = "vol-N")),
-    responses((status = 200, body = Success<PolicyStateJson>), (status = 404, body = Failure), CommonErrors))]
+    responses((status = 200, body = Success<PolicyStateJson>),
+        (status = 404, description = "No such volume, or it has no policy", body = Failure), CommonErrors))]
 pub async fn get_policy(
     State(app): State<Arc<App>>,
     Extension(c): Extension<Caller>,
