@@ -30,7 +30,7 @@ pub struct BenchOptions {
     /// with a quarter to spare, is skipped and has no row.
     pub snapshot_sizes: Vec<u64>,
     /// The parts to run (`random`, `sequential`, `durable`, `admin`,
-    /// `names`); empty runs them all.
+    /// `names`, `sparse`); empty runs them all.
     pub only: Vec<String>,
 }
 
@@ -253,12 +253,13 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
     std::fs::create_dir_all(&opts.dir).map_err(io_err("creating the bench directory"))?;
     let mut report = BenchReport::default();
     type Part = fn(&BenchOptions, &mut BenchReport, &mut dyn FnMut(&str)) -> Result<()>;
-    let parts: [(&str, Part); 5] = [
+    let parts: [(&str, Part); 6] = [
         ("random", random_io),
         ("sequential", sequential),
         ("durable", durable),
         ("admin", admin_latency),
         ("names", create_among_many),
+        ("sparse", sparse_writes),
     ];
     for (name, part) in parts {
         if opts.only.is_empty() || opts.only.iter().any(|o| o == name) {
@@ -758,5 +759,33 @@ fn large_store_figures(
     push(report, "open_after_crash_full_wal_ms", "ms", rec_us / 1000.0, None, false);
     let _ = sync_us;
     s.store = Some(store);
+    Ok(())
+}
+
+/// Scattered writes on a huge, nearly empty volume: what the extent trees
+/// cost in memory per write. Each unaligned 4 KiB write touches two blocks
+/// far from every other write, so each needs a leaf and a path of interior
+/// nodes of its own. The ratio is tree memory to data bytes written.
+fn sparse_writes(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    progress("scattered writes on a 16 TiB volume");
+    let writes: u64 = if opts.quick { 5_000 } else { 20_000 };
+    let s = Scratch::new(&opts.dir, "sparse", store_opts())?;
+    let size = 16u64 << 40;
+    let id = s.store().create_volume(unflushed_volume(size))?.id;
+    let vol = s.store().open_volume(id)?;
+    let buf = pattern(BS as usize, 9);
+    let mut rng = Rng(0x5ca7_7e3d);
+    for _ in 0..writes {
+        vol.write_at(&buf, rng.next() % (size - BS))?;
+    }
+    vol.flush()?;
+    let stats = s.store().stats();
+    // `metadata_memory_bytes` also counts 4 bytes per page of the file for
+    // reference counts; take them out to see the trees alone.
+    let tree_bytes = stats.metadata_memory_bytes.saturating_sub(stats.file_bytes / BS * 4);
+    let data_bytes = writes * BS;
+    push(report, "sparse_tree_bytes_per_write", "bytes", tree_bytes as f64 / writes as f64, None, false);
+    push(report, "sparse_tree_nodes_per_write", "nodes", stats.tree_nodes as f64 / writes as f64, None, false);
+    push(report, "sparse_tree_ram_per_data_byte", "ratio", tree_bytes as f64 / data_bytes as f64, None, false);
     Ok(())
 }

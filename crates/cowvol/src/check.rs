@@ -508,7 +508,7 @@ fn stats_of(st: &State) -> StoreStats {
                 }
             }
             Body::Interior(children) => {
-                for c in children.iter().flatten() {
+                for c in children.nodes() {
                     stack.push((c, shared || std::sync::Arc::strong_count(c) > 1));
                 }
             }

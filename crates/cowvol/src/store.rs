@@ -79,12 +79,13 @@ impl Store {
 
     /// Checkpoints and closes this handle of the store, reporting any error
     /// that dropping it would swallow. The store stays open while other
-    /// clones or volume handles exist.
+    /// clones or volume handles exist. Writes nothing when nothing was
+    /// changed since the last checkpoint.
     ///
     /// # Errors
     /// I/O errors of the final checkpoint.
     pub fn close(self) -> Result<()> {
-        self.engine.checkpoint()
+        self.engine.checkpoint_if_changed()
     }
 
     /// The block size the store was created with.

@@ -49,8 +49,84 @@ pub(crate) struct LeafEntry {
 pub(crate) enum Body {
     /// Sorted by `idx`; only mapped blocks have an entry.
     Leaf(Vec<LeafEntry>),
-    /// One slot per child index.
-    Interior(Box<[Option<Arc<Node>>]>),
+    /// The children that exist, by index.
+    Interior(Children),
+}
+
+/// An interior node's children: only the slots that hold a subtree, sorted
+/// by index. A scattered write on a large sparse volume creates one child
+/// per level, so storing the empty slots of a 256-way node would cost
+/// kilobytes per write; this costs 16 bytes per child.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Children(Vec<(u16, Arc<Node>)>);
+
+impl Children {
+    /// The child at index `i`. In a full node (the common case for dense
+    /// data) it sits at position `i`; otherwise a binary search finds it.
+    pub(crate) fn get(&self, i: usize) -> Option<&Arc<Node>> {
+        match self.0.get(i) {
+            Some((x, c)) if *x as usize == i => Some(c),
+            _ => self.position(i).ok().map(|p| &self.0[p].1),
+        }
+    }
+
+    fn position(&self, i: usize) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by_key(&i, |(x, _)| *x as usize)
+    }
+
+    /// The child at index `i`, created by `make` when it is missing.
+    fn get_or_insert_with(&mut self, i: usize, make: impl FnOnce() -> Arc<Node>) -> &mut Arc<Node> {
+        let p = match self.position(i) {
+            Ok(p) => p,
+            Err(p) => {
+                self.0.insert(p, (i as u16, make()));
+                p
+            }
+        };
+        &mut self.0[p].1
+    }
+
+    /// Every child with its index, in index order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Arc<Node>)> {
+        self.0.iter().map(|(i, c)| (*i as usize, c))
+    }
+
+    /// Every child, in index order.
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.0.iter().map(|(_, c)| c)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn into_nodes(self) -> impl Iterator<Item = Arc<Node>> {
+        self.0.into_iter().map(|(_, c)| c)
+    }
+
+    /// Runs `f` on the slot of each child whose index is in `range`; a slot
+    /// that `f` empties is removed.
+    fn retain_in(&mut self, range: std::ops::Range<usize>, mut f: impl FnMut(usize, &mut Root)) {
+        let from = self.0.partition_point(|(x, _)| (*x as usize) < range.start);
+        let to = self.0.partition_point(|(x, _)| (*x as usize) < range.end);
+        let mut kept = Vec::with_capacity(to - from);
+        for (i, c) in self.0.drain(from..to).collect::<Vec<_>>() {
+            let mut slot = Some(c);
+            f(i as usize, &mut slot);
+            kept.extend(slot.map(|c| (i, c)));
+        }
+        self.0.splice(from..from, kept);
+    }
+
+    /// Children from decoded `(index, node)` pairs in ascending index order.
+    fn from_sorted(children: Vec<(usize, Arc<Node>)>) -> Children {
+        debug_assert!(children.windows(2).all(|w| w[0].0 < w[1].0));
+        Children(children.into_iter().map(|(i, c)| (i as u16, c)).collect())
+    }
 }
 
 #[derive(Debug)]
@@ -63,9 +139,8 @@ pub(crate) struct Node {
 pub(crate) type Root = Option<Arc<Node>>;
 
 impl Node {
-    fn empty(level: u32, fanout: usize) -> Node {
-        let body =
-            if level == 0 { Body::Leaf(Vec::new()) } else { Body::Interior(vec![None; fanout].into_boxed_slice()) };
+    fn empty(level: u32) -> Node {
+        let body = if level == 0 { Body::Leaf(Vec::new()) } else { Body::Interior(Children::default()) };
         Node { addr: AtomicU64::new(0), body }
     }
 
@@ -80,7 +155,7 @@ impl Node {
     fn is_empty(&self) -> bool {
         match &self.body {
             Body::Leaf(v) => v.is_empty(),
-            Body::Interior(c) => c.iter().all(Option::is_none),
+            Body::Interior(c) => c.is_empty(),
         }
     }
 
@@ -90,7 +165,7 @@ impl Node {
             + 16
             + match &self.body {
                 Body::Leaf(v) => v.capacity() * std::mem::size_of::<LeafEntry>(),
-                Body::Interior(c) => c.len() * std::mem::size_of::<Option<Arc<Node>>>(),
+                Body::Interior(c) => c.0.capacity() * std::mem::size_of::<(u16, Arc<Node>)>(),
             }
     }
 }
@@ -130,7 +205,7 @@ pub(crate) fn lookup(root: &Root, geo: Geometry, lblock: u64) -> Option<Mapping>
     loop {
         match &node.body {
             Body::Interior(children) => {
-                node = children[geo.index(lblock, level)].as_deref()?;
+                node = children.get(geo.index(lblock, level))?;
                 level -= 1;
             }
             Body::Leaf(entries) => {
@@ -170,7 +245,7 @@ pub(crate) fn lookup_range(root: &Root, geo: Geometry, first: u64, n: u64, out: 
                 None => break None,
                 Some(nd) => match &nd.body {
                     Body::Interior(children) => {
-                        node = children[geo.index(lb, level)].as_deref();
+                        node = children.get(geo.index(lb, level)).map(|c| &**c);
                         level -= 1;
                     }
                     Body::Leaf(entries) => break Some(entries),
@@ -244,15 +319,24 @@ pub(crate) fn insert(root: &mut Root, geo: Geometry, lblock: u64, m: Mapping, sp
 }
 
 fn insert_at(slot: &mut Root, geo: Geometry, level: u32, lblock: u64, m: Mapping, space: &mut Space) {
-    if slot.is_none() {
-        *slot = Some(Arc::new(Node::empty(level, geo.fanout())));
-        space.dirty_nodes += 1;
-    }
-    let arc = slot.as_mut().expect("just filled");
+    let arc = slot.get_or_insert_with(|| new_node(level, space));
+    insert_into(arc, geo, level, lblock, m, space);
+}
+
+/// A new, empty node: it will need a page at the next checkpoint.
+fn new_node(level: u32, space: &mut Space) -> Arc<Node> {
+    space.dirty_nodes += 1;
+    Arc::new(Node::empty(level))
+}
+
+fn insert_into(arc: &mut Arc<Node>, geo: Geometry, level: u32, lblock: u64, m: Mapping, space: &mut Space) {
     let node = make_mut(arc, space);
     let idx = geo.index(lblock, level);
     match &mut node.body {
-        Body::Interior(children) => insert_at(&mut children[idx], geo, level - 1, lblock, m, space),
+        Body::Interior(children) => {
+            let child = children.get_or_insert_with(idx, || new_node(level - 1, space));
+            insert_into(child, geo, level - 1, lblock, m, space)
+        }
         Body::Leaf(entries) => {
             let e = LeafEntry { idx: idx as u32, crc: m.crc.0, page: m.page };
             space.inc(m.page);
@@ -306,10 +390,12 @@ fn remove_at(
     match &mut node.body {
         Body::Interior(children) => {
             let child_span = geo.span(level - 1);
-            for (i, child) in children.iter_mut().enumerate() {
+            let first = ((start.max(base) - base) / child_span) as usize;
+            let last = ((end - 1).min(base.saturating_add(span) - 1) - base) / child_span;
+            children.retain_in(first..last as usize + 1, |i, child| {
                 let cbase = base + i as u64 * child_span;
                 remove_at(child, geo, level - 1, cbase, start, end, space, garbage);
-            }
+            });
         }
         Body::Leaf(entries) => entries.retain(|e| {
             let lb = base + e.idx as u64;
@@ -346,7 +432,7 @@ pub(crate) fn release_some(garbage: &mut Vec<Arc<Node>>, space: &mut Space, mut 
             }
             match node.body {
                 Body::Leaf(entries) => entries.iter().for_each(|e| space.dec(e.page)),
-                Body::Interior(children) => garbage.extend(children.into_vec().into_iter().flatten()),
+                Body::Interior(children) => garbage.extend(children.into_nodes()),
             }
         }
     }
@@ -365,7 +451,7 @@ pub(crate) fn visit_unique<'a>(roots: impl IntoIterator<Item = (&'a Node, u32)>,
         }
         f(node, level);
         if let Body::Interior(children) = &node.body {
-            stack.extend(children.iter().flatten().map(|c| (&**c, level.saturating_sub(1))));
+            stack.extend(children.nodes().map(|c| (&**c, level.saturating_sub(1))));
         }
     }
 }
@@ -381,10 +467,8 @@ pub(crate) fn for_each_mapping(root: &Root, geo: Geometry, mut f: impl FnMut(u64
             }
             Body::Interior(children) => {
                 let span = geo.span(level - 1);
-                for (i, c) in children.iter().enumerate() {
-                    if let Some(c) = c {
-                        walk(c, geo, level - 1, base + i as u64 * span, f);
-                    }
+                for (i, c) in children.iter() {
+                    walk(c, geo, level - 1, base + i as u64 * span, f);
                 }
             }
         }
@@ -418,15 +502,13 @@ pub(crate) fn mapped_runs(root: &Root, geo: Geometry, first: u64, n: u64, out: &
             }
             Body::Interior(children) => {
                 let span = geo.span(level - 1);
-                for (i, c) in children.iter().enumerate() {
+                for (i, c) in children.iter() {
                     let cbase = base + i as u64 * span;
                     if cbase >= range.1 {
                         break;
                     }
-                    if let Some(c) = c {
-                        if cbase.saturating_add(span) > range.0 {
-                            walk(c, geo, level - 1, cbase, range, out);
-                        }
+                    if cbase.saturating_add(span) > range.0 {
+                        walk(c, geo, level - 1, cbase, range, out);
                     }
                 }
             }
@@ -450,7 +532,7 @@ pub(crate) fn exclusive_pages(root: &Root, space: &Space) -> u64 {
         }
         match &node.body {
             Body::Leaf(entries) => pages += entries.iter().filter(|e| space.refcount(e.page) == 1).count() as u64,
-            Body::Interior(children) => stack.extend(children.iter().flatten()),
+            Body::Interior(children) => stack.extend(children.nodes()),
         }
     }
     pages
@@ -463,7 +545,7 @@ pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize)
     let mut e = Enc::with_capacity(block_size);
     let count = match &node.body {
         Body::Leaf(entries) => entries.len(),
-        Body::Interior(children) => children.iter().flatten().count(),
+        Body::Interior(children) => children.len(),
     };
     NodeHeader { page, level, count }.encode(&mut e);
     match &node.body {
@@ -475,12 +557,10 @@ pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize)
             }
         }
         Body::Interior(children) => {
-            for (i, c) in children.iter().enumerate() {
-                if let Some(c) = c {
-                    debug_assert!(c.addr() != 0, "child written before parent");
-                    e.u16(i as u16);
-                    e.u48(c.addr());
-                }
+            for (i, c) in children.iter() {
+                debug_assert!(c.addr() != 0, "child written before parent");
+                e.u16(i as u16);
+                e.u48(c.addr());
             }
         }
     }
@@ -547,16 +627,11 @@ pub(crate) fn decode_node(buf: &[u8], page: u64, level: u32, geo: Geometry, npag
 }
 
 /// Builds a node from its decoded parts (recovery).
-pub(crate) fn build_node(decoded: DecodedNode, children: Vec<(usize, Arc<Node>)>, geo: Geometry, page: u64) -> Node {
+/// `children` come in ascending index order, as `decode_node` checked.
+pub(crate) fn build_node(decoded: DecodedNode, children: Vec<(usize, Arc<Node>)>, page: u64) -> Node {
     let body = match decoded {
         DecodedNode::Leaf(v) => Body::Leaf(v),
-        DecodedNode::Interior(_) => {
-            let mut slots: Vec<Option<Arc<Node>>> = vec![None; geo.fanout()];
-            for (i, c) in children {
-                slots[i] = Some(c);
-            }
-            Body::Interior(slots.into_boxed_slice())
-        }
+        DecodedNode::Interior(_) => Body::Interior(Children::from_sorted(children)),
     };
     Node { addr: AtomicU64::new(page), body }
 }
@@ -615,8 +690,8 @@ mod tests {
         assert_eq!(s.refcount(210), 1);
         let (ra, rs) = (a.as_ref().unwrap(), snap.as_ref().unwrap());
         if let (Body::Interior(ca), Body::Interior(cs)) = (&ra.body, &rs.body) {
-            assert!(Arc::ptr_eq(ca[3].as_ref().unwrap(), cs[3].as_ref().unwrap()));
-            assert!(!Arc::ptr_eq(ca[0].as_ref().unwrap(), cs[0].as_ref().unwrap()));
+            assert!(Arc::ptr_eq(ca.get(3).unwrap(), cs.get(3).unwrap()));
+            assert!(!Arc::ptr_eq(ca.get(0).unwrap(), cs.get(0).unwrap()));
         } else {
             panic!("root is interior");
         }

@@ -441,3 +441,30 @@ fn a_second_process_is_locked_out_even_when_the_lock_file_is_deleted() {
     assert_eq!(line, "OPENED");
     finish(child);
 }
+
+/// Closing costs nothing when nothing changed: a store opened only to read
+/// (as `cowvol volume list` does) writes and syncs nothing when it closes,
+/// and a store that changed writes one checkpoint at close (one node and
+/// catalog sync, one superblock sync), not one per handle.
+#[test]
+fn closing_writes_one_checkpoint_and_none_when_nothing_changed() {
+    let sim = SimDir::new();
+    let store = Store::open_in(Arc::new(sim.clone()), StoreOptions::default()).unwrap();
+    let id = store.create_volume(VolumeOptions::new("v", 1 << 20)).unwrap().id;
+    store.open_volume(id).unwrap().write_at(&[7u8; 4096], 0).unwrap();
+    let clone = store.clone();
+    let before = sim.stats();
+    clone.close().unwrap();
+    store.close().unwrap();
+    let changed = sim.stats();
+    assert_eq!(changed.syncs - before.syncs, 2, "one checkpoint: nodes and catalog, then the superblock");
+
+    let store = Store::open_in(Arc::new(sim.clone()), StoreOptions::default()).unwrap();
+    let mut buf = [0u8; 4096];
+    store.open_volume(id).unwrap().read_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, [7u8; 4096]);
+    let opened = sim.stats();
+    store.close().unwrap();
+    let closed = sim.stats();
+    assert_eq!((closed.writes, closed.syncs), (opened.writes, opened.syncs), "a read-only session wrote at close");
+}

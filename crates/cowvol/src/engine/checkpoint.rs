@@ -22,6 +22,20 @@ impl Engine {
         self.checkpoint.lock()
     }
 
+    /// Writes a checkpoint unless nothing was logged since the last one
+    /// (closing a store that only read, or that a checkpoint just saved,
+    /// writes nothing).
+    pub(crate) fn checkpoint_if_changed(&self) -> Result<()> {
+        let unchanged = {
+            let ck = self.checkpoint.lock();
+            ck.covered_to.is_some_and(|lsn| self.wal.lock().next_lsn() == lsn)
+        };
+        if unchanged {
+            return Ok(());
+        }
+        self.checkpoint()
+    }
+
     pub(super) fn run_inline_checkpoint_if_due(&self) -> Result<()> {
         if self.opts.background_checkpoints {
             return Ok(());
@@ -138,6 +152,7 @@ impl Engine {
         self.wal.lock().mark_durable(plan.log_start.lsn);
         let (old_page, old_n) = std::mem::replace(&mut ck.catalog_pages, (cat.start, cat.len));
         ck.generation = sb.generation;
+        ck.covered_to = Some(plan.log_start.lsn);
         let seg_pages = self.log_geo.segment_pages;
         let mut meta = plan.obsolete;
         meta.extend(old_page..old_page + old_n);
@@ -171,7 +186,7 @@ impl Engine {
             }
             dirty.push((n.clone(), level));
             if let tree::Body::Interior(children) = &n.body {
-                stack.extend(children.iter().flatten().map(|c| (c, level - 1)));
+                stack.extend(children.nodes().map(|c| (c, level - 1)));
             }
         }
         let runs = if dirty.is_empty() { Vec::new() } else { st.space.alloc(dirty.len() as u64)? };

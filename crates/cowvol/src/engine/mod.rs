@@ -83,6 +83,11 @@ struct CommitState {
 struct CheckpointState {
     generation: u64,
     catalog_pages: (u64, u64),
+    /// The first LSN the durable checkpoint does not cover; `None` until
+    /// this process has written one. Nothing changed since that checkpoint
+    /// while the WAL's next LSN is still this one: every change to the
+    /// trees and the catalog is logged first.
+    covered_to: Option<u64>,
 }
 
 pub(crate) struct Engine {
@@ -120,7 +125,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         if !self.failed.load(Ordering::Acquire) {
             // A drop cannot report errors; Store::close can.
-            let _ = self.checkpoint();
+            let _ = self.checkpoint_if_changed();
         }
     }
 }

@@ -148,7 +148,7 @@ fn new_engine(
         log_geo,
         commit: Mutex::new(CommitState::default()),
         commit_cv: Condvar::new(),
-        checkpoint: Mutex::new(CheckpointState { generation, catalog_pages }),
+        checkpoint: Mutex::new(CheckpointState { generation, catalog_pages, covered_to: None }),
         failed: AtomicBool::new(false),
         maint: Arc::new(Maintenance::default()),
         writes_started: AtomicU64::new(0),
@@ -434,7 +434,7 @@ fn load_node(
         }
     }
     space.set_reserved(page, true);
-    let node = Arc::new(tree::build_node(decoded, children, geo, page));
+    let node = Arc::new(tree::build_node(decoded, children, page));
     loaded.insert(page, (node.clone(), level));
     Ok(node)
 }

@@ -8,7 +8,7 @@
 //! of nodes that is the same subtree by either test, so it visits only the
 //! paths that lead to a change, whatever the size of the volume.
 
-use super::{Body, Geometry, LeafEntry, Node, Root};
+use super::{Body, Children, Geometry, LeafEntry, Node, Root};
 use std::cmp::Ordering;
 
 /// What one walk cost, so that tests and benchmarks can check the cost
@@ -66,8 +66,8 @@ impl Walk<'_> {
                 match (&x.body, &y.body) {
                     (Body::Interior(ca), Body::Interior(cb)) if level > 0 => {
                         let span = self.geo.span(level - 1);
-                        for (i, (ca, cb)) in ca.iter().zip(cb.iter()).enumerate() {
-                            self.pair(ca.as_deref(), cb.as_deref(), level - 1, base + i as u64 * span);
+                        for (i, ca, cb) in zip_children(ca, cb) {
+                            self.pair(ca, cb, level - 1, base + i as u64 * span);
                         }
                     }
                     (Body::Leaf(ea), Body::Leaf(eb)) => self.leaves(ea, eb, base),
@@ -92,10 +92,8 @@ impl Walk<'_> {
             Body::Leaf(entries) => entries.iter().for_each(|e| (self.changed)(base + e.idx as u64, in_b)),
             Body::Interior(children) if level > 0 => {
                 let span = self.geo.span(level - 1);
-                for (i, c) in children.iter().enumerate() {
-                    if let Some(c) = c {
-                        self.whole(c, level - 1, base + i as u64 * span, in_b);
-                    }
+                for (i, c) in children.iter() {
+                    self.whole(c, level - 1, base + i as u64 * span, in_b);
                 }
             }
             Body::Interior(_) => {}
@@ -140,16 +138,33 @@ impl Walk<'_> {
     }
 }
 
+/// Pairs the children of two interior nodes by index, in index order, with
+/// `None` where one side has no child at that index.
+fn zip_children<'a>(a: &'a Children, b: &'a Children) -> Vec<(usize, Option<&'a Node>, Option<&'a Node>)> {
+    let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    loop {
+        let next = match (ia.peek(), ib.peek()) {
+            (None, None) => return out,
+            (Some(&(i, _)), None) => (i, true, false),
+            (None, Some(&(j, _))) => (j, false, true),
+            (Some(&(i, _)), Some(&(j, _))) => (i.min(j), i <= j, j <= i),
+        };
+        let (i, take_a, take_b) = next;
+        let ca = if take_a { ia.next().map(|(_, c)| &**c) } else { None };
+        let cb = if take_b { ib.next().map(|(_, c)| &**c) } else { None };
+        out.push((i, ca, cb));
+    }
+}
+
 /// Appends `(lblock, page)` for every block the subtree maps, in order.
 fn flatten(node: &Node, geo: Geometry, level: u32, base: u64, out: &mut Vec<(u64, u64)>) {
     match &node.body {
         Body::Leaf(entries) => out.extend(entries.iter().map(|e| (base + e.idx as u64, e.page))),
         Body::Interior(children) if level > 0 => {
             let span = geo.span(level - 1);
-            for (i, c) in children.iter().enumerate() {
-                if let Some(c) = c {
-                    flatten(c, geo, level - 1, base + i as u64 * span, out);
-                }
+            for (i, c) in children.iter() {
+                flatten(c, geo, level - 1, base + i as u64 * span, out);
             }
         }
         Body::Interior(_) => {}
