@@ -7,8 +7,9 @@ use crate::engine::State;
 use crate::error::{Error, Result};
 use crate::format::{Crc, NodeHeader};
 use crate::store::Store;
-use crate::tree::{self, Body, Node};
+use crate::tree::{self, Body, Child, Node};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// One problem `check` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,8 +124,16 @@ pub struct StoreStats {
     pub data_blocks: u64,
     /// Distinct tree nodes.
     pub tree_nodes: u64,
-    /// Bytes the tree nodes take in memory.
+    /// Bytes the metadata takes in memory: nodes changed since the last
+    /// checkpoint, the node cache, and the reference counts.
     pub metadata_memory_bytes: u64,
+    /// Bytes of written tree nodes in the node cache (at most
+    /// `StoreOptions::node_cache_bytes`, plus nodes a checkpoint is writing).
+    pub node_cache_bytes: u64,
+    /// Tree node reads the cache answered, and those that read a page.
+    pub node_cache_hits: u64,
+    /// See `node_cache_hits`.
+    pub node_cache_misses: u64,
     /// Bytes of the data file (blocks, metadata, WAL and free space).
     pub file_bytes: u64,
     /// Free bytes inside the data file.
@@ -145,7 +154,7 @@ impl Store {
         // the state while it writes.
         let _no_checkpoint = self.engine.checkpoint_guard();
         self.engine.reclaim();
-        let st = self.engine.state.lock();
+        let mut st = self.engine.state.lock();
         let mut report = CheckReport {
             volumes: st.volumes.len(),
             snapshots: st.snapshots.len(),
@@ -153,23 +162,7 @@ impl Store {
             ..Default::default()
         };
         let npages = st.space.npages();
-        let mut actual = vec![0u32; npages as usize];
-        let mut persisted = Vec::new();
-        let roots: Vec<(&Node, u32)> =
-            st.all_roots().into_iter().chain(st.garbage.iter().map(|n| (&**n, u32::MAX))).collect();
-        tree::visit_unique(roots, |n, _| {
-            report.nodes += 1;
-            if n.addr() != 0 {
-                persisted.push(n);
-            }
-            if let Body::Leaf(entries) = &n.body {
-                for e in entries {
-                    if let Some(c) = actual.get_mut(e.page as usize) {
-                        *c += 1;
-                    }
-                }
-            }
-        });
+        let refs = count_actual_references(&mut st, &mut report);
         let mut waiting = vec![false; npages as usize];
         for &p in st.space.quarantine.iter() {
             waiting[p as usize] = true;
@@ -186,8 +179,9 @@ impl Store {
             }
         }
         for p in 1..npages {
-            let (stored, act) = (st.space.refcount(p), actual[p as usize]);
-            if act > 0 {
+            let (node, data) = (refs.node[p as usize], refs.data[p as usize]);
+            let (stored, act) = (st.space.refcount(p), node + data);
+            if data > 0 {
                 report.data_pages += 1;
             }
             if stored != act {
@@ -196,7 +190,7 @@ impl Store {
             if act > 0 && free[p as usize] {
                 report.problems.push(Problem::ReferencedButFree { page: p });
             }
-            if act > 0 && st.space.is_reserved(p) {
+            if data > 0 && (st.space.is_reserved(p) || node > 0) {
                 report.problems.push(Problem::DoubleOwned { page: p });
             }
             if free[p as usize] && st.space.is_reserved(p) {
@@ -206,10 +200,11 @@ impl Store {
                 report.problems.push(Problem::Leaked { page: p });
             }
         }
+        // Read every written node back from its page, not from the cache:
+        // the disk copy is what the next open will read.
         let bs = self.engine.block_size as usize;
         let mut buf = vec![0u8; bs];
-        for n in persisted {
-            let page = n.addr();
+        for page in refs.written {
             let res = self
                 .engine
                 .file
@@ -237,7 +232,7 @@ impl Store {
     /// # Errors
     /// Only when the store itself cannot be accessed; damage is reported.
     pub fn scrub(&self) -> Result<ScrubReport> {
-        let (expected, mut bad) = self.expected_checksums();
+        let (expected, mut bad) = self.expected_checksums()?;
         let bs = self.engine.block_size as u64;
         let max_run = ((4u64 << 20) / bs).max(1);
         // Runs of consecutive live pages, in page order, at most 4 MiB each.
@@ -285,8 +280,10 @@ impl Store {
         let mut want: HashMap<u64, Option<u32>> = suspects.iter().map(|&p| (p, None)).collect();
         let mut bad = Vec::new();
         {
-            let st = self.engine.state.lock();
-            for_each_leaf_entry(&st, |page, crc| {
+            let mut st = self.engine.state.lock();
+            // A tree that cannot be read leaves its pages unjudged here;
+            // `check` reports it.
+            let _ = for_each_leaf_entry(&mut st, |page, crc| {
                 if let Some(slot) = want.get_mut(&page) {
                     match slot {
                         Some(c) if *c != crc => bad.push(page),
@@ -309,14 +306,14 @@ impl Store {
     /// trees (shared subtrees visited once), indexed by page so that scrub
     /// reads the file in order without sorting. Pages that two leaves give
     /// different checksums are returned as damaged at once.
-    fn expected_checksums(&self) -> (Expected, Vec<u64>) {
-        let st = self.engine.state.lock();
+    fn expected_checksums(&self) -> Result<(Expected, Vec<u64>)> {
+        let mut st = self.engine.state.lock();
         let mut exp = Expected {
             crc: vec![0; st.space.npages() as usize],
             live: vec![0; st.space.npages().div_ceil(64) as usize],
         };
         let mut conflicting = Vec::new();
-        for_each_leaf_entry(&st, |page, crc| {
+        for_each_leaf_entry(&mut st, |page, crc| {
             let Some(slot) = exp.crc.get_mut(page as usize) else {
                 conflicting.push(page);
                 return;
@@ -328,8 +325,8 @@ impl Store {
             }
             *word |= bit;
             *slot = crc;
-        });
-        (exp, conflicting)
+        })?;
+        Ok((exp, conflicting))
     }
 
     fn owners_of(&self, pages: &[u64]) -> Vec<DamagedBlock> {
@@ -337,23 +334,25 @@ impl Store {
             .iter()
             .map(|&p| (p, DamagedBlock { page: p, volumes: vec![], snapshots: vec![], templates: vec![] }))
             .collect();
-        let st = self.engine.state.lock();
-        for v in st.volumes.values() {
-            tree::for_each_mapping(&v.root, v.geo, |lb, m| {
+        let mut st = self.engine.state.lock();
+        let State { volumes, snapshots, templates, nodes, .. } = &mut *st;
+        // A tree that cannot be read names fewer owners; check reports why.
+        for v in volumes.values() {
+            let _ = tree::for_each_mapping(&v.root, v.geo, nodes, |lb, m| {
                 if let Some(d) = out.get_mut(&m.page) {
                     d.volumes.push((v.info.id, lb));
                 }
             });
         }
-        for s in st.snapshots.values() {
-            tree::for_each_mapping(&s.root, s.geo, |lb, m| {
+        for s in snapshots.values() {
+            let _ = tree::for_each_mapping(&s.root, s.geo, nodes, |lb, m| {
                 if let Some(d) = out.get_mut(&m.page) {
                     d.snapshots.push((s.info.id, lb));
                 }
             });
         }
-        for t in st.templates.values() {
-            tree::for_each_mapping(&t.root, t.geo, |lb, m| {
+        for t in templates.values() {
+            let _ = tree::for_each_mapping(&t.root, t.geo, nodes, |lb, m| {
                 if let Some(d) = out.get_mut(&m.page) {
                     d.templates.push((t.info.id, lb));
                 }
@@ -365,8 +364,8 @@ impl Store {
     /// Space used and shared, metadata size. Cost: one pass over the
     /// distinct tree nodes.
     pub fn stats(&self) -> StoreStats {
-        let st = self.engine.state.lock();
-        stats_of(&st)
+        let mut st = self.engine.state.lock();
+        stats_of(&mut st)
     }
 }
 
@@ -452,13 +451,91 @@ fn verify_runs(
 }
 
 /// Calls `f(page, crc)` for every leaf entry of every tree, visiting
-/// shared subtrees once.
-fn for_each_leaf_entry(st: &State, mut f: impl FnMut(u64, u32)) {
-    tree::visit_unique(st.all_roots(), |n, _| {
+/// shared subtrees once. A node that cannot be read ends the walk with its
+/// error.
+fn for_each_leaf_entry(st: &mut State, mut f: impl FnMut(u64, u32)) -> Result<()> {
+    let (roots, nodes, _) = st.roots_with_cache();
+    tree::visit_unique(roots, nodes, |n, _, _| {
         if let Body::Leaf(entries) = &n.body {
             entries.iter().for_each(|e| f(e.page, e.crc));
         }
-    });
+    })
+}
+
+/// The references that exist, counted from the trees and the garbage list:
+/// per node page, the `Disk` references to it; per data page, the distinct
+/// leaves holding it; and every written node page reached.
+struct ActualRefs {
+    node: Vec<u32>,
+    data: Vec<u32>,
+    written: Vec<u64>,
+}
+
+/// Walks every tree and the garbage list once (shared subtrees once),
+/// reading written nodes through the cache. A node that cannot be read is
+/// reported and its subtree skipped.
+fn count_actual_references(st: &mut State, report: &mut CheckReport) -> ActualRefs {
+    let npages = st.space.npages() as usize;
+    let mut refs = ActualRefs { node: vec![0; npages], data: vec![0; npages], written: Vec::new() };
+    let State { volumes, snapshots, templates, garbage, nodes, .. } = st;
+    let mut seen_dirty = std::collections::HashSet::new();
+    let mut stack: Vec<(Arc<Node>, u32)> = Vec::new();
+    let mut pending: Vec<(u64, u32)> = Vec::new();
+    // A written node is read when first referenced (`pending`); a dirty
+    // node is walked once however many trees share it.
+    let mut reference = |c: &Child, level: u32, refs: &mut ActualRefs, stack: &mut Vec<_>, pending: &mut Vec<_>| match c
+    {
+        Child::Disk(p) => {
+            if let Some(n) = refs.node.get_mut(*p as usize) {
+                *n += 1;
+                if *n == 1 {
+                    pending.push((*p, level));
+                }
+            }
+        }
+        Child::Mem(a) => {
+            if seen_dirty.insert(Arc::as_ptr(a)) {
+                stack.push((a.clone(), level));
+            }
+        }
+    };
+    let roots = volumes
+        .values()
+        .filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top())))
+        .chain(snapshots.values().filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top()))))
+        .chain(templates.values().filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top()))))
+        .chain(garbage.iter().map(|(c, l)| (c, *l)));
+    for (c, level) in roots {
+        reference(c, level, &mut refs, &mut stack, &mut pending);
+    }
+    loop {
+        for (page, level) in std::mem::take(&mut pending) {
+            match nodes.load(page, level) {
+                Ok(n) => {
+                    refs.written.push(page);
+                    stack.push((n, level));
+                }
+                Err(e) => report.problems.push(Problem::UnreadableNode { page, detail: e.to_string() }),
+            }
+        }
+        let Some((n, level)) = stack.pop() else { break };
+        report.nodes += 1;
+        match &n.body {
+            Body::Leaf(entries) => {
+                for e in entries {
+                    if let Some(c) = refs.data.get_mut(e.page as usize) {
+                        *c += 1;
+                    }
+                }
+            }
+            Body::Interior(children) => {
+                for c in children.refs() {
+                    reference(c, level.saturating_sub(1), &mut refs, &mut stack, &mut pending);
+                }
+            }
+        }
+    }
+    refs
 }
 
 fn verify_node_page(buf: &[u8], page: u64) -> Result<()> {
@@ -467,7 +544,7 @@ fn verify_node_page(buf: &[u8], page: u64) -> Result<()> {
     NodeHeader::decode(buf, page).map(drop)
 }
 
-fn stats_of(st: &State) -> StoreStats {
+fn stats_of(st: &mut State) -> StoreStats {
     let mut s = StoreStats {
         volumes: st.volumes.len(),
         snapshots: st.snapshots.len(),
@@ -476,47 +553,100 @@ fn stats_of(st: &State) -> StoreStats {
         free_bytes: st.space.free_pages() * st.block_size,
         ..Default::default()
     };
-    for v in st.volumes.values() {
+    let block_size = st.block_size;
+    let State { volumes, snapshots, templates, nodes, space, .. } = st;
+    for v in volumes.values() {
         s.logical_bytes += v.info.size_bytes;
-        tree::for_each_mapping(&v.root, v.geo, |_, _| s.mapped_bytes += st.block_size);
+        let _ = tree::for_each_mapping(&v.root, v.geo, nodes, |_, _| s.mapped_bytes += block_size);
     }
     // A node is shared when more than one tree or parent holds it (its
-    // Arc count), and everything below a shared node is shared too. A page
-    // is shared when its leaf is, or when several leaves reference it.
+    // page's reference count, or its Arc count while it is dirty), and
+    // everything below a shared node is shared too. A page is shared when
+    // its leaf is, or when several leaves reference it.
+    let shared_ref = |c: &Child| match c {
+        Child::Mem(a) => Arc::strong_count(a) > 1,
+        Child::Disk(p) => space.refcount(*p) > 1,
+    };
     let mut seen_pages: HashMap<u64, bool> = HashMap::new();
     let mut seen_nodes = std::collections::HashSet::new();
-    let mut stack: Vec<(&std::sync::Arc<Node>, bool)> = st
-        .volumes
+    let mut stack: Vec<(Arc<Node>, u32, bool)> = Vec::new();
+    let roots = volumes
         .values()
-        .filter_map(|v| v.root.as_ref())
-        .chain(st.snapshots.values().filter_map(|x| x.root.as_ref()))
-        .chain(st.templates.values().filter_map(|x| x.root.as_ref()))
-        .map(|r| (r, std::sync::Arc::strong_count(r) > 1))
-        .collect();
-    while let Some((n, shared)) = stack.pop() {
-        if !seen_nodes.insert(std::sync::Arc::as_ptr(n)) {
-            continue;
+        .filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top())))
+        .chain(snapshots.values().filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top()))))
+        .chain(templates.values().filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top()))));
+    let mut visit = |c: &Child, level: u32, shared: bool, nodes: &tree::NodeCache, stack: &mut Vec<_>| {
+        let key = match c {
+            Child::Disk(p) => (*p, std::ptr::null()),
+            Child::Mem(a) => (0, Arc::as_ptr(a)),
+        };
+        if seen_nodes.insert(key) {
+            if let Ok(n) = c.node(level, nodes) {
+                stack.push((n, level, shared || shared_ref(c)));
+            }
         }
+    };
+    for (r, level) in roots {
+        visit(r, level, false, nodes, &mut stack);
+    }
+    while let Some((n, level, shared)) = stack.pop() {
         s.tree_nodes += 1;
-        s.metadata_memory_bytes += n.mem_bytes() as u64;
         match &n.body {
             Body::Leaf(entries) => {
                 for e in entries {
-                    let multi = shared || st.space.refcount(e.page) > 1;
+                    let multi = shared || space.refcount(e.page) > 1;
                     let slot = seen_pages.entry(e.page).or_insert(false);
                     *slot |= multi;
                 }
             }
             Body::Interior(children) => {
-                for c in children.nodes() {
-                    stack.push((c, shared || std::sync::Arc::strong_count(c) > 1));
+                for c in children.refs() {
+                    visit(c, level.saturating_sub(1), shared, nodes, &mut stack);
                 }
             }
         }
     }
     s.data_blocks = seen_pages.len() as u64;
-    s.physical_bytes = s.data_blocks * st.block_size;
+    s.physical_bytes = s.data_blocks * block_size;
     s.shared_blocks = seen_pages.values().filter(|&&v| v).count() as u64;
-    s.metadata_memory_bytes += st.space.npages() * 4;
+    s.metadata_memory_bytes = dirty_bytes(volumes, snapshots, templates) + nodes.bytes() as u64 + space.npages() * 4;
+    let cache = nodes.stats();
+    s.node_cache_bytes = nodes.bytes() as u64;
+    (s.node_cache_hits, s.node_cache_misses) = (cache.hits, cache.misses);
     s
+}
+
+/// Bytes the dirty nodes (changed since the last checkpoint) take, each
+/// counted once.
+fn dirty_bytes<I, J, K, R>(
+    volumes: &BTreeMap<u64, crate::engine::Entry<I, R>>,
+    snapshots: &BTreeMap<u64, crate::engine::Entry<J>>,
+    templates: &BTreeMap<u64, crate::engine::Entry<K>>,
+) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<&Arc<Node>> = Vec::new();
+    let roots = volumes
+        .values()
+        .filter_map(|e| e.root.as_ref())
+        .chain(snapshots.values().filter_map(|e| e.root.as_ref()))
+        .chain(templates.values().filter_map(|e| e.root.as_ref()));
+    for r in roots {
+        if let Child::Mem(a) = r {
+            stack.push(a);
+        }
+    }
+    let mut bytes = 0;
+    while let Some(n) = stack.pop() {
+        if !seen.insert(Arc::as_ptr(n)) {
+            continue;
+        }
+        bytes += n.mem_bytes() as u64;
+        if let Body::Interior(children) = &n.body {
+            stack.extend(children.refs().filter_map(|c| match c {
+                Child::Mem(a) => Some(a),
+                Child::Disk(_) => None,
+            }));
+        }
+    }
+    bytes
 }

@@ -158,7 +158,7 @@ pub(crate) fn diff_locked(st: &State, block_size: u32, from: Option<DiffPoint>, 
     }
     let mut runs = Runs::default();
     let mut counters = DiffCounters::default();
-    tree::diff_trees(a.root, b.root, a.geo, &mut counters, &mut |lb, data| runs.push(lb, data));
+    tree::diff_trees(a.root, b.root, a.geo, &st.nodes, &mut counters, &mut |lb, data| runs.push(lb, data))?;
     Ok(Diff {
         size_bytes: a.size,
         block_size,

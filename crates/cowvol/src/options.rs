@@ -25,6 +25,11 @@ pub struct StoreOptions {
     /// often, with the wall clock (see [`crate::Store::run_policies`]).
     /// Default: `None`: the host calls `run_policies` when it decides.
     pub policy_interval: Option<Duration>,
+    /// Bytes of written tree nodes kept in memory. Nodes beyond it are
+    /// dropped (least recently used first, by a clock) and read back from
+    /// their pages when needed; nodes changed since the last checkpoint are
+    /// kept regardless until it writes them. Default: 256 MiB.
+    pub node_cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -34,6 +39,7 @@ impl Default for StoreOptions {
             checkpoint_wal_bytes: 64 << 20,
             background_checkpoints: true,
             policy_interval: None,
+            node_cache_bytes: 256 << 20,
         }
     }
 }

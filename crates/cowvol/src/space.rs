@@ -179,6 +179,20 @@ impl Space {
         }
     }
 
+    /// A reference to the tree node at `page` is gone. Returns whether it
+    /// was the last: the page then becomes obsolete (still reserved, so not
+    /// reused before the next checkpoint is durable).
+    pub(crate) fn dec_node(&mut self, page: u64) -> bool {
+        let c = &mut self.refcnt[page as usize];
+        debug_assert!(*c > 0, "node refcount underflow on page {page}");
+        *c = c.saturating_sub(1);
+        if *c == 0 {
+            self.obsolete.push(page);
+            return true;
+        }
+        false
+    }
+
     /// Sets the reference count directly (recovery only).
     pub(crate) fn set_refcount(&mut self, page: u64, n: u32) {
         self.refcnt[page as usize] = n;

@@ -320,7 +320,7 @@ impl Store {
     pub fn snapshot_exclusive_bytes(&self, snapshot: SnapshotId) -> Result<u64> {
         let st = self.engine.state.lock();
         let s = st.snapshots.get(&snapshot.0).ok_or_else(|| Error::not_found(format!("snapshot {snapshot}")))?;
-        Ok(tree::exclusive_pages(&s.root, &st.space) * st.block_size)
+        Ok(tree::exclusive_pages(&s.root, s.geo, &st.space, &st.nodes)? * st.block_size)
     }
 
     /// Rolls a volume back to one of its snapshots by swapping its tree root:

@@ -1,34 +1,42 @@
 //! Extent trees: the map from a volume's logical blocks to data pages.
 //!
 //! A tree is a radix tree of fixed fan-out whose nodes are shared between
-//! volumes and snapshots through `Arc` (path copying, as in dm-thin or
-//! btrfs). Taking a snapshot or fork copies a root pointer; the first write
-//! under a shared node copies the nodes on its path and nothing else.
+//! volumes and snapshots (path copying, as in dm-thin or btrfs). Taking a
+//! snapshot or fork copies a root reference; the first write under a shared
+//! node copies the nodes on its path and nothing else.
 //!
-//! Reference counting has two halves:
-//! - a node's reference count is its `Arc` strong count; every `Arc<Node>`
-//!   lives in a tree, the garbage list, or a checkpoint's captured roots, and
-//!   is created and dropped only under the store's state lock;
-//! - a data page's reference count (in [`Space`]) is the number of distinct
-//!   leaves that contain it. Copying a leaf adds one to each of its pages;
-//!   a leaf freed for good subtracts one.
+//! A reference to a node ([`Child`]) is one of two kinds:
+//! - `Disk(page)`: a *written* node, immutable, read through the
+//!   [`NodeCache`] (which may drop it and read it back at any time);
+//! - `Mem(Arc<Node>)`: a *dirty* node, changed since the last checkpoint,
+//!   which lives only in memory until a checkpoint writes it.
 //!
-//! Every node has a stable identity on disk once a checkpoint has written
-//! it (`addr`, its page). Invariant: a node with a non-zero `addr` has a
-//! subtree identical to what is on disk at that page, because any change
-//! below it goes through [`make_mut`] on every node of the path, which
-//! clears the address. Two trees can therefore be compared by skipping
-//! equal addresses, and a checkpoint writes only nodes without one.
+//! Invariants, kept by [`make_mut`] and the checkpoint:
+//! - a written node's children are all `Disk`; a `Mem` reference always
+//!   points at a dirty node (the checkpoint turns every reference to a node
+//!   it writes into `Disk`);
+//! - a written node's page has a reference count (in [`Space`]): the number
+//!   of `Disk` references to it, from nodes (dirty or written), tree roots
+//!   and the garbage list. Copy-on-write asks that count whether a written
+//!   node is shared; a dirty node is shared when its `Arc` is;
+//! - a data page's reference count is the number of distinct leaves that
+//!   contain it, dirty or written. Copying a shared leaf adds one to each of
+//!   its pages; a leaf freed for good subtracts one;
+//! - every change to a tree happens under the store's state lock, which
+//!   also guards the node cache and the space map.
+//!
+//! Two trees can be compared by skipping equal references (same page, or
+//! same dirty node); a checkpoint writes exactly the dirty nodes.
 
+mod cache;
 mod diff;
 
+pub(crate) use cache::NodeCache;
 pub(crate) use diff::{diff_trees, DiffCounters};
 
 use crate::error::{Error, Result};
 use crate::format::{Crc, Dec, Enc, NodeHeader, MAX_PAGE, NODE_HEADER_LEN};
 use crate::space::Space;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Where one logical block lives: its page and the CRC of its contents.
@@ -45,6 +53,63 @@ pub(crate) struct LeafEntry {
     pub(crate) page: u64,
 }
 
+/// A reference to a tree node; see the module documentation.
+#[derive(Debug)]
+pub(crate) enum Child {
+    /// A written node, by its page.
+    Disk(u64),
+    /// A node changed since the last checkpoint.
+    Mem(Arc<Node>),
+}
+
+impl Child {
+    /// The page of a written node.
+    pub(crate) fn page(&self) -> Option<u64> {
+        match self {
+            Child::Disk(p) => Some(*p),
+            Child::Mem(_) => None,
+        }
+    }
+
+    /// Whether both references name one subtree: the same page, or the
+    /// same dirty node.
+    pub(crate) fn same_as(&self, other: &Child) -> bool {
+        match (self, other) {
+            (Child::Disk(a), Child::Disk(b)) => a == b,
+            (Child::Mem(a), Child::Mem(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// One more reference to the same subtree: a written node's page
+    /// counts it, a dirty node's `Arc` does.
+    pub(crate) fn share(&self, space: &mut Space) -> Child {
+        match self {
+            Child::Disk(p) => {
+                space.inc(*p);
+                Child::Disk(*p)
+            }
+            Child::Mem(a) => Child::Mem(a.clone()),
+        }
+    }
+
+    /// The node itself, from memory or through the cache.
+    pub(crate) fn node(&self, level: u32, nodes: &NodeCache) -> Result<Arc<Node>> {
+        match self {
+            Child::Disk(p) => nodes.load(*p, level),
+            Child::Mem(a) => Ok(a.clone()),
+        }
+    }
+}
+
+/// A tree root: no tree at all (nothing mapped), or its top node.
+pub(crate) type Root = Option<Child>;
+
+/// Shares a whole tree with one more owner (a snapshot, a fork, a restore).
+pub(crate) fn share(root: &Root, space: &mut Space) -> Root {
+    root.as_ref().map(|c| c.share(space))
+}
+
 #[derive(Debug)]
 pub(crate) enum Body {
     /// Sorted by `idx`; only mapped blocks have an entry.
@@ -53,17 +118,22 @@ pub(crate) enum Body {
     Interior(Children),
 }
 
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) body: Body,
+}
+
 /// An interior node's children: only the slots that hold a subtree, sorted
 /// by index. A scattered write on a large sparse volume creates one child
 /// per level, so storing the empty slots of a 256-way node would cost
 /// kilobytes per write; this costs 16 bytes per child.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Children(Vec<(u16, Arc<Node>)>);
+#[derive(Debug, Default)]
+pub(crate) struct Children(Vec<(u16, Child)>);
 
 impl Children {
     /// The child at index `i`. In a full node (the common case for dense
     /// data) it sits at position `i`; otherwise a binary search finds it.
-    pub(crate) fn get(&self, i: usize) -> Option<&Arc<Node>> {
+    pub(crate) fn get(&self, i: usize) -> Option<&Child> {
         match self.0.get(i) {
             Some((x, c)) if *x as usize == i => Some(c),
             _ => self.position(i).ok().map(|p| &self.0[p].1),
@@ -75,7 +145,7 @@ impl Children {
     }
 
     /// The child at index `i`, created by `make` when it is missing.
-    fn get_or_insert_with(&mut self, i: usize, make: impl FnOnce() -> Arc<Node>) -> &mut Arc<Node> {
+    fn get_or_insert_with(&mut self, i: usize, make: impl FnOnce() -> Child) -> &mut Child {
         let p = match self.position(i) {
             Ok(p) => p,
             Err(p) => {
@@ -87,12 +157,12 @@ impl Children {
     }
 
     /// Every child with its index, in index order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Arc<Node>)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Child)> {
         self.0.iter().map(|(i, c)| (*i as usize, c))
     }
 
     /// Every child, in index order.
-    pub(crate) fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+    pub(crate) fn refs(&self) -> impl Iterator<Item = &Child> {
         self.0.iter().map(|(_, c)| c)
     }
 
@@ -104,52 +174,70 @@ impl Children {
         self.0.is_empty()
     }
 
-    fn into_nodes(self) -> impl Iterator<Item = Arc<Node>> {
+    fn into_refs(self) -> impl Iterator<Item = Child> {
         self.0.into_iter().map(|(_, c)| c)
     }
 
     /// Runs `f` on the slot of each child whose index is in `range`; a slot
-    /// that `f` empties is removed.
-    fn retain_in(&mut self, range: std::ops::Range<usize>, mut f: impl FnMut(usize, &mut Root)) {
+    /// that `f` empties is removed. Stops at the first error, keeping every
+    /// slot (changed or not) in place.
+    fn retain_in(
+        &mut self,
+        range: std::ops::Range<usize>,
+        mut f: impl FnMut(usize, &mut Root) -> Result<()>,
+    ) -> Result<()> {
         let from = self.0.partition_point(|(x, _)| (*x as usize) < range.start);
         let to = self.0.partition_point(|(x, _)| (*x as usize) < range.end);
         let mut kept = Vec::with_capacity(to - from);
+        let mut result = Ok(());
         for (i, c) in self.0.drain(from..to).collect::<Vec<_>>() {
             let mut slot = Some(c);
-            f(i as usize, &mut slot);
+            if result.is_ok() {
+                result = f(i as usize, &mut slot);
+            }
             kept.extend(slot.map(|c| (i, c)));
         }
         self.0.splice(from..from, kept);
+        result
     }
 
-    /// Children from decoded `(index, node)` pairs in ascending index order.
-    fn from_sorted(children: Vec<(usize, Arc<Node>)>) -> Children {
-        debug_assert!(children.windows(2).all(|w| w[0].0 < w[1].0));
-        Children(children.into_iter().map(|(i, c)| (i as u16, c)).collect())
+    /// The same children with each reference shared once more (a copy of
+    /// a node that stays in use elsewhere).
+    fn share_all(&self, space: &mut Space) -> Children {
+        Children(self.0.iter().map(|(i, c)| (*i, c.share(space))).collect())
+    }
+
+    /// A copy of a written node's children, which are all `Disk`, taking
+    /// over its references (the written node is going away).
+    fn take_over(&self) -> Children {
+        let copy = |(i, c): &(u16, Child)| match c {
+            Child::Disk(p) => (*i, Child::Disk(*p)),
+            Child::Mem(a) => (*i, Child::Mem(a.clone())),
+        };
+        Children(self.0.iter().map(copy).collect())
+    }
+
+    /// Children of a written node from `(index, page)` pairs in ascending
+    /// index order.
+    fn on_disk(pages: Vec<(usize, u64)>) -> Children {
+        Children(pages.into_iter().map(|(i, p)| (i as u16, Child::Disk(p))).collect())
+    }
+
+    /// The written form of a dirty node's children: each `Mem` child is
+    /// replaced by the page `page_of` gives it (it is being written too).
+    pub(crate) fn written(&self, page_of: impl Fn(&Arc<Node>) -> u64) -> Children {
+        let to_disk = |(i, c): &(u16, Child)| match c {
+            Child::Disk(p) => (*i, Child::Disk(*p)),
+            Child::Mem(a) => (*i, Child::Disk(page_of(a))),
+        };
+        Children(self.0.iter().map(to_disk).collect())
     }
 }
-
-#[derive(Debug)]
-pub(crate) struct Node {
-    /// Page holding this node on disk, 0 when it has not been written.
-    addr: AtomicU64,
-    pub(crate) body: Body,
-}
-
-pub(crate) type Root = Option<Arc<Node>>;
 
 impl Node {
     fn empty(level: u32) -> Node {
         let body = if level == 0 { Body::Leaf(Vec::new()) } else { Body::Interior(Children::default()) };
-        Node { addr: AtomicU64::new(0), body }
-    }
-
-    pub(crate) fn addr(&self) -> u64 {
-        self.addr.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn set_addr(&self, page: u64) {
-        self.addr.store(page, Ordering::Release);
+        Node { body }
     }
 
     fn is_empty(&self) -> bool {
@@ -159,13 +247,13 @@ impl Node {
         }
     }
 
-    /// Bytes this node occupies in memory (for stats).
+    /// Bytes this node occupies in memory (for stats and the cache budget).
     pub(crate) fn mem_bytes(&self) -> usize {
         std::mem::size_of::<Node>()
             + 16
             + match &self.body {
                 Body::Leaf(v) => v.capacity() * std::mem::size_of::<LeafEntry>(),
-                Body::Interior(c) => c.0.capacity() * std::mem::size_of::<(u16, Arc<Node>)>(),
+                Body::Interior(c) => c.0.capacity() * std::mem::size_of::<(u16, Child)>(),
             }
     }
 }
@@ -184,6 +272,11 @@ impl Geometry {
         Geometry { bits, levels: need.div_ceil(bits).max(1) }
     }
 
+    /// The level of a tree's root.
+    pub(crate) fn top(self) -> u32 {
+        self.levels - 1
+    }
+
     fn fanout(self) -> usize {
         1 << self.bits
     }
@@ -199,22 +292,26 @@ impl Geometry {
 }
 
 /// Returns the mapping of `lblock`, if it is mapped.
-pub(crate) fn lookup(root: &Root, geo: Geometry, lblock: u64) -> Option<Mapping> {
-    let mut node = root.as_deref()?;
-    let mut level = geo.levels - 1;
+pub(crate) fn lookup(root: &Root, geo: Geometry, lblock: u64, nodes: &NodeCache) -> Result<Option<Mapping>> {
+    let Some(r) = root else { return Ok(None) };
+    let mut node = r.node(geo.top(), nodes)?;
+    let mut level = geo.top();
     loop {
-        match &node.body {
-            Body::Interior(children) => {
-                node = children.get(geo.index(lblock, level))?;
-                level -= 1;
-            }
+        let next = match &node.body {
+            Body::Interior(children) => match children.get(geo.index(lblock, level)) {
+                Some(c) => c.node(level - 1, nodes)?,
+                None => return Ok(None),
+            },
             Body::Leaf(entries) => {
                 let idx = geo.index(lblock, 0) as u32;
-                let i = find_entry(entries, idx).ok()?;
-                let e = entries[i];
-                return Some(Mapping { page: e.page, crc: Crc(e.crc) });
+                return Ok(find_entry(entries, idx).ok().map(|i| {
+                    let e = entries[i];
+                    Mapping { page: e.page, crc: Crc(e.crc) }
+                }));
             }
-        }
+        };
+        node = next;
+        level -= 1;
     }
 }
 
@@ -232,24 +329,35 @@ fn find_entry(entries: &[LeafEntry], idx: u32) -> std::result::Result<usize, usi
 /// Appends to `out` the mapping of each block `first..first + n`, in order.
 /// Descends once per leaf (or per missing subtree) rather than once per
 /// block.
-pub(crate) fn lookup_range(root: &Root, geo: Geometry, first: u64, n: u64, out: &mut Vec<Option<Mapping>>) {
+pub(crate) fn lookup_range(
+    root: &Root,
+    geo: Geometry,
+    first: u64,
+    n: u64,
+    out: &mut Vec<Option<Mapping>>,
+    nodes: &NodeCache,
+) -> Result<()> {
     let end = first + n;
     let mask = geo.fanout() as u64 - 1;
     let mut lb = first;
     out.reserve(n as usize);
     while lb < end {
-        let mut level = geo.levels - 1;
-        let mut node = root.as_deref();
+        let mut level = geo.top();
+        let mut node = match root {
+            Some(r) => Some(r.node(level, nodes)?),
+            None => None,
+        };
         let leaf = loop {
-            match node {
-                None => break None,
-                Some(nd) => match &nd.body {
-                    Body::Interior(children) => {
-                        node = children.get(geo.index(lb, level)).map(|c| &**c);
-                        level -= 1;
-                    }
-                    Body::Leaf(entries) => break Some(entries),
-                },
+            let Some(nd) = node else { break None };
+            match &nd.body {
+                Body::Interior(children) => {
+                    node = match children.get(geo.index(lb, level)) {
+                        Some(c) => Some(c.node(level - 1, nodes)?),
+                        None => None,
+                    };
+                    level -= 1;
+                }
+                Body::Leaf(_) => break Some(nd),
             }
         };
         match leaf {
@@ -260,7 +368,8 @@ pub(crate) fn lookup_range(root: &Root, geo: Geometry, first: u64, n: u64, out: 
                 out.extend((lb..stop).map(|_| None));
                 lb = stop;
             }
-            Some(entries) => {
+            Some(nd) => {
+                let Body::Leaf(entries) = &nd.body else { unreachable!("leaf checked above") };
                 let stop = ((lb | mask) + 1).min(end);
                 let mut p = entries.partition_point(|e| (e.idx as u64) < (lb & mask));
                 for b in lb..stop {
@@ -277,65 +386,114 @@ pub(crate) fn lookup_range(root: &Root, geo: Geometry, first: u64, n: u64, out: 
             }
         }
     }
+    Ok(())
 }
 
-/// Gives write access to the node in `slot`, copying it first when it is
-/// shared. A copied leaf adds a reference to each of its pages. A node
-/// changed in place loses its disk identity, and its old page becomes
-/// obsolete.
+/// Gives write access to the node in `slot` (at `level`), copying it first
+/// unless it is a dirty node no one else holds.
 ///
-/// Invariant kept here: `space.dirty_nodes` is at least the number of nodes
-/// without a disk address, because each of them needs a page at the next
-/// checkpoint and the metadata reserve must hold one for it. A copy is a
-/// new such node, and so is a written node changed in place (its old page
-/// stays in use until the checkpoint is durable).
-fn make_mut<'a>(slot: &'a mut Arc<Node>, space: &mut Space) -> &'a mut Node {
-    if Arc::get_mut(slot).is_none() {
+/// - A dirty node shared through its `Arc` is copied, and the copy shares
+///   each child and data page once more.
+/// - A written node is always copied (the cache and the disk keep the
+///   original). When this slot was its only reference, the copy takes its
+///   references over and its page becomes obsolete; otherwise the copy
+///   shares each child and data page once more and the page keeps its other
+///   references.
+///
+/// Invariant kept here: `space.dirty_nodes` is at least the number of dirty
+/// nodes, each of which needs a page at the next checkpoint; the metadata
+/// reserve holds one for each.
+fn make_mut<'a>(slot: &'a mut Child, level: u32, space: &mut Space, nodes: &NodeCache) -> Result<&'a mut Node> {
+    let copy = match slot {
+        Child::Mem(arc) if Arc::strong_count(arc) == 1 && Arc::weak_count(arc) == 0 => None,
+        Child::Mem(arc) => Some(shared_copy(arc, space)),
+        Child::Disk(page) => {
+            let page = *page;
+            let written = nodes.load(page, level)?;
+            let copy = if space.refcount(page) == 1 { taken_over_copy(&written) } else { shared_copy(&written, space) };
+            drop_written_ref(page, space, nodes);
+            Some(copy)
+        }
+    };
+    if let Some(copy) = copy {
         space.dirty_nodes += 1;
-        let body = match &slot.body {
-            Body::Leaf(v) => {
-                for e in v {
-                    space.inc(e.page);
-                }
-                Body::Leaf(v.clone())
+        *slot = Child::Mem(Arc::new(copy));
+    }
+    match slot {
+        Child::Mem(arc) => Ok(Arc::get_mut(arc).expect("unique after copy")),
+        Child::Disk(_) => unreachable!("made dirty above"),
+    }
+}
+
+/// A copy of a node that stays in use: every child and data page it
+/// references gains a reference.
+fn shared_copy(node: &Node, space: &mut Space) -> Node {
+    let body = match &node.body {
+        Body::Leaf(v) => {
+            for e in v {
+                space.inc(e.page);
             }
-            Body::Interior(c) => Body::Interior(c.clone()),
-        };
-        *slot = Arc::new(Node { addr: AtomicU64::new(0), body });
-    }
-    let node = Arc::get_mut(slot).expect("unique after copy");
-    let old = *node.addr.get_mut();
-    if old != 0 {
-        space.obsolete(old);
-        space.dirty_nodes += 1;
-        *node.addr.get_mut() = 0;
-    }
-    node
+            Body::Leaf(v.clone())
+        }
+        Body::Interior(c) => Body::Interior(c.share_all(space)),
+    };
+    Node { body }
 }
 
-/// Maps `lblock` to `m`, dropping the reference of whatever it mapped before.
-pub(crate) fn insert(root: &mut Root, geo: Geometry, lblock: u64, m: Mapping, space: &mut Space) {
-    insert_at(root, geo, geo.levels - 1, lblock, m, space);
+/// A copy of a written node that is going away: the copy takes its
+/// references over, so no count changes.
+fn taken_over_copy(node: &Node) -> Node {
+    let body = match &node.body {
+        Body::Leaf(v) => Body::Leaf(v.clone()),
+        Body::Interior(c) => Body::Interior(c.take_over()),
+    };
+    Node { body }
 }
 
-fn insert_at(slot: &mut Root, geo: Geometry, level: u32, lblock: u64, m: Mapping, space: &mut Space) {
-    let arc = slot.get_or_insert_with(|| new_node(level, space));
-    insert_into(arc, geo, level, lblock, m, space);
+/// Drops one `Disk` reference to a node whose contents the caller has
+/// already dealt with; at zero its page becomes obsolete and leaves the cache.
+fn drop_written_ref(page: u64, space: &mut Space, nodes: &NodeCache) {
+    if space.dec_node(page) {
+        nodes.forget(page);
+    }
 }
 
 /// A new, empty node: it will need a page at the next checkpoint.
-fn new_node(level: u32, space: &mut Space) -> Arc<Node> {
+fn new_node(level: u32, space: &mut Space) -> Child {
     space.dirty_nodes += 1;
-    Arc::new(Node::empty(level))
+    Child::Mem(Arc::new(Node::empty(level)))
 }
 
-fn insert_into(arc: &mut Arc<Node>, geo: Geometry, level: u32, lblock: u64, m: Mapping, space: &mut Space) {
-    let node = make_mut(arc, space);
+/// Maps `lblock` to `m`, dropping the reference of whatever it mapped before.
+/// On an error (a node that cannot be read) the tree is whole but the
+/// mapping may not have been made.
+pub(crate) fn insert(
+    root: &mut Root,
+    geo: Geometry,
+    lblock: u64,
+    m: Mapping,
+    space: &mut Space,
+    nodes: &NodeCache,
+) -> Result<()> {
+    let top = root.get_or_insert_with(|| new_node(geo.top(), space));
+    insert_into(top, geo, geo.top(), lblock, m, space, nodes)
+}
+
+fn insert_into(
+    child: &mut Child,
+    geo: Geometry,
+    level: u32,
+    lblock: u64,
+    m: Mapping,
+    space: &mut Space,
+    nodes: &NodeCache,
+) -> Result<()> {
+    let node = make_mut(child, level, space, nodes)?;
     let idx = geo.index(lblock, level);
     match &mut node.body {
         Body::Interior(children) => {
-            let child = children.get_or_insert_with(idx, || new_node(level - 1, space));
-            insert_into(child, geo, level - 1, lblock, m, space)
+            let c = children.get_or_insert_with(idx, || new_node(level - 1, space));
+            insert_into(c, geo, level - 1, lblock, m, space, nodes)
         }
         Body::Leaf(entries) => {
             let e = LeafEntry { idx: idx as u32, crc: m.crc.0, page: m.page };
@@ -347,118 +505,204 @@ fn insert_into(arc: &mut Arc<Node>, geo: Geometry, level: u32, lblock: u64, m: M
                 }
                 Err(i) => entries.insert(i, e),
             }
+            Ok(())
         }
     }
 }
+
+/// The trees detached by deletes, restores and discards, with the level of
+/// each subtree's top node, waiting to be released in bounded steps.
+pub(crate) type Garbage = Vec<(Child, u32)>;
 
 /// Unmaps logical blocks `[start, end)`. Subtrees that fall wholly inside
 /// the range are moved to `garbage` for release in bounded steps.
 pub(crate) fn remove_range(
     root: &mut Root,
     geo: Geometry,
-    start: u64,
-    end: u64,
+    range: std::ops::Range<u64>,
     space: &mut Space,
-    garbage: &mut Vec<Arc<Node>>,
-) {
-    remove_at(root, geo, geo.levels - 1, 0, start, end, space, garbage);
+    garbage: &mut Garbage,
+    nodes: &NodeCache,
+) -> Result<()> {
+    let mut w = Remover { geo, start: range.start, end: range.end, space, garbage, nodes };
+    w.remove_at(root, geo.top(), 0)
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one recursive step carries the range, its position and the two lists it updates"
-)]
-fn remove_at(
-    slot: &mut Root,
+/// One range removal: what every step of the recursion shares.
+struct Remover<'a> {
     geo: Geometry,
-    level: u32,
-    base: u64,
     start: u64,
     end: u64,
-    space: &mut Space,
-    garbage: &mut Vec<Arc<Node>>,
-) {
-    let span = geo.span(level);
-    if slot.is_none() || end <= base || start >= base.saturating_add(span) {
-        return;
-    }
-    if start <= base && end >= base.saturating_add(span) {
-        garbage.extend(slot.take());
-        return;
-    }
-    let node = make_mut(slot.as_mut().expect("checked"), space);
-    match &mut node.body {
-        Body::Interior(children) => {
-            let child_span = geo.span(level - 1);
-            let first = ((start.max(base) - base) / child_span) as usize;
-            let last = ((end - 1).min(base.saturating_add(span) - 1) - base) / child_span;
-            children.retain_in(first..last as usize + 1, |i, child| {
-                let cbase = base + i as u64 * child_span;
-                remove_at(child, geo, level - 1, cbase, start, end, space, garbage);
-            });
+    space: &'a mut Space,
+    garbage: &'a mut Garbage,
+    nodes: &'a NodeCache,
+}
+
+impl Remover<'_> {
+    fn remove_at(&mut self, slot: &mut Root, level: u32, base: u64) -> Result<()> {
+        let (start, end) = (self.start, self.end);
+        let span = self.geo.span(level);
+        if slot.is_none() || end <= base || start >= base.saturating_add(span) {
+            return Ok(());
         }
-        Body::Leaf(entries) => entries.retain(|e| {
-            let lb = base + e.idx as u64;
-            let keep = lb < start || lb >= end;
-            if !keep {
-                space.dec(e.page);
+        if start <= base && end >= base.saturating_add(span) {
+            self.garbage.extend(slot.take().map(|c| (c, level)));
+            return Ok(());
+        }
+        let node = make_mut(slot.as_mut().expect("checked"), level, self.space, self.nodes)?;
+        let result = match &mut node.body {
+            Body::Interior(children) => {
+                let child_span = self.geo.span(level - 1);
+                let first = ((start.max(base) - base) / child_span) as usize;
+                let last = ((end - 1).min(base.saturating_add(span) - 1) - base) / child_span;
+                children.retain_in(first..last as usize + 1, |i, child| {
+                    self.remove_at(child, level - 1, base + i as u64 * child_span)
+                })
             }
-            keep
-        }),
-    }
-    if node.is_empty() {
-        // `make_mut` left it unwritten and counted: it will need no page.
-        *slot = None;
-        space.dirty_nodes = space.dirty_nodes.saturating_sub(1);
+            Body::Leaf(entries) => {
+                let space = &mut *self.space;
+                entries.retain(|e| {
+                    let lb = base + e.idx as u64;
+                    let keep = lb < start || lb >= end;
+                    if !keep {
+                        space.dec(e.page);
+                    }
+                    keep
+                });
+                Ok(())
+            }
+        };
+        if node.is_empty() {
+            // `make_mut` left it dirty and counted: it will need no page.
+            *slot = None;
+            self.space.dirty_nodes = self.space.dirty_nodes.saturating_sub(1);
+        }
+        result
     }
 }
 
-/// Releases up to `budget` nodes from `garbage`: a node this list owns alone
-/// gives back its pages (leaf) or hands its children to the list (interior);
-/// a node still shared elsewhere is only un-referenced. Returns whether the
-/// list is now empty.
-pub(crate) fn release_some(garbage: &mut Vec<Arc<Node>>, space: &mut Space, mut budget: usize) -> bool {
+/// Releases up to `budget` references from `garbage`. A dirty node this
+/// list holds alone gives back its data pages (leaf) or hands its children
+/// to the list (interior); a written node loses one reference, and when
+/// that was its last, its contents are released the same way and its page
+/// becomes obsolete. Returns whether the list is now empty. On an error (a
+/// node that cannot be read) the reference stays on the list.
+pub(crate) fn release_some(
+    garbage: &mut Garbage,
+    space: &mut Space,
+    nodes: &NodeCache,
+    mut budget: usize,
+) -> Result<bool> {
     while budget > 0 {
-        let Some(arc) = garbage.pop() else {
-            return true;
+        let Some((child, level)) = garbage.pop() else {
+            return Ok(true);
         };
         budget -= 1;
-        if let Ok(node) = Arc::try_unwrap(arc) {
-            let addr = node.addr();
-            if addr != 0 {
-                space.obsolete(addr);
-            } else {
-                space.dirty_nodes = space.dirty_nodes.saturating_sub(1);
+        match child {
+            Child::Mem(arc) => {
+                if let Ok(node) = Arc::try_unwrap(arc) {
+                    space.dirty_nodes = space.dirty_nodes.saturating_sub(1);
+                    release_contents(node.body, level, space, garbage);
+                }
             }
-            match node.body {
-                Body::Leaf(entries) => entries.iter().for_each(|e| space.dec(e.page)),
-                Body::Interior(children) => garbage.extend(children.into_nodes()),
+            Child::Disk(page) => {
+                if space.refcount(page) == 1 {
+                    let node = match nodes.load(page, level) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            garbage.push((Child::Disk(page), level));
+                            return Err(e);
+                        }
+                    };
+                    release_contents(taken_over_copy(&node).body, level, space, garbage);
+                }
+                drop_written_ref(page, space, nodes);
             }
         }
     }
-    garbage.is_empty()
+    Ok(garbage.is_empty())
+}
+
+/// Releases what a node being freed for good references: its data pages,
+/// or its children (to the garbage list).
+fn release_contents(body: Body, level: u32, space: &mut Space, garbage: &mut Garbage) {
+    match body {
+        Body::Leaf(entries) => entries.iter().for_each(|e| space.dec(e.page)),
+        Body::Interior(children) => garbage.extend(children.into_refs().map(|c| (c, level.saturating_sub(1)))),
+    }
+}
+
+/// Releases every dirty node the garbage list holds, without reading
+/// anything: afterwards the list holds only references to written nodes.
+/// A checkpoint does this first, so that no dirty node outside the trees
+/// it writes is left pointing at nodes it turns into pages.
+pub(crate) fn release_dirty_garbage(garbage: &mut Garbage, space: &mut Space) {
+    let mut written = Vec::new();
+    while let Some((child, level)) = garbage.pop() {
+        match child {
+            Child::Mem(arc) => {
+                if let Ok(node) = Arc::try_unwrap(arc) {
+                    space.dirty_nodes = space.dirty_nodes.saturating_sub(1);
+                    release_contents(node.body, level, space, garbage);
+                }
+            }
+            disk => written.push((disk, level)),
+        }
+    }
+    *garbage = written;
 }
 
 /// Visits every node reachable from `roots` once, however many trees share
-/// it, calling `f(node, level)`; shared subtrees are skipped after the first
-/// visit.
-pub(crate) fn visit_unique<'a>(roots: impl IntoIterator<Item = (&'a Node, u32)>, mut f: impl FnMut(&'a Node, u32)) {
-    let mut seen: HashSet<*const Node> = HashSet::new();
-    let mut stack: Vec<(&'a Node, u32)> = roots.into_iter().collect();
-    while let Some((node, level)) = stack.pop() {
-        if !seen.insert(node as *const Node) {
-            continue;
+/// it, calling `f(node, level, page)` (`page` is `None` for a dirty node);
+/// shared subtrees are skipped after the first visit. Reads through the
+/// cache.
+pub(crate) fn visit_unique<'r>(
+    roots: impl IntoIterator<Item = (&'r Child, u32)>,
+    nodes: &NodeCache,
+    mut f: impl FnMut(&Node, u32, Option<u64>),
+) -> Result<()> {
+    let mut seen_pages = std::collections::HashSet::new();
+    let mut seen_dirty = std::collections::HashSet::new();
+    let mut stack: Vec<(Arc<Node>, u32, Option<u64>)> = Vec::new();
+    let mut push = |c: &Child, level: u32, nodes: &NodeCache, stack: &mut Vec<_>| -> Result<()> {
+        let first = match c {
+            Child::Disk(p) => seen_pages.insert(*p),
+            Child::Mem(a) => seen_dirty.insert(Arc::as_ptr(a)),
+        };
+        if first {
+            stack.push((c.node(level, nodes)?, level, c.page()));
         }
-        f(node, level);
+        Ok(())
+    };
+    for (c, level) in roots {
+        push(c, level, nodes, &mut stack)?;
+    }
+    while let Some((node, level, page)) = stack.pop() {
+        f(&node, level, page);
         if let Body::Interior(children) = &node.body {
-            stack.extend(children.nodes().map(|c| (&**c, level.saturating_sub(1))));
+            for c in children.refs() {
+                push(c, level.saturating_sub(1), nodes, &mut stack)?;
+            }
         }
     }
+    Ok(())
 }
 
 /// Calls `f(lblock, mapping)` for every mapped block of one tree, in order.
-pub(crate) fn for_each_mapping(root: &Root, geo: Geometry, mut f: impl FnMut(u64, Mapping)) {
-    fn walk(node: &Node, geo: Geometry, level: u32, base: u64, f: &mut dyn FnMut(u64, Mapping)) {
+pub(crate) fn for_each_mapping(
+    root: &Root,
+    geo: Geometry,
+    nodes: &NodeCache,
+    mut f: impl FnMut(u64, Mapping),
+) -> Result<()> {
+    fn walk(
+        node: &Node,
+        geo: Geometry,
+        level: u32,
+        base: u64,
+        nodes: &NodeCache,
+        f: &mut dyn FnMut(u64, Mapping),
+    ) -> Result<()> {
         match &node.body {
             Body::Leaf(entries) => {
                 for e in entries {
@@ -468,79 +712,111 @@ pub(crate) fn for_each_mapping(root: &Root, geo: Geometry, mut f: impl FnMut(u64
             Body::Interior(children) => {
                 let span = geo.span(level - 1);
                 for (i, c) in children.iter() {
-                    walk(c, geo, level - 1, base + i as u64 * span, f);
+                    let child = c.node(level - 1, nodes)?;
+                    walk(&child, geo, level - 1, base + i as u64 * span, nodes, f)?;
                 }
             }
         }
+        Ok(())
     }
-    if let Some(r) = root {
-        walk(r, geo, geo.levels - 1, 0, &mut f);
+    match root {
+        Some(r) => {
+            let top = r.node(geo.top(), nodes)?;
+            walk(&top, geo, geo.top(), 0, nodes, &mut f)
+        }
+        None => Ok(()),
     }
 }
 
 /// Appends to `out` the runs `(first_block, count)` of mapped blocks within
 /// `first..first + n`, in order, merging neighbours. Missing subtrees are
 /// skipped whole, so the cost follows the mapped part, not the range.
-pub(crate) fn mapped_runs(root: &Root, geo: Geometry, first: u64, n: u64, out: &mut Vec<(u64, u64)>) {
+pub(crate) fn mapped_runs(
+    root: &Root,
+    geo: Geometry,
+    first: u64,
+    n: u64,
+    out: &mut Vec<(u64, u64)>,
+    nodes: &NodeCache,
+) -> Result<()> {
     fn push(out: &mut Vec<(u64, u64)>, lb: u64) {
         match out.last_mut() {
             Some((start, len)) if *start + *len == lb => *len += 1,
             _ => out.push((lb, 1)),
         }
     }
-    fn walk(node: &Node, geo: Geometry, level: u32, base: u64, range: (u64, u64), out: &mut Vec<(u64, u64)>) {
-        match &node.body {
-            Body::Leaf(entries) => {
-                let from = entries.partition_point(|e| base + (e.idx as u64) < range.0);
-                for e in &entries[from..] {
-                    let lb = base + e.idx as u64;
-                    if lb >= range.1 {
-                        break;
-                    }
-                    push(out, lb);
-                }
-            }
-            Body::Interior(children) => {
-                let span = geo.span(level - 1);
-                for (i, c) in children.iter() {
-                    let cbase = base + i as u64 * span;
-                    if cbase >= range.1 {
-                        break;
-                    }
-                    if cbase.saturating_add(span) > range.0 {
-                        walk(c, geo, level - 1, cbase, range, out);
+    struct Runs<'a> {
+        geo: Geometry,
+        range: (u64, u64),
+        out: &'a mut Vec<(u64, u64)>,
+        nodes: &'a NodeCache,
+    }
+    impl Runs<'_> {
+        fn walk(&mut self, node: &Node, level: u32, base: u64) -> Result<()> {
+            match &node.body {
+                Body::Leaf(entries) => {
+                    let from = entries.partition_point(|e| base + (e.idx as u64) < self.range.0);
+                    for e in &entries[from..] {
+                        let lb = base + e.idx as u64;
+                        if lb >= self.range.1 {
+                            break;
+                        }
+                        push(self.out, lb);
                     }
                 }
+                Body::Interior(children) => {
+                    let span = self.geo.span(level - 1);
+                    for (i, c) in children.iter() {
+                        let cbase = base + i as u64 * span;
+                        if cbase >= self.range.1 {
+                            break;
+                        }
+                        if cbase.saturating_add(span) > self.range.0 {
+                            let child = c.node(level - 1, self.nodes)?;
+                            self.walk(&child, level - 1, cbase)?;
+                        }
+                    }
+                }
             }
+            Ok(())
         }
     }
-    if let Some(r) = root {
-        walk(r, geo, geo.levels - 1, 0, (first, first.saturating_add(n)), out);
-    }
+    let Some(r) = root else { return Ok(()) };
+    let top = r.node(geo.top(), nodes)?;
+    let mut w = Runs { geo, range: (first, first.saturating_add(n)), out, nodes };
+    w.walk(&top, geo.top(), 0)
 }
 
-/// Bytes of data pages that only the tree at `root` holds: pages of leaves
-/// reachable from it through nodes no other tree shares, and that no other
-/// leaf references. Walks only the unshared part of the tree.
-pub(crate) fn exclusive_pages(root: &Root, space: &Space) -> u64 {
+/// Data pages that only the tree at `root` holds: pages of leaves reachable
+/// from it through nodes no other tree shares, and that no other leaf
+/// references. Walks only the unshared part of the tree.
+pub(crate) fn exclusive_pages(root: &Root, geo: Geometry, space: &Space, nodes: &NodeCache) -> Result<u64> {
+    // One reference: this tree's own parent slot (or root).
+    let alone = |c: &Child| match c {
+        Child::Mem(a) => Arc::strong_count(a) == 1,
+        Child::Disk(p) => space.refcount(*p) == 1,
+    };
     let mut pages = 0;
-    let mut stack: Vec<&Arc<Node>> = root.iter().collect();
-    while let Some(node) = stack.pop() {
-        // One strong reference: this tree's own parent (or root) slot.
-        if Arc::strong_count(node) != 1 {
-            continue;
-        }
+    let mut stack = Vec::new();
+    if let Some(r) = root.as_ref().filter(|r| alone(r)) {
+        stack.push((r.node(geo.top(), nodes)?, geo.top()));
+    }
+    while let Some((node, level)) = stack.pop() {
         match &node.body {
             Body::Leaf(entries) => pages += entries.iter().filter(|e| space.refcount(e.page) == 1).count() as u64,
-            Body::Interior(children) => stack.extend(children.nodes()),
+            Body::Interior(children) => {
+                for c in children.refs().filter(|c| alone(c)) {
+                    stack.push((c.node(level - 1, nodes)?, level - 1));
+                }
+            }
         }
     }
-    pages
+    Ok(pages)
 }
 
-// ------------------------------------------------------------ disk encoding
-
-/// Encodes a node into one page. Children must already have addresses.
+/// Encodes a written node into one page. Its children must all be
+/// `Disk`: a dirty node is encoded from its written form (see
+/// [`Children::written`]).
 pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize) -> Vec<u8> {
     let mut e = Enc::with_capacity(block_size);
     let count = match &node.body {
@@ -558,9 +834,10 @@ pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize)
         }
         Body::Interior(children) => {
             for (i, c) in children.iter() {
-                debug_assert!(c.addr() != 0, "child written before parent");
+                let p = c.page();
+                debug_assert!(p.is_some(), "a written node's children are written");
                 e.u16(i as u16);
-                e.u48(c.addr());
+                e.u48(p.unwrap_or(0));
             }
         }
     }
@@ -626,30 +903,36 @@ pub(crate) fn decode_node(buf: &[u8], page: u64, level: u32, geo: Geometry, npag
     }
 }
 
-/// Builds a node from its decoded parts (recovery).
-/// `children` come in ascending index order, as `decode_node` checked.
-pub(crate) fn build_node(decoded: DecodedNode, children: Vec<(usize, Arc<Node>)>, page: u64) -> Node {
+/// Builds a written node from its decoded page: its children stay on disk
+/// until something reads them.
+pub(crate) fn build_node(decoded: DecodedNode) -> Node {
     let body = match decoded {
         DecodedNode::Leaf(v) => Body::Leaf(v),
-        DecodedNode::Interior(_) => Body::Interior(Children::from_sorted(children)),
+        DecodedNode::Interior(v) => Body::Interior(Children::on_disk(v)),
     };
-    Node { addr: AtomicU64::new(page), body }
+    Node { body }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backend::StorageDir;
     use crate::testing::SimDir;
 
-    fn space() -> Space {
+    /// A space map and an (empty) node cache over a simulated file: trees
+    /// built here are all dirty.
+    pub(crate) fn env() -> (Space, NodeCache) {
         let f = SimDir::new().open_file("f", true).unwrap();
-        let mut s = Space::new(f, 4096, 8192, 1);
+        let mut s = Space::new(f.clone(), 4096, 8192, 1);
         s.ensure_pages(10_000);
-        s
+        (s, NodeCache::new(f, 8192, 4096, 2, 1 << 20))
     }
 
     const GEO: Geometry = Geometry { bits: 2, levels: 3 };
+
+    fn map(page: u64, crc: u32) -> Mapping {
+        Mapping { page, crc: Crc(crc) }
+    }
 
     #[test]
     fn geometry_covers_the_volume() {
@@ -661,13 +944,13 @@ mod tests {
 
     #[test]
     fn insert_lookup_and_overwrite_keep_refcounts() {
-        let mut s = space();
+        let (mut s, n) = env();
         let mut root = None;
-        insert(&mut root, GEO, 5, Mapping { page: 100, crc: Crc(1) }, &mut s);
-        insert(&mut root, GEO, 63, Mapping { page: 101, crc: Crc(2) }, &mut s);
-        assert_eq!(lookup(&root, GEO, 5), Some(Mapping { page: 100, crc: Crc(1) }));
-        assert_eq!(lookup(&root, GEO, 6), None);
-        insert(&mut root, GEO, 5, Mapping { page: 102, crc: Crc(3) }, &mut s);
+        insert(&mut root, GEO, 5, map(100, 1), &mut s, &n).unwrap();
+        insert(&mut root, GEO, 63, map(101, 2), &mut s, &n).unwrap();
+        assert_eq!(lookup(&root, GEO, 5, &n).unwrap(), Some(map(100, 1)));
+        assert_eq!(lookup(&root, GEO, 6, &n).unwrap(), None);
+        insert(&mut root, GEO, 5, map(102, 3), &mut s, &n).unwrap();
         assert_eq!(s.refcount(100), 0);
         assert_eq!(s.quarantine, vec![100]);
         assert_eq!(s.refcount(102), 1);
@@ -675,23 +958,23 @@ mod tests {
 
     #[test]
     fn shared_tree_is_copied_on_write_only_along_the_path() {
-        let mut s = space();
+        let (mut s, n) = env();
         let mut a = None;
         for lb in 0..64 {
-            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: Crc(0) }, &mut s);
+            insert(&mut a, GEO, lb, map(200 + lb, 0), &mut s, &n).unwrap();
         }
-        let snap = a.clone();
-        insert(&mut a, GEO, 0, Mapping { page: 999, crc: Crc(9) }, &mut s);
-        assert_eq!(lookup(&snap, GEO, 0).unwrap().page, 200);
-        assert_eq!(lookup(&a, GEO, 0).unwrap().page, 999);
+        let snap = share(&a, &mut s);
+        insert(&mut a, GEO, 0, map(999, 9), &mut s, &n).unwrap();
+        assert_eq!(lookup(&snap, GEO, 0, &n).unwrap().unwrap().page, 200);
+        assert_eq!(lookup(&a, GEO, 0, &n).unwrap().unwrap().page, 999);
         // The copied leaf (4 entries) referenced its pages again, minus the overwritten one.
         assert_eq!(s.refcount(201), 2);
         assert_eq!(s.refcount(200), 1);
         assert_eq!(s.refcount(210), 1);
-        let (ra, rs) = (a.as_ref().unwrap(), snap.as_ref().unwrap());
+        let (ra, rs) = (a.as_ref().unwrap().node(2, &n).unwrap(), snap.as_ref().unwrap().node(2, &n).unwrap());
         if let (Body::Interior(ca), Body::Interior(cs)) = (&ra.body, &rs.body) {
-            assert!(Arc::ptr_eq(ca.get(3).unwrap(), cs.get(3).unwrap()));
-            assert!(!Arc::ptr_eq(ca.get(0).unwrap(), cs.get(0).unwrap()));
+            assert!(ca.get(3).unwrap().same_as(cs.get(3).unwrap()));
+            assert!(!ca.get(0).unwrap().same_as(cs.get(0).unwrap()));
         } else {
             panic!("root is interior");
         }
@@ -699,48 +982,60 @@ mod tests {
 
     #[test]
     fn releasing_a_snapshot_frees_only_what_it_owned() {
-        let mut s = space();
+        let (mut s, n) = env();
         let mut a = None;
         for lb in 0..64 {
-            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: Crc(0) }, &mut s);
+            insert(&mut a, GEO, lb, map(200 + lb, 0), &mut s, &n).unwrap();
         }
-        let snap = a.clone();
-        insert(&mut a, GEO, 0, Mapping { page: 999, crc: Crc(9) }, &mut s);
+        let snap = share(&a, &mut s);
+        insert(&mut a, GEO, 0, map(999, 9), &mut s, &n).unwrap();
         s.quarantine.clear();
-        let mut garbage: Vec<_> = snap.into_iter().collect();
-        while !release_some(&mut garbage, &mut s, 3) {}
+        let mut garbage: Garbage = snap.into_iter().map(|c| (c, GEO.top())).collect();
+        while !release_some(&mut garbage, &mut s, &n, 3).unwrap() {}
         assert_eq!(s.quarantine, vec![200]);
         assert_eq!(s.refcount(201), 1);
     }
 
     #[test]
     fn remove_range_unmaps_and_drops_empty_nodes() {
-        let mut s = space();
+        let (mut s, n) = env();
         let mut a = None;
         for lb in 0..64 {
-            insert(&mut a, GEO, lb, Mapping { page: 200 + lb, crc: Crc(0) }, &mut s);
+            insert(&mut a, GEO, lb, map(200 + lb, 0), &mut s, &n).unwrap();
         }
         let mut g = Vec::new();
-        remove_range(&mut a, GEO, 3, 40, &mut s, &mut g);
-        while !release_some(&mut g, &mut s, 100) {}
+        remove_range(&mut a, GEO, 3..40, &mut s, &mut g, &n).unwrap();
+        while !release_some(&mut g, &mut s, &n, 100).unwrap() {}
         let mut seen = Vec::new();
-        for_each_mapping(&a, GEO, |lb, _| seen.push(lb));
+        for_each_mapping(&a, GEO, &n, |lb, _| seen.push(lb)).unwrap();
         let expect: Vec<u64> = (0..3).chain(40..64).collect();
         assert_eq!(seen, expect);
         assert_eq!(s.refcount(210), 0);
-        remove_range(&mut a, GEO, 0, 64, &mut s, &mut g);
+        remove_range(&mut a, GEO, 0..64, &mut s, &mut g, &n).unwrap();
         assert!(a.is_none());
     }
 
     #[test]
+    fn a_scattered_write_costs_one_small_node_per_level() {
+        let (mut s, n) = env();
+        let geo = Geometry { bits: 8, levels: 4 };
+        let mut a = None;
+        insert(&mut a, geo, 1 << 30, map(300, 1), &mut s, &n).unwrap();
+        let mut bytes = 0;
+        visit_unique(a.iter().map(|r| (r, geo.top())), &n, |node, _, _| bytes += node.mem_bytes()).unwrap();
+        // A 256-slot array per interior level alone would be 6 KiB.
+        assert!(bytes < 1024, "{bytes} bytes for one mapping across 4 levels");
+    }
+
+    #[test]
     fn node_encoding_round_trips_and_rejects_damage() {
-        let mut s = space();
+        let (mut s, n) = env();
         let mut root = None;
         let geo = Geometry { bits: 8, levels: 1 };
         for lb in [0u64, 7, 255] {
-            insert(&mut root, geo, lb, Mapping { page: 300 + lb, crc: Crc(lb as u32) }, &mut s);
+            insert(&mut root, geo, lb, map(300 + lb, lb as u32), &mut s, &n).unwrap();
         }
-        let node = root.unwrap();
+        let node = root.unwrap().node(0, &n).unwrap();
         let buf = encode_node(&node, 0, 42, 4096);
         let DecodedNode::Leaf(v) = decode_node(&buf, 42, 0, geo, 10_000).unwrap() else {
             panic!("leaf expected");

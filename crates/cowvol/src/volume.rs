@@ -168,9 +168,9 @@ impl Volume {
         let st = self.engine.state.lock();
         let (root, geo) = self.tree_of(&st)?;
         if n == 1 {
-            out.push(tree::lookup(root, geo, first));
+            out.push(tree::lookup(root, geo, first, &st.nodes)?);
         } else {
-            tree::lookup_range(root, geo, first, n, &mut out);
+            tree::lookup_range(root, geo, first, n, &mut out, &st.nodes)?;
         }
         Ok(out)
     }
@@ -196,7 +196,7 @@ impl Volume {
         {
             let st = self.engine.state.lock();
             let (root, geo) = self.tree_of(&st)?;
-            tree::mapped_runs(root, geo, first, (end - 1) / bs + 1 - first, &mut runs);
+            tree::mapped_runs(root, geo, first, (end - 1) / bs + 1 - first, &mut runs, &st.nodes)?;
         }
         let mut out: Vec<Extent> = Vec::with_capacity(runs.len() * 2 + 1);
         let mut push = |from: u64, to: u64, data: bool| {

@@ -21,7 +21,14 @@ const BS: usize = 4096;
 const BLOCKS: u64 = 48;
 
 fn opts() -> StoreOptions {
-    StoreOptions { checkpoint_wal_bytes: 24 << 10, background_checkpoints: false, ..Default::default() }
+    // A node cache of a few nodes: recovery and the work after it read
+    // nodes back from their pages instead of finding them in memory.
+    StoreOptions {
+        checkpoint_wal_bytes: 24 << 10,
+        background_checkpoints: false,
+        node_cache_bytes: 16 << 10,
+        ..Default::default()
+    }
 }
 
 /// Per block: the write ids a recovered volume may show.

@@ -246,6 +246,8 @@ pub struct StatsJson {
     pub tree_nodes: u64,
     /// Memory held by the metadata.
     pub metadata_memory_bytes: u64,
+    /// Of it, written tree nodes in the node cache.
+    pub node_cache_bytes: u64,
     /// Size of the data file.
     pub file_bytes: u64,
     /// Free space inside the data file.
@@ -267,6 +269,7 @@ impl StatsJson {
             data_blocks: s.data_blocks,
             tree_nodes: s.tree_nodes,
             metadata_memory_bytes: s.metadata_memory_bytes,
+            node_cache_bytes: s.node_cache_bytes,
             file_bytes: s.file_bytes,
             free_bytes: s.free_bytes,
         }

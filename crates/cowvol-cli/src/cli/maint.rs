@@ -193,6 +193,7 @@ pub fn stats(ctx: &Ctx) -> CliResult {
                 ("shared blocks", blocks(j.shared_blocks)),
                 ("tree nodes", j.tree_nodes.to_string()),
                 ("metadata memory", b(j.metadata_memory_bytes)),
+                ("node cache", b(j.node_cache_bytes)),
                 ("file", b(j.file_bytes)),
                 ("free in file", b(j.free_bytes)),
             ],

@@ -3,18 +3,14 @@
 //! checkpoint's start and the pages only the old checkpoint needed are
 //! freed after it is durable.
 
-use super::state::Entry;
 use super::{CheckpointState, Engine, State};
 use crate::catalog::CatalogImage;
 use crate::error::{Error, Result};
 use crate::format::{self, Crc, LogStart, Superblock, SUPERBLOCK_SLOTS};
 use crate::space::Run;
-use crate::tree::{self, Node};
-use std::collections::BTreeMap;
+use crate::tree::{self, Child, Node};
+use std::collections::HashMap;
 use std::sync::Arc;
-
-/// A tree node with its level (0 = leaf).
-type LeveledNode = (Arc<Node>, u32);
 
 impl Engine {
     /// Holds off checkpoints (for `check`).
@@ -67,38 +63,30 @@ impl Engine {
         result
     }
 
-    /// Under one hold of the state lock: captures every tree root and the
-    /// catalog, gives every unwritten node a page and the catalog a run, and
-    /// only then marks the log position the checkpoint covers and takes the
-    /// pages it will free. Fails with nothing changed when space runs out.
+    /// Under one hold of the state lock: finds every dirty node, gives each
+    /// a page and the catalog a run, marks the log position the checkpoint
+    /// covers, and only then turns the trees' references to those nodes into
+    /// pages (the nodes wait, pinned, in the node cache until they are
+    /// written). Fails with nothing changed when space runs out.
     fn plan_checkpoint(&self) -> Result<Plan> {
         let mut st = self.state.lock();
-        let mut roots = Vec::new();
-        let volumes = capture(&st.volumes, &mut roots);
-        let snapshots = capture(&st.snapshots, &mut roots);
-        let templates = capture(&st.templates, &mut roots);
-        let dirty_before = st.space.dirty_nodes;
-        let (nodes, node_runs) = Self::assign_node_pages(&mut st, &roots)?;
-        let catalog = CatalogImage {
-            next_volume: st.next_volume,
-            next_snapshot: st.next_snapshot,
-            next_template: st.next_template,
-            volumes: with_root_pages(&volumes),
-            snapshots: with_root_pages(&snapshots),
-            templates: with_root_pages(&templates),
+        {
+            // Dirty nodes only the garbage list holds need no page: release
+            // them, so that every dirty node left is reachable from a tree.
+            let State { garbage, space, .. } = &mut *st;
+            tree::release_dirty_garbage(garbage, space);
         }
-        .encode();
-        let catalog_pages = (catalog.len() as u64).div_ceil(self.block_size as u64).max(1);
+        let dirty = collect_dirty(&st);
+        let catalog_len = catalog_image(&st).encode().len();
+        let catalog_pages = (catalog_len as u64).div_ceil(self.block_size as u64).max(1);
+        let node_runs = if dirty.nodes.is_empty() { Vec::new() } else { st.space.alloc(dirty.nodes.len() as u64)? };
         let catalog_page = match st.space.alloc_contiguous(catalog_pages) {
             Ok(p) => p,
             Err(e) => {
-                unassign_node_pages(&mut st, &nodes, &node_runs, dirty_before);
+                free_runs(&mut st, &node_runs);
                 return Err(e);
             }
         };
-        for p in catalog_page..catalog_page + catalog_pages {
-            st.space.set_reserved(p, true);
-        }
         let started = self.wal.lock().checkpoint_start();
         let (log_start, retired) = match started {
             Ok(x) => x,
@@ -108,8 +96,14 @@ impl Engine {
                 return Err(e);
             }
         };
+        for p in catalog_page..catalog_page + catalog_pages {
+            st.space.set_reserved(p, true);
+        }
+        let pages: Vec<u64> = node_runs.iter().flat_map(|r| r.start..r.start + r.len).collect();
+        let nodes = place_dirty_nodes(&mut st, dirty, &pages);
+        let catalog = catalog_image(&st).encode();
+        debug_assert_eq!(catalog.len(), catalog_len, "root pages are fixed width");
         Ok(Plan {
-            roots,
             nodes,
             node_runs,
             catalog,
@@ -124,8 +118,6 @@ impl Engine {
     /// Writes what [`Engine::plan_checkpoint`] placed, makes it durable, and
     /// frees what only the previous checkpoint needed.
     fn write_checkpoint(&self, ck: &mut CheckpointState, plan: Plan) -> Result<()> {
-        // Planned nodes are shared with the captured roots, so no writer
-        // changes them in place while they are written out below.
         self.write_nodes(&plan.nodes, &plan.node_runs)?;
         let cat = plan.catalog_run;
         let offset = format::data_start(self.block_size) + cat.start * self.block_size as u64;
@@ -159,58 +151,26 @@ impl Engine {
         for s in plan.retired {
             meta.extend(s..s + seg_pages);
         }
-        // Drop the planned nodes' references while the roots still hold
-        // every node, so that the roots alone decide what is released.
-        drop(plan.nodes);
         let mut st = self.state.lock();
         st.space.catalog_reserve = 2 * cat.len + 1;
         st.space.catalog_growth = 0;
         st.space.release(plan.quarantine, meta);
-        st.garbage.extend(plan.roots.into_iter().map(|(r, _)| r));
+        st.nodes.unpin(plan.nodes.iter().map(|n| n.page));
         drop(st);
         self.reclaim();
         Ok(())
     }
 
-    /// Gives every captured node without a disk address a page (under the
-    /// state lock, at capture, so the pages come out of the metadata
-    /// reserve before any write can take them). All or nothing: on a full
-    /// disk no node gets a page.
-    fn assign_node_pages(st: &mut State, roots: &[LeveledNode]) -> Result<(Vec<LeveledNode>, Vec<Run>)> {
-        let mut dirty: Vec<(Arc<Node>, u32)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut stack: Vec<(&Arc<Node>, u32)> = roots.iter().map(|(r, l)| (r, *l)).collect();
-        while let Some((n, level)) = stack.pop() {
-            if n.addr() != 0 || !seen.insert(Arc::as_ptr(n)) {
-                continue;
-            }
-            dirty.push((n.clone(), level));
-            if let tree::Body::Interior(children) = &n.body {
-                stack.extend(children.nodes().map(|c| (c, level - 1)));
-            }
-        }
-        let runs = if dirty.is_empty() { Vec::new() } else { st.space.alloc(dirty.len() as u64)? };
-        for r in &runs {
-            for p in r.start..r.start + r.len {
-                st.space.set_reserved(p, true);
-            }
-        }
-        for ((n, _), p) in dirty.iter().zip(runs.iter().flat_map(|r| r.start..r.start + r.len)) {
-            n.set_addr(p);
-        }
-        st.space.dirty_nodes = 0;
-        Ok((dirty, runs))
-    }
-
-    /// Writes the nodes `assign_node_pages` placed, one `pwrite` per run.
-    fn write_nodes(&self, dirty: &[LeveledNode], runs: &[Run]) -> Result<()> {
+    /// Writes the placed nodes, one `pwrite` per run of pages.
+    fn write_nodes(&self, placed: &[PlacedNode], runs: &[Run]) -> Result<()> {
         let bs = self.block_size as usize;
         let mut i = 0;
         for r in runs {
             let mut buf = Vec::with_capacity(r.len as usize * bs);
             for p in r.start..r.start + r.len {
-                let (n, level) = &dirty[i];
-                buf.extend_from_slice(&tree::encode_node(n, *level, p, bs));
+                let n = &placed[i];
+                debug_assert_eq!(n.page, p);
+                buf.extend_from_slice(&tree::encode_node(&n.node, n.level, p, bs));
                 i += 1;
             }
             let off = format::data_start(self.block_size) + r.start * bs as u64;
@@ -220,13 +180,18 @@ impl Engine {
     }
 }
 
+/// A node a checkpoint writes: its written form (children by page), its
+/// level and its page.
+struct PlacedNode {
+    node: Arc<Node>,
+    level: u32,
+    page: u64,
+}
+
 /// What a checkpoint writes and frees, fixed under the state lock.
 struct Plan {
-    /// Every captured tree root: they keep the captured nodes alive while
-    /// they are written.
-    roots: Vec<LeveledNode>,
-    /// Nodes without a disk address, in the order of the pages in `node_runs`.
-    nodes: Vec<LeveledNode>,
+    /// In the order of the pages in `node_runs`.
+    nodes: Vec<PlacedNode>,
     node_runs: Vec<Run>,
     catalog: Vec<u8>,
     catalog_run: Run,
@@ -237,35 +202,99 @@ struct Plan {
     obsolete: Vec<u64>,
 }
 
-/// Undoes [`Engine::assign_node_pages`] when the rest of a checkpoint's
-/// pages cannot be found: nothing was written to those pages yet.
-fn unassign_node_pages(st: &mut State, nodes: &[LeveledNode], runs: &[Run], dirty_before: u64) {
-    for (n, _) in nodes {
-        n.set_addr(0);
-    }
-    for r in runs {
-        for p in r.start..r.start + r.len {
-            st.space.set_reserved(p, false);
+/// Every dirty node reachable from a tree, each once, with its level and
+/// the number of references to it (tree roots and dirty parents' slots),
+/// which becomes its page's reference count.
+struct Dirty {
+    nodes: Vec<(Arc<Node>, u32, u32)>,
+    index: HashMap<*const Node, usize>,
+}
+
+fn collect_dirty(st: &State) -> Dirty {
+    let mut d = Dirty { nodes: Vec::new(), index: HashMap::new() };
+    let mut stack: Vec<(Arc<Node>, u32)> = Vec::new();
+    let reference = |d: &mut Dirty, a: &Arc<Node>, level: u32, stack: &mut Vec<(Arc<Node>, u32)>| match d
+        .index
+        .get(&Arc::as_ptr(a))
+    {
+        Some(&i) => d.nodes[i].2 += 1,
+        None => {
+            d.index.insert(Arc::as_ptr(a), d.nodes.len());
+            d.nodes.push((a.clone(), level, 1));
+            stack.push((a.clone(), level));
         }
+    };
+    for (root, level) in st.all_roots() {
+        if let Child::Mem(a) = root {
+            reference(&mut d, a, level, &mut stack);
+        }
+    }
+    while let Some((n, level)) = stack.pop() {
+        if let tree::Body::Interior(children) = &n.body {
+            for c in children.refs() {
+                if let Child::Mem(a) = c {
+                    reference(&mut d, a, level - 1, &mut stack);
+                }
+            }
+        }
+    }
+    d
+}
+
+/// Gives each dirty node its page: builds its written form, sets the
+/// page's reference count, pins it in the node cache, and turns every
+/// tree root that pointed at a dirty node into its page. Afterwards no
+/// dirty node is left in any tree.
+fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedNode> {
+    let page_of = |a: &Arc<Node>| pages[dirty.index[&Arc::as_ptr(a)]];
+    let mut placed = Vec::with_capacity(dirty.nodes.len());
+    for ((n, level, refs), &page) in dirty.nodes.iter().zip(pages) {
+        // A leaf has no children to turn into pages: it is its own written
+        // form, and no tree will change it in place again (every tree now
+        // reaches it by page). Only interior nodes, a small fraction, are
+        // copied.
+        let written = match &n.body {
+            tree::Body::Leaf(_) => n.clone(),
+            tree::Body::Interior(c) => Arc::new(Node { body: tree::Body::Interior(c.written(page_of)) }),
+        };
+        st.space.set_refcount(page, *refs);
+        st.space.set_reserved(page, true);
+        st.nodes.insert_pinned(page, *level, written.clone());
+        placed.push(PlacedNode { node: written, level: *level, page });
+    }
+    let State { volumes, snapshots, templates, .. } = st;
+    let roots = volumes
+        .values_mut()
+        .map(|e| &mut e.root)
+        .chain(snapshots.values_mut().map(|e| &mut e.root))
+        .chain(templates.values_mut().map(|e| &mut e.root));
+    for root in roots {
+        if let Some(Child::Mem(a)) = root {
+            *root = Some(Child::Disk(page_of(a)));
+        }
+    }
+    st.space.dirty_nodes = 0;
+    placed
+}
+
+/// Gives back node pages a failed plan allocated (nothing was written).
+fn free_runs(st: &mut State, runs: &[Run]) {
+    for r in runs {
         st.space.free_run(*r);
     }
-    st.space.dirty_nodes = dirty_before;
 }
 
-/// The records of `entries` with their tree roots, adding each root (with
-/// its level) to `roots`, for a checkpoint to write.
-fn capture<I: Clone, R>(
-    entries: &BTreeMap<u64, Entry<I, R>>,
-    roots: &mut Vec<LeveledNode>,
-) -> Vec<(I, Option<Arc<Node>>)> {
-    let capture_one = |e: &Entry<I, R>| {
-        roots.extend(e.root.clone().map(|r| (r, e.geo.levels - 1)));
-        (e.info.clone(), e.root.clone())
-    };
-    entries.values().map(capture_one).collect()
-}
-
-/// Catalog entries with the page of their tree's root (0 for none).
-fn with_root_pages<T: Clone>(items: &[(T, Option<Arc<Node>>)]) -> Vec<(T, u64)> {
-    items.iter().map(|(i, r)| (i.clone(), r.as_ref().map_or(0, |r| r.addr()))).collect()
+/// The catalog as the trees stand: each entry with its root page (0 for
+/// none, and for a dirty root, which the checkpoint places before it
+/// encodes the catalog it writes).
+fn catalog_image(st: &State) -> CatalogImage {
+    let page = |r: &Option<Child>| r.as_ref().and_then(Child::page).unwrap_or(0);
+    CatalogImage {
+        next_volume: st.next_volume,
+        next_snapshot: st.next_snapshot,
+        next_template: st.next_template,
+        volumes: st.volumes.values().map(|e| (e.info.clone(), page(&e.root))).collect(),
+        snapshots: st.snapshots.values().map(|e| (e.info.clone(), page(&e.root))).collect(),
+        templates: st.templates.values().map(|e| (e.info.clone(), page(&e.root))).collect(),
+    }
 }

@@ -13,6 +13,9 @@ use std::time::Duration;
 /// Quarantined pages that trigger a checkpoint to make them reusable.
 const QUARANTINE_CHECKPOINT: usize = 1 << 16;
 
+/// Dirty nodes below which no checkpoint is asked for on their account.
+const DIRTY_NODES_FLOOR: u64 = 4096;
+
 /// Longest a group-commit leader waits for writes under way to append
 /// their records before it syncs.
 const GATHER_WAIT: Duration = Duration::from_micros(200);
@@ -90,6 +93,15 @@ impl Engine {
     /// Applies a change in memory and appends its record to the WAL, keeping
     /// spare WAL segments topped up. Returns the LSN that must be durable
     /// for the change to be (pass it to [`Engine::sync_to`]).
+    /// Dirty nodes stay in memory until a checkpoint writes them, outside
+    /// the node cache's budget; a checkpoint is asked for once they would
+    /// fill half of it (each counted at a page, what a full leaf takes),
+    /// and not before a floor that keeps tiny caches from checkpointing
+    /// after every write.
+    fn dirty_node_limit(&self) -> u64 {
+        (self.opts.node_cache_bytes / 2 / self.block_size as u64).max(DIRTY_NODES_FLOOR)
+    }
+
     pub(crate) fn apply_and_log(&self, st: &mut State, rec: Record) -> Result<u64> {
         self.apply_and_log_many(st, std::slice::from_ref(&rec))
     }
@@ -111,7 +123,7 @@ impl Engine {
         for (i, rec) in recs.iter().enumerate() {
             let result = st.apply(rec).and_then(|()| wal.append(rec).map(drop));
             if let Err(e) = result {
-                if i > 0 || !matches!(e, Error::Corruption { .. }) {
+                if i > 0 || st.torn || !matches!(e, Error::Corruption { .. }) {
                     // The in-memory state changed but the log did not follow:
                     // the store can no longer promise anything after this.
                     drop(wal);
@@ -122,7 +134,8 @@ impl Engine {
         }
         let lsn = wal.next_lsn();
         let want_checkpoint = wal.bytes_since_checkpoint > self.opts.checkpoint_wal_bytes
-            || st.space.quarantine.len() > QUARANTINE_CHECKPOINT;
+            || st.space.quarantine.len() > QUARANTINE_CHECKPOINT
+            || st.space.dirty_nodes > self.dirty_node_limit();
         drop(wal);
         if want_checkpoint {
             self.maint.request_checkpoint();

@@ -77,13 +77,20 @@ impl Drop for Keeper {
 
 impl Engine {
     /// Releases garbage trees in bounded steps, dropping the state lock
-    /// between steps.
+    /// between steps. A node that cannot be read stops the release and
+    /// fails the store: its pages can no longer be accounted for.
     pub(crate) fn reclaim(&self) {
         loop {
             let mut st = self.state.lock();
-            let State { garbage, space, .. } = &mut *st;
-            if tree::release_some(garbage, space, RELEASE_STEP) {
-                break;
+            let State { garbage, space, nodes, .. } = &mut *st;
+            match tree::release_some(garbage, space, nodes, RELEASE_STEP) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(_) => {
+                    drop(st);
+                    self.fail();
+                    break;
+                }
             }
         }
     }

@@ -30,7 +30,7 @@ mod state;
 
 pub(crate) use maint::Keeper;
 pub(crate) use open::open;
-pub(crate) use state::State;
+pub(crate) use state::{Entry, State};
 
 use crate::backend::{DirLock, StorageDir, StorageFile};
 use crate::catalog::VolumeId;

@@ -11,8 +11,7 @@ use crate::catalog::{CatalogImage, SnapshotStatus};
 use crate::error::{Error, Result};
 use crate::format::{self, Crc, Superblock, DATA_FILE, SUPERBLOCK_SLOTS};
 use crate::options::StoreOptions;
-use crate::space::Space;
-use crate::tree::{self, Geometry, Node, Root};
+use crate::tree::{self, Child, Root};
 use crate::wal::{self, LogGeometry, Wal};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -204,7 +203,7 @@ fn finish_create(
 ) -> Result<Engine> {
     let io = |what: &'static str| move |e| Error::io(what, e);
     let bs = opts.block_size;
-    let state = empty_state(file.clone(), bs, 1);
+    let state = empty_state(file.clone(), bs, 1, cache_budget(&opts));
     let engine = new_engine(dir.clone(), file, lock, opts, bs, random_u64(), state, 0, (0, 0))?;
     engine.checkpoint()?;
     dir.rename(NEW_DATA_FILE, DATA_FILE).map_err(io("naming the data file"))?;
@@ -224,7 +223,7 @@ fn recover(
     let ds = format::data_start(bs);
     let len = file.len().map_err(|e| Error::io("reading the data file length", e))?;
     let npages = len.saturating_sub(ds) / bsz;
-    let mut st = empty_state(file.clone(), bs, npages);
+    let mut st = empty_state(file.clone(), bs, npages, cache_budget(&opts));
     // The catalog has no size limit of its own (its objects are bounded,
     // their number is not; see `catalog::limits`), so any catalog inside the
     // file is read: whatever a checkpoint wrote opens again. The file's
@@ -244,28 +243,23 @@ fn recover(
     for p in sb.catalog_page..sb.catalog_page + cat_pages {
         st.space.set_reserved(p, true);
     }
-    // Load every tree, sharing nodes that several trees reference.
-    let mut loaded: HashMap<u64, (Arc<Node>, u32)> = HashMap::new();
+    // Trees stay on disk: a root is a page, read when something needs it.
     st.next_volume = image.next_volume.max(1);
     st.next_snapshot = image.next_snapshot.max(1);
     for (info, root) in image.volumes {
-        let geo = st.geometry(info.size_bytes);
-        let root = load_tree(&*file, &mut st.space, &mut loaded, root, geo)?;
+        let root = root_at(root, npages)?;
         st.insert_volume(info, root);
     }
     for (info, root) in image.snapshots {
         let geo = st.geometry(info.size_bytes);
-        let root = load_tree(&*file, &mut st.space, &mut loaded, root, geo)?;
-        st.load_snapshot(info, root, geo);
+        st.load_snapshot(info, root_at(root, npages)?, geo);
     }
     st.next_template = image.next_template.max(1);
     for (info, root) in image.templates {
         let geo = st.geometry(info.size_bytes);
-        let root = load_tree(&*file, &mut st.space, &mut loaded, root, geo)?;
         st.next_template = st.next_template.max(info.id.0 + 1);
-        st.templates.insert(info.id.0, Entry::new(info, root, geo));
+        st.templates.insert(info.id.0, Entry::new(info, root_at(root, npages)?, geo));
     }
-    drop(loaded);
     // Read the log first so its segments count as metadata below.
     let log_geo = LogGeometry::new(ds, bs);
     let log = wal::read_log(&*file, log_geo, sb.log, npages, sb.version)?;
@@ -274,20 +268,7 @@ fn recover(
             st.space.set_reserved(p, true);
         }
     }
-    // Reference counts are what the trees reference, recomputed, never read.
-    let mut counts: Vec<(u64, u32)> = Vec::new();
-    tree::visit_unique(st.all_roots(), |n, _| {
-        if let tree::Body::Leaf(entries) = &n.body {
-            counts.extend(entries.iter().map(|e| (e.page, 1)));
-        }
-    });
-    for (p, _) in counts {
-        if st.space.is_reserved(p) {
-            return Err(Error::corruption("tree", format!("page {p}"), "a data page is also metadata"));
-        }
-        let c = st.space.refcount(p);
-        st.space.set_refcount(p, c + 1);
-    }
+    count_references(&mut st, npages)?;
     // Replay the WAL.
     let mut records = log.records;
     let keep = first_unverifiable(&*file, &st, &records, log.durable_lsn, npages)?;
@@ -307,8 +288,8 @@ fn recover(
         }
     }
     {
-        let State { garbage, space, .. } = &mut st;
-        while !tree::release_some(garbage, space, usize::MAX) {}
+        let State { garbage, space, nodes, .. } = &mut st;
+        while !tree::release_some(garbage, space, nodes, usize::MAX)? {}
     }
     // Pages freed during replay stay out of the free map until the
     // checkpoint below is durable; the old log's pages are freed then too.
@@ -391,54 +372,87 @@ fn first_unverifiable(
     Ok(records.len())
 }
 
-fn load_tree(
-    file: &dyn StorageFile,
-    space: &mut Space,
-    loaded: &mut HashMap<u64, (Arc<Node>, u32)>,
-    root: u64,
-    geo: Geometry,
-) -> Result<Root> {
-    if root == 0 {
-        return Ok(None);
+/// A catalog entry's root page as a tree root (0: no tree).
+fn root_at(page: u64, npages: u64) -> Result<Root> {
+    match page {
+        0 => Ok(None),
+        p if p >= npages => Err(Error::corruption("tree", format!("page {p}"), "node pointer outside the file")),
+        p => Ok(Some(Child::Disk(p))),
     }
-    let npages = space.npages();
-    load_node(file, space, loaded, root, geo.levels - 1, geo, npages).map(Some)
 }
 
-fn load_node(
-    file: &dyn StorageFile,
-    space: &mut Space,
-    loaded: &mut HashMap<u64, (Arc<Node>, u32)>,
-    page: u64,
-    level: u32,
-    geo: Geometry,
-    npages: u64,
-) -> Result<Arc<Node>> {
-    if let Some((n, l)) = loaded.get(&page) {
-        if *l != level {
-            return Err(Error::corruption("tree", format!("page {page}"), "node shared at two different levels"));
+/// Reference counts are what the trees reference, recomputed, never read:
+/// each node page gets the number of references to it (roots and parent
+/// slots), each data page the number of distinct leaves that hold it. Every
+/// node is read once, through the node cache. Node pages become metadata
+/// (reserved); a page that is both a node and data, or a node and the
+/// catalog or the log, is corruption.
+fn count_references(st: &mut State, npages: u64) -> Result<()> {
+    // Node pages seen: (level, references).
+    let mut node_refs: HashMap<u64, (u32, u32)> = HashMap::new();
+    let mut stack: Vec<(u64, u32)> = Vec::new();
+    let mut visit = |page: u64, level: u32, stack: &mut Vec<(u64, u32)>| -> Result<()> {
+        if page == 0 || page >= npages {
+            return Err(Error::corruption("tree", format!("page {page}"), "node pointer outside the file"));
         }
-        return Ok(n.clone());
+        match node_refs.get_mut(&page) {
+            Some((l, _)) if *l != level => {
+                Err(Error::corruption("tree", format!("page {page}"), "node shared at two different levels"))
+            }
+            Some((_, n)) => {
+                *n += 1;
+                Ok(())
+            }
+            None => {
+                node_refs.insert(page, (level, 1));
+                stack.push((page, level));
+                Ok(())
+            }
+        }
+    };
+    let roots: Vec<(u64, u32)> = st.all_roots().into_iter().filter_map(|(c, l)| c.page().map(|p| (p, l))).collect();
+    for (p, l) in roots {
+        visit(p, l, &mut stack)?;
     }
-    if page == 0 || page >= npages {
-        return Err(Error::corruption("tree", format!("page {page}"), "node pointer outside the file"));
-    }
-    let mut buf = vec![0u8; space_block(space)];
-    file.read_at(&mut buf, space.offset_of(page))
-        .map_err(|e| Error::io(format!("reading tree node at page {page}"), e))?;
-    let decoded = tree::decode_node(&buf, page, level, geo, npages)?;
-    let mut children = Vec::new();
-    if let tree::DecodedNode::Interior(v) = &decoded {
-        for &(i, child) in v {
-            children.push((i, load_node(file, space, loaded, child, level - 1, geo, npages)?));
+    while let Some((page, level)) = stack.pop() {
+        let node = st.nodes.load(page, level)?;
+        match &node.body {
+            tree::Body::Leaf(entries) => {
+                for e in entries {
+                    if e.page >= npages {
+                        return Err(Error::corruption(
+                            "tree node",
+                            format!("tree node at page {page}"),
+                            format!("points to page {} outside the file", e.page),
+                        ));
+                    }
+                    if st.space.is_reserved(e.page) {
+                        return Err(Error::corruption(
+                            "tree",
+                            format!("page {}", e.page),
+                            "a data page is also metadata",
+                        ));
+                    }
+                    st.space.inc(e.page);
+                }
+            }
+            tree::Body::Interior(children) => {
+                for c in children.refs() {
+                    visit(c.page().unwrap_or(0), level - 1, &mut stack)?;
+                }
+            }
         }
     }
-    space.set_reserved(page, true);
-    let node = Arc::new(tree::build_node(decoded, children, page));
-    loaded.insert(page, (node.clone(), level));
-    Ok(node)
+    for (&page, &(_, refs)) in &node_refs {
+        if st.space.refcount(page) != 0 || st.space.is_reserved(page) {
+            return Err(Error::corruption("tree", format!("page {page}"), "a data page is also metadata"));
+        }
+        st.space.set_refcount(page, refs);
+        st.space.set_reserved(page, true);
+    }
+    Ok(())
 }
 
-fn space_block(space: &Space) -> usize {
-    (space.offset_of(1) - space.offset_of(0)) as usize
+fn cache_budget(opts: &StoreOptions) -> usize {
+    usize::try_from(opts.node_cache_bytes).unwrap_or(usize::MAX)
 }

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::format;
 use crate::options::{SnapshotOptions, VolumeOptions, IDEMPOTENCY_WINDOW_SECS};
 use crate::space::Space;
-use crate::tree::{self, Geometry, Mapping, Node, Root};
+use crate::tree::{self, Child, Garbage, Geometry, Mapping, NodeCache, Root};
 use crate::wal::LogGeometry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -41,8 +41,14 @@ impl<I> Entry<I> {
 
 impl<I, R> Entry<I, R> {
     /// The tree's root with its level, when it has one.
-    fn leveled_root(&self) -> Option<(&Node, u32)> {
-        self.root.as_deref().map(|r| (r, self.geo.levels - 1))
+    fn leveled_root(&self) -> Option<(&Child, u32)> {
+        self.root.as_ref().map(|r| (r, self.geo.top()))
+    }
+
+    /// Detaches the tree, with the level of its root, for the garbage list.
+    fn take_tree(&mut self) -> Option<(Child, u32)> {
+        let top = self.geo.top();
+        self.root.take().map(|r| (r, top))
     }
 }
 
@@ -65,9 +71,15 @@ pub(crate) struct State {
     pub(crate) next_volume: u64,
     pub(crate) next_snapshot: u64,
     pub(crate) next_template: u64,
-    /// Trees detached by delete, restore, discard or a finished checkpoint,
-    /// waiting to be released in bounded steps.
-    pub(crate) garbage: Vec<Arc<Node>>,
+    /// Trees detached by delete, restore and discard, waiting to be
+    /// released in bounded steps.
+    pub(crate) garbage: Garbage,
+    /// Written tree nodes by page (see `tree::NodeCache`).
+    pub(crate) nodes: NodeCache,
+    /// Set when a tree change failed half way (a node could not be read):
+    /// the trees are whole, but a change the log will record was not fully
+    /// applied, so the store must stop taking changes.
+    pub(crate) torn: bool,
     pub(crate) bits: u32,
     pub(crate) block_size: u64,
 }
@@ -215,29 +227,37 @@ impl State {
                 let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
                 for (i, &crc) in crcs.iter().enumerate() {
                     let m = Mapping { page: page + i as u64, crc: format::Crc(crc) };
-                    tree::insert(&mut v.root, v.geo, lblock + i as u64, m, &mut self.space);
+                    let done = tree::insert(&mut v.root, v.geo, lblock + i as u64, m, &mut self.space, &self.nodes);
+                    done.inspect_err(|_| self.torn = true)?;
                 }
             }
             Record::Unmap { vol, lblock, count } => {
                 let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
-                tree::remove_range(&mut v.root, v.geo, *lblock, lblock + count, &mut self.space, &mut self.garbage);
+                let range = *lblock..lblock + count;
+                let done =
+                    tree::remove_range(&mut v.root, v.geo, range, &mut self.space, &mut self.garbage, &self.nodes);
+                done.inspect_err(|_| self.torn = true)?;
             }
             Record::CreateVolume(info) => self.insert_volume(info.clone(), None),
             Record::Fork(info) => {
                 let root = match info.origin.ok_or_else(|| missing("fork origin".into()))? {
-                    VolumeOrigin::Volume(v) => self.volumes.get(&v.0).map(|v| v.root.clone()),
-                    VolumeOrigin::Snapshot(_, s) => self.snapshots.get(&s.0).map(|s| s.root.clone()),
-                    VolumeOrigin::Template(t) => self.templates.get(&t.0).map(|t| t.root.clone()),
+                    VolumeOrigin::Volume(v) => self.volumes.get(&v.0).map(|v| tree::share(&v.root, &mut self.space)),
+                    VolumeOrigin::Snapshot(_, s) => {
+                        self.snapshots.get(&s.0).map(|s| tree::share(&s.root, &mut self.space))
+                    }
+                    VolumeOrigin::Template(t) => {
+                        self.templates.get(&t.0).map(|t| tree::share(&t.root, &mut self.space))
+                    }
                 };
                 let root = root.ok_or_else(|| missing(format!("the origin of volume {}", info.id)))?;
                 self.insert_volume(info.clone(), root);
             }
             Record::DeleteVolume { vol } => {
-                let v = self.volumes.remove(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
+                let mut v = self.volumes.remove(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
                 if self.volume_names.get(&v.info.name) == Some(vol) {
                     self.volume_names.remove(&v.info.name);
                 }
-                self.garbage.extend(v.root);
+                self.garbage.extend(v.take_tree());
                 // A two-step snapshot of it can never be committed now.
                 for s in self.snapshots.values_mut().filter(|s| s.info.volume_id.0 == *vol) {
                     if s.info.status == SnapshotStatus::Creating {
@@ -254,11 +274,12 @@ impl State {
             Record::CommitSnapshot { snap } => {
                 let s = self.snapshots.get(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
                 let v = self.volumes.get(&s.info.volume_id.0).ok_or_else(|| missing(format!("volume of {snap}")))?;
-                let (root, geo) = (v.root.clone(), v.geo);
+                let (root, geo) = (tree::share(&v.root, &mut self.space), v.geo);
                 let s = self.snapshots.get_mut(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
                 s.info.status = SnapshotStatus::Ready;
                 // Creating snapshots hold no tree, so nothing is replaced.
-                self.garbage.extend(std::mem::replace(&mut s.root, root));
+                self.garbage.extend(s.take_tree());
+                s.root = root;
                 s.geo = geo;
             }
             Record::UpdateSnapshot(info) => {
@@ -271,14 +292,14 @@ impl State {
                 let (root, geo) = {
                     let s = self.snapshots.get(&info.source.1 .0);
                     let s = s.ok_or_else(|| missing(format!("snapshot {}", info.source.1)))?;
-                    (s.root.clone(), s.geo)
+                    (tree::share(&s.root, &mut self.space), s.geo)
                 };
                 self.next_template = self.next_template.max(info.id.0 + 1);
                 self.templates.insert(info.id.0, Entry::new(info.clone(), root, geo));
             }
             Record::DeleteTemplate { tmpl } => {
-                let t = self.templates.remove(tmpl).ok_or_else(|| missing(format!("template {tmpl}")))?;
-                self.garbage.extend(t.root);
+                let mut t = self.templates.remove(tmpl).ok_or_else(|| missing(format!("template {tmpl}")))?;
+                self.garbage.extend(t.take_tree());
             }
             Record::SetPolicy { vol, policy } => {
                 let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
@@ -303,17 +324,19 @@ impl State {
                 s.ok_or_else(|| missing(format!("schedule {name:?} of volume {vol}")))?.status = status.clone();
             }
             Record::DeleteSnapshot { snap } => {
-                let s = self.snapshots.remove(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
+                let mut s = self.snapshots.remove(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
                 self.unindex_snapshot(&s.info);
-                self.garbage.extend(s.root);
+                self.garbage.extend(s.take_tree());
             }
             Record::Restore { vol, snap, safety } => {
                 if let Some(info) = safety {
                     self.insert_snapshot(info)?;
                 }
-                let root = self.snapshots.get(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?.root.clone();
+                let s = self.snapshots.get(snap).ok_or_else(|| missing(format!("snapshot {snap}")))?;
+                let root = tree::share(&s.root, &mut self.space);
                 let v = self.volumes.get_mut(vol).ok_or_else(|| missing(format!("volume {vol}")))?;
-                let old = std::mem::replace(&mut v.root, root);
+                let old = v.take_tree();
+                v.root = root;
                 self.garbage.extend(old);
             }
         }
@@ -326,7 +349,7 @@ impl State {
         let v = self.volumes.get(&info.volume_id.0).ok_or_else(|| {
             Error::corruption("WAL", "replay", format!("volume {} of a new snapshot does not exist", info.volume_id))
         })?;
-        let root = if info.is_ready() { v.root.clone() } else { None };
+        let root = if info.is_ready() { tree::share(&v.root, &mut self.space) } else { None };
         let geo = v.geo;
         self.load_snapshot(info.clone(), root, geo);
         Ok(())
@@ -375,16 +398,31 @@ impl State {
         self.volumes.insert(info.id.0, Entry { info, root, geo, rt: Arc::new(VolRuntime::default()) });
     }
 
+    /// Every tree root with its level (as [`State::all_roots`]) beside the
+    /// node cache and the space map, for walks that read nodes.
+    pub(crate) fn roots_with_cache(&mut self) -> (Vec<(&Child, u32)>, &mut NodeCache, &Space) {
+        let State { volumes, snapshots, templates, nodes, space, .. } = self;
+        let roots = volumes
+            .values()
+            .filter_map(Entry::leveled_root)
+            .chain(snapshots.values().filter_map(Entry::leveled_root))
+            .chain(templates.values().filter_map(Entry::leveled_root))
+            .collect();
+        (roots, nodes, space)
+    }
+
     /// Every tree root with its geometry: volumes, snapshots, and garbage
     /// not yet released.
-    pub(crate) fn all_roots(&self) -> Vec<(&Node, u32)> {
+    pub(crate) fn all_roots(&self) -> Vec<(&Child, u32)> {
         let volumes = self.volumes.values().filter_map(Entry::leveled_root);
         let snapshots = self.snapshots.values().filter_map(Entry::leveled_root);
         volumes.chain(snapshots).chain(self.templates.values().filter_map(Entry::leveled_root)).collect()
     }
 }
 
-pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u64) -> State {
+pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u64, cache_bytes: usize) -> State {
+    let bits = format::fanout_bits_for(block_size);
+    let nodes = NodeCache::new(file.clone(), format::data_start(block_size), block_size, bits, cache_bytes);
     let mut space = Space::new(file, block_size, format::data_start(block_size), npages);
     space.segment_pages = LogGeometry::new(format::data_start(block_size), block_size).segment_pages;
     State {
@@ -398,7 +436,9 @@ pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u
         next_snapshot: 1,
         next_template: 1,
         garbage: Vec::new(),
-        bits: format::fanout_bits_for(block_size),
+        nodes,
+        torn: false,
+        bits,
         block_size: block_size as u64,
     }
 }

@@ -236,7 +236,7 @@ fn unchanged_since_last(st: &State, volume: VolumeId, name: &str) -> bool {
     let (Some(snap), Ok(vol)) = (newest, st.vol(volume)) else { return false };
     match (&snap.root, &vol.root) {
         (None, None) => true,
-        (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+        (Some(a), Some(b)) => a.same_as(b),
         _ => false,
     }
 }

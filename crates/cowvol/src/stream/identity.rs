@@ -18,6 +18,7 @@
 use super::frame::Identity;
 use crate::catalog::SnapshotInfo;
 use crate::engine::State;
+use crate::error::Result;
 use crate::tree::{self, Geometry, Root};
 
 /// Label a received snapshot carries: `<store id, 16 hex digits>/<snapshot id>`.
@@ -50,15 +51,21 @@ impl Fnv {
 
 /// The digest of one tree's block map (see the module documentation).
 /// Cost: one pass over the mapped blocks' tree entries.
-pub(crate) fn tree_digest(root: &Root, geo: Geometry, size_bytes: u64, block_size: u32) -> u64 {
+pub(crate) fn tree_digest(
+    root: &Root,
+    geo: Geometry,
+    size_bytes: u64,
+    block_size: u32,
+    nodes: &tree::NodeCache,
+) -> Result<u64> {
     let mut h = Fnv::default();
     h.update(&size_bytes.to_le_bytes());
     h.update(&block_size.to_le_bytes());
-    tree::for_each_mapping(root, geo, |lb, m| {
+    tree::for_each_mapping(root, geo, nodes, |lb, m| {
         h.update(&lb.to_le_bytes());
         h.update(&m.crc.0.to_le_bytes());
-    });
-    h.finish()
+    })?;
+    Ok(h.finish())
 }
 
 /// The origin label's value for an identity.
@@ -84,7 +91,8 @@ pub(crate) fn origin_of(info: &SnapshotInfo, this_store: u64) -> (u64, u64) {
 pub(crate) fn identity_of(st: &State, info: &SnapshotInfo, this_store: u64) -> Option<Identity> {
     let s = st.snapshots.get(&info.id.0).filter(|s| s.info.is_ready())?;
     let (store_id, snapshot_id) = origin_of(info, this_store);
-    let digest = tree_digest(&s.root, s.geo, s.info.size_bytes, st.block_size as u32);
+    // A tree that cannot be read has no identity to offer; check reports it.
+    let digest = tree_digest(&s.root, s.geo, s.info.size_bytes, st.block_size as u32, &st.nodes).ok()?;
     Some(Identity { store_id, snapshot_id, digest })
 }
 

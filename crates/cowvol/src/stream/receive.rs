@@ -303,7 +303,7 @@ fn find_base(store: &Store, b: &Begin) -> Result<Option<SnapshotInfo>> {
             ),
         });
     }
-    let digest = tree_digest(&s.root, s.geo, info.size_bytes, st.block_size as u32);
+    let digest = tree_digest(&s.root, s.geo, info.size_bytes, st.block_size as u32, &st.nodes)?;
     if digest != want.digest {
         return Err(Error::BaseMismatch {
             what: what(),
@@ -491,7 +491,7 @@ impl Applier<'_> {
 fn check_staged_digest(store: &Store, staging: VolumeId, b: &Begin, at: u64) -> Result<()> {
     let st = store.engine.state.lock();
     let v = st.vol(staging)?;
-    let digest = tree_digest(&v.root, v.geo, v.info.size_bytes, st.block_size as u32);
+    let digest = tree_digest(&v.root, v.geo, v.info.size_bytes, st.block_size as u32, &st.nodes)?;
     if digest != b.snapshot.digest {
         return Err(stream_error(
             StreamFault::Mismatch,

@@ -202,16 +202,9 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
         log: crate::format::LogStart { log_id: 42, segment_page: 1, segment_seq: 3, offset: 4096, lsn: 100 },
     };
     let entries = [(0, 20, 0x1111_1111), (5, 21, 0x2222_2222), (255, 22, 0)];
-    let leaf = build_node(
-        DecodedNode::Leaf(entries.iter().map(|&(idx, page, crc)| LeafEntry { idx, page, crc }).collect()),
-        Vec::new(),
-        9,
-    );
-    let children = [(0, 9), (1, 31), (200, 32)]
-        .into_iter()
-        .map(|(i, page)| (i, std::sync::Arc::new(build_node(DecodedNode::Leaf(Vec::new()), Vec::new(), page))))
-        .collect();
-    let interior = build_node(DecodedNode::Interior(Vec::new()), children, 30);
+    let leaf =
+        build_node(DecodedNode::Leaf(entries.iter().map(|&(idx, page, crc)| LeafEntry { idx, page, crc }).collect()));
+    let interior = build_node(DecodedNode::Interior(vec![(0, 9), (1, 31), (200, 32)]));
     let node = |page: u64, level: u8, n: &crate::tree::Node| {
         let mut b = page.to_le_bytes().to_vec();
         b.push(level);

@@ -630,8 +630,16 @@ fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::NotFound { .. })
 }
 
+/// Small checkpoints, and a node cache of a few nodes, so that written
+/// nodes are evicted and read back all the time: every model run also
+/// checks that a tree read back from its pages is the tree that was written.
 fn opts() -> StoreOptions {
-    StoreOptions { checkpoint_wal_bytes: 64 << 10, background_checkpoints: false, ..Default::default() }
+    StoreOptions {
+        checkpoint_wal_bytes: 64 << 10,
+        background_checkpoints: false,
+        node_cache_bytes: 16 << 10,
+        ..Default::default()
+    }
 }
 
 fn open(disk: &SimDir, what: &str) -> Store {

@@ -1,15 +1,17 @@
 //! Comparing two extent trees in time proportional to what differs.
 //!
 //! Trees that share history share nodes: a snapshot, a fork and the volume
-//! they came from hold the same `Arc<Node>` for every subtree no write has
-//! touched since, and a subtree read back from a checkpoint keeps the page
-//! it was written at (`addr`), which the invariant in `tree` ties to its
-//! contents. The walk descends both trees together and stops at every pair
-//! of nodes that is the same subtree by either test, so it visits only the
-//! paths that lead to a change, whatever the size of the volume.
+//! they came from hold the same reference (the same written page, or the
+//! same dirty node) for every subtree no write has touched since. The walk
+//! descends both trees together and stops at every pair of references that
+//! name the same subtree, so it visits only the paths that lead to a change,
+//! whatever the size of the volume. Nodes it does visit are read through the
+//! node cache.
 
-use super::{Body, Children, Geometry, LeafEntry, Node, Root};
+use super::{Body, Child, Children, Geometry, LeafEntry, Node, NodeCache, Root};
+use crate::error::Result;
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 /// What one walk cost, so that tests and benchmarks can check the cost
 /// without timing anything.
@@ -30,74 +32,81 @@ pub(crate) fn diff_trees(
     a: &Root,
     b: &Root,
     geo: Geometry,
+    nodes: &NodeCache,
     counters: &mut DiffCounters,
     changed: &mut dyn FnMut(u64, bool),
-) {
-    let mut w = Walk { geo, counters, changed };
-    w.pair(a.as_deref(), b.as_deref(), geo.levels - 1, 0);
-}
-
-/// Whether two nodes are known to be one subtree: the same node in memory,
-/// or read from the same page of a checkpoint.
-fn same_subtree(x: &Node, y: &Node) -> bool {
-    if std::ptr::eq(x, y) {
-        return true;
-    }
-    let addr = x.addr();
-    addr != 0 && addr == y.addr()
+) -> Result<()> {
+    let mut w = Walk { geo, nodes, counters, changed };
+    w.pair(a.as_ref(), b.as_ref(), geo.top(), 0)
 }
 
 struct Walk<'c> {
     geo: Geometry,
+    nodes: &'c NodeCache,
     counters: &'c mut DiffCounters,
     changed: &'c mut dyn FnMut(u64, bool),
 }
 
 impl Walk<'_> {
     /// Compares the subtrees covering blocks `base..` at `level`.
-    fn pair(&mut self, a: Option<&Node>, b: Option<&Node>, level: u32, base: u64) {
+    fn pair(&mut self, a: Option<&Child>, b: Option<&Child>, level: u32, base: u64) -> Result<()> {
         match (a, b) {
             (None, None) => {}
-            (Some(x), Some(y)) if same_subtree(x, y) => self.counters.shared_skipped += 1,
-            (Some(x), None) => self.whole(x, level, base, false),
-            (None, Some(y)) => self.whole(y, level, base, true),
+            (Some(x), Some(y)) if x.same_as(y) => self.counters.shared_skipped += 1,
+            (Some(x), None) => {
+                let x = x.node(level, self.nodes)?;
+                self.whole(&x, level, base, false)?;
+            }
+            (None, Some(y)) => {
+                let y = y.node(level, self.nodes)?;
+                self.whole(&y, level, base, true)?;
+            }
             (Some(x), Some(y)) => {
-                self.counters.nodes_visited += 2;
-                match (&x.body, &y.body) {
-                    (Body::Interior(ca), Body::Interior(cb)) if level > 0 => {
-                        let span = self.geo.span(level - 1);
-                        for (i, ca, cb) in zip_children(ca, cb) {
-                            self.pair(ca, cb, level - 1, base + i as u64 * span);
-                        }
-                    }
-                    (Body::Leaf(ea), Body::Leaf(eb)) => self.leaves(ea, eb, base),
-                    // Trees built by this module never mix shapes at one
-                    // level; if they did, comparing every mapping of both
-                    // still gives the right answer.
-                    _ => {
-                        let (mut ma, mut mb) = (Vec::new(), Vec::new());
-                        flatten(x, self.geo, level, base, &mut ma);
-                        flatten(y, self.geo, level, base, &mut mb);
-                        self.merge(&ma, &mb);
-                    }
-                }
+                let (x, y) = (x.node(level, self.nodes)?, y.node(level, self.nodes)?);
+                self.both(&x, &y, level, base)?;
             }
         }
+        Ok(())
+    }
+
+    fn both(&mut self, x: &Arc<Node>, y: &Arc<Node>, level: u32, base: u64) -> Result<()> {
+        self.counters.nodes_visited += 2;
+        match (&x.body, &y.body) {
+            (Body::Interior(ca), Body::Interior(cb)) if level > 0 => {
+                let span = self.geo.span(level - 1);
+                for (i, ca, cb) in zip_children(ca, cb) {
+                    self.pair(ca, cb, level - 1, base + i as u64 * span)?;
+                }
+            }
+            (Body::Leaf(ea), Body::Leaf(eb)) => self.leaves(ea, eb, base),
+            // Trees built by this module never mix shapes at one level; if
+            // they did, comparing every mapping of both still gives the
+            // right answer.
+            _ => {
+                let (mut ma, mut mb) = (Vec::new(), Vec::new());
+                flatten(x, self.geo, level, base, self.nodes, &mut ma)?;
+                flatten(y, self.geo, level, base, self.nodes, &mut mb)?;
+                self.merge(&ma, &mb);
+            }
+        }
+        Ok(())
     }
 
     /// A subtree only one side has: every block it maps differs.
-    fn whole(&mut self, node: &Node, level: u32, base: u64, in_b: bool) {
+    fn whole(&mut self, node: &Node, level: u32, base: u64, in_b: bool) -> Result<()> {
         self.counters.nodes_visited += 1;
         match &node.body {
             Body::Leaf(entries) => entries.iter().for_each(|e| (self.changed)(base + e.idx as u64, in_b)),
             Body::Interior(children) if level > 0 => {
                 let span = self.geo.span(level - 1);
                 for (i, c) in children.iter() {
-                    self.whole(c, level - 1, base + i as u64 * span, in_b);
+                    let child = c.node(level - 1, self.nodes)?;
+                    self.whole(&child, level - 1, base + i as u64 * span, in_b)?;
                 }
             }
             Body::Interior(_) => {}
         }
+        Ok(())
     }
 
     fn leaves(&mut self, a: &[LeafEntry], b: &[LeafEntry], base: u64) {
@@ -140,7 +149,7 @@ impl Walk<'_> {
 
 /// Pairs the children of two interior nodes by index, in index order, with
 /// `None` where one side has no child at that index.
-fn zip_children<'a>(a: &'a Children, b: &'a Children) -> Vec<(usize, Option<&'a Node>, Option<&'a Node>)> {
+fn zip_children<'a>(a: &'a Children, b: &'a Children) -> Vec<(usize, Option<&'a Child>, Option<&'a Child>)> {
     let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
     let mut out = Vec::with_capacity(a.len().max(b.len()));
     loop {
@@ -151,82 +160,82 @@ fn zip_children<'a>(a: &'a Children, b: &'a Children) -> Vec<(usize, Option<&'a 
             (Some(&(i, _)), Some(&(j, _))) => (i.min(j), i <= j, j <= i),
         };
         let (i, take_a, take_b) = next;
-        let ca = if take_a { ia.next().map(|(_, c)| &**c) } else { None };
-        let cb = if take_b { ib.next().map(|(_, c)| &**c) } else { None };
+        let ca = if take_a { ia.next().map(|(_, c)| c) } else { None };
+        let cb = if take_b { ib.next().map(|(_, c)| c) } else { None };
         out.push((i, ca, cb));
     }
 }
 
 /// Appends `(lblock, page)` for every block the subtree maps, in order.
-fn flatten(node: &Node, geo: Geometry, level: u32, base: u64, out: &mut Vec<(u64, u64)>) {
+fn flatten(
+    node: &Node,
+    geo: Geometry,
+    level: u32,
+    base: u64,
+    nodes: &NodeCache,
+    out: &mut Vec<(u64, u64)>,
+) -> Result<()> {
     match &node.body {
         Body::Leaf(entries) => out.extend(entries.iter().map(|e| (base + e.idx as u64, e.page))),
         Body::Interior(children) if level > 0 => {
             let span = geo.span(level - 1);
             for (i, c) in children.iter() {
-                flatten(c, geo, level - 1, base + i as u64 * span, out);
+                let child = c.node(level - 1, nodes)?;
+                flatten(&child, geo, level - 1, base + i as u64 * span, nodes, out)?;
             }
         }
         Body::Interior(_) => {}
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{insert, remove_range, Mapping};
+    use super::super::tests::env;
+    use super::super::{insert, remove_range, share, Mapping};
     use super::*;
-    use crate::backend::StorageDir;
     use crate::format::Crc;
-    use crate::space::Space;
-    use crate::testing::SimDir;
 
     const GEO: Geometry = Geometry { bits: 2, levels: 3 };
 
-    fn space() -> Space {
-        let f = SimDir::new().open_file("f", true).unwrap();
-        let mut s = Space::new(f, 4096, 8192, 1);
-        s.ensure_pages(10_000);
-        s
-    }
-
-    fn diff(a: &Root, b: &Root) -> (Vec<(u64, bool)>, DiffCounters) {
+    fn diff(a: &Root, b: &Root, n: &NodeCache) -> (Vec<(u64, bool)>, DiffCounters) {
         let mut out = Vec::new();
         let mut c = DiffCounters::default();
-        diff_trees(a, b, GEO, &mut c, &mut |lb, data| out.push((lb, data)));
+        diff_trees(a, b, GEO, n, &mut c, &mut |lb, data| out.push((lb, data))).unwrap();
         (out, c)
     }
 
     #[test]
     fn a_tree_and_its_copy_differ_only_where_written() {
-        let mut s = space();
+        let (mut s, n) = env();
         let mut a = None;
         for lb in 0..64 {
-            insert(&mut a, GEO, lb, Mapping { page: 100 + lb, crc: Crc(0) }, &mut s);
+            insert(&mut a, GEO, lb, Mapping { page: 100 + lb, crc: Crc(0) }, &mut s, &n).unwrap();
         }
-        let snap = a.clone();
-        let (same, c) = diff(&snap, &a);
+        let snap = share(&a, &mut s);
+        let (same, c) = diff(&snap, &a, &n);
         assert!(same.is_empty());
         assert_eq!((c.nodes_visited, c.shared_skipped), (0, 1));
-        insert(&mut a, GEO, 9, Mapping { page: 999, crc: Crc(1) }, &mut s);
+        insert(&mut a, GEO, 9, Mapping { page: 999, crc: Crc(1) }, &mut s, &n).unwrap();
         let mut g = Vec::new();
-        remove_range(&mut a, GEO, 40, 42, &mut s, &mut g);
-        let (d, c) = diff(&snap, &a);
+        remove_range(&mut a, GEO, 40..42, &mut s, &mut g, &n).unwrap();
+        let (d, c) = diff(&snap, &a, &n);
         assert_eq!(d, vec![(9, true), (40, false), (41, false)]);
         // Two paths of three levels each, both sides; the rest is skipped.
         assert_eq!(c.nodes_visited, 2 * (3 + 2));
-        let (back, _) = diff(&a, &snap);
+        let (back, _) = diff(&a, &snap, &n);
         assert_eq!(back, vec![(9, true), (40, true), (41, true)]);
     }
 
     #[test]
     fn a_subtree_on_one_side_only_reports_each_of_its_blocks() {
-        let mut s = space();
+        let (mut s, n) = env();
         let mut a = None;
-        insert(&mut a, GEO, 3, Mapping { page: 7, crc: Crc(0) }, &mut s);
-        let mut b = a.clone();
-        insert(&mut b, GEO, 60, Mapping { page: 8, crc: Crc(0) }, &mut s);
-        insert(&mut b, GEO, 62, Mapping { page: 9, crc: Crc(0) }, &mut s);
-        assert_eq!(diff(&a, &b).0, vec![(60, true), (62, true)]);
-        assert_eq!(diff(&b, &None).0, vec![(3, false), (60, false), (62, false)]);
+        insert(&mut a, GEO, 3, Mapping { page: 7, crc: Crc(0) }, &mut s, &n).unwrap();
+        let mut b = share(&a, &mut s);
+        insert(&mut b, GEO, 60, Mapping { page: 8, crc: Crc(0) }, &mut s, &n).unwrap();
+        insert(&mut b, GEO, 62, Mapping { page: 9, crc: Crc(0) }, &mut s, &n).unwrap();
+        assert_eq!(diff(&a, &b, &n).0, vec![(60, true), (62, true)]);
+        assert_eq!(diff(&b, &None, &n).0, vec![(3, false), (60, false), (62, false)]);
     }
 }

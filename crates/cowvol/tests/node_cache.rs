@@ -1,0 +1,75 @@
+//! Trees larger than the node cache: written nodes are dropped and read
+//! back from their pages, and nothing a user sees changes.
+
+mod common;
+use common::*;
+use cowvol::testing::SimDir;
+use cowvol::*;
+use std::sync::Arc;
+
+const CACHE: u64 = 64 << 10;
+
+fn opts() -> StoreOptions {
+    StoreOptions { node_cache_bytes: CACHE, background_checkpoints: false, ..Default::default() }
+}
+
+/// Generation `w` of one block in each leaf (the same blocks every
+/// generation): 1,024 leaves need about 3 MiB of nodes, fifty times the
+/// cache.
+fn write_spread(v: &Volume, w: u64, leaves: u64) {
+    for leaf in 0..leaves {
+        let lb = leaf * 256 + (leaf * 7) % 256;
+        v.write_at(&block(w, lb), lb * 4096).unwrap();
+    }
+}
+
+fn read_spread(v: &Volume, w: u64, leaves: u64) {
+    for leaf in 0..leaves {
+        let lb = leaf * 256 + (leaf * 7) % 256;
+        let mut buf = vec![0u8; 4096];
+        v.read_at(&mut buf, lb * 4096).unwrap();
+        assert_eq!(decode(&buf, lb), Some(w), "block {lb}");
+    }
+}
+
+#[test]
+fn a_tree_fifty_times_the_cache_reads_writes_snapshots_and_reopens_unchanged() {
+    let disk = SimDir::new();
+    let leaves = 1024;
+    let size = leaves * 256 * 4096;
+    let (id, snap) = {
+        let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
+        let id = store.create_volume(VolumeOptions::new("big", size)).unwrap().id;
+        let v = store.open_volume(id).unwrap();
+        write_spread(&v, 1, leaves);
+        v.flush().unwrap();
+        store.checkpoint().unwrap();
+        let snap = store.create_snapshot(id, SnapshotOptions::named("one")).unwrap().id;
+        // Overwrites copy written leaves the snapshot shares, reading each back.
+        write_spread(&v, 2, leaves);
+        v.flush().unwrap();
+        store.checkpoint().unwrap();
+        read_spread(&v, 2, leaves);
+        let stats = store.stats();
+        assert!(stats.node_cache_bytes <= CACHE, "cache holds {} bytes", stats.node_cache_bytes);
+        assert!(stats.node_cache_misses > 1000, "the cache never missed: {stats:?}");
+        assert_clean(&store);
+        (id, snap)
+    };
+    let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
+    read_spread(&store.open_volume(id).unwrap(), 2, leaves);
+    let fork_opts = ForkOptions { name: "back".into(), from_snapshot: Some(snap), ..Default::default() };
+    let fork = store.fork_volume(id, fork_opts).unwrap().id;
+    read_spread(&store.open_volume(fork).unwrap(), 1, leaves);
+    // Deleting the snapshot releases the leaves only it held, read back to
+    // find their data pages: the fork keeps them alive.
+    store.delete_snapshot(id, snap).unwrap();
+    store.checkpoint().unwrap();
+    assert_clean(&store);
+    read_spread(&store.open_volume(fork).unwrap(), 1, leaves);
+    store.delete_volume(fork).unwrap();
+    store.checkpoint().unwrap();
+    assert_clean(&store);
+    let stats = store.stats();
+    assert_eq!(stats.data_blocks, leaves, "only the volume's own blocks are left");
+}
