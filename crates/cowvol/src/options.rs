@@ -25,6 +25,14 @@ pub struct StoreOptions {
     /// often, with the wall clock (see [`crate::Store::run_policies`]).
     /// Default: `None`: the host calls `run_policies` when it decides.
     pub policy_interval: Option<Duration>,
+    /// Give the file space of free pages back to the file system (punch
+    /// holes) once the checkpoint that freed them is durable, in bounded
+    /// steps: on the background thread, or at syncs when
+    /// `background_checkpoints` is off. Whole aligned 1 MiB chunks only,
+    /// and about one growth step of free space stays allocated. Default:
+    /// true. When false, [`crate::Store::punch_free_space`] still does it
+    /// on request.
+    pub punch_free_space: bool,
 }
 
 impl Default for StoreOptions {
@@ -34,6 +42,7 @@ impl Default for StoreOptions {
             checkpoint_wal_bytes: 64 << 20,
             background_checkpoints: true,
             policy_interval: None,
+            punch_free_space: true,
         }
     }
 }

@@ -195,6 +195,9 @@ pub fn stats(ctx: &Ctx) -> CliResult {
                 ("metadata memory", b(j.metadata_memory_bytes)),
                 ("file", b(j.file_bytes)),
                 ("free in file", b(j.free_bytes)),
+                ("in use", b(j.used_bytes)),
+                ("punched", b(j.punched_bytes)),
+                ("allocated on disk", b(j.allocated_bytes)),
             ],
         )
         .map_err(out_err)?;
