@@ -788,7 +788,7 @@ fn punch_space(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn
         before.push(st.allocated_bytes as f64 / MIB as f64);
         used.push(st.used_bytes as f64 / MIB as f64);
         // The same writes twice: alone, then while another thread punches.
-        quiet.extend(write_latencies_us(&vol, 64 * MIB, 2_000, rep as u64, || false)?);
+        quiet.extend(write_latencies_us(&vol, 64 * MIB, 2_000, rep as u64, || true)?);
         let punched = std::sync::atomic::AtomicU64::new(0);
         let done = std::sync::atomic::AtomicBool::new(false);
         let t = Instant::now();

@@ -25,8 +25,9 @@ impl Engine {
         self.state.lock().space.has_punch_work()
     }
 
-    /// One bounded punch step; returns the bytes punched, 0 when nothing
-    /// is left to do.
+    /// One bounded punch step; returns the bytes punched, which may be 0
+    /// while work remains (a step that looked at its share of a fragmented
+    /// free map and found no whole chunk): ask [`Engine::has_punch_work`].
     ///
     /// A failed punch is reported but does not poison the store: the runs
     /// become holes all the same (their space may be partly given back),
@@ -52,13 +53,13 @@ impl Engine {
     /// Runs punch steps until nothing is left to give back; returns the
     /// bytes punched.
     pub(crate) fn punch_free_space(&self) -> Result<u64> {
+        // Ends: every step moves the scan forward or finishes it, and the
+        // work left is bounded by the free map.
         let mut total = 0;
-        loop {
-            match self.punch_step()? {
-                0 => return Ok(total),
-                n => total += n,
-            }
+        while self.has_punch_work() {
+            total += self.punch_step()?;
         }
+        Ok(total)
     }
 
     /// Background punching: steps until the work is done or the store
@@ -68,7 +69,7 @@ impl Engine {
             return;
         }
         while !stop() && self.has_punch_work() {
-            if !matches!(self.punch_step(), Ok(n) if n > 0) {
+            if self.punch_step().is_err() {
                 return;
             }
         }
