@@ -178,6 +178,52 @@ fn full_disk_refuses_a_punched_range_cleanly() {
     assert_clean(&store);
 }
 
+/// A store with a 16 MiB volume written, then deleted and checkpointed:
+/// its space is free and ready to punch.
+fn store_with_freed_space(disk: &SimDir, opts: StoreOptions) -> (Store, Volume) {
+    let store = Store::open_in(Arc::new(disk.clone()), opts).unwrap();
+    let keep = volume(&store, "keep", 16);
+    write_run(&keep, 0, 16, 1).unwrap();
+    let gone = volume(&store, "gone", 4096);
+    write_run(&gone, 0, 4096, 2).unwrap();
+    gone.flush().unwrap();
+    drop(gone);
+    store.delete_volume(id_of(&store, "gone")).unwrap();
+    store.checkpoint().unwrap();
+    (store, keep)
+}
+
+#[test]
+fn the_background_thread_punches_after_a_checkpoint() {
+    let disk = SimDir::new();
+    let (store, _keep) = store_with_freed_space(&disk, StoreOptions::default());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.stats().punched_bytes == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing punched within 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_clean(&store);
+}
+
+#[test]
+fn without_a_background_thread_syncs_punch_in_steps_and_the_option_turns_it_off() {
+    let disk = SimDir::new();
+    let (store, keep) = store_with_freed_space(&disk, opts());
+    // With no background thread, each completed sync runs one step while
+    // free space waits to be punched.
+    write_run(&keep, 0, 1, 3).unwrap();
+    keep.flush().unwrap();
+    assert!(store.stats().punched_bytes > 0, "a sync ran no punch step");
+    assert_clean(&store);
+
+    let disk = SimDir::new();
+    let (store, keep) = store_with_freed_space(&disk, StoreOptions { punch_free_space: false, ..opts() });
+    write_run(&keep, 0, 1, 3).unwrap();
+    keep.flush().unwrap();
+    assert_eq!(store.stats().punched_bytes, 0, "punching was turned off");
+    assert!(store.punch_free_space().unwrap() > 0, "asking still punches");
+}
+
 /// What a recovered store must show, per volume name: `None` when the
 /// volume may or may not exist, else per block the write ids allowed.
 type Expect = BTreeMap<&'static str, (bool, Vec<Vec<u64>>)>;
