@@ -30,7 +30,7 @@ pub struct BenchOptions {
     /// with a quarter to spare, is skipped and has no row.
     pub snapshot_sizes: Vec<u64>,
     /// The parts to run (`random`, `sequential`, `durable`, `admin`,
-    /// `names`, `sparse`); empty runs them all.
+    /// `names`, `sparse`, `punch`); empty runs them all.
     pub only: Vec<String>,
 }
 
@@ -253,13 +253,14 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
     std::fs::create_dir_all(&opts.dir).map_err(io_err("creating the bench directory"))?;
     let mut report = BenchReport::default();
     type Part = fn(&BenchOptions, &mut BenchReport, &mut dyn FnMut(&str)) -> Result<()>;
-    let parts: [(&str, Part); 6] = [
+    let parts: [(&str, Part); 7] = [
         ("random", random_io),
         ("sequential", sequential),
         ("durable", durable),
         ("admin", admin_latency),
         ("names", create_among_many),
         ("sparse", sparse_writes),
+        ("punch", punch_space),
     ];
     for (name, part) in parts {
         if opts.only.is_empty() || opts.only.iter().any(|o| o == name) {
@@ -788,4 +789,90 @@ fn sparse_writes(opts: &BenchOptions, report: &mut BenchReport, progress: &mut d
     push(report, "sparse_tree_nodes_per_write", "nodes", stats.tree_nodes as f64 / writes as f64, None, false);
     push(report, "sparse_tree_ram_per_data_byte", "ratio", tree_bytes as f64 / data_bytes as f64, None, false);
     Ok(())
+}
+/// Free space given back to the file system: a volume is written and
+/// deleted, and once the checkpoint that frees it is durable, punching
+/// runs. Reports the data file's allocated size before and after beside
+/// the bytes in use, the time of a punch step (64 MiB), and the median and
+/// p99 of 4 KiB writes to another volume while punching runs, beside the
+/// same writes with no punching (in the `raw` column).
+fn punch_space(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    progress("punch");
+    let size = opts.volume_bytes();
+    // Punching runs only when asked here, so each phase is timed alone.
+    let s = Scratch::new(&opts.dir, "store", StoreOptions { punch_free_space: false, ..store_opts() })?;
+    let store = s.store();
+    let other = store.create_volume(unflushed_volume(64 * MIB))?.id;
+    let vol = store.open_volume(other)?;
+    fill_volume(&vol, 64 * MIB)?;
+    let (mut before, mut after, mut used, mut step_ms) = (vec![], vec![], vec![], vec![]);
+    let (mut busy, mut quiet) = (vec![], vec![]);
+    for rep in 0..opts.reps() {
+        let big = store.create_volume(VolumeOptions::new(format!("big{rep}"), size))?.id;
+        fill_volume(&store.open_volume(big)?, size)?;
+        store.delete_volume(big)?;
+        store.checkpoint()?;
+        let st = store.stats();
+        before.push(st.allocated_bytes as f64 / MIB as f64);
+        used.push(st.used_bytes as f64 / MIB as f64);
+        // The same writes twice: alone, then while another thread punches.
+        quiet.extend(write_latencies_us(&vol, 64 * MIB, 2_000, rep as u64, || true)?);
+        let punched = std::sync::atomic::AtomicU64::new(0);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let t = Instant::now();
+        let lat = std::thread::scope(|sc| {
+            let punching = sc.spawn(|| {
+                let r = store.punch_free_space();
+                done.store(true, std::sync::atomic::Ordering::Release);
+                r.map(|n| punched.store(n, std::sync::atomic::Ordering::Relaxed))
+            });
+            let lat = write_latencies_us(&vol, 64 * MIB, 2_000, rep as u64 + 100, || {
+                done.load(std::sync::atomic::Ordering::Acquire)
+            });
+            punching
+                .join()
+                .map_err(|_| io_err("joining the punching thread")(std::io::Error::other("it panicked")))??;
+            lat
+        })?;
+        let elapsed_ms = t.elapsed().as_secs_f64() * 1e3;
+        busy.extend(lat);
+        let bytes = punched.load(std::sync::atomic::Ordering::Relaxed);
+        step_ms.push(elapsed_ms / bytes.div_ceil(64 * MIB).max(1) as f64);
+        after.push(store.stats().allocated_bytes as f64 / MIB as f64);
+    }
+    push(report, "punch_allocated_before", "MiB", median(before), None, false);
+    push(report, "punch_allocated_after", "MiB", median(after), None, false);
+    push(report, "punch_in_use", "MiB", median(used), None, false);
+    push(report, "punch_step_64mib", "ms", median(step_ms), None, false);
+    push(report, "write4k_while_punching_p50", "us", median(busy.clone()), Some(median(quiet.clone())), false);
+    push(report, "write4k_while_punching_p99", "us", percentile(busy, 0.99), Some(percentile(quiet, 0.99)), false);
+    Ok(())
+}
+
+/// Writes `size` bytes of a volume in 1 MiB writes and flushes.
+fn fill_volume(vol: &cowvol::Volume, size: u64) -> Result<()> {
+    let fill = pattern(MIB as usize, 1);
+    for off in (0..size).step_by(MIB as usize) {
+        vol.write_at(&fill[..MIB.min(size - off) as usize], off)?;
+    }
+    vol.flush()
+}
+
+/// The latency of each of at least `min` random 4 KiB writes to `vol`,
+/// going on until `stop` says so.
+fn write_latencies_us(
+    vol: &cowvol::Volume,
+    size: u64,
+    min: usize,
+    seed: u64,
+    stop: impl Fn() -> bool,
+) -> Result<Vec<f64>> {
+    let buf = pattern(BS as usize, seed);
+    let mut rng = Rng(seed | 1);
+    let mut lat = Vec::with_capacity(min);
+    while lat.len() < min || !stop() {
+        let (us, ()) = time_us(|| vol.write_at(&buf, rng.block(size / BS) * BS))?;
+        lat.push(us);
+    }
+    Ok(lat)
 }

@@ -315,6 +315,9 @@ fn json_outputs_parse_with_stable_fields() {
         "tree_nodes",
         "file_bytes",
         "free_bytes",
+        "used_bytes",
+        "punched_bytes",
+        "allocated_bytes",
     ] {
         assert!(j.get(key).is_some(), "stats field {key} missing");
     }

@@ -3,6 +3,8 @@
 //!
 //! `powercut workload` writes numbered generations of blocks, flushing
 //! every few writes and taking snapshots, and prints `BEGIN`/`ACK` lines;
+//! halfway it writes and deletes a 16 MiB scratch volume and punches the
+//! freed space, so later writes reuse punched (re-reserved) pages;
 //! `powercut verify` reopens the recovered store and checks that every
 //! acknowledged write and snapshot survived, that no block holds anything
 //! but a whole generation that was begun, and that `check()` is clean.
@@ -57,7 +59,33 @@ fn workload(dir: &str) -> Result<(), Error> {
             store.create_snapshot(id, SnapshotOptions::named(format!("s{g}")))?;
             say(format!("ACK snap:s{g}"));
         }
+        if g == WRITES / 2 {
+            free_and_punch(&store)?;
+        }
     }
+    Ok(())
+}
+
+/// Writes a scratch volume, deletes it and punches the space it freed, so
+/// a cut can land in the punching and later writes reuse punched pages.
+/// The verifier ignores the scratch volume: it may or may not survive.
+fn free_and_punch(store: &Store) -> Result<(), Error> {
+    const SCRATCH: u64 = 16 << 20;
+    if let Some(old) = store.volume_by_name("scratch") {
+        store.delete_volume(old.id)?;
+    }
+    let id = store.create_volume(VolumeOptions::new("scratch", SCRATCH))?.id;
+    let vol = store.open_volume(id)?;
+    let chunk = vec![0x5a; 1 << 20];
+    for off in (0..SCRATCH).step_by(chunk.len()) {
+        vol.write_at(&chunk, off)?;
+    }
+    vol.flush()?;
+    drop(vol);
+    store.delete_volume(id)?;
+    store.checkpoint()?;
+    let punched = store.punch_free_space()?;
+    say(format!("PUNCHED {punched}"));
     Ok(())
 }
 
@@ -120,6 +148,12 @@ fn verify(dir: &str) -> Result<(), String> {
     let names: BTreeSet<String> = store.list_snapshots(info.id).into_iter().map(|s| s.name).collect();
     if let Some(lost) = snaps.iter().find(|s| !names.contains(*s)) {
         return Err(format!("acknowledged snapshot {lost} lost"));
+    }
+    // The recovered store gives its free space back and stays consistent.
+    store.punch_free_space().map_err(|e| format!("punch after recovery: {e}"))?;
+    let report = store.check().map_err(|e| e.to_string())?;
+    if !report.is_clean() {
+        return Err(format!("check after punching found problems: {:?}", report.problems));
     }
     Ok(())
 }

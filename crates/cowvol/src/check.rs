@@ -138,6 +138,16 @@ pub struct StoreStats {
     pub file_bytes: u64,
     /// Free bytes inside the data file.
     pub free_bytes: u64,
+    /// Bytes of the data file in use: blocks, metadata and WAL
+    /// (`file_bytes - free_bytes`).
+    pub used_bytes: u64,
+    /// Free bytes whose file space was given back to the file system, or
+    /// may have been (after open, every wholly free 1 MiB chunk counts).
+    pub punched_bytes: u64,
+    /// Bytes the file system has allocated to the data file (`st_blocks`
+    /// × 512): what the store costs on disk. Below `file_bytes` once free
+    /// space is punched; 0 when the backend cannot tell.
+    pub allocated_bytes: u64,
 }
 
 impl Store {
@@ -551,8 +561,11 @@ fn stats_of(st: &mut State) -> StoreStats {
         templates: st.templates.len(),
         file_bytes: st.space.offset_of(st.space.npages()),
         free_bytes: st.space.free_pages() * st.block_size,
+        punched_bytes: st.space.hole_pages() * st.block_size,
+        allocated_bytes: st.space.allocated_bytes(),
         ..Default::default()
     };
+    s.used_bytes = s.file_bytes.saturating_sub(s.free_bytes);
     let block_size = st.block_size;
     let State { volumes, snapshots, templates, nodes, space, .. } = st;
     for v in volumes.values() {

@@ -30,6 +30,14 @@ pub struct StoreOptions {
     /// their pages when needed; nodes changed since the last checkpoint are
     /// kept regardless until it writes them. Default: 256 MiB.
     pub node_cache_bytes: u64,
+    /// Give the file space of free pages back to the file system (punch
+    /// holes) once the checkpoint that freed them is durable, in bounded
+    /// steps: on the background thread, or at syncs when
+    /// `background_checkpoints` is off. Whole aligned 1 MiB chunks only,
+    /// and about one growth step of free space stays allocated. Default:
+    /// true. When false, [`crate::Store::punch_free_space`] still does it
+    /// on request.
+    pub punch_free_space: bool,
 }
 
 impl Default for StoreOptions {
@@ -40,6 +48,7 @@ impl Default for StoreOptions {
             background_checkpoints: true,
             policy_interval: None,
             node_cache_bytes: 256 << 20,
+            punch_free_space: true,
         }
     }
 }

@@ -10,7 +10,12 @@
 //!   from that checkpoint, so within the replayed window every page is
 //!   written at most once, and no page the durable state needs is overwritten;
 //! - a reserved page (checkpoint metadata, WAL segment) never has a
-//!   reference count and is never in the free map.
+//!   reference count and is never in the free map;
+//! - every page in the free map has its file space allocated (`fallocate`),
+//!   so a write into a page the allocator hands out cannot fail for lack of
+//!   space. Free pages whose space was given back to the file system
+//!   (punched) are kept apart, in `holes`, and are re-reserved before they
+//!   return to the free map (see [`Space::take_punchable`]).
 
 use crate::backend::StorageFile;
 use crate::error::{Error, Result};
@@ -37,6 +42,15 @@ const GROW_MAX_BYTES: u64 = 256 << 20;
 /// Small, because the next sync writes the zeroes out with the data it
 /// was asked for: a flush pays for at most this much extra.
 const ZERO_CHUNK_BYTES: u64 = 256 << 10;
+/// Free space goes back to the file system in aligned chunks of this size
+/// (in page numbers), and only whole chunks: smaller holes would fragment
+/// the file's extents for little gain, and whole aligned chunks make every
+/// chunk either entirely punched or entirely allocated, which is what lets
+/// open rebuild the holes from the free map alone.
+const PUNCH_CHUNK_BYTES: u64 = 1 << 20;
+/// Free-map extents a punch step looks at, at most: bounds the time it
+/// holds the state lock even when the free map is fragmented.
+const PUNCH_SCAN_EXTENTS: usize = 1024;
 
 #[derive(Debug)]
 pub(crate) struct Space {
@@ -72,6 +86,27 @@ pub(crate) struct Space {
     /// Pages from here to the end of the file were added by [`Space::grow`]
     /// and may never have been written (see [`Space::take_unwritten`]).
     unwritten_from: u64,
+    /// Free pages whose file space may have been given back to the file
+    /// system: start page -> length, whole punch chunks. Not in `free`, so
+    /// nothing is handed out from here before [`Space::grow`] re-reserves it.
+    holes: BTreeMap<u64, u64>,
+    hole_pages: u64,
+    /// The lowest page at which `free` may hold a whole chunk not yet
+    /// punched; `None` when a punch step has looked at all of it.
+    punch_from: Option<u64>,
+    /// Holes at or after this page may still hold allocated blocks: at open
+    /// every wholly free chunk counts as a hole (it may have been punched
+    /// before), and punch steps punch each once more to give its space
+    /// back for sure. `None` when there are none left.
+    repunch_from: Option<u64>,
+}
+
+/// What [`Space::take_punchable`] found: runs taken out of the free map
+/// (or holes) and held as in flight while they are punched with no lock
+/// held; [`Space::punched`] makes them holes.
+#[derive(Debug, Default)]
+pub(crate) struct PunchBatch {
+    pub(crate) runs: Vec<Run>,
 }
 
 impl Space {
@@ -96,6 +131,10 @@ impl Space {
             catalog_growth: 0,
             segment_pages: 1,
             unwritten_from: npages,
+            holes: BTreeMap::new(),
+            hole_pages: 0,
+            punch_from: None,
+            repunch_from: None,
         };
         s.set_reserved(0, true);
         s
@@ -103,9 +142,17 @@ impl Space {
 
     /// Marks every page that is neither referenced nor reserved as free.
     /// Called once after recovery has set references and reservations.
+    ///
+    /// Which free pages an earlier run punched is not recorded on disk.
+    /// Punching is done in whole chunks, and a chunk is re-reserved whole
+    /// before any page of it is used, so a chunk that is partly in use is
+    /// allocated; a chunk that is wholly free may be a hole. Those become
+    /// holes here, to be re-reserved before use and punched once more.
     pub(crate) fn rebuild_free_map(&mut self) {
         self.free.clear();
         self.free_pages = 0;
+        self.holes.clear();
+        self.hole_pages = 0;
         let mut p = 1;
         while p < self.npages {
             if self.is_free_candidate(p) {
@@ -113,11 +160,43 @@ impl Space {
                 while p < self.npages && self.is_free_candidate(p) {
                     p += 1;
                 }
-                self.insert_free(start, p - start);
+                self.insert_free_after_open(start, p - start);
             } else {
                 p += 1;
             }
         }
+        self.punch_from = None;
+        self.repunch_from = (self.hole_pages > 0).then_some(0);
+    }
+
+    /// Adds a free run found at open: its whole chunks as holes, the rest
+    /// to the free map.
+    fn insert_free_after_open(&mut self, start: u64, len: u64) {
+        let end = start + len;
+        let Some(chunks) = self.whole_chunks(start, end) else {
+            self.insert_free(start, len);
+            return;
+        };
+        if chunks.start > start {
+            self.insert_free(start, chunks.start - start);
+        }
+        self.insert_hole(chunks.start, chunks.len);
+        if chunks.start + chunks.len < end {
+            self.insert_free(chunks.start + chunks.len, end - chunks.start - chunks.len);
+        }
+    }
+
+    /// Pages per punch chunk.
+    fn chunk_pages(&self) -> u64 {
+        (PUNCH_CHUNK_BYTES / self.block_size).max(1)
+    }
+
+    /// The whole chunks inside `[start, end)`, if any.
+    fn whole_chunks(&self, start: u64, end: u64) -> Option<Run> {
+        let c = self.chunk_pages();
+        let first = start.div_ceil(c) * c;
+        let last = end / c * c;
+        (last > first).then_some(Run { start: first, len: last - first })
     }
 
     fn is_free_candidate(&self, p: u64) -> bool {
@@ -132,8 +211,21 @@ impl Space {
         self.npages
     }
 
+    /// Free pages, punched or not.
     pub(crate) fn free_pages(&self) -> u64 {
-        self.free_pages
+        self.free_pages + self.hole_pages
+    }
+
+    /// Free pages whose file space may have been given back to the file
+    /// system.
+    pub(crate) fn hole_pages(&self) -> u64 {
+        self.hole_pages
+    }
+
+    /// Bytes the file system has allocated to the data file, 0 when the
+    /// backend cannot tell.
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        self.file.allocated_bytes().unwrap_or(0)
     }
 
     pub(crate) fn refcount(&self, page: u64) -> u32 {
@@ -158,9 +250,9 @@ impl Space {
         self.free.range(..=page).next_back().is_some_and(|(&s, &l)| page < s + l)
     }
 
-    /// Iterates the free extents (for `check`).
+    /// Iterates the free extents, punched ones included (for `check`).
     pub(crate) fn free_runs(&self) -> impl Iterator<Item = Run> + '_ {
-        self.free.iter().map(|(&start, &len)| Run { start, len })
+        self.free.iter().chain(self.holes.iter()).map(|(&start, &len)| Run { start, len })
     }
 
     /// A new leaf references `page`.
@@ -233,15 +325,20 @@ impl Space {
 
     /// Allocates exactly `n` contiguous pages.
     pub(crate) fn alloc_contiguous(&mut self, n: u64) -> Result<u64> {
-        let found = self.free.iter().find(|(_, &l)| l >= n).map(|(&s, &l)| (s, l));
-        let (start, len) = match found {
-            Some(x) => x,
-            None => {
-                self.grow(n)?;
-                let (&s, &l) = self.free.iter().next_back().expect("grown");
-                debug_assert!(l >= n);
-                (s, l)
-            }
+        let find = |s: &Space| s.free.iter().find(|(_, &l)| l >= n).map(|(&s, &l)| (s, l));
+        let mut found = find(self);
+        if found.is_none() {
+            self.grow(n)?;
+            found = find(self);
+        }
+        if found.is_none() {
+            // Re-reserved holes need not be contiguous; new space at the
+            // end of the file is.
+            self.extend_file(n)?;
+            found = find(self);
+        }
+        let Some((start, len)) = found else {
+            return Err(Error::NoSpace { during: format!("finding {n} contiguous pages") });
         };
         self.take_free(start, len, n);
         Ok(start)
@@ -396,6 +493,152 @@ impl Space {
             len += nl;
         }
         self.free.insert(start, len);
+        if self.whole_chunks(start, start + len).is_some() {
+            self.punch_from = Some(self.punch_from.map_or(start, |p| p.min(start)));
+        }
+    }
+
+    /// Records `[start, start + len)` as free pages whose space may be
+    /// given back, merging with neighbouring holes.
+    fn insert_hole(&mut self, mut start: u64, mut len: u64) {
+        debug_assert!(len > 0 && start > 0);
+        self.hole_pages += len;
+        if let Some((&ps, &pl)) = self.holes.range(..start).next_back() {
+            debug_assert!(ps + pl <= start, "page {start} punched twice");
+            if ps + pl == start {
+                self.holes.remove(&ps);
+                start = ps;
+                len += pl;
+            }
+        }
+        if let Some(&nl) = self.holes.get(&(start + len)) {
+            self.holes.remove(&(start + len));
+            len += nl;
+        }
+        self.holes.insert(start, len);
+    }
+
+    /// Free pages kept allocated however much is free: what the next
+    /// growth step would add (so growing and punching do not undo each
+    /// other), the metadata reserve (so a checkpoint never has to
+    /// re-reserve space), and one chunk of slack.
+    fn punch_keep(&self) -> u64 {
+        self.grow_step_pages() + self.metadata_reserve() + self.chunk_pages()
+    }
+
+    /// Whether a punch step would find anything to do.
+    pub(crate) fn has_punch_work(&self) -> bool {
+        self.repunch_from.is_some()
+            || (self.punch_from.is_some() && self.free_pages >= self.punch_keep() + self.chunk_pages())
+    }
+
+    /// Takes up to `budget` pages of free space to give back to the file
+    /// system: first holes left from before open that may still hold
+    /// blocks, then whole chunks of the free map, lowest first, keeping
+    /// [`Space::punch_keep`] pages allocated and skipping the chunks just
+    /// ahead of the allocation cursor, where the next writes go. The runs
+    /// are held in flight (neither free nor holes, so neither the allocator
+    /// nor a re-reservation can touch them) until [`Space::punched`].
+    ///
+    /// Only pages in the free map or in holes are taken. Pages get there
+    /// after the checkpoint that freed them is durable (see
+    /// [`Space::release`]) or when nothing ever referenced them, so a page
+    /// the durable state or the WAL still needs is never punched.
+    pub(crate) fn take_punchable(&mut self, budget: u64) -> PunchBatch {
+        let mut batch = PunchBatch::default();
+        let mut left = budget;
+        self.take_repunch(&mut left, &mut batch);
+        self.take_free_chunks(&mut left, &mut batch);
+        for r in &batch.runs {
+            self.in_flight.insert(r.start, r.len);
+        }
+        batch
+    }
+
+    fn take_repunch(&mut self, left: &mut u64, batch: &mut PunchBatch) {
+        let Some(from) = self.repunch_from else {
+            return;
+        };
+        let c = self.chunk_pages();
+        let holes = extents_from(&self.holes, from);
+        let scanned_to_end = holes.len() < PUNCH_SCAN_EXTENTS;
+        let mut resume = holes.last().map(|r| r.start + r.len);
+        let mut stopped = false;
+        for h in holes {
+            let take = h.len.min(left.div_ceil(c).saturating_mul(c));
+            if take == 0 {
+                resume = Some(h.start);
+                stopped = true;
+                break;
+            }
+            carve(&mut self.holes, h.start, take);
+            self.hole_pages -= take;
+            *left = left.saturating_sub(take);
+            batch.runs.push(Run { start: h.start, len: take });
+            if take < h.len {
+                resume = Some(h.start + take);
+                stopped = true;
+                break;
+            }
+        }
+        self.repunch_from = if scanned_to_end && !stopped { None } else { resume.or(Some(from)) };
+    }
+
+    fn take_free_chunks(&mut self, left: &mut u64, batch: &mut PunchBatch) {
+        let Some(from) = self.punch_from else {
+            return;
+        };
+        let c = self.chunk_pages();
+        let extents = extents_from(&self.free, from);
+        let scanned_to_end = extents.len() < PUNCH_SCAN_EXTENTS;
+        let mut resume = extents.last().map(|r| r.start + r.len);
+        let mut stopped = false;
+        'extents: for e in extents {
+            for piece in self.punchable_pieces(e.start, e.start + e.len) {
+                let room = self.free_pages.saturating_sub(self.punch_keep()) / c * c;
+                let take = piece.len.min(left.div_ceil(c).saturating_mul(c)).min(room);
+                if take == 0 {
+                    // Out of budget or of free space above the keep:
+                    // resume here when either comes back.
+                    resume = Some(piece.start);
+                    stopped = true;
+                    break 'extents;
+                }
+                carve(&mut self.free, piece.start, take);
+                self.free_pages -= take;
+                *left = left.saturating_sub(take);
+                batch.runs.push(Run { start: piece.start, len: take });
+                if take < piece.len {
+                    resume = Some(piece.start + take);
+                    stopped = true;
+                    break 'extents;
+                }
+            }
+        }
+        self.punch_from = if scanned_to_end && !stopped { None } else { resume.or(Some(from)) };
+    }
+
+    /// The whole chunks of the free extent `[start, end)` that may be
+    /// punched: all but those in the window the allocator is about to
+    /// fill (the growth step's worth of pages from the cursor).
+    fn punchable_pieces(&self, start: u64, end: u64) -> Vec<Run> {
+        let window = (self.cursor, self.cursor + self.grow_step_pages());
+        let mut pieces = Vec::new();
+        for (a, b) in [(start, end.min(window.0)), (start.max(window.1), end)] {
+            if let Some(r) = self.whole_chunks(a, b) {
+                pieces.push(r);
+            }
+        }
+        pieces
+    }
+
+    /// The runs of `batch` were punched (or the punch failed part way: the
+    /// space may be given back, so they count as holes all the same).
+    pub(crate) fn punched(&mut self, batch: PunchBatch) {
+        for r in batch.runs {
+            self.in_flight.remove(&r.start);
+            self.insert_hole(r.start, r.len);
+        }
     }
 
     /// Releases pages a durable checkpoint no longer needs: quarantined data
@@ -416,12 +659,63 @@ impl Space {
         }
     }
 
-    fn grow(&mut self, min_pages: u64) -> Result<()> {
+    /// Pages one growth step of the file adds: an eighth of its size,
+    /// between the bounds.
+    fn grow_step_pages(&self) -> u64 {
         let bytes = (self.npages * self.block_size / 8).clamp(GROW_MIN_BYTES, GROW_MAX_BYTES);
-        let chunk = (bytes / self.block_size).max(1);
+        (bytes / self.block_size).max(1)
+    }
+
+    /// Adds at least `min_pages` to the free map: punched holes first,
+    /// re-reserved, then new space at the end of the file.
+    fn grow(&mut self, min_pages: u64) -> Result<()> {
+        let refilled = self.refill_holes(min_pages)?;
+        if refilled < min_pages {
+            self.extend_file(min_pages - refilled)?;
+        }
+        Ok(())
+    }
+
+    /// Re-reserves holes, lowest first, whole chunks at a time: a growth
+    /// step's worth when the file system has room for it, at least
+    /// `min_pages` or as many as there are. Returns how many pages came
+    /// back to the free map.
+    ///
+    /// A punched range has no blocks behind it, and a write there could
+    /// fail for lack of space, so it is reserved (`fallocate`, mode 0)
+    /// before the allocator may hand it out. On a full file system that
+    /// fails with `NoSpace` here, for the operation that wanted the room,
+    /// having changed nothing but the chunks re-reserved before (which are
+    /// then ordinary free space).
+    fn refill_holes(&mut self, min_pages: u64) -> Result<u64> {
+        let c = self.chunk_pages();
+        let want = min_pages.max(self.grow_step_pages());
+        let mut got = 0;
+        while got < want {
+            let Some((&start, &len)) = self.holes.iter().next() else {
+                break;
+            };
+            let take = len.min((want - got).div_ceil(c).saturating_mul(c));
+            if let Err(e) = self.file.allocate(self.offset_of(start), take * self.block_size) {
+                if got >= min_pages {
+                    break;
+                }
+                return Err(Error::io("re-reserving punched space in the data file", e));
+            }
+            carve(&mut self.holes, start, take);
+            self.hole_pages -= take;
+            self.insert_free(start, take);
+            got += take;
+        }
+        Ok(got)
+    }
+
+    /// Extends the file by at least `min_pages` (by a growth step when the
+    /// file system has room for it), reserving the space with `fallocate`.
+    fn extend_file(&mut self, min_pages: u64) -> Result<()> {
         let old = self.npages;
         let attempt = |s: &Space, pages: u64| s.file.allocate(s.offset_of(old), pages * s.block_size);
-        let want = min_pages.max(chunk);
+        let want = min_pages.max(self.grow_step_pages());
         let grown = match attempt(self, want) {
             Ok(()) => want,
             Err(_) if want > min_pages => {
@@ -433,6 +727,31 @@ impl Space {
         self.ensure_pages(old + grown);
         self.insert_free(old, grown);
         Ok(())
+    }
+}
+
+/// The extents of `map` (start -> length) from page `from` on, at most
+/// [`PUNCH_SCAN_EXTENTS`] of them, the one holding `from` cut to begin there.
+fn extents_from(map: &BTreeMap<u64, u64>, from: u64) -> Vec<Run> {
+    let holding = map.range(..from).next_back().filter(|(&s, &l)| s + l > from);
+    let head = holding.map(|(&s, &l)| Run { start: from, len: s + l - from });
+    let rest = map.range(from..).map(|(&start, &len)| Run { start, len });
+    head.into_iter().chain(rest).take(PUNCH_SCAN_EXTENTS).collect()
+}
+
+/// Takes `[start, start + len)`, which lies inside one extent of `map`,
+/// out of it.
+fn carve(map: &mut BTreeMap<u64, u64>, start: u64, len: u64) {
+    let Some((&s, &l)) = map.range(..=start).next_back() else {
+        return;
+    };
+    debug_assert!(s <= start && start + len <= s + l);
+    map.remove(&s);
+    if start > s {
+        map.insert(s, start - s);
+    }
+    if s + l > start + len {
+        map.insert(start + len, s + l - start - len);
     }
 }
 
@@ -494,5 +813,83 @@ mod tests {
         assert_eq!(got.iter().map(|r| r.len).sum::<u64>(), 7);
         assert!(matches!(s.alloc(100), Err(Error::NoSpace { .. })));
         assert_eq!(s.free_pages(), 0);
+    }
+
+    /// A space map over a file of 16 MiB of 4 KiB pages, all free.
+    fn big_space(dir: &SimDir) -> Space {
+        let f = dir.open_file("f", true).unwrap();
+        let mut s = Space::new(f, 4096, 8192, 1);
+        let runs = s.alloc(4096).unwrap();
+        for r in runs {
+            s.free_run(r);
+        }
+        s
+    }
+
+    #[test]
+    fn punching_takes_whole_free_chunks_and_keeps_a_reserve() {
+        let dir = SimDir::new();
+        let mut s = big_space(&dir);
+        let c = s.chunk_pages();
+        let in_use = s.alloc(300).unwrap();
+        let free_before = s.free_pages();
+        assert!(s.has_punch_work());
+        let batch = s.take_punchable(u64::MAX);
+        let taken: u64 = batch.runs.iter().map(|r| r.len).sum();
+        assert!(taken > 0);
+        for r in &batch.runs {
+            assert_eq!((r.start % c, r.len % c), (0, 0), "{r:?} is not whole chunks");
+            for u in &in_use {
+                assert!(r.start + r.len <= u.start || u.start + u.len <= r.start, "{r:?} overlaps {u:?}");
+            }
+        }
+        assert!(s.free_pages >= s.punch_keep(), "the keep stays allocated");
+        let allocated = s.allocated_bytes();
+        s.punched(PunchBatch { runs: batch.runs.clone() });
+        assert_eq!(s.hole_pages(), taken);
+        assert_eq!(s.free_pages(), free_before, "holes still count as free");
+        assert!(!s.has_punch_work());
+        // The disk saw nothing yet: the engine punches, not the space map.
+        assert_eq!(s.allocated_bytes(), allocated);
+        for r in &batch.runs {
+            s.file.punch_hole(s.offset_of(r.start), r.len * 4096).unwrap();
+        }
+        assert_eq!(s.allocated_bytes(), allocated - taken * 4096);
+
+        // Taking more than the allocated free pages re-reserves holes
+        // before growing the file.
+        let npages = s.npages();
+        let want = s.free_pages + c;
+        let got = s.alloc(want).unwrap();
+        assert_eq!(s.npages(), npages, "holes were reused, the file did not grow");
+        assert!(s.hole_pages() < taken);
+        assert_eq!(s.allocated_bytes(), allocated - s.hole_pages() * 4096);
+        for r in got {
+            s.free_run(r);
+        }
+    }
+
+    #[test]
+    fn after_open_wholly_free_chunks_are_holes_punched_once_more() {
+        let dir = SimDir::new();
+        let mut s = big_space(&dir);
+        let c = s.chunk_pages();
+        // One page in use in the second chunk, a reserved one in the fifth.
+        s.set_refcount(c + 3, 1);
+        s.set_reserved(4 * c + 1, true);
+        s.rebuild_free_map();
+        let holes: Vec<Run> = s.holes.iter().map(|(&start, &len)| Run { start, len }).collect();
+        assert!(!holes.is_empty());
+        for h in &holes {
+            assert_eq!((h.start % c, h.len % c), (0, 0));
+            for p in [c + 3, 4 * c + 1, 0] {
+                assert!(p < h.start || p >= h.start + h.len, "page {p} in hole {h:?}");
+            }
+        }
+        assert!(s.is_free(c + 4), "the rest of a chunk in use stays allocated free space");
+        let batch = s.take_punchable(u64::MAX);
+        assert_eq!(batch.runs.iter().map(|r| r.len).sum::<u64>(), holes.iter().map(|h| h.len).sum::<u64>());
+        s.punched(batch);
+        assert!(s.repunch_from.is_none());
     }
 }

@@ -101,6 +101,20 @@ impl Store {
         self.engine.checkpoint()
     }
 
+    /// Gives the file space of free pages back to the file system now,
+    /// instead of waiting for the background steps: punches every whole
+    /// free 1 MiB chunk beyond the space kept for growth, in bounded steps
+    /// that hold no lock while punching. Returns the bytes punched. Pages
+    /// freed since the last checkpoint are not free yet: checkpoint first
+    /// to include them. Cost: proportional to the free space punched.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] after an earlier I/O error; I/O errors of the
+    /// punch itself (which leave the store writable).
+    pub fn punch_free_space(&self) -> Result<u64> {
+        self.engine.punch_free_space()
+    }
+
     /// Creates an empty volume. Durable when it returns. O(1).
     ///
     /// # Errors

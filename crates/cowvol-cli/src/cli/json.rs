@@ -252,6 +252,12 @@ pub struct StatsJson {
     pub file_bytes: u64,
     /// Free space inside the data file.
     pub free_bytes: u64,
+    /// Bytes of the data file in use (blocks, metadata, WAL).
+    pub used_bytes: u64,
+    /// Free bytes given back to the file system (punched).
+    pub punched_bytes: u64,
+    /// Bytes the file system has allocated to the data file.
+    pub allocated_bytes: u64,
 }
 
 impl StatsJson {
@@ -272,6 +278,9 @@ impl StatsJson {
             node_cache_bytes: s.node_cache_bytes,
             file_bytes: s.file_bytes,
             free_bytes: s.free_bytes,
+            used_bytes: s.used_bytes,
+            punched_bytes: s.punched_bytes,
+            allocated_bytes: s.allocated_bytes,
         }
     }
 }

@@ -196,6 +196,9 @@ pub fn stats(ctx: &Ctx) -> CliResult {
                 ("node cache", b(j.node_cache_bytes)),
                 ("file", b(j.file_bytes)),
                 ("free in file", b(j.free_bytes)),
+                ("in use", b(j.used_bytes)),
+                ("punched", b(j.punched_bytes)),
+                ("allocated on disk", b(j.allocated_bytes)),
             ],
         )
         .map_err(out_err)?;

@@ -133,6 +133,12 @@ impl StorageFile for HostFile {
         }
     }
 
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        // st_blocks counts 512-byte units whatever the file system's block size.
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
     fn try_lock(&self) -> io::Result<DirLock> {
         // flock belongs to the open file description, which the duplicate
         // shares: the lock covers this handle, and a separate open of the

@@ -3,7 +3,7 @@
 //! The engine talks to a [`StorageDir`] (a directory: open files, take the
 //! directory lock, sync the directory) and to [`StorageFile`]s (positional
 //! reads and writes, `fdatasync`, length, preallocation, hole punching, the
-//! lock on the file itself, dropping cached pages).
+//! space allocated, the lock on the file itself, dropping cached pages).
 //! [`FileDir`] is the real implementation over the operating system;
 //! [`crate::testing::SimDir`] models a disk with a volatile write cache so
 //! tests can cut the power at any operation and inject errors.
@@ -46,6 +46,13 @@ pub trait StorageFile: Send + Sync + Debug {
     /// the range then reads as zeroes. Best effort: an unsupported punch is
     /// not an error.
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Bytes the file system has allocated to the file (`st_blocks` × 512):
+    /// less than the length where holes were punched, more where space was
+    /// reserved past the end. The default, for backends that cannot tell,
+    /// is the length.
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        self.len()
+    }
     /// Takes an exclusive lock on this file (the file, not its name: it
     /// follows the file through a rename, and a file later put under the
     /// same name is not covered). Fails with `ErrorKind::WouldBlock` while

@@ -39,6 +39,7 @@ impl Engine {
         if self.maint.take_checkpoint_request() {
             self.checkpoint()?;
         }
+        self.punch_inline_if_due();
         Ok(())
     }
 

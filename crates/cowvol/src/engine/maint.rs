@@ -1,6 +1,7 @@
-//! Background work: the thread that checkpoints when asked and runs
-//! snapshot policies, the handle that stops it when the store closes, and
-//! the release of detached trees in bounded steps.
+//! Background work: the thread that checkpoints when asked, gives free
+//! space back to the file system and runs snapshot policies, the handle
+//! that stops it when the store closes, and the release of detached trees
+//! in bounded steps.
 
 use super::{Engine, State};
 use crate::catalog::now_secs;
@@ -96,8 +97,10 @@ impl Engine {
     }
 }
 
-/// The background thread: checkpoints when asked, and runs snapshot
-/// policies every `policies` (when set) with the wall clock.
+/// The background thread: checkpoints when asked, punches free space in
+/// bounded steps after a checkpoint (and on any tick that finds some
+/// waiting), and runs snapshot policies every `policies` (when set) with
+/// the wall clock.
 fn spawn_maintenance(
     weak: Weak<Engine>,
     maint: Arc<Maintenance>,
@@ -118,9 +121,6 @@ fn spawn_maintenance(
                 return;
             }
             let policies_due = policies.filter(|(every, _)| last_policy_run.elapsed() >= *every);
-            if !due && policies_due.is_none() {
-                continue;
-            }
             let Some(engine) = weak.upgrade() else { return };
             if due {
                 // Errors poison the store; the next operation reports them.
@@ -130,6 +130,7 @@ fn spawn_maintenance(
                 last_policy_run = std::time::Instant::now();
                 run_policies(&engine, now_secs());
             }
+            engine.punch_in_background(|| maint.stop.load(Ordering::Acquire));
         }
     });
     // Without the thread, checkpoints still happen inline at close; a

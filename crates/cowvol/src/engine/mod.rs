@@ -1,8 +1,8 @@
 //! The engine under the public API: the in-memory state and its replay
 //! (`state`), the one path every change takes to the log and the disk with
 //! group commit (`commit`), page claims for data writes (`pages`),
-//! checkpoints (`checkpoint`), open and recovery (`open`) and the background
-//! thread (`maint`). `record` defines the logged changes.
+//! checkpoints (`checkpoint`), giving free space back to the file system
+//! (`punch`), open and recovery (`open`) and the background thread (`maint`). `record` defines the logged changes.
 //!
 //! Lock order (outermost first): `checkpoint` → a volume's `admin` → its
 //! `gate` → its `stripes` → `state` → `wal` → `commit`. Two exceptions are
@@ -25,6 +25,7 @@ mod commit;
 mod maint;
 mod open;
 mod pages;
+mod punch;
 pub(crate) mod record;
 mod state;
 

@@ -136,15 +136,103 @@ struct Pending {
     op: Op,
 }
 
+/// Which bytes of a file hold disk space: everything below the larger of
+/// its length and its reserved end, except punched holes. Writes and
+/// `allocate` fill holes again; truncation drops what lies past the end.
+#[derive(Debug, Default, Clone)]
+struct Blocks {
+    /// End of the space reserved by `allocate`, which may lie past the length.
+    reserved_end: u64,
+    /// Punched ranges, start -> length, disjoint and not adjacent.
+    holes: BTreeMap<u64, u64>,
+    hole_bytes: u64,
+}
+
+impl Blocks {
+    /// Bytes held by a file of length `len`.
+    fn usage(&self, len: u64) -> u64 {
+        len.max(self.reserved_end).saturating_sub(self.hole_bytes)
+    }
+
+    /// Bytes of holes inside `[start, end)`.
+    fn holes_in(&self, start: u64, end: u64) -> u64 {
+        self.holes
+            .range(..end)
+            .rev()
+            .take_while(|(&s, &l)| s + l > start)
+            .map(|(&s, &l)| (s + l).min(end) - s.max(start))
+            .sum()
+    }
+
+    /// What a file of length `len` would hold after `op`, without applying it.
+    fn usage_after(&self, len: u64, op: &Op) -> u64 {
+        match op {
+            Op::Write { offset, data } => {
+                let end = offset + data.len() as u64;
+                len.max(end).max(self.reserved_end) - (self.hole_bytes - self.holes_in(*offset, end))
+            }
+            Op::Allocate { offset, len: n } => {
+                let end = offset + n;
+                len.max(end).max(self.reserved_end) - (self.hole_bytes - self.holes_in(*offset, end))
+            }
+            Op::SetLen(n) => n - self.holes_in(0, *n),
+            Op::Punch { .. } => self.usage(len),
+        }
+    }
+
+    /// `[start, end)` holds space again.
+    fn fill(&mut self, start: u64, end: u64) {
+        let inside: Vec<(u64, u64)> =
+            self.holes.range(..end).rev().take_while(|(&s, &l)| s + l > start).map(|(&s, &l)| (s, l)).collect();
+        for (s, l) in inside {
+            self.holes.remove(&s);
+            self.hole_bytes -= l;
+            for (a, b) in [(s, start.max(s)), (end.min(s + l), s + l)] {
+                if b > a {
+                    self.holes.insert(a, b - a);
+                    self.hole_bytes += b - a;
+                }
+            }
+        }
+    }
+
+    /// `[start, end)` gives its space back.
+    fn punch(&mut self, start: u64, end: u64) {
+        if end <= start {
+            return;
+        }
+        self.fill(start, end);
+        let (mut a, mut b) = (start, end);
+        if let Some((&s, &l)) = self.holes.range(..a).next_back().filter(|(&s, &l)| s + l == a) {
+            self.holes.remove(&s);
+            self.hole_bytes -= l;
+            a = s;
+        }
+        if let Some(&l) = self.holes.get(&b) {
+            self.holes.remove(&b);
+            self.hole_bytes -= l;
+            b += l;
+        }
+        self.holes.insert(a, b - a);
+        self.hole_bytes += b - a;
+    }
+
+    /// The file is cut (or set) to `len`: reservations and holes past it go.
+    fn truncate(&mut self, len: u64) {
+        self.reserved_end = self.reserved_end.min(len);
+        self.fill(len, u64::MAX);
+    }
+}
+
 #[derive(Debug, Default)]
 struct SimFileState {
     name: String,
     durable: Vec<u8>,
-    durable_alloc: u64,
+    durable_alloc: Blocks,
     /// The durable image with every pending operation applied, maintained
     /// eagerly so reads cost O(read length) however many writes are pending.
     visible: Vec<u8>,
-    alloc: u64,
+    alloc: Blocks,
     pending: Vec<Pending>,
     /// Holder of the file's lock, see [`StorageFile::try_lock`].
     lock_token: Option<u64>,
@@ -156,9 +244,14 @@ impl SimFileState {
     }
 
     /// Space the file takes: its length, or further if space was reserved
-    /// past the end.
+    /// past the end, less the holes punched in it.
     fn usage(&self) -> u64 {
-        (self.visible.len() as u64).max(self.alloc)
+        self.alloc.usage(self.visible.len() as u64)
+    }
+
+    /// What the file would take after `op`.
+    fn usage_after(&self, op: &Op) -> u64 {
+        self.alloc.usage_after(self.visible.len() as u64, op)
     }
 }
 
@@ -308,20 +401,27 @@ fn write_into(img: &mut Vec<u8>, offset: u64, data: &[u8]) {
     img[start..end].copy_from_slice(data);
 }
 
-fn apply(img: &mut Vec<u8>, alloc: &mut u64, op: &Op) {
+fn apply(img: &mut Vec<u8>, alloc: &mut Blocks, op: &Op) {
     match op {
-        Op::Write { offset, data } => write_into(img, *offset, data),
+        Op::Write { offset, data } => {
+            write_into(img, *offset, data);
+            alloc.fill(*offset, offset + data.len() as u64);
+        }
         Op::SetLen(len) => {
             img.resize(*len as usize, 0);
             // Truncation frees the blocks past the new end, reservations
             // included.
-            *alloc = (*alloc).min(*len);
+            alloc.truncate(*len);
         }
         Op::Punch { offset, len } => {
             let size = img.len() as u64;
             let start = (*offset).min(size) as usize;
             let end = offset.saturating_add(*len).min(size) as usize;
             img[start..end].fill(0);
+            // KEEP_SIZE: a punch gives back space up to the reserved end,
+            // never changes the length.
+            let extent = size.max(alloc.reserved_end);
+            alloc.punch(*offset, offset.saturating_add(*len).min(extent));
         }
         Op::Allocate { offset, len } => {
             // fallocate without KEEP_SIZE (what the real backend uses)
@@ -330,7 +430,8 @@ fn apply(img: &mut Vec<u8>, alloc: &mut u64, op: &Op) {
             if end > img.len() as u64 {
                 img.resize(end as usize, 0);
             }
-            *alloc = (*alloc).max(end);
+            alloc.reserved_end = alloc.reserved_end.max(end);
+            alloc.fill(*offset, end);
         }
     }
 }
@@ -402,11 +503,11 @@ impl SimDir {
         // Removed and replaced files have no name and do not survive.
         for file in old.files.iter().filter(|f| !f.name.is_empty()) {
             let (image, alloc) = match loss {
-                LossMode::DropAll => (file.durable.clone(), file.durable_alloc),
+                LossMode::DropAll => (file.durable.clone(), file.durable_alloc.clone()),
                 // Not `visible`: it may still show what a failed sync lost.
                 LossMode::KeepAll => {
                     let mut img = file.durable.clone();
-                    let mut alloc = file.durable_alloc;
+                    let mut alloc = file.durable_alloc.clone();
                     for p in &file.pending {
                         apply(&mut img, &mut alloc, &p.op);
                     }
@@ -414,7 +515,7 @@ impl SimDir {
                 }
                 LossMode::Random { keep_prob, tear_prob } => {
                     let mut img = file.durable.clone();
-                    let mut alloc = file.durable_alloc;
+                    let mut alloc = file.durable_alloc.clone();
                     for p in &file.pending {
                         if !rng.chance(keep_prob) {
                             continue;
@@ -423,7 +524,10 @@ impl SimDir {
                             Op::Write { offset, data }
                                 if spans_sectors(*offset, data.len()) && rng.chance(tear_prob) =>
                             {
-                                apply_torn(&mut img, *offset, data, &mut rng)
+                                // Space accounting takes the whole write
+                                // as landed: a torn write still allocated.
+                                apply_torn(&mut img, *offset, data, &mut rng);
+                                alloc.fill(*offset, offset + data.len() as u64);
                             }
                             op => apply(&mut img, &mut alloc, op),
                         }
@@ -432,13 +536,14 @@ impl SimDir {
                 }
                 LossMode::Prefix => {
                     let mut img = file.durable.clone();
-                    let mut alloc = file.durable_alloc;
+                    let mut alloc = file.durable_alloc.clone();
                     for p in &file.pending {
                         if p.seq < prefix_cut {
                             apply(&mut img, &mut alloc, &p.op);
                         } else if p.seq == prefix_cut {
                             if let Op::Write { offset, data } = &p.op {
                                 apply_torn(&mut img, *offset, data, &mut rng);
+                                alloc.fill(*offset, offset + data.len() as u64);
                             }
                         }
                     }
@@ -450,7 +555,7 @@ impl SimDir {
             disk.files.push(SimFileState {
                 name: file.name.clone(),
                 durable: image.clone(),
-                durable_alloc: alloc,
+                durable_alloc: alloc.clone(),
                 visible: image,
                 alloc,
                 pending: Vec::new(),
@@ -512,7 +617,9 @@ impl SimDir {
     /// Limits the bytes the disk holds, counted per file as the larger of its
     /// length and its reserved extent. An operation that would grow the total
     /// past the limit fails with `ENOSPC` and changes nothing. `None` means
-    /// unlimited. Punching holes does not give space back in this model.
+    /// unlimited. Punching a hole gives its space back; writing or
+    /// allocating into a hole takes space again, and fails with `ENOSPC`
+    /// when the disk is full.
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.disk.lock().capacity = bytes;
     }
@@ -580,8 +687,8 @@ impl SimDir {
         let file = &mut disk.files[i];
         file.durable.resize(len as usize, 0);
         file.visible.resize(len as usize, 0);
-        file.durable_alloc = file.durable_alloc.min(len);
-        file.alloc = file.alloc.min(len);
+        file.durable_alloc.truncate(len);
+        file.alloc.truncate(len);
     }
 }
 
@@ -712,11 +819,11 @@ impl StorageFile for SimFile {
         disk.begin_counted()?;
         if !buf.is_empty() {
             // Like pwrite, an empty write changes nothing, not even the length.
-            let end = checked_end(offset, buf.len() as u64)?;
-            let file = &disk.files[self.index];
-            let new_usage = file.usage().max(end);
+            checked_end(offset, buf.len() as u64)?;
+            let op = Op::Write { offset, data: buf.to_vec() };
+            let new_usage = disk.files[self.index].usage_after(&op);
             disk.check_space(self.index, new_usage)?;
-            disk.push(self.index, Op::Write { offset, data: buf.to_vec() })?;
+            disk.push(self.index, op)?;
         }
         disk.stats.writes += 1;
         disk.stats.bytes_written += buf.len() as u64;
@@ -753,10 +860,10 @@ impl StorageFile for SimFile {
         let mut disk = self.disk.lock();
         disk.begin_counted()?;
         checked_end(len, 0)?;
-        let file = &disk.files[self.index];
-        let new_usage = len.max(file.alloc.min(len));
+        let op = Op::SetLen(len);
+        let new_usage = disk.files[self.index].usage_after(&op);
         disk.check_space(self.index, new_usage)?;
-        disk.push(self.index, Op::SetLen(len))
+        disk.push(self.index, op)
     }
 
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -767,11 +874,11 @@ impl StorageFile for SimFile {
         if len == 0 {
             return Err(einval());
         }
-        let end = checked_end(offset, len)?;
-        let file = &disk.files[self.index];
-        let new_usage = file.usage().max(end);
+        checked_end(offset, len)?;
+        let op = Op::Allocate { offset, len };
+        let new_usage = disk.files[self.index].usage_after(&op);
         disk.check_space(self.index, new_usage)?;
-        disk.push(self.index, Op::Allocate { offset, len })
+        disk.push(self.index, op)
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -781,6 +888,12 @@ impl StorageFile for SimFile {
             return Err(einval());
         }
         disk.push(self.index, Op::Punch { offset, len })
+    }
+
+    fn allocated_bytes(&self) -> io::Result<u64> {
+        let disk = self.disk.lock();
+        disk.alive()?;
+        Ok(disk.files[self.index].usage())
     }
 
     fn try_lock(&self) -> io::Result<DirLock> {
@@ -804,7 +917,7 @@ impl StorageFile for SimFile {
             // still pending (dirty pages are not dropped).
             let file = &mut disk.files[self.index];
             file.visible = file.durable.clone();
-            file.alloc = file.durable_alloc;
+            file.alloc = file.durable_alloc.clone();
             for p in &file.pending {
                 apply(&mut file.visible, &mut file.alloc, &p.op);
             }
@@ -886,7 +999,8 @@ mod tests {
         assert_eq!(after.read_durable("a").unwrap(), expect);
         assert_eq!(&expect[..6], b"aXYd\0f");
         assert_eq!(expect.len(), 4096);
-        assert_eq!(after.used_bytes(), 4096);
+        // The punched byte gave its space back, and the hole survives too.
+        assert_eq!(after.used_bytes(), 4095);
     }
 
     #[test]
@@ -1029,6 +1143,33 @@ mod tests {
         assert_eq!(raw(&f.read_at(&mut [0], 0).unwrap_err()), Some(libc::EIO));
         assert_eq!(raw(&f.len().unwrap_err()), Some(libc::EIO));
         assert_eq!(dir.read_visible("a").unwrap(), b"xy");
+    }
+
+    #[test]
+    fn punched_space_is_given_back_and_taken_again() {
+        let dir = SimDir::new();
+        let f = dir.open_file("a", true).unwrap();
+        f.allocate(0, 8192).unwrap();
+        f.write_at(&[7; 100], 0).unwrap();
+        f.punch_hole(1024, 4096).unwrap();
+        assert_eq!(f.allocated_bytes().unwrap(), 4096);
+        assert_eq!(f.len().unwrap(), 8192);
+        assert_eq!(read(&f, 1024, 4), vec![0; 4]);
+        // A full disk refuses to fill the hole, by writing or allocating,
+        // yet overwrites outside it still succeed.
+        dir.set_capacity(Some(4096 + 100));
+        assert_eq!(raw(&f.write_at(&[1; 200], 1000).unwrap_err()), Some(libc::ENOSPC));
+        assert_eq!(raw(&f.allocate(1024, 4096).unwrap_err()), Some(libc::ENOSPC));
+        f.write_at(&[1; 24], 1000).unwrap();
+        f.write_at(&[1; 100], 1024).unwrap();
+        assert_eq!(f.allocated_bytes().unwrap(), 4196);
+        dir.set_capacity(None);
+        f.allocate(0, 8192).unwrap();
+        assert_eq!(f.allocated_bytes().unwrap(), 8192);
+        // Holes are data of the file: durable only once synced.
+        f.sync().unwrap();
+        f.punch_hole(0, 8192).unwrap();
+        assert_eq!(dir.crash(LossMode::DropAll, 0).used_bytes(), 8192);
     }
 
     #[test]
