@@ -3,9 +3,10 @@
 //! its CRC; `stats` reports space.
 
 use crate::catalog::{SnapshotId, TemplateId, VolumeId};
-use crate::engine::State;
+use crate::engine::{PinnedView, State};
 use crate::error::{Error, Result};
 use crate::format::{Crc, NodeHeader};
+use crate::space::{Run, Space};
 use crate::store::Store;
 use crate::tree::{self, Body, Node};
 use std::collections::{BTreeMap, HashMap};
@@ -134,93 +135,86 @@ pub struct StoreStats {
 impl Store {
     /// Verifies every reference count against the references that exist
     /// (visiting shared subtrees once), finds leaked and double-owned pages,
-    /// and reads back every tree node the last checkpoint wrote.
-    /// Cost: proportional to the distinct metadata, not to the number of
-    /// snapshots; holds the state lock while counting.
+    /// and reads back every tree node a checkpoint wrote.
+    ///
+    /// Runs beside I/O and checkpoints. It pins a view of every tree and
+    /// copies the page bookkeeping at one instant (with no checkpoint
+    /// running), then counts and reads with no lock held. Cost: one pass
+    /// over the distinct metadata, not over the snapshots; the one stall it
+    /// causes is that copy (4 bytes per page of the data file). Pages
+    /// overwritten while it runs are reused only after it returns.
     ///
     /// # Errors
     /// I/O errors reading nodes are reported as problems, not errors.
     pub fn check(&self) -> Result<CheckReport> {
-        // No checkpoint may run meanwhile: it holds pages and trees outside
-        // the state while it writes.
-        let _no_checkpoint = self.engine.checkpoint_guard();
         self.engine.reclaim();
-        let st = self.engine.state.lock();
-        let mut report = CheckReport {
-            volumes: st.volumes.len(),
-            snapshots: st.snapshots.len(),
-            templates: st.templates.len(),
-            ..Default::default()
+        let npages = self.engine.state.lock().space.npages();
+        let mut pages = PageCopy::sized_for(npages);
+        let (view, mut report) = {
+            // With no checkpoint running, every live node and page is in
+            // the state (a checkpoint holds captured trees and the freed
+            // lists outside it while it writes), and every node that has a
+            // disk address has been written there.
+            let _no_checkpoint = self.engine.checkpoint_guard();
+            let mut st = self.engine.state.lock();
+            pages.capture(&st.space);
+            let report = CheckReport {
+                volumes: st.volumes.len(),
+                snapshots: st.snapshots.len(),
+                templates: st.templates.len(),
+                ..Default::default()
+            };
+            (self.engine.pin(&mut st), report)
         };
-        let npages = st.space.npages();
-        let mut actual = vec![0u32; npages as usize];
-        let mut persisted = Vec::new();
-        let roots: Vec<(&Node, u32)> =
-            st.all_roots().into_iter().chain(st.garbage.iter().map(|n| (&**n, u32::MAX))).collect();
-        tree::visit_unique(roots, |n, _| {
-            report.nodes += 1;
-            if n.addr() != 0 {
-                persisted.push(n);
-            }
-            if let Body::Leaf(entries) = &n.body {
-                for e in entries {
-                    if let Some(c) = actual.get_mut(e.page as usize) {
-                        *c += 1;
+        let counted = count_references(&view, pages.refcnt.len());
+        report.nodes = counted.nodes;
+        pages.compare(&counted.actual, &mut report);
+        self.verify_written_nodes(counted.written, &mut report);
+        drop(view);
+        Ok(report)
+    }
+
+    /// Reads back every written node of a pinned view, in page order and in
+    /// runs of consecutive pages, with no lock held. A node pinned before
+    /// a checkpoint gave it its page may be read before that checkpoint
+    /// wrote it; so a page that fails is read again with checkpoints held
+    /// off, and reported only if the node still has that page and still
+    /// fails. Pinned nodes keep their pages: none can be reused meanwhile.
+    fn verify_written_nodes(&self, mut written: Vec<(&Node, u64)>, report: &mut CheckReport) {
+        written.sort_unstable_by_key(|&(_, page)| page);
+        let max_run = ((1 << 20) / self.engine.block_size as usize).max(1);
+        let mut suspects = Vec::new();
+        let mut buf = Vec::new();
+        for run in written.chunk_by(|a, b| a.1 + 1 == b.1) {
+            for part in run.chunks(max_run) {
+                let read = self.read_pages(part[0].1, &mut buf, part.len() as u64);
+                for (&(node, page), image) in part.iter().zip(buf.chunks(self.engine.block_size as usize)) {
+                    if !read || verify_node_page(image, page).is_err() {
+                        suspects.push((node, page));
                     }
                 }
             }
-        });
-        let mut waiting = vec![false; npages as usize];
-        for &p in st.space.quarantine.iter() {
-            waiting[p as usize] = true;
         }
-        for r in st.space.in_flight_runs() {
-            for p in r.start..r.start + r.len {
-                waiting[p as usize] = true;
-            }
+        if suspects.is_empty() {
+            return;
         }
-        let mut free = vec![false; npages as usize];
-        for r in st.space.free_runs() {
-            for p in r.start..r.start + r.len {
-                free[p as usize] = true;
+        let _no_checkpoint = self.engine.checkpoint_guard();
+        for (node, page) in suspects {
+            if node.addr() != page {
+                continue; // the checkpoint that gave it this page failed and took it back
             }
-        }
-        for p in 1..npages {
-            let (stored, act) = (st.space.refcount(p), actual[p as usize]);
-            if act > 0 {
-                report.data_pages += 1;
-            }
-            if stored != act {
-                report.problems.push(Problem::WrongRefcount { page: p, stored, actual: act });
-            }
-            if act > 0 && free[p as usize] {
-                report.problems.push(Problem::ReferencedButFree { page: p });
-            }
-            if act > 0 && st.space.is_reserved(p) {
-                report.problems.push(Problem::DoubleOwned { page: p });
-            }
-            if free[p as usize] && st.space.is_reserved(p) {
-                report.problems.push(Problem::DoubleOwned { page: p });
-            }
-            if act == 0 && stored == 0 && !free[p as usize] && !st.space.is_reserved(p) && !waiting[p as usize] {
-                report.problems.push(Problem::Leaked { page: p });
-            }
-        }
-        let bs = self.engine.block_size as usize;
-        let mut buf = vec![0u8; bs];
-        for n in persisted {
-            let page = n.addr();
+            let ds = crate::format::data_start(self.engine.block_size);
+            buf.resize(self.engine.block_size as usize, 0);
             let res = self
                 .engine
                 .file
-                .read_at(&mut buf, st.space.offset_of(page))
+                .read_at(&mut buf, ds + page * self.engine.block_size as u64)
                 .map_err(|e| Error::io("reading a tree node", e))
                 .and_then(|_| verify_node_page(&buf, page));
             if let Err(e) = res {
                 report.problems.push(Problem::UnreadableNode { page, detail: e.to_string() });
             }
         }
-        Ok(report)
     }
 
     /// Reads every data block any volume or snapshot references and checks
@@ -276,25 +270,24 @@ impl Store {
 
     /// The pages among `suspects` that are still referenced and still fail
     /// their checksum (or that leaves give different checksums), judged by
-    /// the trees as they are now.
+    /// the trees as they are now: a freshly pinned view, walked and read
+    /// with no lock held. A page the view references cannot be freed and
+    /// reused while the view is held, so its contents must match.
     fn recheck(&self, suspects: &[u64]) -> Vec<u64> {
         if suspects.is_empty() {
             return Vec::new();
         }
-        let _no_checkpoint = self.engine.checkpoint_guard();
+        let view = self.engine.pin(&mut self.engine.state.lock());
         let mut want: HashMap<u64, Option<u32>> = suspects.iter().map(|&p| (p, None)).collect();
         let mut bad = Vec::new();
-        {
-            let st = self.engine.state.lock();
-            for_each_leaf_entry(&st, |page, crc| {
-                if let Some(slot) = want.get_mut(&page) {
-                    match slot {
-                        Some(c) if *c != crc => bad.push(page),
-                        _ => *slot = Some(crc),
-                    }
+        for_each_leaf_entry(&view, |page, crc| {
+            if let Some(slot) = want.get_mut(&page) {
+                match slot {
+                    Some(c) if *c != crc => bad.push(page),
+                    _ => *slot = Some(crc),
                 }
-            });
-        }
+            }
+        });
         let mut buf = Vec::new();
         for (page, crc) in want {
             let Some(crc) = crc else { continue }; // no longer referenced
@@ -302,6 +295,7 @@ impl Store {
                 bad.push(page);
             }
         }
+        drop(view);
         bad
     }
 
@@ -309,14 +303,17 @@ impl Store {
     /// trees (shared subtrees visited once), indexed by page so that scrub
     /// reads the file in order without sorting. Pages that two leaves give
     /// different checksums are returned as damaged at once.
+    ///
+    /// The walk runs on a pinned view with no lock held; the view is let go
+    /// before any data is read.
     fn expected_checksums(&self) -> (Expected, Vec<u64>) {
-        let st = self.engine.state.lock();
-        let mut exp = Expected {
-            crc: vec![0; st.space.npages() as usize],
-            live: vec![0; st.space.npages().div_ceil(64) as usize],
+        let (npages, view) = {
+            let mut st = self.engine.state.lock();
+            (st.space.npages(), self.engine.pin(&mut st))
         };
+        let mut exp = Expected { crc: vec![0; npages as usize], live: vec![0; npages.div_ceil(64) as usize] };
         let mut conflicting = Vec::new();
-        for_each_leaf_entry(&st, |page, crc| {
+        for_each_leaf_entry(&view, |page, crc| {
             let Some(slot) = exp.crc.get_mut(page as usize) else {
                 conflicting.push(page);
                 return;
@@ -395,6 +392,115 @@ impl Expected {
     }
 }
 
+/// `Space`'s page bookkeeping copied at one instant, for `check` to compare
+/// with the trees pinned at the same instant.
+struct PageCopy {
+    refcnt: Vec<u32>,
+    reserved: Vec<u64>,
+    free: Vec<Run>,
+    /// Quarantined pages and pages claimed by writes in flight: not free,
+    /// not referenced, and rightly so.
+    waiting: Vec<Run>,
+}
+
+impl PageCopy {
+    /// Buffers for a file of about `npages` pages, with every memory page
+    /// already touched (filled, then emptied with the capacity kept), so
+    /// that the copy under the lock is a plain memory copy rather than a
+    /// page fault every 4 KiB. The slack covers growth before the copy.
+    fn sized_for(npages: u64) -> PageCopy {
+        let n = npages as usize + npages as usize / 16 + 64;
+        let mut refcnt = vec![u32::MAX; n];
+        refcnt.clear();
+        let mut reserved = vec![u64::MAX; n.div_ceil(64)];
+        reserved.clear();
+        PageCopy { refcnt, reserved, free: Vec::new(), waiting: Vec::new() }
+    }
+
+    /// Copies the bookkeeping; the caller holds the state lock. Cost: the
+    /// two arrays (4 bytes and 1 bit per page), the free extents, the
+    /// quarantine and the claims in flight.
+    fn capture(&mut self, space: &Space) {
+        space.copy_counts(&mut self.refcnt, &mut self.reserved);
+        self.free.extend(space.free_runs());
+        self.waiting.extend(space.quarantine.iter().map(|&p| Run { start: p, len: 1 }));
+        self.waiting.extend(space.in_flight_runs());
+    }
+
+    fn is_reserved(&self, page: u64) -> bool {
+        self.reserved.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    /// Compares, page by page, the copied counts with the `actual`
+    /// references counted in the pinned trees.
+    fn compare(&self, actual: &[u32], report: &mut CheckReport) {
+        let npages = self.refcnt.len();
+        let marked = |runs: &[Run]| {
+            let mut on = vec![false; npages];
+            for r in runs {
+                for p in r.start..(r.start + r.len).min(npages as u64) {
+                    on[p as usize] = true;
+                }
+            }
+            on
+        };
+        let (free, waiting) = (marked(&self.free), marked(&self.waiting));
+        for p in 1..npages {
+            let (stored, act, page) = (self.refcnt[p], actual[p], p as u64);
+            let reserved = self.is_reserved(page);
+            if act > 0 {
+                report.data_pages += 1;
+            }
+            if stored != act {
+                report.problems.push(Problem::WrongRefcount { page, stored, actual: act });
+            }
+            if act > 0 && free[p] {
+                report.problems.push(Problem::ReferencedButFree { page });
+            }
+            if act > 0 && reserved {
+                report.problems.push(Problem::DoubleOwned { page });
+            }
+            if free[p] && reserved {
+                report.problems.push(Problem::DoubleOwned { page });
+            }
+            if act == 0 && stored == 0 && !free[p] && !reserved && !waiting[p] {
+                report.problems.push(Problem::Leaked { page });
+            }
+        }
+    }
+}
+
+/// What `check` counts in a pinned view.
+struct Counted<'v> {
+    /// Leaves that reference each page (pages past the copied ones are
+    /// not counted).
+    actual: Vec<u32>,
+    /// Distinct nodes.
+    nodes: u64,
+    /// Nodes that have a disk address, with it.
+    written: Vec<(&'v Node, u64)>,
+}
+
+/// Visits every distinct node of the view once, with no lock held.
+fn count_references<'v>(view: &'v PinnedView<'_>, npages: usize) -> Counted<'v> {
+    let mut c = Counted { actual: vec![0; npages], nodes: 0, written: Vec::new() };
+    tree::visit_unique(view.roots(), |n, _| {
+        c.nodes += 1;
+        let page = n.addr();
+        if page != 0 {
+            c.written.push((n, page));
+        }
+        if let Body::Leaf(entries) = &n.body {
+            for e in entries {
+                if let Some(count) = c.actual.get_mut(e.page as usize) {
+                    *count += 1;
+                }
+            }
+        }
+    });
+    c
+}
+
 /// Reads each run with `read` and checks every block of it against its
 /// expected checksum; returns the pages that fail (or could not be read).
 /// Reading and checking overlap: a second thread checks one run while the
@@ -451,10 +557,10 @@ fn verify_runs(
     })
 }
 
-/// Calls `f(page, crc)` for every leaf entry of every tree, visiting
-/// shared subtrees once.
-fn for_each_leaf_entry(st: &State, mut f: impl FnMut(u64, u32)) {
-    tree::visit_unique(st.all_roots(), |n, _| {
+/// Calls `f(page, crc)` for every leaf entry of every tree of a pinned
+/// view, visiting shared subtrees once.
+fn for_each_leaf_entry(view: &PinnedView<'_>, mut f: impl FnMut(u64, u32)) {
+    tree::visit_unique(view.roots(), |n, _| {
         if let Body::Leaf(entries) = &n.body {
             entries.iter().for_each(|e| f(e.page, e.crc));
         }

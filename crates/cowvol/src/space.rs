@@ -158,6 +158,18 @@ impl Space {
         self.free.range(..=page).next_back().is_some_and(|(&s, &l)| page < s + l)
     }
 
+    /// Copies the reference counts and the reserved bitmap into the
+    /// caller's buffers (for `check`, which compares them with a view of
+    /// the trees pinned at the same instant). Two plain array copies; the
+    /// buffers keep their capacity, so one sized in advance costs no
+    /// allocation here.
+    pub(crate) fn copy_counts(&self, refcnt: &mut Vec<u32>, reserved: &mut Vec<u64>) {
+        refcnt.clear();
+        refcnt.extend_from_slice(&self.refcnt);
+        reserved.clear();
+        reserved.extend_from_slice(&self.reserved);
+    }
+
     /// Iterates the free extents (for `check`).
     pub(crate) fn free_runs(&self) -> impl Iterator<Item = Run> + '_ {
         self.free.iter().map(|(&start, &len)| Run { start, len })

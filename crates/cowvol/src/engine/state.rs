@@ -68,6 +68,9 @@ pub(crate) struct State {
     /// Trees detached by delete, restore, discard or a finished checkpoint,
     /// waiting to be released in bounded steps.
     pub(crate) garbage: Vec<Arc<Node>>,
+    /// The roots each live pinned view holds (see `engine::pin`), by id.
+    pub(crate) pins: BTreeMap<u64, Vec<super::pin::PinnedRoot>>,
+    pub(crate) next_pin: u64,
     pub(crate) bits: u32,
     pub(crate) block_size: u64,
 }
@@ -398,6 +401,8 @@ pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u
         next_snapshot: 1,
         next_template: 1,
         garbage: Vec::new(),
+        pins: BTreeMap::new(),
+        next_pin: 0,
         bits: format::fanout_bits_for(block_size),
         block_size: block_size as u64,
     }
