@@ -137,41 +137,133 @@ impl Store {
     /// (visiting shared subtrees once), finds leaked and double-owned pages,
     /// and reads back every tree node a checkpoint wrote.
     ///
-    /// Runs beside I/O and checkpoints. It pins a view of every tree and
-    /// copies the page bookkeeping at one instant (with no checkpoint
-    /// running), then counts and reads with no lock held. Cost: one pass
-    /// over the distinct metadata, not over the snapshots; the one stall it
-    /// causes is that copy (4 bytes per page of the data file). Pages
-    /// overwritten while it runs are reused only after it returns.
+    /// Runs beside I/O and checkpoints: it pins a view of every tree at one
+    /// instant with no checkpoint running, counts and reads with no lock
+    /// held, and compares with the live bookkeeping a slice of pages at a
+    /// time; pages that changed meanwhile are judged again against a second
+    /// pinned instant. Cost: two passes over the distinct metadata when
+    /// anything changed during the first (one otherwise), not over the
+    /// snapshots; the state lock is held for one root clone per tree, then
+    /// for slices of 32,768 pages. Pages overwritten while it
+    /// runs are reused only after it returns.
     ///
     /// # Errors
     /// I/O errors reading nodes are reported as problems, not errors.
     pub fn check(&self) -> Result<CheckReport> {
         self.engine.reclaim();
-        let npages = self.engine.state.lock().space.npages();
-        let mut pages = PageCopy::sized_for(npages);
-        let (view, mut report) = {
-            // With no checkpoint running, every live node and page is in
-            // the state (a checkpoint holds captured trees and the freed
-            // lists outside it while it writes), and every node that has a
-            // disk address has been written there.
-            let _no_checkpoint = self.engine.checkpoint_guard();
-            let mut st = self.engine.state.lock();
-            pages.capture(&st.space);
-            let report = CheckReport {
-                volumes: st.volumes.len(),
-                snapshots: st.snapshots.len(),
-                templates: st.templates.len(),
-                ..Default::default()
-            };
-            (self.engine.pin(&mut st), report)
-        };
-        let counted = count_references(&view, pages.refcnt.len());
+        let (view, waiting, mut report) = self.pin_for_check();
+        let counted = count_references(&view, waiting.npages() as usize);
         report.nodes = counted.nodes;
-        pages.compare(&counted.actual, &mut report);
+        report.data_pages = counted.actual.iter().skip(1).filter(|&&c| c > 0).count() as u64;
+        let suspects = self.compare_in_slices(&counted.actual, &waiting);
+        report.problems = self.settle(&suspects);
         self.verify_written_nodes(counted.written, &mut report);
         drop(view);
         Ok(report)
+    }
+
+    /// Pins every tree with no checkpoint running, and notes the pages that
+    /// wait for reuse (quarantined, or claimed by writes in flight) at that
+    /// instant. With no checkpoint running, every live node and page is in
+    /// the state (a checkpoint holds captured trees and the freed lists
+    /// outside it while it writes), and every node that has a disk address
+    /// has been written there. Cost under the locks: one `Arc` clone per
+    /// tree, the quarantine and the claims.
+    fn pin_for_check(&self) -> (PinnedView<'_>, PageBits, CheckReport) {
+        let _no_checkpoint = self.engine.checkpoint_guard();
+        let mut st = self.engine.state.lock();
+        let npages = st.space.npages();
+        let mut waiting: Vec<Run> = st.space.quarantine.iter().map(|&p| Run { start: p, len: 1 }).collect();
+        waiting.extend(st.space.in_flight_runs());
+        let report = CheckReport {
+            volumes: st.volumes.len(),
+            snapshots: st.snapshots.len(),
+            templates: st.templates.len(),
+            ..Default::default()
+        };
+        let view = self.engine.pin(&mut st);
+        drop(st);
+        (view, PageBits::from_runs(npages, &waiting), report)
+    }
+
+    /// Pages whose live bookkeeping disagrees with the counts of the pinned
+    /// view, compared a slice at a time under the state lock. A page that
+    /// changed since the pin may disagree without being wrong, so these are
+    /// suspects for [`Store::settle`], not problems.
+    fn compare_in_slices(&self, actual: &[u32], waiting: &PageBits) -> Vec<u64> {
+        let npages = actual.len() as u64;
+        let mut suspects = Vec::new();
+        let mut free = vec![false; COMPARE_SLICE as usize];
+        let mut found = Vec::new();
+        for start in (1..npages).step_by(COMPARE_SLICE as usize) {
+            let end = (start + COMPARE_SLICE).min(npages);
+            let st = self.engine.state.lock();
+            free.fill(false);
+            for r in st.space.free_runs_in(start, end) {
+                for p in r.start.max(start)..(r.start + r.len).min(end) {
+                    free[(p - start) as usize] = true;
+                }
+            }
+            for p in start..end {
+                let state = PageState {
+                    stored: st.space.refcount(p),
+                    reserved: st.space.is_reserved(p),
+                    free: free[(p - start) as usize],
+                    waiting: waiting.get(p),
+                };
+                found.clear();
+                judge(p, actual[p as usize], state, &mut found);
+                if !found.is_empty() {
+                    suspects.push(p);
+                }
+            }
+        }
+        suspects
+    }
+
+    /// Judges the suspects exactly: a second view pinned at an instant with
+    /// no checkpoint running, with the bookkeeping of those pages taken at
+    /// the same instant, and their references counted in that view with no
+    /// lock held. What still disagrees is a problem.
+    fn settle(&self, suspects: &[u64]) -> Vec<Problem> {
+        if suspects.is_empty() {
+            return Vec::new();
+        }
+        let (view, states) = self.pin_with_states(suspects);
+        let actual = count_pages(&view, suspects);
+        drop(view);
+        let mut problems = Vec::new();
+        for ((&page, &act), &state) in suspects.iter().zip(&actual).zip(&states) {
+            judge(page, act, state, &mut problems);
+        }
+        problems
+    }
+
+    /// Pins every tree and takes the bookkeeping of `suspects` (sorted) at
+    /// the same instant, with no checkpoint running. Up to
+    /// [`SETTLE_LOOKUPS`] suspects are looked up one by one; more (say, a
+    /// big delete ran during the check) are read from a copy of the whole
+    /// bookkeeping, which costs one memory copy of 4 bytes per page under
+    /// the lock.
+    fn pin_with_states(&self, suspects: &[u64]) -> (PinnedView<'_>, Vec<PageState>) {
+        let mut copy =
+            (suspects.len() > SETTLE_LOOKUPS).then(|| PageCopy::sized_for(self.engine.state.lock().space.npages()));
+        let _no_checkpoint = self.engine.checkpoint_guard();
+        let mut st = self.engine.state.lock();
+        let looked_up = match &mut copy {
+            Some(c) => {
+                c.capture(&st.space);
+                Vec::new()
+            }
+            None => look_up_states(&st.space, suspects),
+        };
+        let view = self.engine.pin(&mut st);
+        drop(st);
+        let states = match copy {
+            Some(c) => c.states_of(suspects),
+            None => looked_up,
+        };
+        (view, states)
     }
 
     /// Reads back every written node of a pinned view, in page order and in
@@ -392,8 +484,8 @@ impl Expected {
     }
 }
 
-/// `Space`'s page bookkeeping copied at one instant, for `check` to compare
-/// with the trees pinned at the same instant.
+/// `Space`'s page bookkeeping copied at one instant, for `check` to settle
+/// many suspects against the trees pinned at the same instant.
 struct PageCopy {
     refcnt: Vec<u32>,
     reserved: Vec<u64>,
@@ -431,42 +523,138 @@ impl PageCopy {
         self.reserved.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
 
-    /// Compares, page by page, the copied counts with the `actual`
-    /// references counted in the pinned trees.
-    fn compare(&self, actual: &[u32], report: &mut CheckReport) {
-        let npages = self.refcnt.len();
-        let marked = |runs: &[Run]| {
-            let mut on = vec![false; npages];
-            for r in runs {
-                for p in r.start..(r.start + r.len).min(npages as u64) {
-                    on[p as usize] = true;
-                }
-            }
-            on
+    /// The bookkeeping of each of `pages` as copied.
+    fn states_of(&self, pages: &[u64]) -> Vec<PageState> {
+        let npages = self.refcnt.len() as u64;
+        let (free, waiting) = (PageBits::from_runs(npages, &self.free), PageBits::from_runs(npages, &self.waiting));
+        let state = |p: u64| PageState {
+            stored: self.refcnt.get(p as usize).copied().unwrap_or(0),
+            reserved: self.is_reserved(p),
+            free: free.get(p),
+            waiting: waiting.get(p),
         };
-        let (free, waiting) = (marked(&self.free), marked(&self.waiting));
-        for p in 1..npages {
-            let (stored, act, page) = (self.refcnt[p], actual[p], p as u64);
-            let reserved = self.is_reserved(page);
-            if act > 0 {
-                report.data_pages += 1;
+        pages.iter().map(|&p| state(p)).collect()
+    }
+}
+
+/// Pages per hold of the state lock while `check` compares its counts with
+/// the live bookkeeping: 32,768 pages, a few hundred microseconds.
+const COMPARE_SLICE: u64 = 1 << 15;
+
+/// Suspects `check` settles by looking each one up under the state lock;
+/// above this it copies the whole bookkeeping instead.
+const SETTLE_LOOKUPS: usize = 1 << 13;
+
+/// What the bookkeeping says of one page.
+#[derive(Debug, Clone, Copy, Default)]
+struct PageState {
+    /// Its reference count.
+    stored: u32,
+    reserved: bool,
+    free: bool,
+    /// Quarantined, or claimed by a write in flight: neither free nor
+    /// referenced, and rightly so.
+    waiting: bool,
+}
+
+/// Appends to `out` what is wrong with `page`, which `actual` leaves
+/// reference, given what the bookkeeping says of it.
+fn judge(page: u64, actual: u32, s: PageState, out: &mut Vec<Problem>) {
+    if s.stored != actual {
+        out.push(Problem::WrongRefcount { page, stored: s.stored, actual });
+    }
+    if actual > 0 && s.free {
+        out.push(Problem::ReferencedButFree { page });
+    }
+    if actual > 0 && s.reserved {
+        out.push(Problem::DoubleOwned { page });
+    }
+    if s.free && s.reserved {
+        out.push(Problem::DoubleOwned { page });
+    }
+    if actual == 0 && s.stored == 0 && !s.free && !s.reserved && !s.waiting {
+        out.push(Problem::Leaked { page });
+    }
+}
+
+/// The bookkeeping of each of `suspects` (sorted), looked up one by one;
+/// the caller holds the state lock. Cost: a free-map lookup per suspect,
+/// and one pass over the quarantine and the claims in flight.
+fn look_up_states(space: &Space, suspects: &[u64]) -> Vec<PageState> {
+    let is_free = |p: u64| space.free_runs_in(p, p + 1).any(|r| r.start <= p && p < r.start + r.len);
+    let mut states: Vec<PageState> = suspects
+        .iter()
+        .map(|&p| PageState {
+            stored: space.refcount(p),
+            reserved: space.is_reserved(p),
+            free: is_free(p),
+            waiting: false,
+        })
+        .collect();
+    for &q in &space.quarantine {
+        if let Ok(i) = suspects.binary_search(&q) {
+            states[i].waiting = true;
+        }
+    }
+    for r in space.in_flight_runs() {
+        let from = suspects.partition_point(|&p| p < r.start);
+        for (i, &p) in suspects.iter().enumerate().skip(from) {
+            if p >= r.start + r.len {
+                break;
             }
-            if stored != act {
-                report.problems.push(Problem::WrongRefcount { page, stored, actual: act });
-            }
-            if act > 0 && free[p] {
-                report.problems.push(Problem::ReferencedButFree { page });
-            }
-            if act > 0 && reserved {
-                report.problems.push(Problem::DoubleOwned { page });
-            }
-            if free[p] && reserved {
-                report.problems.push(Problem::DoubleOwned { page });
-            }
-            if act == 0 && stored == 0 && !free[p] && !reserved && !waiting[p] {
-                report.problems.push(Problem::Leaked { page });
+            states[i].waiting = true;
+        }
+    }
+    states
+}
+
+/// The leaves of the view that reference each of `pages` (sorted).
+fn count_pages(view: &PinnedView<'_>, pages: &[u64]) -> Vec<u32> {
+    let npages = pages.last().map_or(0, |&p| p + 1);
+    let mut wanted = PageBits::new(npages);
+    pages.iter().for_each(|&p| wanted.set(p));
+    let mut counts = vec![0; pages.len()];
+    for_each_leaf_entry(view, |page, _| {
+        if wanted.get(page) {
+            if let Ok(i) = pages.binary_search(&page) {
+                counts[i] += 1;
             }
         }
+    });
+    counts
+}
+
+/// One bit per page of the data file.
+struct PageBits {
+    words: Vec<u64>,
+    npages: u64,
+}
+
+impl PageBits {
+    fn new(npages: u64) -> PageBits {
+        PageBits { words: vec![0; npages.div_ceil(64) as usize], npages }
+    }
+
+    /// The pages of `runs` set, clipped to `npages`.
+    fn from_runs(npages: u64, runs: &[Run]) -> PageBits {
+        let mut bits = PageBits::new(npages);
+        for r in runs {
+            (r.start..(r.start + r.len).min(npages)).for_each(|p| bits.set(p));
+        }
+        bits
+    }
+
+    fn npages(&self) -> u64 {
+        self.npages
+    }
+
+    fn set(&mut self, page: u64) {
+        self.words[(page / 64) as usize] |= 1 << (page % 64);
+    }
+
+    /// False for pages past the end.
+    fn get(&self, page: u64) -> bool {
+        self.words.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
 }
 

@@ -170,6 +170,13 @@ impl Space {
         reserved.extend_from_slice(&self.reserved);
     }
 
+    /// The free extents that overlap pages `start..end` (for `check`, which
+    /// looks at a slice of pages at a time), in page order.
+    pub(crate) fn free_runs_in(&self, start: u64, end: u64) -> impl Iterator<Item = Run> + '_ {
+        let first = self.free.range(..=start).next_back().map_or(start, |(&s, _)| s);
+        self.free.range(first..end.max(first)).map(|(&start, &len)| Run { start, len })
+    }
+
     /// Iterates the free extents (for `check`).
     pub(crate) fn free_runs(&self) -> impl Iterator<Item = Run> + '_ {
         self.free.iter().map(|(&start, &len)| Run { start, len })
