@@ -144,7 +144,7 @@ impl Store {
     /// pinned instant. Cost: two passes over the distinct metadata when
     /// anything changed during the first (one otherwise), not over the
     /// snapshots; the state lock is held for one root clone per tree, then
-    /// for slices of 32,768 pages. Pages overwritten while it
+    /// to copy the bookkeeping of 32,768 pages at a time. Pages overwritten while it
     /// runs are reused only after it returns.
     ///
     /// # Errors
@@ -187,30 +187,28 @@ impl Store {
     }
 
     /// Pages whose live bookkeeping disagrees with the counts of the pinned
-    /// view, compared a slice at a time under the state lock. A page that
-    /// changed since the pin may disagree without being wrong, so these are
-    /// suspects for [`Store::settle`], not problems.
+    /// view. The bookkeeping is copied a slice at a time under the state
+    /// lock (a memory copy of the slice's counts and reserved bits, and the
+    /// free extents in it) and compared with no lock held. A page that
+    /// changed since the pin may disagree without being wrong, so these
+    /// are suspects for [`Store::settle`], not problems.
     fn compare_in_slices(&self, actual: &[u32], waiting: &PageBits) -> Vec<u64> {
         let npages = actual.len() as u64;
         let mut suspects = Vec::new();
-        let mut free = vec![false; COMPARE_SLICE as usize];
+        let mut slice = PageCopy::sized_for(COMPARE_SLICE);
         let mut found = Vec::new();
-        for start in (1..npages).step_by(COMPARE_SLICE as usize) {
+        for start in (0..npages).step_by(COMPARE_SLICE as usize) {
             let end = (start + COMPARE_SLICE).min(npages);
-            let st = self.engine.state.lock();
-            free.fill(false);
-            for r in st.space.free_runs_in(start, end) {
-                for p in r.start.max(start)..(r.start + r.len).min(end) {
-                    free[(p - start) as usize] = true;
-                }
+            {
+                let st = self.engine.state.lock();
+                slice.capture_range(&st.space, start..end);
             }
-            for p in start..end {
-                let state = PageState {
-                    stored: st.space.refcount(p),
-                    reserved: st.space.is_reserved(p),
-                    free: free[(p - start) as usize],
-                    waiting: waiting.get(p),
-                };
+            let free = PageBits::from_runs_in(start..end, &slice.free);
+            for p in start.max(1)..end {
+                let i = (p - start) as usize;
+                let Some(&stored) = slice.refcnt.get(i) else { break };
+                let reserved = slice.reserved.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
+                let state = PageState { stored, reserved, free: free.get(p - start), waiting: waiting.get(p) };
                 found.clear();
                 judge(p, actual[p as usize], state, &mut found);
                 if !found.is_empty() {
@@ -513,10 +511,19 @@ impl PageCopy {
     /// two arrays (4 bytes and 1 bit per page), the free extents, the
     /// quarantine and the claims in flight.
     fn capture(&mut self, space: &Space) {
-        space.copy_counts(&mut self.refcnt, &mut self.reserved);
+        space.copy_counts(0..space.npages(), &mut self.refcnt, &mut self.reserved);
         self.free.extend(space.free_runs());
         self.waiting.extend(space.quarantine.iter().map(|&p| Run { start: p, len: 1 }));
         self.waiting.extend(space.in_flight_runs());
+    }
+
+    /// Copies the counts, reserved bits and free extents of pages `pages`
+    /// only (`pages.start` a multiple of 64); the caller holds the state
+    /// lock. Indexes in the copy are relative to `pages.start`.
+    fn capture_range(&mut self, space: &Space, pages: std::ops::Range<u64>) {
+        space.copy_counts(pages.clone(), &mut self.refcnt, &mut self.reserved);
+        self.free.clear();
+        self.free.extend(space.free_runs_in(pages.start, pages.end));
     }
 
     fn is_reserved(&self, page: u64) -> bool {
@@ -537,8 +544,9 @@ impl PageCopy {
     }
 }
 
-/// Pages per hold of the state lock while `check` compares its counts with
-/// the live bookkeeping: 32,768 pages, a few hundred microseconds.
+/// Pages whose bookkeeping `check` copies per hold of the state lock while
+/// it compares: 32,768 pages, 128 KiB of counts, some microseconds.
+/// A multiple of 64, so that slices start on a word of the reserved bitmap.
 const COMPARE_SLICE: u64 = 1 << 15;
 
 /// Suspects `check` settles by looking each one up under the state lock;
@@ -640,6 +648,16 @@ impl PageBits {
         let mut bits = PageBits::new(npages);
         for r in runs {
             (r.start..(r.start + r.len).min(npages)).for_each(|p| bits.set(p));
+        }
+        bits
+    }
+
+    /// The pages of `runs` that fall in `pages`, indexed from `pages.start`.
+    fn from_runs_in(pages: std::ops::Range<u64>, runs: &[Run]) -> PageBits {
+        let mut bits = PageBits::new(pages.end - pages.start);
+        for r in runs {
+            let (from, to) = (r.start.max(pages.start), (r.start + r.len).min(pages.end));
+            (from..to.max(from)).for_each(|p| bits.set(p - pages.start));
         }
         bits
     }

@@ -158,16 +158,20 @@ impl Space {
         self.free.range(..=page).next_back().is_some_and(|(&s, &l)| page < s + l)
     }
 
-    /// Copies the reference counts and the reserved bitmap into the
-    /// caller's buffers (for `check`, which compares them with a view of
-    /// the trees pinned at the same instant). Two plain array copies; the
-    /// buffers keep their capacity, so one sized in advance costs no
-    /// allocation here.
-    pub(crate) fn copy_counts(&self, refcnt: &mut Vec<u32>, reserved: &mut Vec<u64>) {
+    /// Copies the reference counts of pages `pages` and the words of the
+    /// reserved bitmap that cover them into the caller's buffers (for
+    /// `check`, which compares them with a pinned view of the trees). Plain
+    /// array copies; the buffers keep their capacity, so one sized in
+    /// advance costs no allocation here. `pages.start` is a multiple of 64,
+    /// so the first word copied starts at it.
+    pub(crate) fn copy_counts(&self, pages: std::ops::Range<u64>, refcnt: &mut Vec<u32>, reserved: &mut Vec<u64>) {
+        debug_assert_eq!(pages.start % 64, 0);
+        let end = pages.end.min(self.npages);
+        let start = pages.start.min(end);
         refcnt.clear();
-        refcnt.extend_from_slice(&self.refcnt);
+        refcnt.extend_from_slice(&self.refcnt[start as usize..end as usize]);
         reserved.clear();
-        reserved.extend_from_slice(&self.reserved);
+        reserved.extend_from_slice(&self.reserved[(start / 64) as usize..end.div_ceil(64) as usize]);
     }
 
     /// The free extents that overlap pages `start..end` (for `check`, which

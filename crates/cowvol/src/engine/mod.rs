@@ -18,9 +18,10 @@
 //! and delete the exclusive `gate`, through the operation's one sync and the
 //! release of the old tree; `checkpoint` through a checkpoint's writes and
 //! syncs, and through `check`'s second read of a node page that failed
-//! (normally none). `check` and `scrub` otherwise hold `checkpoint` and
-//! `state` only while they pin a view of the trees (`pin`) and, for
-//! `check`, copy the page bookkeeping; they walk and read with no lock.
+//! (normally none). `check` and `scrub` otherwise hold `checkpoint` (check
+//! only) and `state` only while they pin a view of the trees (`pin`), and
+//! `check` takes `state` for one slice of pages at a time while it
+//! compares; they walk and read with no lock.
 
 mod checkpoint;
 mod commit;
