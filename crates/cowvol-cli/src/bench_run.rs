@@ -764,14 +764,13 @@ fn large_store_figures(
 }
 
 /// Mapped blocks in the store `check_beside_writes` checks: ten million
-/// (one million with `--quick`), or the largest power of ten below that
-/// whose data fits in the directory's free space with a quarter to spare.
+/// (one million with `--quick`), or the largest of 5, 2 and 1 times a
+/// power of ten below that whose data fits in the directory's free space
+/// with a quarter to spare.
 fn check_store_blocks(opts: &BenchOptions) -> u64 {
-    let mut blocks: u64 = if opts.quick { 1_000_000 } else { 10_000_000 };
-    while blocks > 1_000 && !fits_on_disk(&opts.dir, blocks * BS) {
-        blocks /= 10;
-    }
-    blocks
+    let top: u64 = if opts.quick { 1_000_000 } else { 10_000_000 };
+    let steps = (0..4).flat_map(|k| [10, 5, 2].map(|m| m * top / 10 / 10u64.pow(k)));
+    steps.into_iter().find(|&b| fits_on_disk(&opts.dir, b * BS)).unwrap_or(1_000)
 }
 
 /// 4 KiB writes, each followed by a flush, on a small volume of a store

@@ -144,8 +144,8 @@ impl Store {
     /// pinned instant. Cost: two passes over the distinct metadata when
     /// anything changed during the first (one otherwise), not over the
     /// snapshots; the state lock is held for one root clone per tree, then
-    /// to copy the bookkeeping of 32,768 pages at a time. Pages overwritten while it
-    /// runs are reused only after it returns.
+    /// to copy the bookkeeping of 32,768 pages at a time. Pages overwritten
+    /// while it runs are reused only after it returns.
     ///
     /// # Errors
     /// I/O errors reading nodes are reported as problems, not errors.

@@ -20,8 +20,8 @@
 //! syncs, and through `check`'s second read of a node page that failed
 //! (normally none). `check` and `scrub` otherwise hold `checkpoint` (check
 //! only) and `state` only while they pin a view of the trees (`pin`), and
-//! `check` takes `state` for one slice of pages at a time while it
-//! compares; they walk and read with no lock.
+//! `check` takes `state` to copy the bookkeeping of one slice of pages at
+//! a time; they walk, compare and read with no lock.
 
 mod checkpoint;
 mod commit;
