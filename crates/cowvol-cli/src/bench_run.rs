@@ -12,6 +12,7 @@ use cowvol::{
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ pub struct BenchOptions {
     /// with a quarter to spare, is skipped and has no row.
     pub snapshot_sizes: Vec<u64>,
     /// The parts to run (`random`, `sequential`, `durable`, `admin`,
-    /// `names`, `sparse`, `punch`); empty runs them all.
+    /// `names`, `sparse`, `punch`, `check`); empty runs them all.
     pub only: Vec<String>,
 }
 
@@ -253,7 +254,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
     std::fs::create_dir_all(&opts.dir).map_err(io_err("creating the bench directory"))?;
     let mut report = BenchReport::default();
     type Part = fn(&BenchOptions, &mut BenchReport, &mut dyn FnMut(&str)) -> Result<()>;
-    let parts: [(&str, Part); 7] = [
+    let parts: &[(&str, Part)] = &[
         ("random", random_io),
         ("sequential", sequential),
         ("durable", durable),
@@ -261,8 +262,9 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         ("names", create_among_many),
         ("sparse", sparse_writes),
         ("punch", punch_space),
+        ("check", check_beside_writes),
     ];
-    for (name, part) in parts {
+    for &(name, part) in parts {
         if opts.only.is_empty() || opts.only.iter().any(|o| o == name) {
             part(opts, &mut report, progress)?;
         }
@@ -875,4 +877,127 @@ fn write_latencies_us(
         lat.push(us);
     }
     Ok(lat)
+}
+
+/// Mapped blocks in the store `check_beside_writes` checks: ten million
+/// (one million with `--quick`), or the largest of 5, 2 and 1 times a
+/// power of ten below that whose data fits in the directory's free space
+/// with a quarter to spare.
+fn check_store_blocks(opts: &BenchOptions) -> u64 {
+    let top: u64 = if opts.quick { 1_000_000 } else { 10_000_000 };
+    let steps = (0..4).flat_map(|k| [10, 5, 2].map(|m| m * top / 10 / 10u64.pow(k)));
+    steps.into_iter().find(|&b| fits_on_disk(&opts.dir, b * BS)).unwrap_or(1_000)
+}
+
+/// 4 KiB writes, each followed by a flush, on a small volume of a store
+/// that also holds one volume of [`check_store_blocks`] mapped blocks,
+/// measured in four kinds of phase that take turns (100 writes each, ten
+/// rounds per repetition, so all see the same moments of a noisy disk):
+/// nothing else running; `check()` running back to back; the same at the
+/// lowest CPU priority (nice 19, as a scheduled check would run); and, as
+/// a control, a thread that only burns CPU and memory bandwidth and
+/// touches no store. Median, p99 and maximum of each, side by side with
+/// the quiet figure (`raw`), so the ratio is quiet / busy. Also the median
+/// duration of one check while the writes run, the mapped blocks, and the
+/// problems the checks found (expected: none).
+fn check_beside_writes(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let blocks = check_store_blocks(opts);
+    progress(&format!("writing {blocks} blocks to check"));
+    let s = Scratch::new(&opts.dir, "store-check", store_opts())?;
+    let store = s.store();
+    let big = store.create_volume(unflushed_volume(blocks * BS))?.id;
+    let vol = store.open_volume(big)?;
+    let fill = pattern(4 * MIB as usize, 11);
+    for off in (0..blocks * BS).step_by(fill.len()) {
+        vol.write_at(&fill[..(fill.len() as u64).min(blocks * BS - off) as usize], off)?;
+    }
+    vol.flush()?;
+    drop(vol);
+    // Written nodes, so that check reads them all back.
+    store.checkpoint()?;
+    let other = store.create_volume(VolumeOptions::new("other", 64 * MIB))?.id;
+    let ov = store.open_volume(other)?;
+    let buf = pattern(BS as usize, 12);
+    let mut rng = Rng(29);
+    let mut write_flush = || -> Result<f64> {
+        let off = rng.block(64 * MIB / BS) * BS;
+        Ok(time_us(|| ov.write_at(&buf, off).and_then(|()| ov.flush()))?.0)
+    };
+    // Settle first: the fill leaves the disk busy writing back for a while.
+    for _ in 0..200 {
+        write_flush()?;
+    }
+    let checks = std::sync::Mutex::new((Vec::new(), 0usize));
+    let check_loop = |nice: bool, stop: &AtomicBool| -> Result<()> {
+        if nice {
+            lower_thread_priority();
+        }
+        while !stop.load(Ordering::Relaxed) {
+            let (us, r) = time_us(|| store.check())?;
+            let mut c = checks.lock().unwrap_or_else(|e| e.into_inner());
+            c.0.push(us / 1000.0);
+            c.1 += r.problems.len();
+        }
+        Ok(())
+    };
+    let hog = |stop: &AtomicBool| -> Result<()> {
+        let mut v = vec![1u32; 16 << 20];
+        while !stop.load(Ordering::Relaxed) {
+            let sum = v.iter().fold(0u32, |a, &x| a.wrapping_add(x));
+            v[0] = std::hint::black_box(sum);
+        }
+        Ok(())
+    };
+    let mut samples: [Vec<f64>; 4] = Default::default();
+    progress("writes alone, beside check, beside a niced check, beside a CPU hog, in turns");
+    for _ in 0..opts.reps() * 10 {
+        for (kind, out) in samples.iter_mut().enumerate() {
+            let stop = AtomicBool::new(false);
+            std::thread::scope(|sc| -> Result<()> {
+                let background = sc.spawn(|| match kind {
+                    1 => check_loop(false, &stop),
+                    2 => check_loop(true, &stop),
+                    3 => hog(&stop),
+                    _ => Ok(()),
+                });
+                let mut result = Ok(());
+                for _ in 0..100 {
+                    match write_flush() {
+                        Ok(us) => out.push(us),
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+                let joined = background.join();
+                joined.unwrap_or_else(|_| Err(Error::InvalidArgument("a background thread panicked".into())))?;
+                result
+            })?;
+        }
+    }
+    let (check_ms, problems) = checks.into_inner().unwrap_or_else(|e| e.into_inner());
+    push(report, "check_mapped_blocks", "blocks", blocks as f64, None, false);
+    push(report, "check_ms_beside_writes", "ms", median(check_ms), None, false);
+    push(report, "check_problems_found", "problems", problems as f64, None, false);
+    let [quiet, with_check, with_niced_check, with_hog] = samples;
+    for (name, busy) in [("check", with_check), ("niced_check", with_niced_check), ("cpu_hog", with_hog)] {
+        for (stat, p) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+            let (b, q) = (percentile(busy.clone(), p), percentile(quiet.clone(), p));
+            push(report, &format!("{stat}_write4k_flush_us_during_{name}"), "us", b, Some(q), false);
+        }
+    }
+    Ok(())
+}
+
+/// Puts the calling thread at the lowest CPU priority (nice 19); best
+/// effort, a failure leaves it as it was.
+fn lower_thread_priority() {
+    // SAFETY: gettid has no preconditions, and setpriority on one thread id
+    // changes only that thread's scheduling priority.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19);
+    }
 }

@@ -3,9 +3,10 @@
 //! its CRC; `stats` reports space.
 
 use crate::catalog::{SnapshotId, TemplateId, VolumeId};
-use crate::engine::State;
+use crate::engine::{PinnedView, State};
 use crate::error::{Error, Result};
 use crate::format::{Crc, NodeHeader};
+use crate::space::{Run, Space};
 use crate::store::Store;
 use crate::tree::{self, Body, Child, Node};
 use std::collections::{BTreeMap, HashMap};
@@ -153,79 +154,171 @@ pub struct StoreStats {
 impl Store {
     /// Verifies every reference count against the references that exist
     /// (visiting shared subtrees once), finds leaked and double-owned pages,
-    /// and reads back every tree node the last checkpoint wrote.
-    /// Cost: proportional to the distinct metadata, not to the number of
-    /// snapshots; holds the state lock while counting.
+    /// and reads back every tree node a checkpoint wrote.
+    ///
+    /// Runs beside I/O and checkpoints: it pins a view of every tree at one
+    /// instant with no checkpoint running, counts and reads with no lock
+    /// held, and compares with the live bookkeeping a slice of pages at a
+    /// time; pages that changed meanwhile are judged again against a second
+    /// pinned instant. Cost: two passes over the distinct metadata when
+    /// anything changed during the first (one otherwise), not over the
+    /// snapshots; the state lock is held for one root clone per tree, then
+    /// to copy the bookkeeping of 32,768 pages at a time. Pages overwritten
+    /// while it runs are reused only after it returns.
     ///
     /// # Errors
     /// I/O errors reading nodes are reported as problems, not errors.
     pub fn check(&self) -> Result<CheckReport> {
-        // No checkpoint may run meanwhile: it holds pages and trees outside
-        // the state while it writes.
-        let _no_checkpoint = self.engine.checkpoint_guard();
         self.engine.reclaim();
+        let (view, waiting, mut report) = self.pin_for_check();
+        let counted = count_references(&view, waiting.npages() as usize, &mut report);
+        report.nodes = counted.nodes;
+        report.data_pages = counted.data.iter().skip(1).filter(|&&c| c > 0).count() as u64;
+        let suspects = self.compare_in_slices(&counted, &waiting);
+        report.problems.extend(self.settle(&suspects));
+        self.verify_written_nodes(counted.written, &mut report);
+        drop(view);
+        Ok(report)
+    }
+
+    /// Pins every tree with no checkpoint running, and notes the pages that
+    /// wait for reuse (quarantined, or claimed by writes in flight) at that
+    /// instant. With no checkpoint running, every live node and page is in
+    /// the state (a checkpoint holds captured trees and the freed lists
+    /// outside it while it writes), and every node that has a disk address
+    /// has been written there. Cost under the locks: one `Arc` clone per
+    /// tree, the quarantine and the claims.
+    fn pin_for_check(&self) -> (PinnedView<'_>, PageBits, CheckReport) {
+        let _no_checkpoint = self.engine.checkpoint_guard();
         let mut st = self.engine.state.lock();
-        let mut report = CheckReport {
+        let npages = st.space.npages();
+        let mut waiting: Vec<Run> = st.space.quarantine.iter().map(|&p| Run { start: p, len: 1 }).collect();
+        waiting.extend(st.space.in_flight_runs());
+        let report = CheckReport {
             volumes: st.volumes.len(),
             snapshots: st.snapshots.len(),
             templates: st.templates.len(),
             ..Default::default()
         };
-        let npages = st.space.npages();
-        let refs = count_actual_references(&mut st, &mut report);
-        let mut waiting = vec![false; npages as usize];
-        for &p in st.space.quarantine.iter() {
-            waiting[p as usize] = true;
-        }
-        for r in st.space.in_flight_runs() {
-            for p in r.start..r.start + r.len {
-                waiting[p as usize] = true;
+        let view = self.engine.pin(&mut st);
+        drop(st);
+        (view, PageBits::from_runs(npages, &waiting), report)
+    }
+
+    /// Pages whose live bookkeeping disagrees with the counts of the pinned
+    /// view. The bookkeeping is copied a slice at a time under the state
+    /// lock (a memory copy of the slice's counts and reserved bits, and the
+    /// free extents in it) and compared with no lock held. A page that
+    /// changed since the pin may disagree without being wrong, so these
+    /// are suspects for [`Store::settle`], not problems.
+    fn compare_in_slices(&self, counted: &Counted, waiting: &PageBits) -> Vec<u64> {
+        let npages = counted.data.len() as u64;
+        let mut suspects = Vec::new();
+        let mut slice = PageCopy::sized_for(COMPARE_SLICE);
+        let mut found = Vec::new();
+        for start in (0..npages).step_by(COMPARE_SLICE as usize) {
+            let end = (start + COMPARE_SLICE).min(npages);
+            {
+                let st = self.engine.state.lock();
+                slice.capture_range(&st.space, start..end);
+            }
+            let free = PageBits::from_runs_in(start..end, &slice.free);
+            for p in start.max(1)..end {
+                let i = (p - start) as usize;
+                let Some(&stored) = slice.refcnt.get(i) else { break };
+                let reserved = slice.reserved.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
+                let state = PageState { stored, reserved, free: free.get(p - start), waiting: waiting.get(p) };
+                found.clear();
+                let refs = Refs { node: counted.node[p as usize], data: counted.data[p as usize] };
+                judge(p, refs, state, &mut found);
+                if !found.is_empty() {
+                    suspects.push(p);
+                }
             }
         }
-        let mut free = vec![false; npages as usize];
-        for r in st.space.free_runs() {
-            for p in r.start..r.start + r.len {
-                free[p as usize] = true;
-            }
+        suspects
+    }
+
+    /// Judges the suspects exactly: a second view pinned at an instant with
+    /// no checkpoint running, with the bookkeeping of those pages taken at
+    /// the same instant, and their references counted in that view with no
+    /// lock held. What still disagrees is a problem.
+    fn settle(&self, suspects: &[u64]) -> Vec<Problem> {
+        if suspects.is_empty() {
+            return Vec::new();
         }
-        for p in 1..npages {
-            let (node, data) = (refs.node[p as usize], refs.data[p as usize]);
-            let (stored, act) = (st.space.refcount(p), node + data);
-            if data > 0 {
-                report.data_pages += 1;
-            }
-            if stored != act {
-                report.problems.push(Problem::WrongRefcount { page: p, stored, actual: act });
-            }
-            if act > 0 && free[p as usize] {
-                report.problems.push(Problem::ReferencedButFree { page: p });
-            }
-            if data > 0 && (st.space.is_reserved(p) || node > 0) {
-                report.problems.push(Problem::DoubleOwned { page: p });
-            }
-            if free[p as usize] && st.space.is_reserved(p) {
-                report.problems.push(Problem::DoubleOwned { page: p });
-            }
-            if act == 0 && stored == 0 && !free[p as usize] && !st.space.is_reserved(p) && !waiting[p as usize] {
-                report.problems.push(Problem::Leaked { page: p });
-            }
+        let (view, states) = self.pin_with_states(suspects);
+        let mut problems = Vec::new();
+        let actual = count_pages(&view, suspects, &mut problems);
+        drop(view);
+        for ((&page, &refs), &state) in suspects.iter().zip(&actual).zip(&states) {
+            judge(page, refs, state, &mut problems);
         }
-        // Read every written node back from its page, not from the cache:
-        // the disk copy is what the next open will read.
+        problems
+    }
+
+    /// Pins every tree and takes the bookkeeping of `suspects` (sorted) at
+    /// the same instant, with no checkpoint running. Up to
+    /// [`SETTLE_LOOKUPS`] suspects are looked up one by one; more (say, a
+    /// big delete ran during the check) are read from a copy of the whole
+    /// bookkeeping, which costs one memory copy of 4 bytes per page under
+    /// the lock.
+    fn pin_with_states(&self, suspects: &[u64]) -> (PinnedView<'_>, Vec<PageState>) {
+        let mut copy =
+            (suspects.len() > SETTLE_LOOKUPS).then(|| PageCopy::sized_for(self.engine.state.lock().space.npages()));
+        let _no_checkpoint = self.engine.checkpoint_guard();
+        let mut st = self.engine.state.lock();
+        let looked_up = match &mut copy {
+            Some(c) => {
+                c.capture(&st.space);
+                Vec::new()
+            }
+            None => look_up_states(&st.space, suspects),
+        };
+        let view = self.engine.pin(&mut st);
+        drop(st);
+        let states = match copy {
+            Some(c) => c.states_of(suspects),
+            None => looked_up,
+        };
+        (view, states)
+    }
+
+    /// Reads back every written node of a pinned view from its page (not
+    /// from the cache), in page order and in runs of consecutive pages,
+    /// with no lock held. The view was pinned with no checkpoint running,
+    /// so each of its pages had been written; and no page is reused while
+    /// a view lives, so each still holds its node. A page that fails is
+    /// read once more on its own before it is reported.
+    fn verify_written_nodes(&self, mut written: Vec<u64>, report: &mut CheckReport) {
+        written.sort_unstable();
         let bs = self.engine.block_size as usize;
-        let mut buf = vec![0u8; bs];
-        for page in refs.written {
+        let max_run = ((1 << 20) / bs).max(1);
+        let mut suspects = Vec::new();
+        let mut buf = Vec::new();
+        for run in written.chunk_by(|a, b| a + 1 == *b) {
+            for part in run.chunks(max_run) {
+                let read = self.read_pages(part[0], &mut buf, part.len() as u64);
+                for (&page, image) in part.iter().zip(buf.chunks(bs)) {
+                    if !read || verify_node_page(image, page).is_err() {
+                        suspects.push(page);
+                    }
+                }
+            }
+        }
+        for page in suspects {
+            let ds = crate::format::data_start(self.engine.block_size);
+            buf.resize(bs, 0);
             let res = self
                 .engine
                 .file
-                .read_at(&mut buf, st.space.offset_of(page))
+                .read_at(&mut buf, ds + page * bs as u64)
                 .map_err(|e| Error::io("reading a tree node", e))
                 .and_then(|_| verify_node_page(&buf, page));
             if let Err(e) = res {
                 report.problems.push(Problem::UnreadableNode { page, detail: e.to_string() });
             }
         }
-        Ok(report)
     }
 
     /// Reads every data block any volume or snapshot references and checks
@@ -281,27 +374,26 @@ impl Store {
 
     /// The pages among `suspects` that are still referenced and still fail
     /// their checksum (or that leaves give different checksums), judged by
-    /// the trees as they are now.
+    /// the trees as they are now: a freshly pinned view, walked and read
+    /// with no lock held. A page the view references cannot be freed and
+    /// reused while the view is held, so its contents must match.
     fn recheck(&self, suspects: &[u64]) -> Vec<u64> {
         if suspects.is_empty() {
             return Vec::new();
         }
-        let _no_checkpoint = self.engine.checkpoint_guard();
+        let view = self.engine.pin(&mut self.engine.state.lock());
         let mut want: HashMap<u64, Option<u32>> = suspects.iter().map(|&p| (p, None)).collect();
         let mut bad = Vec::new();
-        {
-            let mut st = self.engine.state.lock();
-            // A tree that cannot be read leaves its pages unjudged here;
-            // `check` reports it.
-            let _ = for_each_leaf_entry(&mut st, |page, crc| {
-                if let Some(slot) = want.get_mut(&page) {
-                    match slot {
-                        Some(c) if *c != crc => bad.push(page),
-                        _ => *slot = Some(crc),
-                    }
+        // A tree that cannot be read leaves its pages unjudged here; check
+        // reports it.
+        let _ = for_each_leaf_entry(&view, |page, crc| {
+            if let Some(slot) = want.get_mut(&page) {
+                match slot {
+                    Some(c) if *c != crc => bad.push(page),
+                    _ => *slot = Some(crc),
                 }
-            });
-        }
+            }
+        });
         let mut buf = Vec::new();
         for (page, crc) in want {
             let Some(crc) = crc else { continue }; // no longer referenced
@@ -309,6 +401,7 @@ impl Store {
                 bad.push(page);
             }
         }
+        drop(view);
         bad
     }
 
@@ -316,14 +409,17 @@ impl Store {
     /// trees (shared subtrees visited once), indexed by page so that scrub
     /// reads the file in order without sorting. Pages that two leaves give
     /// different checksums are returned as damaged at once.
+    ///
+    /// The walk runs on a pinned view with no lock held; the view is let go
+    /// before any data is read.
     fn expected_checksums(&self) -> Result<(Expected, Vec<u64>)> {
-        let mut st = self.engine.state.lock();
-        let mut exp = Expected {
-            crc: vec![0; st.space.npages() as usize],
-            live: vec![0; st.space.npages().div_ceil(64) as usize],
+        let (npages, view) = {
+            let mut st = self.engine.state.lock();
+            (st.space.npages(), self.engine.pin(&mut st))
         };
+        let mut exp = Expected { crc: vec![0; npages as usize], live: vec![0; npages.div_ceil(64) as usize] };
         let mut conflicting = Vec::new();
-        for_each_leaf_entry(&mut st, |page, crc| {
+        for_each_leaf_entry(&view, |page, crc| {
             let Some(slot) = exp.crc.get_mut(page as usize) else {
                 conflicting.push(page);
                 return;
@@ -404,6 +500,353 @@ impl Expected {
     }
 }
 
+/// `Space`'s page bookkeeping copied at one instant, for `check` to settle
+/// many suspects against the trees pinned at the same instant.
+struct PageCopy {
+    refcnt: Vec<u32>,
+    reserved: Vec<u64>,
+    free: Vec<Run>,
+    /// Quarantined pages and pages claimed by writes in flight: not free,
+    /// not referenced, and rightly so.
+    waiting: Vec<Run>,
+}
+
+impl PageCopy {
+    /// Buffers for a file of about `npages` pages, with every memory page
+    /// already touched (filled, then emptied with the capacity kept), so
+    /// that the copy under the lock is a plain memory copy rather than a
+    /// page fault every 4 KiB. The slack covers growth before the copy.
+    fn sized_for(npages: u64) -> PageCopy {
+        let n = npages as usize + npages as usize / 16 + 64;
+        let mut refcnt = vec![u32::MAX; n];
+        refcnt.clear();
+        let mut reserved = vec![u64::MAX; n.div_ceil(64)];
+        reserved.clear();
+        PageCopy { refcnt, reserved, free: Vec::new(), waiting: Vec::new() }
+    }
+
+    /// Copies the bookkeeping; the caller holds the state lock. Cost: the
+    /// two arrays (4 bytes and 1 bit per page), the free extents, the
+    /// quarantine and the claims in flight.
+    fn capture(&mut self, space: &Space) {
+        space.copy_counts(0..space.npages(), &mut self.refcnt, &mut self.reserved);
+        self.free.extend(space.free_runs());
+        self.waiting.extend(space.quarantine.iter().map(|&p| Run { start: p, len: 1 }));
+        self.waiting.extend(space.in_flight_runs());
+    }
+
+    /// Copies the counts, reserved bits and free extents of pages `pages`
+    /// only (`pages.start` a multiple of 64); the caller holds the state
+    /// lock. Indexes in the copy are relative to `pages.start`.
+    fn capture_range(&mut self, space: &Space, pages: std::ops::Range<u64>) {
+        space.copy_counts(pages.clone(), &mut self.refcnt, &mut self.reserved);
+        self.free.clear();
+        self.free.extend(space.free_runs_in(pages.start, pages.end));
+    }
+
+    fn is_reserved(&self, page: u64) -> bool {
+        self.reserved.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    /// The bookkeeping of each of `pages` as copied.
+    fn states_of(&self, pages: &[u64]) -> Vec<PageState> {
+        let npages = self.refcnt.len() as u64;
+        let (free, waiting) = (PageBits::from_runs(npages, &self.free), PageBits::from_runs(npages, &self.waiting));
+        let state = |p: u64| PageState {
+            stored: self.refcnt.get(p as usize).copied().unwrap_or(0),
+            reserved: self.is_reserved(p),
+            free: free.get(p),
+            waiting: waiting.get(p),
+        };
+        pages.iter().map(|&p| state(p)).collect()
+    }
+}
+
+/// Pages whose bookkeeping `check` copies per hold of the state lock while
+/// it compares: 32,768 pages, 128 KiB of counts, some microseconds.
+/// A multiple of 64, so that slices start on a word of the reserved bitmap.
+const COMPARE_SLICE: u64 = 1 << 15;
+
+/// Suspects `check` settles by looking each one up under the state lock;
+/// above this it copies the whole bookkeeping instead.
+const SETTLE_LOOKUPS: usize = 1 << 13;
+
+/// What the bookkeeping says of one page.
+#[derive(Debug, Clone, Copy, Default)]
+struct PageState {
+    /// Its reference count.
+    stored: u32,
+    reserved: bool,
+    free: bool,
+    /// Quarantined, or claimed by a write in flight: neither free nor
+    /// referenced, and rightly so.
+    waiting: bool,
+}
+
+/// The references to one page that exist: as a tree node (roots, interior
+/// slots, garbage) and as data (distinct leaves).
+#[derive(Debug, Clone, Copy, Default)]
+struct Refs {
+    node: u32,
+    data: u32,
+}
+
+/// Appends to `out` what is wrong with `page`, given the references to it
+/// that exist and what the bookkeeping says of it.
+fn judge(page: u64, refs: Refs, s: PageState, out: &mut Vec<Problem>) {
+    let actual = refs.node + refs.data;
+    if s.stored != actual {
+        out.push(Problem::WrongRefcount { page, stored: s.stored, actual });
+    }
+    if actual > 0 && s.free {
+        out.push(Problem::ReferencedButFree { page });
+    }
+    // A data page is never metadata; a node page is (and never data).
+    if refs.data > 0 && (s.reserved || refs.node > 0) {
+        out.push(Problem::DoubleOwned { page });
+    }
+    if s.free && s.reserved {
+        out.push(Problem::DoubleOwned { page });
+    }
+    if actual == 0 && s.stored == 0 && !s.free && !s.reserved && !s.waiting {
+        out.push(Problem::Leaked { page });
+    }
+}
+
+/// The bookkeeping of each of `suspects` (sorted), looked up one by one;
+/// the caller holds the state lock. Cost: a free-map lookup per suspect,
+/// and one pass over the quarantine and the claims in flight.
+fn look_up_states(space: &Space, suspects: &[u64]) -> Vec<PageState> {
+    let is_free = |p: u64| space.free_runs_in(p, p + 1).any(|r| r.start <= p && p < r.start + r.len);
+    let mut states: Vec<PageState> = suspects
+        .iter()
+        .map(|&p| PageState {
+            stored: space.refcount(p),
+            reserved: space.is_reserved(p),
+            free: is_free(p),
+            waiting: false,
+        })
+        .collect();
+    for &q in &space.quarantine {
+        if let Ok(i) = suspects.binary_search(&q) {
+            states[i].waiting = true;
+        }
+    }
+    for r in space.in_flight_runs() {
+        let from = suspects.partition_point(|&p| p < r.start);
+        for (i, &p) in suspects.iter().enumerate().skip(from) {
+            if p >= r.start + r.len {
+                break;
+            }
+            states[i].waiting = true;
+        }
+    }
+    states
+}
+
+/// The references in the view to each of `pages` (sorted). A node that
+/// cannot be read is reported to `problems`.
+fn count_pages(view: &PinnedView<'_>, pages: &[u64], problems: &mut Vec<Problem>) -> Vec<Refs> {
+    let npages = pages.last().map_or(0, |&p| p + 1);
+    let mut wanted = PageBits::new(npages);
+    pages.iter().for_each(|&p| wanted.set(p));
+    let mut counts = vec![Refs::default(); pages.len()];
+    let slot = |page: u64| if wanted.get(page) { pages.binary_search(&page).ok() } else { None };
+    walk_view(
+        view,
+        |seen| match seen {
+            Seen::Reference(page) => {
+                if let Some(i) = slot(page) {
+                    counts[i].node += 1;
+                }
+            }
+            Seen::Node(Body::Leaf(entries)) => {
+                for e in entries {
+                    if let Some(i) = slot(e.page) {
+                        counts[i].data += 1;
+                    }
+                }
+            }
+            Seen::Node(Body::Interior(_)) => {}
+        },
+        problems,
+    );
+    counts
+}
+
+/// One bit per page of the data file.
+struct PageBits {
+    words: Vec<u64>,
+    npages: u64,
+}
+
+impl PageBits {
+    fn new(npages: u64) -> PageBits {
+        PageBits { words: vec![0; npages.div_ceil(64) as usize], npages }
+    }
+
+    /// The pages of `runs` set, clipped to `npages`.
+    fn from_runs(npages: u64, runs: &[Run]) -> PageBits {
+        let mut bits = PageBits::new(npages);
+        for r in runs {
+            (r.start..(r.start + r.len).min(npages)).for_each(|p| bits.set(p));
+        }
+        bits
+    }
+
+    /// The pages of `runs` that fall in `pages`, indexed from `pages.start`.
+    fn from_runs_in(pages: std::ops::Range<u64>, runs: &[Run]) -> PageBits {
+        let mut bits = PageBits::new(pages.end - pages.start);
+        for r in runs {
+            let (from, to) = (r.start.max(pages.start), (r.start + r.len).min(pages.end));
+            (from..to.max(from)).for_each(|p| bits.set(p - pages.start));
+        }
+        bits
+    }
+
+    fn npages(&self) -> u64 {
+        self.npages
+    }
+
+    fn set(&mut self, page: u64) {
+        self.words[(page / 64) as usize] |= 1 << (page % 64);
+    }
+
+    /// False for pages past the end.
+    fn get(&self, page: u64) -> bool {
+        self.words.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+}
+
+/// What `check` counts in a pinned view.
+struct Counted {
+    /// References to each page as a tree node (pages past the copied ones
+    /// are not counted).
+    node: Vec<u32>,
+    /// Distinct leaves that reference each page as data.
+    data: Vec<u32>,
+    /// Distinct nodes.
+    nodes: u64,
+    /// The pages of the written nodes.
+    written: Vec<u64>,
+}
+
+/// Visits every distinct node of the view once, with no lock held.
+fn count_references(view: &PinnedView<'_>, npages: usize, report: &mut CheckReport) -> Counted {
+    let mut node = vec![0u32; npages];
+    let mut data = vec![0u32; npages];
+    let mut nodes = 0;
+    let written = walk_view(
+        view,
+        |seen| match seen {
+            Seen::Reference(page) => {
+                if let Some(n) = node.get_mut(page as usize) {
+                    *n += 1;
+                }
+            }
+            Seen::Node(body) => {
+                nodes += 1;
+                if let Body::Leaf(entries) = body {
+                    for e in entries {
+                        if let Some(count) = data.get_mut(e.page as usize) {
+                            *count += 1;
+                        }
+                    }
+                }
+            }
+        },
+        &mut report.problems,
+    );
+    Counted { node, data, nodes, written }
+}
+
+/// What a walk of a pinned view reports.
+enum Seen<'n> {
+    /// A reference to the written node at this page, from a root or an
+    /// interior slot (one per reference).
+    Reference(u64),
+    /// A distinct node (once each).
+    Node(&'n Body),
+}
+
+/// Walks every distinct node of a pinned view once, with no lock held,
+/// reading written nodes through the cache, and tells `on` what it sees. A
+/// node that cannot be read is reported and its subtree skipped. Returns
+/// the pages of the written nodes read.
+fn walk_view(view: &PinnedView<'_>, mut on: impl FnMut(Seen<'_>), problems: &mut Vec<Problem>) -> Vec<u64> {
+    let mut w = ViewWalk {
+        view,
+        seen_pages: std::collections::HashSet::new(),
+        seen_dirty: std::collections::HashSet::new(),
+        stack: Vec::new(),
+        written: Vec::new(),
+    };
+    for (c, level, counted) in view.roots_counted() {
+        w.follow(c, level, counted, &mut on, problems);
+    }
+    while let Some((n, level)) = w.stack.pop() {
+        if let Body::Interior(children) = &n.body {
+            for c in children.refs() {
+                w.follow(c, level.saturating_sub(1), false, &mut on, problems);
+            }
+        }
+        on(Seen::Node(&n.body));
+    }
+    w.written
+}
+
+/// The state of one [`walk_view`].
+struct ViewWalk<'v, 'e> {
+    view: &'v PinnedView<'e>,
+    seen_pages: std::collections::HashSet<u64>,
+    seen_dirty: std::collections::HashSet<*const Node>,
+    stack: Vec<(Arc<Node>, u32)>,
+    written: Vec<u64>,
+}
+
+impl ViewWalk<'_, '_> {
+    /// Follows one reference: reports it, and queues its node the first
+    /// time it is reached. A dirty node a checkpoint placed before the pin
+    /// owns nothing: when a counted root copy (`root_counted`) names it,
+    /// the reference is to its page; anywhere else it is skipped. One
+    /// placed after the pin is walked as the dirty node it was then, as
+    /// the bookkeeping of that instant counts it.
+    fn follow(
+        &mut self,
+        c: &Child,
+        level: u32,
+        root_counted: bool,
+        on: &mut impl FnMut(Seen<'_>),
+        problems: &mut Vec<Problem>,
+    ) {
+        let placed = match c {
+            Child::Mem(a) => a.placed_by(self.view.epoch()),
+            Child::Disk(_) => None,
+        };
+        match (c, placed) {
+            (Child::Mem(_), Some(p)) if root_counted => self.follow(&Child::Disk(p), level, true, on, problems),
+            (Child::Mem(_), Some(_)) => {}
+            (Child::Disk(p), _) => {
+                on(Seen::Reference(*p));
+                if self.seen_pages.insert(*p) {
+                    match self.view.nodes().load(*p, level) {
+                        Ok(n) => {
+                            self.written.push(*p);
+                            self.stack.push((n, level));
+                        }
+                        Err(e) => problems.push(Problem::UnreadableNode { page: *p, detail: e.to_string() }),
+                    }
+                }
+            }
+            (Child::Mem(a), None) => {
+                if self.seen_dirty.insert(Arc::as_ptr(a)) {
+                    self.stack.push((a.clone(), level));
+                }
+            }
+        }
+    }
+}
+
 /// Reads each run with `read` and checks every block of it against its
 /// expected checksum; returns the pages that fail (or could not be read).
 /// Reading and checking overlap: a second thread checks one run while the
@@ -460,92 +903,15 @@ fn verify_runs(
     })
 }
 
-/// Calls `f(page, crc)` for every leaf entry of every tree, visiting
-/// shared subtrees once. A node that cannot be read ends the walk with its
-/// error.
-fn for_each_leaf_entry(st: &mut State, mut f: impl FnMut(u64, u32)) -> Result<()> {
-    let (roots, nodes, _) = st.roots_with_cache();
-    tree::visit_unique(roots, nodes, |n, _, _| {
+/// Calls `f(page, crc)` for every leaf entry of every tree of a pinned
+/// view, visiting shared subtrees once, with no lock held. A node that
+/// cannot be read ends the walk with its error.
+fn for_each_leaf_entry(view: &PinnedView<'_>, mut f: impl FnMut(u64, u32)) -> Result<()> {
+    tree::visit_unique(view.roots(), view.nodes(), |n, _, _| {
         if let Body::Leaf(entries) = &n.body {
             entries.iter().for_each(|e| f(e.page, e.crc));
         }
     })
-}
-
-/// The references that exist, counted from the trees and the garbage list:
-/// per node page, the `Disk` references to it; per data page, the distinct
-/// leaves holding it; and every written node page reached.
-struct ActualRefs {
-    node: Vec<u32>,
-    data: Vec<u32>,
-    written: Vec<u64>,
-}
-
-/// Walks every tree and the garbage list once (shared subtrees once),
-/// reading written nodes through the cache. A node that cannot be read is
-/// reported and its subtree skipped.
-fn count_actual_references(st: &mut State, report: &mut CheckReport) -> ActualRefs {
-    let npages = st.space.npages() as usize;
-    let mut refs = ActualRefs { node: vec![0; npages], data: vec![0; npages], written: Vec::new() };
-    let State { volumes, snapshots, templates, garbage, nodes, .. } = st;
-    let mut seen_dirty = std::collections::HashSet::new();
-    let mut stack: Vec<(Arc<Node>, u32)> = Vec::new();
-    let mut pending: Vec<(u64, u32)> = Vec::new();
-    // A written node is read when first referenced (`pending`); a dirty
-    // node is walked once however many trees share it.
-    let mut reference = |c: &Child, level: u32, refs: &mut ActualRefs, stack: &mut Vec<_>, pending: &mut Vec<_>| match c
-    {
-        Child::Disk(p) => {
-            if let Some(n) = refs.node.get_mut(*p as usize) {
-                *n += 1;
-                if *n == 1 {
-                    pending.push((*p, level));
-                }
-            }
-        }
-        Child::Mem(a) => {
-            if seen_dirty.insert(Arc::as_ptr(a)) {
-                stack.push((a.clone(), level));
-            }
-        }
-    };
-    let roots = volumes
-        .values()
-        .filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top())))
-        .chain(snapshots.values().filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top()))))
-        .chain(templates.values().filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top()))))
-        .chain(garbage.iter().map(|(c, l)| (c, *l)));
-    for (c, level) in roots {
-        reference(c, level, &mut refs, &mut stack, &mut pending);
-    }
-    loop {
-        for (page, level) in std::mem::take(&mut pending) {
-            match nodes.load(page, level) {
-                Ok(n) => {
-                    refs.written.push(page);
-                    stack.push((n, level));
-                }
-                Err(e) => report.problems.push(Problem::UnreadableNode { page, detail: e.to_string() }),
-            }
-        }
-        let Some((n, level)) = stack.pop() else { break };
-        report.nodes += 1;
-        match &n.body {
-            Body::Leaf(entries) => {
-                for e in entries {
-                    if let Some(c) = refs.data.get_mut(e.page as usize) {
-                        *c += 1;
-                    }
-                }
-            }
-            Body::Interior(children) => {
-                for c in children.refs() {
-                    reference(c, level.saturating_sub(1), &mut refs, &mut stack, &mut pending);
-                }
-            }
-        }
-    }
-    refs
 }
 
 fn verify_node_page(buf: &[u8], page: u64) -> Result<()> {

@@ -250,6 +250,36 @@ impl Space {
         self.free.range(..=page).next_back().is_some_and(|(&s, &l)| page < s + l)
     }
 
+    /// Copies the reference counts of pages `pages` and the words of the
+    /// reserved bitmap that cover them into the caller's buffers (for
+    /// `check`, which compares them with a pinned view of the trees). Plain
+    /// array copies; the buffers keep their capacity, so one sized in
+    /// advance costs no allocation here. `pages.start` is a multiple of 64,
+    /// so the first word copied starts at it.
+    pub(crate) fn copy_counts(&self, pages: std::ops::Range<u64>, refcnt: &mut Vec<u32>, reserved: &mut Vec<u64>) {
+        debug_assert_eq!(pages.start % 64, 0);
+        let end = pages.end.min(self.npages);
+        let start = pages.start.min(end);
+        refcnt.clear();
+        refcnt.extend_from_slice(&self.refcnt[start as usize..end as usize]);
+        reserved.clear();
+        reserved.extend_from_slice(&self.reserved[(start / 64) as usize..end.div_ceil(64) as usize]);
+    }
+
+    /// The free extents that overlap pages `start..end` (for `check`, which
+    /// looks at a slice of pages at a time), in page order.
+    /// Punched extents count as free.
+    pub(crate) fn free_runs_in(&self, start: u64, end: u64) -> impl Iterator<Item = Run> + '_ {
+        let overlapping = |map: &BTreeMap<u64, u64>| {
+            let first = map.range(..=start).next_back().map_or(start, |(&s, _)| s);
+            map.range(first..end.max(first)).map(|(&start, &len)| Run { start, len }).collect::<Vec<_>>()
+        };
+        let mut runs = overlapping(&self.free);
+        runs.extend(overlapping(&self.holes));
+        runs.sort_unstable_by_key(|r| r.start);
+        runs.into_iter()
+    }
+
     /// Iterates the free extents, punched ones included (for `check`).
     pub(crate) fn free_runs(&self) -> impl Iterator<Item = Run> + '_ {
         self.free.iter().chain(self.holes.iter()).map(|(&start, &len)| Run { start, len })

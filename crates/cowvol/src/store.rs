@@ -326,8 +326,9 @@ impl Store {
     /// Bytes of data that only this snapshot holds: what deleting it would
     /// free. Blocks it shares with its volume, another snapshot, a fork or a
     /// template are not counted. Cost: proportional to the part of its tree
-    /// that no other tree shares. While a checkpoint is being written it
-    /// holds every tree, so the figure may read low for that moment.
+    /// that no other tree shares. While a checkpoint is being written, or
+    /// `check` or `scrub` holds a pinned view, every tree is held once more,
+    /// so the figure may read low for that moment.
     ///
     /// # Errors
     /// [`Error::NotFound`] when the snapshot does not exist.

@@ -37,6 +37,7 @@ pub(crate) use diff::{diff_trees, DiffCounters};
 use crate::error::{Error, Result};
 use crate::format::{Crc, Dec, Enc, NodeHeader, MAX_PAGE, NODE_HEADER_LEN};
 use crate::space::Space;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Where one logical block lives: its page and the CRC of its contents.
@@ -121,6 +122,14 @@ pub(crate) enum Body {
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) body: Body,
+    /// 0, or the page a checkpoint placed this dirty node at: from then on
+    /// the page owns the node's references, and an `Arc` to the node that
+    /// something other than a tree still holds (a pinned view) owns none.
+    placed: AtomicU64,
+    /// Which placement (`State::placements`) that was, so that a pinned
+    /// view can tell a node placed before it was taken from one placed
+    /// while it is walked.
+    placed_by: AtomicU64,
 }
 
 /// An interior node's children: only the slots that hold a subtree, sorted
@@ -235,9 +244,32 @@ impl Children {
 }
 
 impl Node {
+    pub(crate) fn new(body: Body) -> Node {
+        Node { body, placed: AtomicU64::new(0), placed_by: AtomicU64::new(0) }
+    }
+
     fn empty(level: u32) -> Node {
-        let body = if level == 0 { Body::Leaf(Vec::new()) } else { Body::Interior(Children::default()) };
-        Node { body }
+        Node::new(if level == 0 { Body::Leaf(Vec::new()) } else { Body::Interior(Children::default()) })
+    }
+
+    /// The page a checkpoint placed this dirty node at, if it did.
+    pub(crate) fn placed(&self) -> Option<u64> {
+        Some(self.placed.load(Ordering::Acquire)).filter(|&p| p != 0)
+    }
+
+    /// The page a checkpoint placed this dirty node at, if placement
+    /// `epoch` or an earlier one did.
+    pub(crate) fn placed_by(&self, epoch: u64) -> Option<u64> {
+        let page = self.placed()?;
+        (self.placed_by.load(Ordering::Acquire) <= epoch).then_some(page)
+    }
+
+    /// Records that placement `epoch` of a checkpoint placed this dirty
+    /// node at `page` (under the state lock, as the trees' references
+    /// become that page).
+    pub(crate) fn set_placed(&self, page: u64, epoch: u64) {
+        self.placed_by.store(epoch, Ordering::Release);
+        self.placed.store(page, Ordering::Release);
     }
 
     fn is_empty(&self) -> bool {
@@ -437,7 +469,7 @@ fn shared_copy(node: &Node, space: &mut Space) -> Node {
         }
         Body::Interior(c) => Body::Interior(c.share_all(space)),
     };
-    Node { body }
+    Node::new(body)
 }
 
 /// A copy of a written node that is going away: the copy takes its
@@ -447,7 +479,7 @@ fn taken_over_copy(node: &Node) -> Node {
         Body::Leaf(v) => Body::Leaf(v.clone()),
         Body::Interior(c) => Body::Interior(c.take_over()),
     };
-    Node { body }
+    Node::new(body)
 }
 
 /// Drops one `Disk` reference to a node whose contents the caller has
@@ -599,12 +631,7 @@ pub(crate) fn release_some(
         };
         budget -= 1;
         match child {
-            Child::Mem(arc) => {
-                if let Ok(node) = Arc::try_unwrap(arc) {
-                    space.dirty_nodes = space.dirty_nodes.saturating_sub(1);
-                    release_contents(node.body, level, space, garbage);
-                }
-            }
+            Child::Mem(arc) => release_dirty(arc, level, space, garbage),
             Child::Disk(page) => {
                 if space.refcount(page) == 1 {
                     let node = match nodes.load(page, level) {
@@ -621,6 +648,18 @@ pub(crate) fn release_some(
         }
     }
     Ok(garbage.is_empty())
+}
+
+/// Drops one `Arc` to a dirty node; the last one releases what it
+/// references. A node a checkpoint placed owns nothing (its page does), so
+/// its last `Arc` (a pinned view's) releases nothing.
+fn release_dirty(arc: Arc<Node>, level: u32, space: &mut Space, garbage: &mut Garbage) {
+    if let Ok(node) = Arc::try_unwrap(arc) {
+        if node.placed().is_none() {
+            space.dirty_nodes = space.dirty_nodes.saturating_sub(1);
+            release_contents(node.body, level, space, garbage);
+        }
+    }
 }
 
 /// Releases what a node being freed for good references: its data pages,
@@ -640,12 +679,7 @@ pub(crate) fn release_dirty_garbage(garbage: &mut Garbage, space: &mut Space) {
     let mut written = Vec::new();
     while let Some((child, level)) = garbage.pop() {
         match child {
-            Child::Mem(arc) => {
-                if let Ok(node) = Arc::try_unwrap(arc) {
-                    space.dirty_nodes = space.dirty_nodes.saturating_sub(1);
-                    release_contents(node.body, level, space, garbage);
-                }
-            }
+            Child::Mem(arc) => release_dirty(arc, level, space, garbage),
             disk => written.push((disk, level)),
         }
     }
@@ -910,7 +944,7 @@ pub(crate) fn build_node(decoded: DecodedNode) -> Node {
         DecodedNode::Leaf(v) => Body::Leaf(v),
         DecodedNode::Interior(v) => Body::Interior(Children::on_disk(v)),
     };
-    Node { body }
+    Node::new(body)
 }
 
 #[cfg(test)]

@@ -254,7 +254,7 @@ fn exact(n: u64, w: u64) -> Vec<Vec<u64>> {
 /// Deletes "gone", checkpoints and punches; creates "new" in the freed
 /// (punched) space; overwrites half of "keep"; deletes the snapshot and
 /// punches again. `exp` always holds what recovery must show. Returns the
-/// bytes the first punch gave back.
+/// bytes punched out of the file after the first punch.
 fn crash_workload(disk: &SimDir, exp: &mut Expect) -> Result<u64> {
     exp.insert("keep", (true, exact(KEEP_BLOCKS, 1)));
     exp.insert("gone", (true, exact(BIG_BLOCKS, 2)));
@@ -264,7 +264,10 @@ fn crash_workload(disk: &SimDir, exp: &mut Expect) -> Result<u64> {
     store.delete_volume(gone.ok_or(Error::NotFound { what: "gone".into() })?)?;
     exp.remove("gone");
     store.checkpoint()?;
-    let punched = store.punch_free_space()?;
+    store.punch_free_space()?;
+    // What is punched in all: open already punches the chunks that were
+    // wholly free, so this call's share depends on the layout.
+    let punched = store.stats().punched_bytes;
 
     exp.insert("new", (false, exact(BIG_BLOCKS, 0)));
     let info = store.create_volume(VolumeOptions::new("new", BIG_BLOCKS * BS))?;

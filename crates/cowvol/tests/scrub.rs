@@ -2,6 +2,9 @@
 //! once, and each damaged block is named with the volumes, snapshots and
 //! templates that see it, across runs longer than one read.
 
+mod common;
+
+use common::stall::{Stall, StallingDir};
 use cowvol::testing::SimDir;
 use cowvol::*;
 use std::sync::Arc;
@@ -100,8 +103,8 @@ fn scrub_of_an_empty_store_is_clean() {
 #[test]
 fn scrub_lets_checkpoints_and_space_reuse_go_on() {
     let disk = SimDir::new();
-    let stall = Arc::new(stall::Stall::default());
-    let dir = stall::StallingDir { inner: disk.clone(), stall: stall.clone() };
+    let stall = Arc::new(Stall::for_thread("scrubber"));
+    let dir = StallingDir { inner: disk.clone(), stall: stall.clone() };
     let store = Store::open_in(Arc::new(dir), opts()).unwrap();
     let vid = store.create_volume(VolumeOptions::new("v", (BLOCKS * BS) as u64)).unwrap().id;
     let v = store.open_volume(vid).unwrap();
@@ -144,118 +147,4 @@ fn scrub_lets_checkpoints_and_space_reuse_go_on() {
     let mut buf = vec![0u8; BS];
     v.read_at(&mut buf, 0).unwrap();
     assert_eq!(buf, block(3, 0));
-}
-
-/// A backend that stops the first read made by a thread named "scrubber"
-/// until the test releases it.
-mod stall {
-    use cowvol::backend::{DirLock, StorageDir, StorageFile};
-    use cowvol::testing::SimDir;
-    use std::io;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Condvar, Mutex};
-
-    #[derive(Debug, Default)]
-    pub struct Stall {
-        armed: AtomicBool,
-        /// (stalled, released)
-        state: Mutex<(bool, bool)>,
-        cv: Condvar,
-    }
-
-    impl Stall {
-        pub fn arm(&self) {
-            self.armed.store(true, Ordering::SeqCst);
-        }
-
-        pub fn wait_until_stalled(&self) {
-            let mut st = self.state.lock().unwrap();
-            while !st.0 {
-                st = self.cv.wait(st).unwrap();
-            }
-        }
-
-        pub fn release(&self) {
-            self.state.lock().unwrap().1 = true;
-            self.cv.notify_all();
-        }
-
-        fn maybe_stop(&self) {
-            let scrubber = std::thread::current().name() == Some("scrubber");
-            if !scrubber || !self.armed.swap(false, Ordering::SeqCst) {
-                return;
-            }
-            let mut st = self.state.lock().unwrap();
-            st.0 = true;
-            self.cv.notify_all();
-            while !st.1 {
-                st = self.cv.wait(st).unwrap();
-            }
-        }
-    }
-
-    #[derive(Debug)]
-    pub struct StallingDir {
-        pub inner: SimDir,
-        pub stall: Arc<Stall>,
-    }
-
-    #[derive(Debug)]
-    struct StallingFile {
-        inner: Arc<dyn StorageFile>,
-        stall: Arc<Stall>,
-    }
-
-    impl StorageDir for StallingDir {
-        fn open_file(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
-            let inner = self.inner.open_file(name, create)?;
-            Ok(Arc::new(StallingFile { inner, stall: self.stall.clone() }))
-        }
-        fn sync_dir(&self) -> io::Result<()> {
-            self.inner.sync_dir()
-        }
-        fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-            self.inner.rename(from, to)
-        }
-        fn remove(&self, name: &str) -> io::Result<()> {
-            self.inner.remove(name)
-        }
-        fn lock(&self) -> io::Result<DirLock> {
-            self.inner.lock()
-        }
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
-    }
-
-    impl StorageFile for StallingFile {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-            self.stall.maybe_stop();
-            self.inner.read_at(buf, offset)
-        }
-        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-            self.inner.write_at(buf, offset)
-        }
-        fn sync(&self) -> io::Result<()> {
-            self.inner.sync()
-        }
-        fn len(&self) -> io::Result<u64> {
-            self.inner.len()
-        }
-        fn set_len(&self, len: u64) -> io::Result<()> {
-            self.inner.set_len(len)
-        }
-        fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
-            self.inner.allocate(offset, len)
-        }
-        fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-            self.inner.punch_hole(offset, len)
-        }
-        fn try_lock(&self) -> io::Result<DirLock> {
-            self.inner.try_lock()
-        }
-        fn drop_cache(&self) -> io::Result<()> {
-            self.inner.drop_cache()
-        }
-    }
 }

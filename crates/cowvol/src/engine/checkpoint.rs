@@ -155,7 +155,7 @@ impl Engine {
         let mut st = self.state.lock();
         st.space.catalog_reserve = 2 * cat.len + 1;
         st.space.catalog_growth = 0;
-        st.space.release(plan.quarantine, meta);
+        release_freed(&mut st, plan.quarantine, meta);
         st.nodes.unpin(plan.nodes.iter().map(|n| n.page));
         drop(st);
         self.reclaim();
@@ -248,6 +248,8 @@ fn collect_dirty(st: &State) -> Dirty {
 /// dirty node is left in any tree.
 fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedNode> {
     let page_of = |a: &Arc<Node>| pages[dirty.index[&Arc::as_ptr(a)]];
+    st.placements += 1;
+    let epoch = st.placements;
     let mut placed = Vec::with_capacity(dirty.nodes.len());
     for ((n, level, refs), &page) in dirty.nodes.iter().zip(pages) {
         // A leaf has no children to turn into pages: it is its own written
@@ -256,8 +258,9 @@ fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedN
         // copied.
         let written = match &n.body {
             tree::Body::Leaf(_) => n.clone(),
-            tree::Body::Interior(c) => Arc::new(Node { body: tree::Body::Interior(c.written(page_of)) }),
+            tree::Body::Interior(c) => Arc::new(Node::new(tree::Body::Interior(c.written(page_of)))),
         };
+        n.set_placed(page, epoch);
         st.space.set_refcount(page, *refs);
         st.space.set_reserved(page, true);
         st.nodes.insert_pinned(page, *level, written.clone());
@@ -276,6 +279,19 @@ fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedN
     }
     st.space.dirty_nodes = 0;
     placed
+}
+
+/// Frees the pages a durable checkpoint no longer needs, unless a pinned
+/// view lives: its uncounted page references must keep their contents, so
+/// the pages wait in the quarantine and obsolete lists for the next
+/// checkpoint after the last view is dropped.
+fn release_freed(st: &mut State, quarantine: Vec<u64>, meta: Vec<u64>) {
+    if st.pins.is_empty() {
+        st.space.release(quarantine, meta);
+    } else {
+        st.space.quarantine.extend(quarantine);
+        st.space.obsolete.extend(meta);
+    }
 }
 
 /// Gives back node pages a failed plan allocated (nothing was written).

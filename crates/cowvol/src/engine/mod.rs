@@ -17,20 +17,25 @@
 //! whole of a write, including its automatic flush; `admin`, and for restore
 //! and delete the exclusive `gate`, through the operation's one sync and the
 //! release of the old tree; `checkpoint` through a checkpoint's writes and
-//! syncs, through `check`, and through the short second look `scrub` takes
-//! at blocks that failed their checksum (never through its main pass).
+//! syncs, and through `check`'s second read of a node page that failed
+//! (normally none). `check` and `scrub` otherwise hold `checkpoint` (check
+//! only) and `state` only while they pin a view of the trees (`pin`), and
+//! `check` takes `state` to copy the bookkeeping of one slice of pages at
+//! a time; they walk, compare and read with no lock.
 
 mod checkpoint;
 mod commit;
 mod maint;
 mod open;
 mod pages;
+mod pin;
 mod punch;
 pub(crate) mod record;
 mod state;
 
 pub(crate) use maint::Keeper;
 pub(crate) use open::open;
+pub(crate) use pin::PinnedView;
 pub(crate) use state::{Entry, State};
 
 use crate::backend::{DirLock, StorageDir, StorageFile};

@@ -75,11 +75,17 @@ pub(crate) struct State {
     /// released in bounded steps.
     pub(crate) garbage: Garbage,
     /// Written tree nodes by page (see `tree::NodeCache`).
-    pub(crate) nodes: NodeCache,
+    /// Shared with pinned views, which read through it without the lock.
+    pub(crate) nodes: Arc<NodeCache>,
     /// Set when a tree change failed half way (a node could not be read):
     /// the trees are whole, but a change the log will record was not fully
     /// applied, so the store must stop taking changes.
     pub(crate) torn: bool,
+    /// The roots each live pinned view holds (see `engine::pin`), by id.
+    pub(crate) pins: BTreeMap<u64, Vec<super::pin::PinnedRoot>>,
+    /// Checkpoint placements so far (see `tree::Node::placed_by`).
+    pub(crate) placements: u64,
+    pub(crate) next_pin: u64,
     pub(crate) bits: u32,
     pub(crate) block_size: u64,
 }
@@ -398,19 +404,6 @@ impl State {
         self.volumes.insert(info.id.0, Entry { info, root, geo, rt: Arc::new(VolRuntime::default()) });
     }
 
-    /// Every tree root with its level (as [`State::all_roots`]) beside the
-    /// node cache and the space map, for walks that read nodes.
-    pub(crate) fn roots_with_cache(&mut self) -> (Vec<(&Child, u32)>, &mut NodeCache, &Space) {
-        let State { volumes, snapshots, templates, nodes, space, .. } = self;
-        let roots = volumes
-            .values()
-            .filter_map(Entry::leveled_root)
-            .chain(snapshots.values().filter_map(Entry::leveled_root))
-            .chain(templates.values().filter_map(Entry::leveled_root))
-            .collect();
-        (roots, nodes, space)
-    }
-
     /// Every tree root with its geometry: volumes, snapshots, and garbage
     /// not yet released.
     pub(crate) fn all_roots(&self) -> Vec<(&Child, u32)> {
@@ -422,7 +415,7 @@ impl State {
 
 pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u64, cache_bytes: usize) -> State {
     let bits = format::fanout_bits_for(block_size);
-    let nodes = NodeCache::new(file.clone(), format::data_start(block_size), block_size, bits, cache_bytes);
+    let nodes = Arc::new(NodeCache::new(file.clone(), format::data_start(block_size), block_size, bits, cache_bytes));
     let mut space = Space::new(file, block_size, format::data_start(block_size), npages);
     space.segment_pages = LogGeometry::new(format::data_start(block_size), block_size).segment_pages;
     State {
@@ -438,6 +431,9 @@ pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u
         garbage: Vec::new(),
         nodes,
         torn: false,
+        pins: BTreeMap::new(),
+        next_pin: 0,
+        placements: 0,
         bits,
         block_size: block_size as u64,
     }

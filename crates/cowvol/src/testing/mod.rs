@@ -31,3 +31,15 @@ pub fn abandon(store: crate::Store) {
     store.engine.abandon();
     drop(store);
 }
+
+/// Adds one to the stored reference count of the page that logical block
+/// `lblock` of volume `volume` maps to, as a bookkeeping bug would, and
+/// returns that page (`None` when the block is unmapped or the volume does
+/// not exist). For tests that `check` finds such damage.
+pub fn damage_refcount(store: &crate::Store, volume: crate::VolumeId, lblock: u64) -> Option<u64> {
+    let mut st = store.engine.state.lock();
+    let v = st.volumes.get(&volume.0)?;
+    let page = crate::tree::lookup(&v.root, v.geo, lblock, &st.nodes).ok()??.page;
+    st.space.inc(page);
+    Some(page)
+}

@@ -2,6 +2,8 @@
 //! crate and uses what it needs, hence the allowances).
 #![allow(dead_code, unused_imports)] // each test crate uses a different part; `expect` would fail in those that use it all
 
+pub mod stall;
+
 use cowvol::{Store, Volume};
 
 const BLOCK: u64 = 4096;
