@@ -121,8 +121,8 @@ pub struct BenchArgs {
     /// Also draw snapshot, fork, restore and delete latency against volume size as an SVG chart.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
-    /// Run only these parts [default: all]: random, sequential, durable, admin, names, sparse, punch, check.
-    #[arg(long, value_name = "PART,...", value_delimiter = ',', value_parser = ["random", "sequential", "durable", "admin", "names", "sparse", "punch", "check"])]
+    /// Run only these parts [default: all]: random, sequential, durable, admin, names, sparse, punch, check, cache.
+    #[arg(long, value_name = "PART,...", value_delimiter = ',', value_parser = ["random", "sequential", "durable", "admin", "names", "sparse", "punch", "check", "cache"])]
     pub only: Option<Vec<String>>,
 }
 
