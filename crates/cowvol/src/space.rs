@@ -196,7 +196,7 @@ impl Space {
         let c = self.chunk_pages();
         let first = start.div_ceil(c) * c;
         let last = end / c * c;
-        (last > first).then_some(Run { start: first, len: last - first })
+        (last > first).then(|| Run { start: first, len: last - first })
     }
 
     fn is_free_candidate(&self, p: u64) -> bool {
@@ -804,6 +804,15 @@ mod tests {
         let b = s.alloc_run(4).unwrap();
         assert_eq!(a, Run { start: 1, len: 4 });
         assert_eq!(b, Run { start: 5, len: 4 });
+    }
+
+    #[test]
+    fn a_range_inside_one_punch_chunk_has_no_whole_chunk() {
+        let s = space();
+        let c = s.chunk_pages();
+        assert_eq!(s.whole_chunks(c + 1, c + 5), None);
+        assert_eq!(s.whole_chunks(c + 1, 2 * c - 1), None);
+        assert_eq!(s.whole_chunks(c - 1, 3 * c + 1), Some(Run { start: c, len: 2 * c }));
     }
 
     #[test]
