@@ -85,6 +85,19 @@ fn rewrite_whole(store: &Store, vid: VolumeId, stop: &AtomicBool, last: &AtomicU
     }
 }
 
+/// Volumes `a` and `b` of `BLOCKS` blocks, `a` holding generation 1 in
+/// its first block, flushed, and `c` of `BULK_BLOCKS` blocks for
+/// [`rewrite_whole`].
+fn two_volumes_and_a_bulk_one(store: &Store) -> (VolumeId, VolumeId, VolumeId) {
+    let a = store.create_volume(VolumeOptions::new("a", BLOCKS * BS)).unwrap().id;
+    let b = store.create_volume(VolumeOptions::new("b", BLOCKS * BS)).unwrap().id;
+    let c = store.create_volume(VolumeOptions::new("c", BULK_BLOCKS * BS)).unwrap().id;
+    let va = store.open_volume(a).unwrap();
+    va.write_at(&generation(1), 0).unwrap();
+    va.flush().unwrap();
+    (a, b, c)
+}
+
 fn assert_contents(store: &Store, vid: VolumeId, model: &[u64]) {
     let v = store.open_volume(vid).unwrap();
     let mut buf = vec![0u8; BS as usize];
@@ -103,13 +116,7 @@ fn check_in_a_loop_beside_writes_snapshots_deletes_and_checkpoints_is_always_cle
     let secs = std::env::var("COWVOL_CHECK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let opts = StoreOptions { checkpoint_wal_bytes: 1 << 20, ..Default::default() };
     let store = Store::open_in(Arc::new(SimDir::new()), opts).unwrap();
-    let a = store.create_volume(VolumeOptions::new("a", BLOCKS * BS)).unwrap().id;
-    let b = store.create_volume(VolumeOptions::new("b", BLOCKS * BS)).unwrap().id;
-    let c = store.create_volume(VolumeOptions::new("c", BULK_BLOCKS * BS)).unwrap().id;
-    let va = store.open_volume(a).unwrap();
-    va.write_at(&generation(1), 0).unwrap();
-    va.flush().unwrap();
-    drop(va);
+    let (a, b, c) = two_volumes_and_a_bulk_one(&store);
     store.checkpoint().unwrap();
 
     let stop = AtomicBool::new(false);
@@ -314,12 +321,7 @@ fn damage_to_a_node_page_and_a_data_block_is_found_while_writers_run() {
 #[test]
 fn a_wrong_reference_count_is_found_while_writers_run() {
     let store = Store::open_in(Arc::new(SimDir::new()), manual_checkpoints()).unwrap();
-    let a = store.create_volume(VolumeOptions::new("a", BLOCKS * BS)).unwrap().id;
-    let b = store.create_volume(VolumeOptions::new("b", BLOCKS * BS)).unwrap().id;
-    let c = store.create_volume(VolumeOptions::new("c", BULK_BLOCKS * BS)).unwrap().id;
-    let va = store.open_volume(a).unwrap();
-    va.write_at(&generation(1), 0).unwrap();
-    va.flush().unwrap();
+    let (a, b, c) = two_volumes_and_a_bulk_one(&store);
     let page = cowvol::testing::damage_refcount(&store, a, 5).expect("block 5 is mapped");
 
     let stop = AtomicBool::new(false);
