@@ -85,13 +85,7 @@ impl Engine {
     /// garbage not yet released, and other views' dirty nodes. Cost: one
     /// root copy per tree, under the lock the caller holds.
     pub(crate) fn pin<'a>(&'a self, st: &mut State) -> PinnedView<'a> {
-        let mut counted: Vec<PinnedRoot> = Vec::new();
-        let trees = st.volumes.values().map(|e| (&e.root, e.geo)).chain(
-            st.snapshots.values().map(|e| (&e.root, e.geo)).chain(st.templates.values().map(|e| (&e.root, e.geo))),
-        );
-        for (root, geo) in trees {
-            counted.extend(root.as_ref().map(|r| (view_ref(r), geo.top())));
-        }
+        let mut counted: Vec<PinnedRoot> = st.all_roots().into_iter().map(|(c, level)| (view_ref(c), level)).collect();
         counted.extend(st.garbage.iter().map(|(c, level)| (view_ref(c), *level)));
         // A dirty node a checkpoint has placed owns nothing any more.
         let unplaced = |c: &Child| matches!(c, Child::Mem(a) if a.placed().is_none());

@@ -404,8 +404,8 @@ impl State {
         self.volumes.insert(info.id.0, Entry { info, root, geo, rt: Arc::new(VolRuntime::default()) });
     }
 
-    /// Every tree root with its geometry: volumes, snapshots, and garbage
-    /// not yet released.
+    /// Every tree root with its level: volumes, snapshots and templates
+    /// (not the garbage list).
     pub(crate) fn all_roots(&self) -> Vec<(&Child, u32)> {
         let volumes = self.volumes.values().filter_map(Entry::leveled_root);
         let snapshots = self.snapshots.values().filter_map(Entry::leveled_root);
