@@ -226,7 +226,7 @@ impl Store {
             for p in start.max(1)..end {
                 let i = (p - start) as usize;
                 let Some(&stored) = slice.refcnt.get(i) else { break };
-                let reserved = slice.reserved.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
+                let reserved = slice.is_reserved(i as u64);
                 let state = PageState { stored, reserved, free: free.get(p - start), waiting: waiting.get(p) };
                 found.clear();
                 let refs = Refs { node: counted.node[p as usize], data: counted.data[p as usize] };
@@ -687,11 +687,7 @@ impl PageBits {
 
     /// The pages of `runs` set, clipped to `npages`.
     fn from_runs(npages: u64, runs: &[Run]) -> PageBits {
-        let mut bits = PageBits::new(npages);
-        for r in runs {
-            (r.start..(r.start + r.len).min(npages)).for_each(|p| bits.set(p));
-        }
-        bits
+        PageBits::from_runs_in(0..npages, runs)
     }
 
     /// The pages of `runs` that fall in `pages`, indexed from `pages.start`.
