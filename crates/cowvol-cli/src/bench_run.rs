@@ -1016,15 +1016,11 @@ fn node_cache(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn 
     let size = opts.volume_bytes();
     let nblocks = size / BS;
     let n = opts.random_ops();
-    let dir = opts.dir.join("cache-store");
-    let _ = std::fs::remove_dir_all(&dir);
-    let id = {
-        let store = Store::open(&dir, store_opts())?;
-        let id = store.create_volume(unflushed_volume(size))?.id;
-        fill_volume(&store.open_volume(id)?, size)?;
-        store.close()?;
-        id
-    };
+    let mut scratch = Scratch::new(&opts.dir, "cache-store", store_opts())?;
+    let id = scratch.store().create_volume(unflushed_volume(size))?.id;
+    fill_volume(&scratch.store().open_volume(id)?, size)?;
+    scratch.store.take().expect("open").close()?;
+    let dir = scratch.dir.clone();
     let raw = Raw::create(&opts.dir, "raw-cache.img")?;
     raw.fill(size)?;
     let mut buf = vec![0u8; BS as usize];
@@ -1055,7 +1051,6 @@ fn node_cache(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn 
         push(report, &format!("metadata_memory_{name}_node_cache"), "MiB", median(mem), None, false);
         push(report, &format!("node_cache_held_{name}"), "MiB", median(cached), None, false);
     }
-    drop(raw);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop((raw, scratch));
     Ok(())
 }
