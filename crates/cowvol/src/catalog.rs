@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::{Crc, Dec, Enc};
+use crate::space::TableRoot;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -544,6 +545,12 @@ pub(crate) struct CatalogImage {
     pub(crate) volumes: Vec<(VolumeInfo, u64)>,
     pub(crate) snapshots: Vec<(SnapshotInfo, u64)>,
     pub(crate) templates: Vec<(TemplateInfo, u64)>,
+    /// The reference table (version 5 on; older catalogs have none, and
+    /// open counts references by walking the trees).
+    pub(crate) table: Option<TableRoot>,
+    /// Subtrees no longer in any tree whose references are not yet
+    /// dropped: (node page, level). Version 5 on.
+    pub(crate) garbage: Vec<(u64, u32)>,
 }
 
 const CATALOG_MAGIC: u32 = u32::from_le_bytes(*b"CVCT");
@@ -569,6 +576,12 @@ impl CatalogImage {
         for (t, root) in &self.templates {
             t.encode(&mut e);
             e.u64(*root);
+        }
+        self.table.clone().unwrap_or_default().encode(&mut e);
+        e.u32(self.garbage.len() as u32);
+        for &(page, level) in &self.garbage {
+            e.u64(page);
+            e.u32(level);
         }
         e.buf
     }
@@ -600,11 +613,21 @@ impl CatalogImage {
             let t = TemplateInfo::decode(&mut d)?;
             templates.push((t, d.u64()?));
         }
+        let (table, garbage) =
+            if version >= 5 { (Some(TableRoot::decode(&mut d)?), decode_garbage(&mut d)?) } else { (None, Vec::new()) };
         if d.remaining() != 0 {
             return Err(d.bad("trailing bytes"));
         }
-        Ok(CatalogImage { next_volume, next_snapshot, next_template, volumes, snapshots, templates })
+        Ok(CatalogImage { next_volume, next_snapshot, next_template, volumes, snapshots, templates, table, garbage })
     }
+}
+
+fn decode_garbage(d: &mut Dec<'_>) -> Result<Vec<(u64, u32)>> {
+    let n = d.u32()? as usize;
+    if n > d.remaining() / 12 {
+        return Err(d.bad(format!("{n} garbage entries do not fit")));
+    }
+    (0..n).map(|_| Ok((d.u64()?, d.u32()?))).collect()
 }
 
 #[cfg(test)]
@@ -684,6 +707,8 @@ mod tests {
             volumes: vec![(v, 9)],
             snapshots: vec![(s, 0)],
             templates: vec![(t, 9)],
+            table: Some(TableRoot { covered_pages: 5000, index: vec![crate::space::IndexRef { page: 31, crc: 7 }] }),
+            garbage: vec![(44, 1)],
         };
         let bytes = img.encode();
         let crc = Crc::of(&bytes).0;
@@ -694,5 +719,6 @@ mod tests {
         // bytes do not parse.
         assert!(CatalogImage::decode(&bytes, crc, "t", 2).is_err());
         assert!(CatalogImage::decode(&bytes, crc, "t", 3).is_err());
+        assert!(CatalogImage::decode(&bytes, crc, "t", 4).is_err());
     }
 }

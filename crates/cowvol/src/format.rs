@@ -16,8 +16,10 @@ pub(crate) const DATA_FILE: &str = "cowvol.dat";
 
 /// Current on-disk format version. Version 3 added owners to volumes and
 /// templates; version 4 added calendar schedules to volumes, expiry,
-/// schedule and idempotency key to snapshots, and the schedule records.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+/// schedule and idempotency key to snapshots, and the schedule records;
+/// version 5 added the reference table and the garbage list to the
+/// catalog (see `space::table`).
+pub(crate) const FORMAT_VERSION: u32 = 5;
 /// The oldest version this build opens. Its stores are read as they are and
 /// written in the current version from their first checkpoint on.
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 2;

@@ -22,6 +22,10 @@ use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod table;
+
+pub(crate) use table::{IndexRef, TableRoot};
+
 /// A contiguous run of pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Run {
@@ -99,6 +103,9 @@ pub(crate) struct Space {
     /// before), and punch steps punch each once more to give its space
     /// back for sure. `None` when there are none left.
     repunch_from: Option<u64>,
+    /// Where the reference table lives on the disk, and which of its
+    /// groups changed since the last checkpoint.
+    table: table::Table,
 }
 
 /// What [`Space::take_punchable`] found: runs taken out of the free map
@@ -135,6 +142,7 @@ impl Space {
             hole_pages: 0,
             punch_from: None,
             repunch_from: None,
+            table: table::Table::default(),
         };
         s.set_reserved(0, true);
         s
@@ -237,6 +245,10 @@ impl Space {
     }
 
     pub(crate) fn set_reserved(&mut self, page: u64, on: bool) {
+        // A referenced page's entry says whether it is a node or data.
+        if self.refcnt[page as usize] > 0 {
+            self.mark_changed(page);
+        }
         let w = &mut self.reserved[(page / 64) as usize];
         if on {
             *w |= 1 << (page % 64);
@@ -287,12 +299,14 @@ impl Space {
 
     /// A new leaf references `page`.
     pub(crate) fn inc(&mut self, page: u64) {
+        self.mark_changed(page);
         self.refcnt[page as usize] += 1;
     }
 
     /// A leaf that referenced `page` is gone or changed; at zero the page is
     /// quarantined until the next checkpoint is durable.
     pub(crate) fn dec(&mut self, page: u64) {
+        self.mark_changed(page);
         let c = &mut self.refcnt[page as usize];
         debug_assert!(*c > 0, "refcount underflow on page {page}");
         *c = c.saturating_sub(1);
@@ -305,6 +319,7 @@ impl Space {
     /// was the last: the page then becomes obsolete (still reserved, so not
     /// reused before the next checkpoint is durable).
     pub(crate) fn dec_node(&mut self, page: u64) -> bool {
+        self.mark_changed(page);
         let c = &mut self.refcnt[page as usize];
         debug_assert!(*c > 0, "node refcount underflow on page {page}");
         *c = c.saturating_sub(1);
@@ -317,6 +332,7 @@ impl Space {
 
     /// Sets the reference count directly (recovery only).
     pub(crate) fn set_refcount(&mut self, page: u64, n: u32) {
+        self.mark_changed(page);
         self.refcnt[page as usize] = n;
     }
 
@@ -400,7 +416,12 @@ impl Space {
     /// (quarantined) pages back into free space.
     fn metadata_reserve(&self) -> u64 {
         let growth = (2 * self.catalog_growth).div_ceil(self.block_size);
-        RESERVE_BASE_PAGES + self.dirty_nodes + self.catalog_reserve + growth + 2 * self.segment_pages
+        RESERVE_BASE_PAGES
+            + self.dirty_nodes
+            + self.table_reserve()
+            + self.catalog_reserve
+            + growth
+            + 2 * self.segment_pages
     }
 
     /// Makes sure `n` more pages can be taken with the metadata reserve

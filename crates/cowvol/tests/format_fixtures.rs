@@ -1,7 +1,7 @@
 //! Stores written by earlier versions of cowvol still open and read back
 //! what was written into them, and a damaged one is refused cleanly.
 //!
-//! For each version N kept here (2 and 3), `tests/fixtures/vN-clean` was
+//! For each version N kept here (2, 3 and 4), `tests/fixtures/vN-clean` was
 //! closed cleanly; `vN-crashed` was abandoned like a killed process with
 //! changes in its WAL after the last checkpoint, so opening it replays
 //! version-N records; `vN-damaged-catalog` is `vN-clean` with one byte of
@@ -116,7 +116,7 @@ fn assert_history(store: &Store) {
 }
 
 /// The format version this build writes.
-const CURRENT: u32 = 4;
+const CURRENT: u32 = 5;
 
 /// Opens a clean fixture, checks it, writes to it, and checks that the
 /// first checkpoint upgraded it and that what the new version added works.
@@ -168,6 +168,11 @@ fn a_cleanly_closed_version_3_store_opens_and_is_upgraded() {
 }
 
 #[test]
+fn a_cleanly_closed_version_4_store_opens_and_is_upgraded() {
+    upgrade_clean("v4");
+}
+
+#[test]
 fn a_crashed_version_2_store_replays_its_log() {
     let dir = copy_of("v2-crashed");
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
@@ -182,6 +187,13 @@ fn a_crashed_version_3_store_replays_its_log() {
 }
 
 #[test]
+fn a_crashed_version_4_store_replays_its_log() {
+    let dir = copy_of("v4-crashed");
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_history(&store);
+}
+
+#[test]
 fn a_damaged_version_2_store_is_refused_as_corruption() {
     refused_as_corruption("v2");
 }
@@ -189,6 +201,11 @@ fn a_damaged_version_2_store_is_refused_as_corruption() {
 #[test]
 fn a_damaged_version_3_store_is_refused_as_corruption() {
     refused_as_corruption("v3");
+}
+
+#[test]
+fn a_damaged_version_4_store_is_refused_as_corruption() {
+    refused_as_corruption("v4");
 }
 
 /// Writes the fixtures. Run only by hand, on the version whose format they

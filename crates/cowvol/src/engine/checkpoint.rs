@@ -7,7 +7,7 @@ use super::{CheckpointState, Engine, State};
 use crate::catalog::CatalogImage;
 use crate::error::{Error, Result};
 use crate::format::{self, Crc, LogStart, Superblock, SUPERBLOCK_SLOTS};
-use crate::space::Run;
+use crate::space::{IndexRef, Run, TableRoot};
 use crate::tree::{self, Child, Node};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,12 +78,24 @@ impl Engine {
             tree::release_dirty_garbage(garbage, space);
         }
         let dirty = collect_dirty(&st);
-        let catalog_len = catalog_image(&st).encode().len();
-        let catalog_pages = (catalog_len as u64).div_ceil(self.block_size as u64).max(1);
         let node_runs = if dirty.nodes.is_empty() { Vec::new() } else { st.space.alloc(dirty.nodes.len() as u64)? };
+        let moves = match st.space.plan_table_moves(&node_runs) {
+            Ok(m) => m,
+            Err(e) => {
+                free_runs(&mut st, &node_runs);
+                return Err(e);
+            }
+        };
+        let garbage = garbage_pages(&st);
+        // The root's shape is fixed by now: only its page numbers and
+        // CRCs are still to come.
+        let shape = TableRoot { covered_pages: 0, index: vec![IndexRef::default(); moves.index_pages(&st.space)] };
+        let catalog_len = catalog_image(&st, shape, garbage.clone()).encode().len();
+        let catalog_pages = (catalog_len as u64).div_ceil(self.block_size as u64).max(1);
         let catalog_page = match st.space.alloc_contiguous(catalog_pages) {
             Ok(p) => p,
             Err(e) => {
+                st.space.abandon_table_moves(moves);
                 free_runs(&mut st, &node_runs);
                 return Err(e);
             }
@@ -102,11 +114,13 @@ impl Engine {
         }
         let pages: Vec<u64> = node_runs.iter().flat_map(|r| r.start..r.start + r.len).collect();
         let nodes = place_dirty_nodes(&mut st, dirty, &pages);
-        let catalog = catalog_image(&st).encode();
-        debug_assert_eq!(catalog.len(), catalog_len, "root pages are fixed width");
+        let table = st.space.capture_table(moves);
+        let catalog = catalog_image(&st, table.root, garbage).encode();
+        debug_assert_eq!(catalog.len(), catalog_len, "root pages and table references are fixed width");
         Ok(Plan {
             nodes,
             node_runs,
+            table_pages: table.pages,
             catalog,
             catalog_run: Run { start: catalog_page, len: catalog_pages },
             log_start,
@@ -120,6 +134,7 @@ impl Engine {
     /// frees what only the previous checkpoint needed.
     fn write_checkpoint(&self, ck: &mut CheckpointState, plan: Plan) -> Result<()> {
         self.write_nodes(&plan.nodes, &plan.node_runs)?;
+        self.write_table(&plan.table_pages)?;
         let cat = plan.catalog_run;
         let offset = format::data_start(self.block_size) + cat.start * self.block_size as u64;
         self.file.write_at(&plan.catalog, offset).map_err(|e| Error::io("writing the catalog", e))?;
@@ -162,6 +177,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Writes the table's group and index pages, one `pwrite` per run of
+    /// consecutive pages (the pool hands them out in runs).
+    fn write_table(&self, pages: &[(u64, Vec<u8>)]) -> Result<()> {
+        let mut sorted: Vec<&(u64, Vec<u8>)> = pages.iter().collect();
+        sorted.sort_unstable_by_key(|(p, _)| *p);
+        let mut i = 0;
+        while i < sorted.len() {
+            let start = sorted[i].0;
+            let mut buf = Vec::new();
+            while i < sorted.len() && sorted[i].0 == start + (buf.len() / self.block_size as usize) as u64 {
+                buf.extend_from_slice(&sorted[i].1);
+                i += 1;
+            }
+            let off = format::data_start(self.block_size) + start * self.block_size as u64;
+            self.file.write_at(&buf, off).map_err(|e| Error::io("writing the reference table", e))?;
+        }
+        Ok(())
+    }
+
     /// Writes the placed nodes, one `pwrite` per run of pages.
     fn write_nodes(&self, placed: &[PlacedNode], runs: &[Run]) -> Result<()> {
         let bs = self.block_size as usize;
@@ -194,6 +228,8 @@ struct Plan {
     /// In the order of the pages in `node_runs`.
     nodes: Vec<PlacedNode>,
     node_runs: Vec<Run>,
+    /// The reference table's group and index pages that changed.
+    table_pages: Vec<(u64, Vec<u8>)>,
     catalog: Vec<u8>,
     catalog_run: Run,
     log_start: LogStart,
@@ -301,10 +337,18 @@ fn free_runs(st: &mut State, runs: &[Run]) {
     }
 }
 
+/// The garbage list as pages: after `release_dirty_garbage` it holds only
+/// written nodes.
+fn garbage_pages(st: &State) -> Vec<(u64, u32)> {
+    debug_assert!(st.garbage.iter().all(|(c, _)| c.page().is_some()), "dirty garbage left at a checkpoint");
+    st.garbage.iter().filter_map(|(c, level)| c.page().map(|p| (p, *level))).collect()
+}
+
 /// The catalog as the trees stand: each entry with its root page (0 for
 /// none, and for a dirty root, which the checkpoint places before it
-/// encodes the catalog it writes).
-fn catalog_image(st: &State) -> CatalogImage {
+/// encodes the catalog it writes), the reference table's root and the
+/// garbage list.
+fn catalog_image(st: &State, table: TableRoot, garbage: Vec<(u64, u32)>) -> CatalogImage {
     let page = |r: &Option<Child>| r.as_ref().and_then(Child::page).unwrap_or(0);
     CatalogImage {
         next_volume: st.next_volume,
@@ -313,5 +357,7 @@ fn catalog_image(st: &State) -> CatalogImage {
         volumes: st.volumes.values().map(|e| (e.info.clone(), page(&e.root))).collect(),
         snapshots: st.snapshots.values().map(|e| (e.info.clone(), page(&e.root))).collect(),
         templates: st.templates.values().map(|e| (e.info.clone(), page(&e.root))).collect(),
+        table: Some(table),
+        garbage,
     }
 }

@@ -268,7 +268,21 @@ fn recover(
             st.space.set_reserved(p, true);
         }
     }
-    count_references(&mut st, npages)?;
+    match &image.table {
+        // The table the checkpoint wrote: every count and kind as they
+        // were, read rather than recomputed.
+        Some(table) => {
+            let State { space, .. } = &mut st;
+            space.load_table(table, &*file)?;
+            st.garbage = image.garbage.iter().map(|&(p, level)| (Child::Disk(p), level)).collect();
+            for &(p, _) in &image.garbage {
+                root_at(p, npages)?;
+            }
+        }
+        // Before version 5: walk the trees; the first checkpoint writes
+        // the table.
+        None => count_references(&mut st, npages)?,
+    }
     // Replay the WAL.
     let mut records = log.records;
     let keep = first_unverifiable(&*file, &st, &records, log.durable_lsn, npages)?;

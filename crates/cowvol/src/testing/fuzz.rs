@@ -188,8 +188,16 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
         volumes,
         snapshots,
         templates: vec![(samples::template(), 9)],
+        table: Some(crate::space::TableRoot::default()),
+        garbage: vec![(9, 0)],
     };
-    let empty = CatalogImage { next_volume: 1, next_snapshot: 1, next_template: 1, ..Default::default() };
+    let empty = CatalogImage {
+        next_volume: 1,
+        next_snapshot: 1,
+        next_template: 1,
+        table: Some(crate::space::TableRoot::default()),
+        ..Default::default()
+    };
     let sb = crate::format::Superblock {
         version: crate::format::FORMAT_VERSION,
         block_size: 4096,

@@ -22,3 +22,35 @@ pub fn catalog_offset(image: &[u8]) -> Option<u64> {
 pub fn format_version(image: &[u8]) -> Option<u32> {
     live_superblock(image).map(|sb| sb.version)
 }
+
+/// The pages of the live reference table in a data file's image, as
+/// `(page, kind)` with kind `"index"` or `"group"`: what the live catalog's
+/// table root and its index pages name. Empty when the image has no valid
+/// superblock or catalog, or a catalog of a version without the table.
+pub fn table_pages(image: &[u8]) -> Vec<(u64, &'static str)> {
+    let Some(sb) = live_superblock(image) else {
+        return Vec::new();
+    };
+    let bs = sb.block_size as usize;
+    let start = crate::format::data_start(sb.block_size) as usize;
+    let page_bytes = |page: u64| image.get(start + page as usize * bs..start + (page as usize + 1) * bs);
+    let catalog_at = start + sb.catalog_page as usize * bs;
+    let Some(catalog) = image.get(catalog_at..catalog_at + sb.catalog_len as usize) else {
+        return Vec::new();
+    };
+    let Ok(img) = crate::catalog::CatalogImage::decode(catalog, sb.catalog_crc, "image", sb.version) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for r in img.table.map(|t| t.index).unwrap_or_default().into_iter().filter(|r| r.page != 0) {
+        out.push((r.page, "index"));
+        let Some(bytes) = page_bytes(r.page) else { continue };
+        for entry in bytes.chunks_exact(16) {
+            let page = u64::from_le_bytes(entry[..8].try_into().expect("eight bytes"));
+            if page != 0 {
+                out.push((page, "group"));
+            }
+        }
+    }
+    out
+}

@@ -19,7 +19,7 @@ pub use fuzz::{
     crc32, decode_catalog, decode_superblock, decode_tree_node, decode_wal_batch, sample_catalog_inputs,
     sample_wal_batches,
 };
-pub use image::{catalog_offset, format_version};
+pub use image::{catalog_offset, format_version, table_pages};
 pub use rng::SplitMix64;
 pub use sim::{LossMode, SimDir, SimStats};
 

@@ -1,0 +1,483 @@
+//! The reference table: every page's reference count and kind, kept on the
+//! disk so that opening a store reads it instead of walking every tree.
+//!
+//! The data file's pages fall into groups of `block_size / 4` pages. A
+//! group's entries fill exactly one page, its *group page*, one
+//! little-endian `u32` per page of the group:
+//!
+//! | entry                 | the page is                                   |
+//! |-----------------------|-----------------------------------------------|
+//! | `0`                   | free, or used only by the WAL or the catalog  |
+//! | `1 ..= 2^31 - 1`      | data, held by that many leaves                |
+//! | `2^31 + n`, `n >= 1`  | a tree node, referenced `n` times             |
+//! | `0xFFFF_FFFF`         | a group page or an index page of this table   |
+//!
+//! A checkpoint writes, copy-on-write, the group pages whose entries
+//! changed since the last one. *Index pages* say where each group page
+//! lives: 16 bytes per group (page, CRC, zero entries), `block_size / 16`
+//! groups per index page; page 0 stands for a group (or an index page) of
+//! zeroes that was never written. The catalog lists the index pages with
+//! their CRCs and the number of pages the table covers ([`TableRoot`]).
+//!
+//! Invariants enforced here:
+//! - the table a checkpoint writes describes the store as that checkpoint
+//!   captures it: pages freed but waiting for the checkpoint to be durable
+//!   (quarantined data, obsolete nodes, replaced table pages) are written
+//!   as free, because after that checkpoint they are;
+//! - the table describes its own pages (`0xFFFF_FFFF`), so open needs no
+//!   list of them to keep the allocator off them; a checkpoint gives every
+//!   group page and index page that changes a new page, and the groups of
+//!   those pages change too, until nothing more changes (a fixed point
+//!   reached in a few rounds, since a group moves at most once per
+//!   checkpoint);
+//! - the catalog and the WAL are not in the table (their entries are 0):
+//!   open marks them from the superblock and the log chain, and a table
+//!   entry for one of their pages is corruption.
+
+use super::{Run, Space};
+use crate::backend::StorageFile;
+use crate::error::{Error, Result};
+use crate::format::{Crc, Dec, Enc, DATA_FILE};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Entry flag of a tree node page.
+pub(crate) const NODE: u32 = 1 << 31;
+/// Entry of a page of the table itself.
+pub(crate) const META: u32 = u32::MAX;
+/// Bytes per group in an index page: page (8), CRC (4), zero entries (4).
+const INDEX_ENTRY: usize = 16;
+
+/// Where one group page lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GroupRef {
+    /// 0: never written, all entries zero.
+    pub(crate) page: u64,
+    pub(crate) crc: u32,
+    /// Entries that are zero: a hint of where free space is.
+    pub(crate) zeros: u32,
+}
+
+/// Where one index page lives, as the catalog records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct IndexRef {
+    /// 0: never written, every group in it never written.
+    pub(crate) page: u64,
+    pub(crate) crc: u32,
+}
+
+/// The table as the catalog records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TableRoot {
+    /// Pages the table describes; pages past this are free.
+    pub(crate) covered_pages: u64,
+    pub(crate) index: Vec<IndexRef>,
+}
+
+impl TableRoot {
+    pub(crate) fn encode(&self, e: &mut Enc) {
+        e.u64(self.covered_pages);
+        e.u32(self.index.len() as u32);
+        for r in &self.index {
+            e.u64(r.page);
+            e.u32(r.crc);
+        }
+    }
+
+    pub(crate) fn decode(d: &mut Dec<'_>) -> Result<TableRoot> {
+        let covered_pages = d.u64()?;
+        let n = d.u32()? as usize;
+        if n > d.remaining() / 12 {
+            return Err(d.bad(format!("{n} index pages do not fit")));
+        }
+        let mut index = Vec::with_capacity(n);
+        for _ in 0..n {
+            index.push(IndexRef { page: d.u64()?, crc: d.u32()? });
+        }
+        Ok(TableRoot { covered_pages, index })
+    }
+}
+
+/// The table's bookkeeping inside [`Space`].
+#[derive(Debug, Default)]
+pub(crate) struct Table {
+    /// Where each group's current page lives.
+    groups: Vec<GroupRef>,
+    index: Vec<IndexRef>,
+    /// Pages holding the current group and index pages.
+    pages: BTreeSet<u64>,
+    /// One bit per group: entries changed since the last capture.
+    dirty: Vec<u64>,
+    dirty_count: u64,
+}
+
+/// What a checkpoint plan took for the table: new pages for the groups and
+/// index pages that change, from a pool allocated up front, so that a full
+/// disk fails the plan before anything changed.
+#[derive(Debug, Default)]
+pub(crate) struct TableMoves {
+    groups: BTreeMap<u64, u64>,
+    index: BTreeMap<u64, u64>,
+    pool: Vec<Run>,
+    used: u64,
+    /// Pages the captured table describes: the file as it was once the
+    /// pool was allocated (later growth is free space, implicitly).
+    covered: u64,
+}
+
+impl TableMoves {
+    /// Index pages the captured table has (the catalog's length depends
+    /// on it).
+    pub(crate) fn index_pages(&self, space: &Space) -> usize {
+        space.groups_for(self.covered).div_ceil(space.index_fanout()) as usize
+    }
+}
+
+/// The pages a checkpoint writes for the table, and the root it records.
+#[derive(Debug, Default)]
+pub(crate) struct TableWrite {
+    pub(crate) pages: Vec<(u64, Vec<u8>)>,
+    pub(crate) root: TableRoot,
+}
+
+impl Space {
+    /// Entries per group page.
+    pub(crate) fn group_entries(&self) -> u64 {
+        self.block_size / 4
+    }
+
+    /// Groups per index page.
+    fn index_fanout(&self) -> u64 {
+        self.block_size / INDEX_ENTRY as u64
+    }
+
+    fn group_of(&self, page: u64) -> u64 {
+        page / self.group_entries()
+    }
+
+    /// Groups the table has for a file of `npages` pages.
+    fn groups_for(&self, npages: u64) -> u64 {
+        npages.div_ceil(self.group_entries())
+    }
+
+    /// Records that the entry of `page` changed.
+    pub(super) fn mark_changed(&mut self, page: u64) {
+        let g = self.group_of(page);
+        let (w, bit) = ((g / 64) as usize, 1u64 << (g % 64));
+        if self.table.dirty.len() <= w {
+            self.table.dirty.resize(w + 1, 0);
+        }
+        if self.table.dirty[w] & bit == 0 {
+            self.table.dirty[w] |= bit;
+            self.table.dirty_count += 1;
+        }
+    }
+
+    /// Groups changed since the last checkpoint: pages the next one
+    /// writes for them (before the fixed point adds its own few).
+    pub(crate) fn dirty_groups(&self) -> u64 {
+        self.table.dirty_count
+    }
+
+    /// Pages the next checkpoint may need for the table: a page for each
+    /// group that changed and for each group of the nodes it places, as
+    /// many again for the groups those moves touch, and the index pages;
+    /// never more than the whole table, since a group moves at most once
+    /// per checkpoint.
+    pub(super) fn table_reserve(&self) -> u64 {
+        let ngroups = self.groups_for(self.npages) + 1;
+        let moved = (2 * (self.table.dirty_count + self.dirty_nodes) + 8).min(ngroups);
+        moved + ngroups.div_ceil(self.index_fanout())
+    }
+
+    fn dirty_group_list(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.table.dirty_count as usize);
+        for (w, &word) in self.table.dirty.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                out.push(w as u64 * 64 + bits.trailing_zeros() as u64);
+                bits &= bits - 1;
+            }
+        }
+        out
+    }
+
+    /// The entry of `page` as the table records it now.
+    fn entry(&self, page: u64) -> u32 {
+        let n = self.refcnt.get(page as usize).copied().unwrap_or(0);
+        if !self.is_reserved(page) {
+            n
+        } else if n > 0 {
+            NODE | n
+        } else if self.table.pages.contains(&page) {
+            META
+        } else {
+            0
+        }
+    }
+
+    /// Chooses new pages for every group that changed (and for the pages
+    /// in `also`, which the caller is about to change: the nodes a
+    /// checkpoint places) and for the index pages above them, until the
+    /// moves change no further group. Allocates all of it; on failure
+    /// gives it back and changes nothing.
+    pub(crate) fn plan_table_moves(&mut self, also: &[Run]) -> Result<TableMoves> {
+        let mut moves = TableMoves::default();
+        let mut dirty: BTreeSet<u64> = self.dirty_group_list().into_iter().collect();
+        for r in also {
+            dirty.extend(self.group_of(r.start)..=self.group_of(r.start + r.len - 1));
+        }
+        loop {
+            let mut changed = false;
+            let waiting: Vec<u64> = dirty.iter().copied().filter(|g| !moves.groups.contains_key(g)).collect();
+            for g in waiting {
+                let page = self.take_from_pool(&mut moves)?;
+                moves.groups.insert(g, page);
+                dirty.insert(self.group_of(page));
+                if let Some(old) = self.table.groups.get(g as usize).map(|r| r.page).filter(|&p| p != 0) {
+                    dirty.insert(self.group_of(old));
+                }
+                changed = true;
+            }
+            let fanout = self.index_fanout();
+            let index_dirty: BTreeSet<u64> = moves.groups.keys().map(|g| g / fanout).collect();
+            for i in index_dirty {
+                if moves.index.contains_key(&i) {
+                    continue;
+                }
+                let page = self.take_from_pool(&mut moves)?;
+                moves.index.insert(i, page);
+                dirty.insert(self.group_of(page));
+                if let Some(old) = self.table.index.get(i as usize).map(|r| r.page).filter(|&p| p != 0) {
+                    dirty.insert(self.group_of(old));
+                }
+                changed = true;
+            }
+            if !changed {
+                // A table read at open may cover more than the file holds
+                // (see `load_table`); it never shrinks.
+                moves.covered = self.npages.max(self.table.groups.len() as u64 * self.group_entries());
+                return Ok(moves);
+            }
+        }
+    }
+
+    /// A page for the table from the plan's pool, allocating more when the
+    /// pool is used up; on failure everything the pool took is freed.
+    fn take_from_pool(&mut self, moves: &mut TableMoves) -> Result<u64> {
+        let mut skip = moves.used;
+        for r in &moves.pool {
+            if skip < r.len {
+                moves.used += 1;
+                return Ok(r.start + skip);
+            }
+            skip -= r.len;
+        }
+        let want = (self.dirty_groups() / 8).clamp(4, 1024);
+        match self.alloc(want) {
+            Ok(runs) => {
+                moves.pool.extend(runs);
+                self.take_from_pool(moves)
+            }
+            Err(e) => {
+                self.abandon_table_moves(std::mem::take(moves));
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives back every page a plan took (the checkpoint failed before it
+    /// changed anything).
+    pub(crate) fn abandon_table_moves(&mut self, moves: TableMoves) {
+        for r in moves.pool {
+            self.free_run(r);
+        }
+    }
+
+    /// Makes the moves, and encodes every moved group and index page as the
+    /// store stands now (under the same hold of the state lock as the rest
+    /// of the checkpoint's capture). Returns the pages to write and the
+    /// root for the catalog.
+    pub(crate) fn capture_table(&mut self, moves: TableMoves) -> TableWrite {
+        self.give_back_unused(&moves);
+        let ngroups = self.groups_for(moves.covered);
+        self.table.groups.resize(ngroups as usize, GroupRef::default());
+        let nindex = ngroups.div_ceil(self.index_fanout());
+        self.table.index.resize(nindex as usize, IndexRef::default());
+        let moved = moves.groups.iter().map(|(&g, &p)| (g, p, self.table.groups[g as usize].page));
+        let moved_index = moves.index.iter().map(|(&i, &p)| (i, p, self.table.index[i as usize].page));
+        let relocations: Vec<(u64, u64)> = moved.chain(moved_index).map(|(_, new, old)| (new, old)).collect();
+        for (new, old) in relocations {
+            if old != 0 {
+                self.table.pages.remove(&old);
+                self.obsolete.push(old);
+            }
+            self.table.pages.insert(new);
+            self.set_reserved(new, true);
+        }
+        let mut pages = Vec::with_capacity(moves.groups.len() + moves.index.len());
+        for (&g, &page) in &moves.groups {
+            let (bytes, zeros) = self.encode_group(g);
+            self.table.groups[g as usize] = GroupRef { page, crc: Crc::of(&bytes).0, zeros };
+            pages.push((page, bytes));
+        }
+        for (&i, &page) in &moves.index {
+            let bytes = self.encode_index(i);
+            self.table.index[i as usize] = IndexRef { page, crc: Crc::of(&bytes).0 };
+            pages.push((page, bytes));
+        }
+        for &g in moves.groups.keys() {
+            let (w, bit) = ((g / 64) as usize, 1u64 << (g % 64));
+            if let Some(word) = self.table.dirty.get_mut(w).filter(|word| **word & bit != 0) {
+                *word &= !bit;
+                self.table.dirty_count -= 1;
+            }
+        }
+        debug_assert_eq!(self.table.dirty_count, 0, "a group changed after the table's moves were planned");
+        TableWrite { pages, root: TableRoot { covered_pages: moves.covered, index: self.table.index.clone() } }
+    }
+
+    fn give_back_unused(&mut self, moves: &TableMoves) {
+        let mut skip = moves.used;
+        for r in &moves.pool {
+            if skip >= r.len {
+                skip -= r.len;
+                continue;
+            }
+            self.free_run(Run { start: r.start + skip, len: r.len - skip });
+            skip = 0;
+        }
+    }
+
+    /// Group `g`'s page as it stands, and how many of its entries are zero.
+    fn encode_group(&self, g: u64) -> (Vec<u8>, u32) {
+        let n = self.group_entries();
+        let mut e = Enc::with_capacity(self.block_size as usize);
+        let mut zeros = 0;
+        for page in g * n..(g + 1) * n {
+            let v = self.entry(page);
+            zeros += u32::from(v == 0);
+            e.u32(v);
+        }
+        (e.buf, zeros)
+    }
+
+    /// Index page `i` as the group references stand.
+    fn encode_index(&self, i: u64) -> Vec<u8> {
+        let fanout = self.index_fanout();
+        let mut e = Enc::with_capacity(self.block_size as usize);
+        for g in i * fanout..(i + 1) * fanout {
+            let r = self.table.groups.get(g as usize).copied().unwrap_or_default();
+            e.u64(r.page);
+            e.u32(r.crc);
+            e.u32(r.zeros);
+        }
+        e.buf
+    }
+
+    /// Reads the table a checkpoint wrote and sets every page's count and
+    /// kind from it. The caller has marked the catalog's and the log's
+    /// pages reserved; an entry for one of them is corruption, as is a
+    /// page of the table that its entries do not mark as such.
+    pub(crate) fn load_table(&mut self, root: &TableRoot, file: &dyn StorageFile) -> Result<()> {
+        // The table may cover more pages than the file holds: space added
+        // at the end and never written need not survive a crash. Those
+        // pages must be free in it (`apply_group` checks).
+        let ngroups = self.groups_for(root.covered_pages);
+        if root.index.len() as u64 != ngroups.div_ceil(self.index_fanout()) {
+            return Err(table_corruption(
+                format!("{DATA_FILE} catalog"),
+                format!("{} index pages for {ngroups} groups", root.index.len()),
+            ));
+        }
+        self.table.groups = vec![GroupRef::default(); ngroups as usize];
+        self.table.index = root.index.clone();
+        let mut buf = vec![0u8; self.block_size as usize];
+        for (i, r) in root.index.iter().enumerate() {
+            if r.page == 0 {
+                continue;
+            }
+            self.read_table_page(file, r.page, r.crc, "index page", &mut buf)?;
+            self.table.pages.insert(r.page);
+            let mut d = Dec::new(&buf, "table index page");
+            let fanout = self.index_fanout() as usize;
+            for k in 0..fanout {
+                let g = GroupRef { page: d.u64()?, crc: d.u32()?, zeros: d.u32()? };
+                let index = i * fanout + k;
+                if index < ngroups as usize {
+                    self.table.groups[index] = g;
+                } else if g.page != 0 {
+                    return Err(table_corruption(
+                        format!("{DATA_FILE} index page {}", r.page),
+                        "a group past the table's end",
+                    ));
+                }
+            }
+        }
+        let groups = self.table.groups.clone();
+        for r in groups.iter().filter(|r| r.page != 0) {
+            if !self.table.pages.insert(r.page) {
+                return Err(table_corruption(format!("{DATA_FILE} page {}", r.page), "two table pages in one place"));
+            }
+        }
+        for (g, r) in groups.iter().enumerate() {
+            if r.page != 0 {
+                self.read_table_page(file, r.page, r.crc, "group page", &mut buf)?;
+                self.apply_group(g as u64, &buf)?;
+            }
+        }
+        self.check_table_pages_marked()
+    }
+
+    fn read_table_page(&self, file: &dyn StorageFile, page: u64, crc: u32, what: &str, buf: &mut [u8]) -> Result<()> {
+        if page >= self.npages {
+            return Err(table_corruption(format!("{DATA_FILE} {what} at page {page}"), "outside the file"));
+        }
+        file.read_at(buf, self.offset_of(page)).map_err(|e| Error::io("reading the reference table", e))?;
+        Crc(crc).verify(buf, "reference table", || format!("{DATA_FILE} {what} at page {page}"))
+    }
+
+    /// Sets the counts and kinds of group `g`'s pages from its page.
+    fn apply_group(&mut self, g: u64, bytes: &[u8]) -> Result<()> {
+        let first = g * self.group_entries();
+        for (k, word) in bytes.chunks_exact(4).enumerate() {
+            let v = u32::from_le_bytes(word.try_into().expect("four bytes"));
+            let page = first + k as u64;
+            if v == 0 {
+                continue;
+            }
+            if page == 0 || page >= self.npages || self.is_reserved(page) {
+                return Err(table_corruption(
+                    format!("entry of page {page}"),
+                    "in use, but the page is page 0, outside the file, or the catalog's or the log's",
+                ));
+            }
+            match v {
+                META => {
+                    if !self.table.pages.contains(&page) {
+                        return Err(table_corruption(format!("entry of page {page}"), "marked as table, and is not"));
+                    }
+                    self.set_reserved(page, true);
+                }
+                NODE => return Err(table_corruption(format!("entry of page {page}"), "a node without references")),
+                v if v & NODE != 0 => {
+                    self.refcnt[page as usize] = v & !NODE;
+                    self.set_reserved(page, true);
+                }
+                v => self.refcnt[page as usize] = v,
+            }
+        }
+        Ok(())
+    }
+
+    /// Every page of the table is marked as such in it.
+    fn check_table_pages_marked(&self) -> Result<()> {
+        match self.table.pages.iter().find(|&&p| !self.is_reserved(p) || self.refcnt[p as usize] != 0) {
+            Some(p) => Err(table_corruption(format!("{DATA_FILE} page {p}"), "a page of the table not marked as one")),
+            None => Ok(()),
+        }
+    }
+}
+
+fn table_corruption(location: impl Into<String>, detail: impl Into<String>) -> Error {
+    Error::corruption("reference table", location, detail)
+}
