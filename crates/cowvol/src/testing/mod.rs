@@ -32,6 +32,12 @@ pub fn abandon(store: crate::Store) {
     drop(store);
 }
 
+/// Tree nodes the store has read from the disk so far (node cache misses),
+/// without the walk of every tree that `Store::stats` makes.
+pub fn nodes_read(store: &crate::Store) -> u64 {
+    store.engine.state.lock().nodes.stats().misses
+}
+
 /// Adds one to the stored reference count of the page that logical block
 /// `lblock` of volume `volume` maps to, as a bookkeeping bug would, and
 /// returns that page (`None` when the block is unmapped or the volume does
