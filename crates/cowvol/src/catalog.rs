@@ -163,6 +163,82 @@ impl FromStr for SnapshotStatus {
     }
 }
 
+/// Where a snapshot's copy on a backup target stands (the `cowvol-backup`
+/// crate sets it). It is kept beside [`SnapshotStatus`], not in it: a
+/// backup that fails leaves the snapshot itself ready to read, restore and
+/// back up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackupState {
+    /// A backup has started and not yet finished. A store that opens with a
+    /// snapshot in this state turns it `Failed` (the process that ran the
+    /// backup is gone); the target stays readable either way.
+    InProgress,
+    /// The backup, manifest last, is durable on the target.
+    BackedUp,
+    /// The last backup attempt failed; [`BackupRecord::reason`] says why.
+    Failed,
+}
+
+coded_enum!(BackupState { InProgress = 0, BackedUp = 1, Failed = 2 });
+
+impl fmt::Display for BackupState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackupState::InProgress => "backing-up",
+            BackupState::BackedUp => "backed-up",
+            BackupState::Failed => "backup-failed",
+        })
+    }
+}
+
+impl FromStr for BackupState {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "backing-up" | "in-progress" => Ok(BackupState::InProgress),
+            "backed-up" | "backedup" => Ok(BackupState::BackedUp),
+            "backup-failed" | "failed" => Ok(BackupState::Failed),
+            _ => Err(Error::invalid(format!("{s:?} is not a backup state (backing-up, backed-up or backup-failed)"))),
+        }
+    }
+}
+
+/// The last backup of a snapshot: its state, where it went, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRecord {
+    /// In progress, backed up, or failed.
+    pub state: BackupState,
+    /// The target, as a URL without credentials (at most
+    /// [`limits::MAX_BACKUP_TEXT_BYTES`]).
+    pub target: String,
+    /// The backup's id on the target; empty until one is known.
+    pub backup_id: String,
+    /// Why the backup failed; empty unless `state` is `Failed`.
+    pub reason: String,
+    /// When the state was set (seconds since the Unix epoch).
+    pub at: u64,
+}
+
+impl BackupRecord {
+    fn encode(&self, e: &mut Enc) {
+        e.u8(self.state.code());
+        e.str(&self.target);
+        e.str(&self.backup_id);
+        e.str(&self.reason);
+        e.u64(self.at);
+    }
+
+    fn decode(d: &mut Dec<'_>) -> Result<BackupRecord> {
+        Ok(BackupRecord {
+            state: BackupState::from_code(d.u8()?, d)?,
+            target: d.str()?,
+            backup_id: d.str()?,
+            reason: d.str()?,
+            at: d.u64()?,
+        })
+    }
+}
+
 /// What a volume's tree was copied from when it was created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VolumeOrigin {
@@ -337,6 +413,8 @@ pub struct SnapshotInfo {
     /// The idempotency key it was created with (see
     /// [`crate::SnapshotOptions::idempotency_key`]).
     pub idempotency_key: Option<String>,
+    /// Its last backup to a target off the disk, if any.
+    pub backup: Option<BackupRecord>,
 }
 
 impl SnapshotInfo {
@@ -482,7 +560,7 @@ impl SnapshotInfo {
             1 => true,
             b => return Err(d.bad(format!("bad hold flag {b}"))),
         };
-        let (expires_at, schedule, idempotency_key) = decode_snapshot_extras(d)?;
+        let (expires_at, schedule, idempotency_key, backup) = decode_snapshot_extras(d)?;
         Ok(SnapshotInfo {
             id,
             volume_id,
@@ -499,17 +577,21 @@ impl SnapshotInfo {
             expires_at,
             schedule,
             idempotency_key,
+            backup,
         })
     }
 }
 
 /// The snapshot fields version 4 added after the hold flag: a flags byte
-/// saying which are present (1: expiry, 2: schedule, 4: idempotency key),
-/// then the present ones in that order.
+/// saying which are present (1: expiry, 2: schedule, 4: idempotency key,
+/// 8: backup record), then the present ones in that order. Flag 8 came
+/// later within version 4: stores without backups never set it, so they
+/// read the same as before (docs/format.md, catalog).
 fn encode_snapshot_extras(s: &SnapshotInfo, e: &mut Enc) {
     let flags = u8::from(s.expires_at.is_some())
         | u8::from(s.schedule.is_some()) << 1
-        | u8::from(s.idempotency_key.is_some()) << 2;
+        | u8::from(s.idempotency_key.is_some()) << 2
+        | u8::from(s.backup.is_some()) << 3;
     e.u8(flags);
     if let Some(t) = s.expires_at {
         e.u64(t);
@@ -517,22 +599,26 @@ fn encode_snapshot_extras(s: &SnapshotInfo, e: &mut Enc) {
     for text in [&s.schedule, &s.idempotency_key].into_iter().flatten() {
         e.str(text);
     }
+    if let Some(b) = &s.backup {
+        b.encode(e);
+    }
 }
 
-type SnapshotExtras = (Option<u64>, Option<String>, Option<String>);
+type SnapshotExtras = (Option<u64>, Option<String>, Option<String>, Option<BackupRecord>);
 
 fn decode_snapshot_extras(d: &mut Dec<'_>) -> Result<SnapshotExtras> {
     if d.version < 4 {
-        return Ok((None, None, None));
+        return Ok((None, None, None, None));
     }
     let flags = d.u8()?;
-    if flags & !7 != 0 {
+    if flags & !15 != 0 {
         return Err(d.bad(format!("bad snapshot flags {flags:#x}")));
     }
     let expires_at = if flags & 1 != 0 { Some(d.u64()?) } else { None };
     let schedule = if flags & 2 != 0 { Some(d.str()?) } else { None };
     let key = if flags & 4 != 0 { Some(d.str()?) } else { None };
-    Ok((expires_at, schedule, key))
+    let backup = if flags & 8 != 0 { Some(BackupRecord::decode(d)?) } else { None };
+    Ok((expires_at, schedule, key, backup))
 }
 
 /// The catalog as saved at a checkpoint: every record plus the page of its
@@ -689,6 +775,13 @@ mod tests {
             expires_at: Some(99),
             schedule: Some("daily".into()),
             idempotency_key: None,
+            backup: Some(BackupRecord {
+                state: BackupState::Failed,
+                target: "s3://backups/db".into(),
+                backup_id: String::new(),
+                reason: "the target refused the upload".into(),
+                at: 21,
+            }),
         };
         let t = TemplateInfo {
             id: TemplateId(5),

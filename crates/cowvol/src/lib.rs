@@ -87,9 +87,9 @@ mod wal;
 
 pub use catalog::limits;
 pub use catalog::{
-    AccessMode, Every, RunResult, Schedule, ScheduleInfo, ScheduleStatus, SnapshotId, SnapshotInfo, SnapshotKind,
-    SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo, TimeOfDay, VolumeId, VolumeInfo, VolumeOrigin, Weekday,
-    FAILING_AFTER, MAX_SCHEDULES, RESERVED_LABEL_PREFIX, SCHEDULE_LABEL,
+    AccessMode, BackupRecord, BackupState, Every, RunResult, Schedule, ScheduleInfo, ScheduleStatus, SnapshotId,
+    SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo, TimeOfDay, VolumeId,
+    VolumeInfo, VolumeOrigin, Weekday, FAILING_AFTER, MAX_SCHEDULES, RESERVED_LABEL_PREFIX, SCHEDULE_LABEL,
 };
 pub use check::{CheckReport, DamagedBlock, Problem, ScrubReport, StoreStats};
 pub use diff::{Diff, DiffCost, DiffExtent, DiffPoint};

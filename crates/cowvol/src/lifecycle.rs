@@ -9,8 +9,8 @@
 
 use crate::catalog::limits;
 use crate::catalog::{
-    now_secs, ScheduleStatus, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId,
-    TemplateInfo, VolumeId, VolumeInfo, VolumeOrigin,
+    now_secs, BackupRecord, BackupState, ScheduleStatus, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy,
+    SnapshotStatus, TemplateId, TemplateInfo, VolumeId, VolumeInfo, VolumeOrigin,
 };
 use crate::engine::record::Record;
 use crate::engine::{try_admin, Engine, State, VolRuntime};
@@ -66,6 +66,9 @@ pub struct SnapshotQuery {
     pub labels: BTreeMap<String, String>,
     /// Only held (`Some(true)`) or only unheld (`Some(false)`) snapshots.
     pub held: Option<bool>,
+    /// Only snapshots whose last backup is in this state (backed up, failed,
+    /// in progress); snapshots never backed up match no state.
+    pub backup: Option<BackupState>,
     /// Sort newest first instead of oldest first (by creation time, then id).
     pub newest_first: bool,
     /// Matches to skip before the page starts.
@@ -176,6 +179,52 @@ impl Store {
         self.engine.update_snapshot(volume, snapshot, |s| {
             creating_status(s)?;
             s.status = SnapshotStatus::Failed;
+            Ok(())
+        })
+    }
+
+    /// Records where the snapshot's backup stands (see [`BackupRecord`]);
+    /// `None` forgets it. One logged step, durable when it returns. The
+    /// `cowvol-backup` crate sets `InProgress` before it uploads anything,
+    /// then `BackedUp` once the backup's manifest is durable on the target,
+    /// or `Failed` with the reason; a store that opens with a backup still
+    /// `InProgress` marks it `Failed`.
+    ///
+    /// ```
+    /// use cowvol::{BackupRecord, BackupState, SnapshotOptions, SnapshotQuery, Store, StoreOptions, VolumeOptions};
+    /// # fn main() -> cowvol::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path(), StoreOptions::default())?;
+    /// let db = store.create_volume(VolumeOptions::new("db", 1 << 20))?.id;
+    /// let snap = store.create_snapshot(db, SnapshotOptions::named("nightly"))?.id;
+    /// let done = BackupRecord {
+    ///     state: BackupState::BackedUp,
+    ///     target: "file:///srv/backups".into(),
+    ///     backup_id: "3f0c9a1e5b7d2c40".into(),
+    ///     reason: String::new(),
+    ///     at: 1_800_000_000,
+    /// };
+    /// store.set_snapshot_backup(snap, Some(done))?;
+    /// let q = SnapshotQuery { backup: Some(BackupState::BackedUp), ..Default::default() };
+    /// assert_eq!(store.search_snapshots(&q).total, 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidArgument`] for a snapshot that
+    /// is not ready (only ready snapshots hold data to back up) or a target
+    /// longer than [`limits::MAX_BACKUP_TEXT_BYTES`].
+    pub fn set_snapshot_backup(&self, snapshot: SnapshotId, record: Option<BackupRecord>) -> Result<SnapshotInfo> {
+        let record = record.map(bounded_backup_record).transpose()?;
+        let volume = self.snapshot(snapshot)?.volume_id;
+        self.engine.update_snapshot(volume, snapshot, |s| {
+            if record.is_some() && !s.is_ready() {
+                return Err(Error::invalid(format!(
+                    "snapshot {} is {}: only a ready snapshot can be backed up",
+                    s.id, s.status
+                )));
+            }
+            s.backup = record;
             Ok(())
         })
     }
@@ -639,6 +688,24 @@ impl Engine {
     }
 }
 
+/// Checks a backup record's target against the catalog's limits and cuts
+/// an over-long failure reason (a reason is for people; losing its tail is
+/// better than losing the record).
+fn bounded_backup_record(mut r: BackupRecord) -> Result<BackupRecord> {
+    let max = limits::MAX_BACKUP_TEXT_BYTES;
+    if r.target.len() > max || r.backup_id.len() > max {
+        return Err(Error::invalid(format!("a backup target or id is longer than {max} bytes")));
+    }
+    if r.reason.len() > max {
+        let mut end = max;
+        while !r.reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        r.reason.truncate(end);
+    }
+    Ok(r)
+}
+
 fn not_found_snapshot(id: SnapshotId) -> Error {
     Error::not_found(format!("snapshot {id}"))
 }
@@ -664,6 +731,7 @@ fn matches(s: &SnapshotInfo, q: &SnapshotQuery, needle: Option<&str>) -> bool {
         && q.status.is_none_or(|st| s.status == st)
         && q.owner.as_ref().is_none_or(|o| &s.owner == o)
         && q.held.is_none_or(|h| s.held == h)
+        && q.backup.is_none_or(|b| s.backup.as_ref().is_some_and(|r| r.state == b))
         && q.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))
 }
 

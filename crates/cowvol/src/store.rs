@@ -93,6 +93,14 @@ impl Store {
         self.engine.block_size
     }
 
+    /// The store's identity: a random number chosen when the store was
+    /// created, the same for its whole life. Snapshot ids are unique only
+    /// within a store; the pair names a snapshot across stores (streams
+    /// and backups record it).
+    pub fn store_id(&self) -> u64 {
+        self.engine.store_id()
+    }
+
     /// Writes a checkpoint now: every change so far is saved outside the WAL.
     ///
     /// # Errors

@@ -41,6 +41,10 @@ pub const MAX_LABEL_VALUE_BYTES: usize = 255;
 /// collision suffix) stay within [`MAX_NAME_BYTES`].
 pub const MAX_SCHEDULE_NAME_BYTES: usize = 63;
 
+/// Longest backup target URL or failure reason a snapshot's backup record
+/// keeps, in bytes; a longer reason is cut at a character boundary.
+pub const MAX_BACKUP_TEXT_BYTES: usize = 1024;
+
 /// What a character may be used for.
 #[derive(Clone, Copy, PartialEq)]
 enum Text {

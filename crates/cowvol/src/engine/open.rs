@@ -7,7 +7,7 @@ use super::record::Record;
 use super::state::{empty_state, Entry, State};
 use super::{CheckpointState, CommitState, Engine};
 use crate::backend::{DirLock, StorageDir, StorageFile};
-use crate::catalog::{CatalogImage, SnapshotStatus};
+use crate::catalog::{now_secs, BackupState, CatalogImage, SnapshotStatus};
 use crate::error::{Error, Result};
 use crate::format::{self, Crc, Superblock, DATA_FILE, SUPERBLOCK_SLOTS};
 use crate::options::StoreOptions;
@@ -295,10 +295,18 @@ fn recover(
         st.apply(rec)?;
     }
     // A snapshot still `Creating` lost its moment: it fails, and the
-    // checkpoint below makes that durable before open returns.
+    // checkpoint below makes that durable before open returns. A backup
+    // still in progress lost the process that ran it: it fails the same
+    // way (what it left on the target is unreferenced until a later
+    // backup or garbage collection, never half-referenced).
     for s in st.snapshots.values_mut() {
         if s.info.status == SnapshotStatus::Creating {
             s.info.status = SnapshotStatus::Failed;
+        }
+        if let Some(b) = s.info.backup.as_mut().filter(|b| b.state == BackupState::InProgress) {
+            b.state = BackupState::Failed;
+            b.reason = "interrupted: the store was closed or the process stopped before the backup finished".into();
+            b.at = now_secs();
         }
     }
     {

@@ -169,6 +169,7 @@ impl State {
             expires_at: opts.expires_at,
             schedule: None,
             idempotency_key: opts.idempotency_key,
+            backup: None,
         })
     }
 

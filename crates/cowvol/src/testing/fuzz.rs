@@ -337,6 +337,7 @@ mod samples {
             expires_at: None,
             schedule: None,
             idempotency_key: None,
+            backup: None,
         }
     }
 

@@ -400,6 +400,7 @@ impl Model {
             expires_at: opts.expires_at,
             schedule,
             idempotency_key: opts.idempotency_key.clone(),
+            backup: None,
         };
         assert_eq!(*got, want, "new snapshot");
         assert!(!self.snapshots.contains_key(&got.id), "snapshot id {} reused", got.id);
