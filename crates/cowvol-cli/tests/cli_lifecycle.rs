@@ -157,6 +157,7 @@ fn search_filters_by_name_kind_status_owner_label_and_deleted_volume_name() {
         "NAME",
         "KIND",
         "STATUS",
+        "BACKUP",
         "HELD",
         "OWNER",
         "SIZE",

@@ -48,6 +48,9 @@ pub enum Command {
     /// Set, show, clear and run automatic snapshot policies.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Back snapshots up to a directory or S3 bucket; list, restore, verify, delete, prune, collect garbage.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Verify every reference count and tree node; exits 1 when a problem is found.
     Check,
     /// Read every data block and verify its checksum; exits 1 when a block is damaged.
@@ -60,6 +63,105 @@ pub enum Command {
     Nbd(NbdArgs),
     /// Serve the platform HTTP API and the snapshot panel (/ui) until SIGINT or SIGTERM.
     Serve(ServeArgs),
+}
+
+/// Where backups go: `--target URL`, else `COWVOL_BACKUP_TARGET`.
+#[derive(Debug, Args)]
+#[command(after_help = "Targets: file:///PATH or a plain path (a directory), or s3://BUCKET[/PREFIX]\n\
+[?endpoint=http://HOST:PORT&region=NAME]. S3 credentials come from AWS_ACCESS_KEY_ID and\n\
+AWS_SECRET_ACCESS_KEY, or from the file COWVOL_S3_CREDENTIALS_FILE names (lines\n\
+`access_key_id = ...` and `secret_access_key = ...`); never from the command line.")]
+pub struct TargetArg {
+    /// The backup target [env: COWVOL_BACKUP_TARGET].
+    #[arg(long, value_name = "URL", env = "COWVOL_BACKUP_TARGET")]
+    pub target: String,
+}
+
+/// `cowvol backup ...`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Back a snapshot up: only the chunks the target lacks are uploaded; the snapshot becomes backed-up.
+    Create {
+        /// Volume name or id.
+        volume: String,
+        /// Snapshot name or id.
+        snapshot: String,
+        #[command(flatten)]
+        target: TargetArg,
+        /// Chunk size, the unit of deduplication (a power of two, 4K to 16M).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256K")]
+        chunk_size: u64,
+        /// Upload a pack once it holds this much new data.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16M")]
+        pack_size: u64,
+        /// Packs uploaded at the same time.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        uploads: usize,
+        /// Read and hash every mapped block instead of only what changed since the last backup.
+        #[arg(long)]
+        full: bool,
+    },
+    /// List the backups on a target, oldest snapshot first.
+    List {
+        #[command(flatten)]
+        target: TargetArg,
+        /// Only backups of volumes of this name.
+        #[arg(long, value_name = "NAME")]
+        volume: Option<String>,
+    },
+    /// Restore a backup into a new volume of this store (with a snapshot of the backed-up name).
+    Restore {
+        /// Backup id (from `backup list`).
+        backup: String,
+        #[command(flatten)]
+        target: TargetArg,
+        /// Name of the new volume.
+        #[arg(long = "as", value_name = "NEW_VOLUME")]
+        as_volume: String,
+        /// Ranged reads in flight.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        downloads: usize,
+    },
+    /// Delete backups (their chunks go at the next `backup gc`).
+    Delete {
+        /// Backup ids.
+        #[arg(required = true)]
+        backups: Vec<String>,
+        #[command(flatten)]
+        target: TargetArg,
+    },
+    /// Retention: keep the newest N backups of each volume, delete the others, then collect garbage.
+    Prune {
+        #[command(flatten)]
+        target: TargetArg,
+        /// How many backups of each volume to keep.
+        #[arg(long, value_name = "N")]
+        keep_last: usize,
+        /// Only this volume's backups (by name).
+        #[arg(long, value_name = "NAME")]
+        volume: Option<String>,
+        /// Only delete the manifests; leave garbage collection for later.
+        #[arg(long)]
+        no_gc: bool,
+    },
+    /// Check backups: manifests, pack indexes, and (unless --quick) every chunk's hash; exits 1 on a problem.
+    Verify {
+        /// Only this backup [default: all].
+        backup: Option<String>,
+        #[command(flatten)]
+        target: TargetArg,
+        /// Check that every chunk is indexed, without downloading data.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Delete packs no backup references, and packs interrupted backups left.
+    Gc {
+        #[command(flatten)]
+        target: TargetArg,
+        /// First delete every lock (only when no backup or gc is running: a killed process left them).
+        #[arg(long)]
+        break_locks: bool,
+    },
 }
 
 /// `cowvol nbd`.
@@ -279,6 +381,9 @@ pub struct SnapshotFilter {
     /// Only snapshots in this status.
     #[arg(long, value_name = "STATUS", value_parser = parse_status)]
     pub status: Option<cowvol::SnapshotStatus>,
+    /// Only snapshots whose last backup is backed-up, backup-failed or backing-up.
+    #[arg(long, value_name = "STATE", value_parser = parse_backup_state)]
+    pub backup: Option<cowvol::BackupState>,
     /// Only snapshots with exactly this owner.
     #[arg(long, value_name = "OWNER")]
     pub owner: Option<String>,
@@ -571,6 +676,10 @@ fn parse_kind(s: &str) -> Result<cowvol::SnapshotKind, String> {
 
 fn parse_status(s: &str) -> Result<cowvol::SnapshotStatus, String> {
     s.parse().map_err(|_| format!("{s:?} is not a snapshot status (creating, ready or failed)"))
+}
+
+fn parse_backup_state(s: &str) -> Result<cowvol::BackupState, String> {
+    s.parse().map_err(|_| format!("{s:?} is not a backup state (backed-up, backup-failed or backing-up)"))
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {

@@ -125,6 +125,23 @@ pub struct SnapshotJson {
     pub schedule: Option<String>,
     /// The idempotency key it was created with, or null.
     pub idempotency_key: Option<String>,
+    /// Its last backup, or null.
+    pub backup: Option<BackupRecordJson>,
+}
+
+/// A snapshot's last backup.
+#[derive(Debug, Serialize)]
+pub struct BackupRecordJson {
+    /// `backing-up`, `backed-up` or `backup-failed`.
+    pub state: String,
+    /// The target's URL.
+    pub target: String,
+    /// The backup's id on the target.
+    pub backup_id: String,
+    /// Why it failed; empty otherwise.
+    pub reason: String,
+    /// When the state was set (seconds since the Unix epoch).
+    pub at: u64,
 }
 
 impl SnapshotJson {
@@ -147,6 +164,13 @@ impl SnapshotJson {
             expires_at: s.expires_at,
             schedule: s.schedule.clone(),
             idempotency_key: s.idempotency_key.clone(),
+            backup: s.backup.as_ref().map(|b| BackupRecordJson {
+                state: b.state.to_string(),
+                target: b.target.clone(),
+                backup_id: b.backup_id.clone(),
+                reason: b.reason.clone(),
+                at: b.at,
+            }),
         }
     }
 

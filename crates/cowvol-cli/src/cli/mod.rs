@@ -2,6 +2,7 @@
 //! shares (opening the store, resolving names, printing).
 
 mod args;
+mod backup;
 mod bench;
 mod demo;
 mod error;
@@ -326,6 +327,9 @@ fn forwardable(cmd: &Command) -> bool {
         // stdout or files, which a forwarded command cannot reach.
         Command::Snapshot(s) => !matches!(s, args::SnapshotCmd::Send { .. } | args::SnapshotCmd::Receive { .. }),
         Command::Template(_) | Command::Policy(_) => true,
+        // A backup runs in this process: its credentials come from this
+        // process's environment, and its progress goes to this terminal.
+        Command::Backup(_) => false,
         Command::Check | Command::Scrub | Command::Stats => true,
         Command::Demo | Command::Init(_) | Command::Bench(_) | Command::Nbd(_) | Command::Serve(_) => false,
     }
@@ -403,6 +407,7 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
         Command::Snapshot(s) => snapshot::run(ctx, s),
         Command::Template(t) => template::run(ctx, t),
         Command::Policy(p) => policy::run(ctx, p),
+        Command::Backup(b) => backup::run(ctx, b),
         Command::Check => maint::check(ctx),
         Command::Scrub => maint::scrub(ctx),
         Command::Stats => maint::stats(ctx),

@@ -60,6 +60,7 @@ fn table_named(snaps: &[SnapshotInfo], volume_label: Option<&dyn Fn(&SnapshotInf
         ("NAME", Align::Left),
         ("KIND", Align::Left),
         ("STATUS", Align::Left),
+        ("BACKUP", Align::Left),
         ("HELD", Align::Left),
         ("OWNER", Align::Left),
         ("SIZE", Align::Right),
@@ -76,6 +77,7 @@ fn table_named(snaps: &[SnapshotInfo], volume_label: Option<&dyn Fn(&SnapshotInf
             s.name.clone(),
             s.kind.to_string(),
             s.status.to_string(),
+            s.backup.as_ref().map_or("-".into(), |b| b.state.to_string()),
             yes_no(s.held).into(),
             fmt::dash(&s.owner),
             fmt::bytes(s.size_bytes),
@@ -85,6 +87,20 @@ fn table_named(snaps: &[SnapshotInfo], volume_label: Option<&dyn Fn(&SnapshotInf
         t.row(row);
     }
     t
+}
+
+/// `backed-up to URL as ID at TIME`, `backup-failed ...: REASON`, or `-`.
+fn backup_line(b: Option<&cowvol::BackupRecord>) -> String {
+    let Some(b) = b else { return "-".into() };
+    let mut line = format!("{} to {}", b.state, b.target);
+    if !b.backup_id.is_empty() {
+        line += &format!(" as {}", b.backup_id);
+    }
+    line += &format!(" ({})", fmt::timestamp(b.at));
+    if !b.reason.is_empty() {
+        line += &format!(": {}", b.reason);
+    }
+    line
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -155,6 +171,7 @@ fn list(ctx: &Ctx, f: SnapshotFilter) -> CliResult {
         name_contains: f.search,
         kind: f.kind,
         status: f.status,
+        backup: f.backup,
         owner: f.owner,
         labels: f.labels.into_iter().collect(),
         held: if f.held {
@@ -233,6 +250,7 @@ fn info(ctx: &Ctx, volume: &str, snapshot: &str) -> CliResult {
                 ("kind", s.kind.to_string()),
                 ("status", s.status.to_string()),
                 ("held", yes_no(s.held).into()),
+                ("backup", backup_line(s.backup.as_ref())),
                 ("size", format!("{} ({} bytes)", fmt::bytes(s.size_bytes), s.size_bytes)),
                 ("created", fmt::timestamp(s.created_at)),
                 ("expires", s.expires_at.map_or("never".into(), fmt::timestamp)),
