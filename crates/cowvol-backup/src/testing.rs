@@ -176,3 +176,162 @@ impl<T: Target> Target for FailAfter<T> {
         }
     }
 }
+
+/// Bytes that differ from seed to seed and along the buffer (xorshift), so
+/// that no two written ranges deduplicate by accident.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A single-node Garage server on loopback ports with its data in a
+/// temporary directory, for tests and benches against a real S3 server.
+/// Dropping it stops the server.
+pub struct Garage {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    /// The S3 endpoint, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// A key allowed to read and write [`Garage::bucket`].
+    pub credentials: crate::S3Credentials,
+    /// The bucket made for the tests.
+    pub bucket: String,
+}
+
+/// Where the Garage binary is looked for: `COWVOL_GARAGE`, else `garage`
+/// on `PATH`, else `~/.cargo/bin/garage` (where `.ci/deps-s3.sh` installs
+/// it with `cargo install`).
+pub fn garage_binary() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let candidates = std::env::var_os("COWVOL_GARAGE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| std::env::split_paths(&p).map(|d| d.join("garage")).collect::<Vec<_>>()),
+        )
+        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/garage")));
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// Whether S3 tests must run here: in CI (`CI` set) or when
+/// `COWVOL_REQUIRE_S3` is set, a missing server is a failure, not a skip.
+pub fn s3_required() -> bool {
+    ["CI", "COWVOL_REQUIRE_S3"].iter().any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "false"))
+}
+
+impl Garage {
+    /// Starts a server, assigns its layout, and makes a bucket and a key.
+    /// `None` (after a loud message on stderr) when no Garage binary is
+    /// installed and [`s3_required`] is false.
+    ///
+    /// # Panics
+    /// When the binary is missing and S3 is required, or the server does
+    /// not come up.
+    pub fn start() -> Option<Garage> {
+        let Some(bin) = garage_binary() else {
+            assert!(
+                !s3_required(),
+                "no Garage binary (COWVOL_GARAGE, PATH, ~/.cargo/bin) and S3 tests are required here: run .ci/deps-s3.sh"
+            );
+            eprintln!("\n*** S3 TESTS SKIPPED: no Garage binary; run .ci/deps-s3.sh (cargo install garage) ***\n");
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!("cowvol-garage-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir).expect("garage temp dir");
+        let (rpc, s3) = (free_port(), free_port());
+        let secret: String = blake3::hash(dir.to_string_lossy().as_bytes()).to_hex().to_string();
+        let config = format!(
+            "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\nreplication_factor = 1\n\
+             rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+             [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n",
+            d = dir.display()
+        );
+        let conf = dir.join("garage.toml");
+        std::fs::write(&conf, config).expect("garage config");
+        let log = std::fs::File::create(dir.join("server.log")).expect("garage log");
+        let child = std::process::Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .arg("server")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting garage");
+        let mut g = Garage {
+            child,
+            dir,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            credentials: crate::S3Credentials { access_key_id: String::new(), secret_access_key: String::new() },
+            bucket: "cowvol-tests".into(),
+        };
+        g.set_up(&bin, &conf);
+        Some(g)
+    }
+
+    /// The layout, key and bucket, through Garage's own command line.
+    fn set_up(&mut self, bin: &std::path::Path, conf: &std::path::Path) {
+        let cli = |args: &[&str]| -> std::result::Result<String, String> {
+            let out =
+                std::process::Command::new(bin).arg("-c").arg(conf).args(args).output().map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let node = loop {
+            match cli(&["node", "id", "-q"]) {
+                Ok(id) => break id.trim().split('@').next().unwrap_or_default().to_string(),
+                Err(e) if std::time::Instant::now() > deadline => panic!("garage did not start: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+            }
+        };
+        let must = |args: &[&str]| cli(args).unwrap_or_else(|e| panic!("garage {args:?}: {e}"));
+        must(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        must(&["layout", "apply", "--version", "1"]);
+        let key = must(&["key", "create", "cowvol-tests"]);
+        let field = |name: &str| {
+            key.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {name:?} in {key}"))
+        };
+        self.credentials =
+            crate::S3Credentials { access_key_id: field("Key ID:"), secret_access_key: field("Secret key:") };
+        must(&["bucket", "create", &self.bucket]);
+        must(&["bucket", "allow", "--read", "--write", "--owner", &self.bucket, "--key", "cowvol-tests"]);
+    }
+
+    /// A target on the test bucket under `prefix`.
+    pub fn target(&self, prefix: &str) -> crate::S3Target {
+        let location = format!("{}/{prefix}?endpoint={}&region=garage", self.bucket, self.endpoint);
+        crate::S3Target::open(&location, self.credentials.clone()).expect("S3 target")
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn unique() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

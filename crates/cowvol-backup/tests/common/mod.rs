@@ -4,26 +4,13 @@
 #![allow(dead_code, reason = "each test file uses its own part of the helpers")]
 
 use cowvol::{SnapshotId, SnapshotOptions, Store, StoreOptions, VolumeId, VolumeOptions};
+pub use cowvol_backup::testing::noise;
 use std::path::Path;
 
 pub const MIB: u64 = 1 << 20;
 
 pub fn open_store(dir: &Path) -> Store {
     Store::open(dir, StoreOptions::default()).unwrap()
-}
-
-/// Bytes that differ from chunk to chunk and from seed to seed
-/// (xorshift), so that no two written ranges deduplicate by accident.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A volume of `size` bytes with `extents` written as `(offset, len, seed)`.
