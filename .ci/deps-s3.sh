@@ -11,7 +11,7 @@ set -euo pipefail
 version=2.5.0
 bin="${CARGO_HOME:-$HOME/.cargo}/bin/garage"
 for candidate in "$(command -v garage || true)" "$bin"; do
-  if [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" --version 2>/dev/null | grep -q "cargo:$version"; then
+  if [ -n "$candidate" ] && [ -x "$candidate" ] && [[ "$("$candidate" --version 2>/dev/null)" == *"cargo:$version"* ]]; then
     echo "deps-s3: garage $version is installed ($candidate)"
     exit 0
   fi

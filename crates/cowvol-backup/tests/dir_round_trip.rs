@@ -72,3 +72,18 @@ fn restore_refuses_a_taken_name_and_leaves_nothing() {
     let missing = restore(&target, "0000000000000000", &store, &RestoreOptions::named("x"), &|_, _| {}).unwrap_err();
     assert!(missing.is_not_found(), "{missing}");
 }
+
+#[test]
+fn a_snapshot_outliving_its_volume_is_backed_up_and_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open_store(&tmp.path().join("here"));
+    let vol = volume_with(&store, "scratch", 2 * MIB, &[(4096, 8192, 9)]);
+    let snap = snapshot(&store, vol, "last");
+    let want = read_snapshot(&store, snap);
+    store.delete_volume(vol).unwrap();
+    let target = DirTarget::open(tmp.path().join("backups")).unwrap();
+    let id = backup(&store, snap, &target, &BackupOptions::default(), &mut |_| {}).unwrap().backup_id;
+    assert_eq!(store.snapshot(snap).unwrap().backup.unwrap().state, BackupState::BackedUp);
+    let got = restore(&target, &id, &store, &RestoreOptions::named("scratch"), &|_, _| {}).unwrap();
+    assert_eq!(read_volume(&store, got.volume.id), want);
+}
