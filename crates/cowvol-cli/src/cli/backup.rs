@@ -70,6 +70,11 @@ impl<T> BackupContext<T> for backup::Result<T> {
     }
 }
 
+/// `1 chunk`, `2 chunks`.
+fn count(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 fn open(url: &str) -> CliResult<Arc<dyn Target>> {
     backup::open_target(url).bctx(format_args!("opening backup target {url}"))
 }
@@ -128,16 +133,16 @@ fn create(ctx: &Ctx, volume: &str, snapshot: &str, url: &str, opts: &BackupOptio
             None => "full read".into(),
         };
         ctx.say(format_args!(
-            "backed up {} ({}) to {} as {}: {} chunks, {} read ({how}), {} new chunks uploaded ({} in {} packs) in {:.1} s",
+            "backed up {} ({}) to {} as {}: {}, {} read ({how}), {} uploaded ({} in {}) in {:.1} s",
             snap.name,
             snap.id,
             target.url(),
             report.backup_id,
-            report.chunks,
+            count(report.chunks, "chunk"),
             fmt::bytes(report.bytes_read),
-            report.chunks_uploaded,
+            count(report.chunks_uploaded, "new chunk"),
             fmt::bytes(report.bytes_uploaded),
-            report.packs_uploaded,
+            count(report.packs_uploaded, "pack"),
             seconds
         ))?;
     }
@@ -283,7 +288,10 @@ fn prune(ctx: &Ctx, url: &str, keep_last: usize, volume: Option<&str>, then_gc: 
     for b in &gone {
         ctx.say(format_args!("deleted backup {} ({} of {})", b.id, b.snapshot.name, b.snapshot.volume_name))?;
     }
-    ctx.say(format_args!("{} backups deleted, the newest {keep_last} of each volume kept", gone.len()))?;
+    ctx.say(format_args!(
+        "{} deleted, the newest {keep_last} of each volume kept",
+        count(gone.len() as u64, "backup")
+    ))?;
     if then_gc {
         gc_on(ctx, &*target)?;
     }
@@ -315,9 +323,9 @@ fn verify(ctx: &Ctx, backup_id: Option<&str>, url: &str, read_data: bool) -> Cli
             eprintln!("cowvol: problem: {p}");
         }
         ctx.say(format_args!(
-            "{} backups, {} chunk references checked, {} read: {}",
-            r.backups,
-            r.chunks,
+            "{}, {} checked, {} read: {}",
+            count(r.backups, "backup"),
+            count(r.chunks, "chunk reference"),
             fmt::bytes(r.bytes_read),
             if r.is_clean() { "all good".to_string() } else { format!("{} problems", r.problems.len()) }
         ))?;
@@ -362,12 +370,12 @@ fn gc_on(ctx: &Ctx, target: &dyn Target) -> CliResult {
         });
     }
     ctx.say(format_args!(
-        "{} packs deleted ({}), {} left by interrupted backups; {} packs kept for {} backups ({} unreferenced inside them)",
-        r.packs_deleted,
+        "{} deleted ({}), {} left by interrupted backups; {} kept for {} ({} unreferenced inside them)",
+        count(r.packs_deleted, "pack"),
         fmt::bytes(r.bytes_deleted),
         r.orphan_packs_deleted,
-        r.packs_kept,
-        r.backups,
+        count(r.packs_kept, "pack"),
+        count(r.backups, "backup"),
         fmt::bytes(r.unreferenced_bytes_kept)
     ))
 }
