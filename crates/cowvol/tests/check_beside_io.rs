@@ -36,11 +36,12 @@ struct Churn {
 }
 
 /// Random 4 KiB writes, flushes, snapshots (the oldest deleted once there
-/// are three) and discards on one volume until `stop`.
-fn churn(store: &Store, vid: VolumeId, seed: u64, stop: &AtomicBool) -> Churn {
+/// are three) and discards on one volume, every block of which holds write
+/// `start` (0: zeroes) to begin with, until `stop`.
+fn churn(store: &Store, vid: VolumeId, start: u64, seed: u64, stop: &AtomicBool) -> Churn {
     let v = store.open_volume(vid).unwrap();
     let mut rng = Rng(seed);
-    let mut c = Churn { writes: 0, snapshots: 0, discards: 0, model: vec![0; BLOCKS as usize] };
+    let mut c = Churn { writes: 0, snapshots: 0, discards: 0, model: vec![start; BLOCKS as usize] };
     let mut snaps = std::collections::VecDeque::new();
     let mut w = seed << 32;
     while !stop.load(Ordering::Relaxed) {
@@ -86,7 +87,7 @@ fn rewrite_whole(store: &Store, vid: VolumeId, stop: &AtomicBool, last: &AtomicU
 }
 
 /// Volumes `a` and `b` of `BLOCKS` blocks, `a` holding generation 1 in
-/// its first block, flushed, and `c` of `BULK_BLOCKS` blocks for
+/// every block, flushed, and `c` of `BULK_BLOCKS` blocks for
 /// [`rewrite_whole`].
 fn two_volumes_and_a_bulk_one(store: &Store) -> (VolumeId, VolumeId, VolumeId) {
     let a = store.create_volume(VolumeOptions::new("a", BLOCKS * BS)).unwrap().id;
@@ -123,8 +124,8 @@ fn check_in_a_loop_beside_writes_snapshots_deletes_and_checkpoints_is_always_cle
     let bulk_writes = AtomicU64::new(0);
     let (checks, scrubs, checkpoints) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let (ca, cb) = std::thread::scope(|s| {
-        let ta = s.spawn(|| churn(&store, a, 2, &stop));
-        let tb = s.spawn(|| churn(&store, b, 3, &stop));
+        let ta = s.spawn(|| churn(&store, a, 1, 2, &stop));
+        let tb = s.spawn(|| churn(&store, b, 0, 3, &stop));
         // Rewriting a volume of 12,000 blocks whole changes more pages
         // during one check than it looks up one by one, so checks also
         // settle their suspects from a full copy of the bookkeeping.
@@ -281,7 +282,7 @@ fn damage_to_a_node_page_and_a_data_block_is_found_while_writers_run() {
 
     let stop = AtomicBool::new(false);
     let (check_reports, scrub_reports) = std::thread::scope(|s| {
-        let writer = s.spawn(|| churn(&store, b, 9, &stop));
+        let writer = s.spawn(|| churn(&store, b, 0, 9, &stop));
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 store.checkpoint().unwrap();
@@ -327,7 +328,7 @@ fn a_wrong_reference_count_is_found_while_writers_run() {
     let stop = AtomicBool::new(false);
     let bulk_writes = AtomicU64::new(0);
     let reports = std::thread::scope(|s| {
-        s.spawn(|| churn(&store, b, 11, &stop));
+        s.spawn(|| churn(&store, b, 0, 11, &stop));
         s.spawn(|| rewrite_whole(&store, c, &stop, &bulk_writes));
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
