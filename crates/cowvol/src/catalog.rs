@@ -584,9 +584,10 @@ impl SnapshotInfo {
 
 /// The snapshot fields version 4 added after the hold flag: a flags byte
 /// saying which are present (1: expiry, 2: schedule, 4: idempotency key,
-/// 8: backup record), then the present ones in that order. Flag 8 came
-/// later within version 4: stores without backups never set it, so they
-/// read the same as before (docs/format.md, catalog).
+/// 8: backup record), then the present ones in that order. Flag 8 was
+/// added without a version of its own: it is read in version 4 and
+/// version 5 records alike, and stores without backups never set it, so
+/// they read the same as before (docs/format.md, snapshot record).
 fn encode_snapshot_extras(s: &SnapshotInfo, e: &mut Enc) {
     let flags = u8::from(s.expires_at.is_some())
         | u8::from(s.schedule.is_some()) << 1
@@ -813,5 +814,52 @@ mod tests {
         assert!(CatalogImage::decode(&bytes, crc, "t", 2).is_err());
         assert!(CatalogImage::decode(&bytes, crc, "t", 3).is_err());
         assert!(CatalogImage::decode(&bytes, crc, "t", 4).is_err());
+    }
+
+    /// The backup record is an extras flag, not a format version: a
+    /// version-4 catalog (no reference table or garbage list at its end)
+    /// holding one reads back with it, as a version-5 catalog does.
+    #[test]
+    fn a_backup_record_reads_from_version_4_and_version_5_catalogs() {
+        let backup = BackupRecord {
+            state: BackupState::BackedUp,
+            target: "file:///srv/backups".into(),
+            backup_id: "3f0c9a1e5b7d2c40".into(),
+            reason: String::new(),
+            at: 1_800_000_000,
+        };
+        let s = SnapshotInfo {
+            id: SnapshotId(2),
+            volume_id: VolumeId(1),
+            volume_name: "db".into(),
+            name: "nightly".into(),
+            description: String::new(),
+            size_bytes: 1 << 20,
+            created_at: 17,
+            owner: String::new(),
+            labels: BTreeMap::new(),
+            kind: SnapshotKind::Manual,
+            status: SnapshotStatus::Ready,
+            held: false,
+            expires_at: None,
+            schedule: None,
+            idempotency_key: None,
+            backup: Some(backup),
+        };
+        let v4 = CatalogImage {
+            next_volume: 2,
+            next_snapshot: 3,
+            next_template: 1,
+            snapshots: vec![(s, 9)],
+            ..Default::default()
+        };
+        let v5 = CatalogImage { table: Some(TableRoot::default()), garbage: vec![(12, 0)], ..v4.clone() };
+        let bytes = v5.encode();
+        assert_eq!(CatalogImage::decode(&bytes, Crc::of(&bytes).0, "t", 5).unwrap(), v5);
+        // Version 5 appended an empty table (u64 covered pages, u32 index
+        // count) and a garbage list (u32 count, one u64 page and u32 level):
+        // without them the bytes are a version-4 catalog.
+        let old = &bytes[..bytes.len() - (8 + 4 + 4 + 12)];
+        assert_eq!(CatalogImage::decode(old, Crc::of(old).0, "t", 4).unwrap(), v4);
     }
 }
