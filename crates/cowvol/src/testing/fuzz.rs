@@ -2,8 +2,8 @@
 //! valid inputs their seeds start from.
 
 use crate::catalog::{
-    SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId, TemplateInfo, VolumeId,
-    VolumeInfo, VolumeOrigin,
+    BackupRecord, BackupState, SnapshotId, SnapshotInfo, SnapshotKind, SnapshotPolicy, SnapshotStatus, TemplateId,
+    TemplateInfo, VolumeId, VolumeInfo, VolumeOrigin,
 };
 use crate::error::Result;
 use std::collections::BTreeMap;
@@ -99,6 +99,7 @@ pub fn sample_wal_batches() -> Vec<(&'static str, Vec<u8>)> {
         Record::CreateSnapshot(creating.clone()),
         Record::CommitSnapshot { snap: creating.id.0 },
         Record::UpdateSnapshot(SnapshotInfo { held: true, ..snap.clone() }),
+        Record::UpdateSnapshot(SnapshotInfo { backup: Some(samples::backup(BackupState::InProgress)), ..snap.clone() }),
         Record::CreateSnapshots(group),
         Record::CreateTemplate(samples::template()),
         Record::DeleteTemplate { tmpl: 1 },
@@ -159,13 +160,21 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
                 name: "auto-20270115-080000".into(),
                 kind: SnapshotKind::Auto,
                 held: true,
+                backup: Some(samples::backup(BackupState::BackedUp)),
                 ..snap.clone()
             },
             9,
         ),
         (SnapshotInfo { status: SnapshotStatus::Failed, ..samples::creating_snapshot() }, 0),
         (SnapshotInfo { id: SnapshotId(6), ..samples::creating_snapshot() }, 0),
-        (SnapshotInfo { id: SnapshotId(4), ..samples::scheduled_snapshot() }, 9),
+        (
+            SnapshotInfo {
+                id: SnapshotId(4),
+                backup: Some(samples::backup(BackupState::Failed)),
+                ..samples::scheduled_snapshot()
+            },
+            9,
+        ),
     ];
     let volumes = vec![
         (VolumeInfo { policy: Some(samples::policy()), schedules: samples::schedules(), ..samples::volume() }, 9),
@@ -338,6 +347,17 @@ mod samples {
             schedule: None,
             idempotency_key: None,
             backup: None,
+        }
+    }
+
+    /// A backup record in `state` (a failed one with its reason).
+    pub(super) fn backup(state: BackupState) -> BackupRecord {
+        BackupRecord {
+            state,
+            target: "s3://backups/root-disk".into(),
+            backup_id: if state == BackupState::BackedUp { "3f0c9a1e5b7d2c40".into() } else { String::new() },
+            reason: if state == BackupState::Failed { "the target refused the upload".into() } else { String::new() },
+            at: 1_795_000_200,
         }
     }
 
