@@ -133,6 +133,10 @@ impl IntoSocket for tokio::net::TcpStream {
 }
 
 /// One connection: its fixed facts and what its threads share.
+///
+/// Field order matters: fields drop in declaration order, and `export` (the
+/// volume's handle) must go before `socket`, `reader` and `writer` close
+/// the connection.
 struct Conn {
     export: Arc<OpenExport>,
     structured: bool,
@@ -415,7 +419,11 @@ impl Conn {
                 let _ = w.out.flush();
             }
         }
-        self.socket.shutdown(Shutdown::Both);
+        // The socket is not shut down here: it closes when the `Conn` is
+        // dropped, after its export (see the field order), so the volume's
+        // handle is released before the client sees the end. A client that
+        // reconnects at once to a read-write-once volume must not find it
+        // busy with the connection it just left.
         let end = lock(&self.end).take().unwrap_or(End::HungUp);
         log_end(self, end);
         self.finished.cancel();
