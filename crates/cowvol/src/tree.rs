@@ -31,7 +31,7 @@
 mod cache;
 mod diff;
 
-pub(crate) use cache::NodeCache;
+pub(crate) use cache::{Cached, NodeCache, NodeMiss};
 pub(crate) use diff::{diff_trees, DiffCounters};
 
 use crate::error::{Error, Result};
@@ -323,28 +323,146 @@ impl Geometry {
     }
 }
 
-/// Returns the mapping of `lblock`, if it is mapped.
+/// Returns the mapping of `lblock`, if it is mapped. Reads the nodes the
+/// cache lacks under the caller's state lock.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn lookup(root: &Root, geo: Geometry, lblock: u64, nodes: &NodeCache) -> Result<Option<Mapping>> {
-    let Some(r) = root else { return Ok(None) };
-    let mut node = r.node(geo.top(), nodes)?;
-    let mut level = geo.top();
+    let mut found = None;
+    walk_loading(root, geo, lblock, 1, nodes, &mut |_, m| found = m)?;
+    Ok(found)
+}
+
+/// [`walk_cached`] to the end, reading each node the cache lacks under
+/// the caller's state lock (so no page can leave the trees meanwhile, and
+/// the walk resumes where it stopped).
+pub(crate) fn walk_loading(
+    root: &Root,
+    geo: Geometry,
+    first: u64,
+    n: u64,
+    nodes: &NodeCache,
+    emit: &mut dyn FnMut(u64, Option<Mapping>),
+) -> Result<()> {
+    let (mut at, end) = (first, first + n);
+    let mut held = Vec::new();
     loop {
-        let next = match &node.body {
-            Body::Interior(children) => match children.get(geo.index(lblock, level)) {
-                Some(c) => c.node(level - 1, nodes)?,
-                None => return Ok(None),
-            },
-            Body::Leaf(entries) => {
-                let idx = geo.index(lblock, 0) as u32;
-                return Ok(find_entry(entries, idx).ok().map(|i| {
-                    let e = entries[i];
-                    Mapping { page: e.page, crc: Crc(e.crc) }
-                }));
+        match walk_cached(root, geo, at, end - at, &held, &nodes.cached(), emit)? {
+            Walked::Done => return Ok(()),
+            Walked::Missed { resolved, miss } => {
+                at += resolved;
+                match nodes.fill(nodes.fetch(miss))? {
+                    Some(h) => held.push(h),
+                    // Not while the state lock is held; loading is always right.
+                    None => {
+                        let node = nodes.load(miss.page, miss.level)?;
+                        held.push(Held { page: miss.page, level: miss.level, node, ticket: 0 });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How far a [`walk_cached`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Walked {
+    /// Every block asked for was emitted.
+    Done,
+    /// The first `resolved` blocks were emitted; the next one needs a node
+    /// the cache does not hold.
+    Missed { resolved: u64, miss: NodeMiss },
+}
+
+/// A node read for a [`NodeMiss`] and validated, lent to the walk that
+/// asked for it: the cache may already have evicted it again.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub(crate) page: u64,
+    pub(crate) level: u32,
+    pub(crate) node: Arc<Node>,
+    /// The cache's count of departures when it was last validated
+    /// (`NodeCache::keep_valid`).
+    pub(crate) ticket: u64,
+}
+
+/// Emits each block of `first..first + n` with its mapping, in order, and
+/// descends once per leaf (or per missing subtree) rather than once per
+/// block. Reads nothing from the disk and clones no node: written nodes
+/// come from `cached` or `held`, and the first that neither has stops the
+/// walk, so that the caller can read it with no lock held and resume.
+pub(crate) fn walk_cached(
+    root: &Root,
+    geo: Geometry,
+    first: u64,
+    n: u64,
+    held: &[Held],
+    cached: &Cached<'_>,
+    emit: &mut dyn FnMut(u64, Option<Mapping>),
+) -> Result<Walked> {
+    let end = first + n;
+    let mask = geo.fanout() as u64 - 1;
+    let mut lb = first;
+    while lb < end {
+        let mut level = geo.top();
+        let mut child = root.as_ref();
+        let leaf = loop {
+            let Some(c) = child else { break None };
+            let node = match node_ref(c, level, held, cached)? {
+                Ok(node) => node,
+                Err(miss) => return Ok(Walked::Missed { resolved: lb - first, miss }),
+            };
+            match &node.body {
+                Body::Interior(children) => {
+                    child = children.get(geo.index(lb, level));
+                    level -= 1;
+                }
+                Body::Leaf(entries) => break Some(entries),
             }
         };
-        node = next;
-        level -= 1;
+        let Some(entries) = leaf else {
+            // No node at `level` covers `lb`: its whole span is unmapped.
+            let span = geo.span(level);
+            let stop = (lb - lb % span).saturating_add(span).min(end);
+            (lb..stop).for_each(|b| emit(b, None));
+            lb = stop;
+            continue;
+        };
+        let stop = ((lb | mask) + 1).min(end);
+        let (Ok(mut p) | Err(mut p)) = find_entry(entries, (lb & mask) as u32);
+        for b in lb..stop {
+            match entries.get(p) {
+                Some(e) if e.idx as u64 == b & mask => {
+                    emit(b, Some(Mapping { page: e.page, crc: Crc(e.crc) }));
+                    p += 1;
+                }
+                _ => emit(b, None),
+            }
+        }
+        lb = stop;
     }
+    Ok(Walked::Done)
+}
+
+/// The node `c` refers to, lent from the tree, `held` or the cache; the
+/// miss to read when none of them has it.
+fn node_ref<'a>(
+    c: &'a Child,
+    level: u32,
+    held: &'a [Held],
+    cached: &'a Cached<'_>,
+) -> Result<std::result::Result<&'a Node, NodeMiss>> {
+    let page = match c {
+        Child::Mem(a) => return Ok(Ok(a)),
+        Child::Disk(p) => *p,
+    };
+    if let Some(h) = held.iter().find(|h| h.page == page) {
+        if h.level != level {
+            let detail = format!("node of level {} reached at level {level}", h.level);
+            return Err(Error::corruption("tree", format!("page {page}"), detail));
+        }
+        return Ok(Ok(&h.node));
+    }
+    Ok(cached.get(page, level)?.ok_or_else(|| cached.miss(page, level)))
 }
 
 /// Finds the entry for leaf index `idx`. Entries are sorted by unique
@@ -356,69 +474,6 @@ fn find_entry(entries: &[LeafEntry], idx: u32) -> std::result::Result<usize, usi
         return Ok(idx as usize);
     }
     entries.binary_search_by_key(&idx, |e| e.idx)
-}
-
-/// Appends to `out` the mapping of each block `first..first + n`, in order.
-/// Descends once per leaf (or per missing subtree) rather than once per
-/// block.
-pub(crate) fn lookup_range(
-    root: &Root,
-    geo: Geometry,
-    first: u64,
-    n: u64,
-    out: &mut Vec<Option<Mapping>>,
-    nodes: &NodeCache,
-) -> Result<()> {
-    let end = first + n;
-    let mask = geo.fanout() as u64 - 1;
-    let mut lb = first;
-    out.reserve(n as usize);
-    while lb < end {
-        let mut level = geo.top();
-        let mut node = match root {
-            Some(r) => Some(r.node(level, nodes)?),
-            None => None,
-        };
-        let leaf = loop {
-            let Some(nd) = node else { break None };
-            match &nd.body {
-                Body::Interior(children) => {
-                    node = match children.get(geo.index(lb, level)) {
-                        Some(c) => Some(c.node(level - 1, nodes)?),
-                        None => None,
-                    };
-                    level -= 1;
-                }
-                Body::Leaf(_) => break Some(nd),
-            }
-        };
-        match leaf {
-            None => {
-                // No node at `level` covers `lb`: its whole span is unmapped.
-                let span = geo.span(level);
-                let stop = (lb - lb % span).saturating_add(span).min(end);
-                out.extend((lb..stop).map(|_| None));
-                lb = stop;
-            }
-            Some(nd) => {
-                let Body::Leaf(entries) = &nd.body else { unreachable!("leaf checked above") };
-                let stop = ((lb | mask) + 1).min(end);
-                let mut p = entries.partition_point(|e| (e.idx as u64) < (lb & mask));
-                for b in lb..stop {
-                    let idx = (b & mask) as u32;
-                    match entries.get(p) {
-                        Some(e) if e.idx == idx => {
-                            out.push(Some(Mapping { page: e.page, crc: Crc(e.crc) }));
-                            p += 1;
-                        }
-                        _ => out.push(None),
-                    }
-                }
-                lb = stop;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Gives write access to the node in `slot` (at `level`), copying it first

@@ -3,7 +3,8 @@
 //! A write allocates fresh pages, writes the data with no lock held, then
 //! maps the pages and logs the change under the state lock. A read takes a
 //! plan (which page, or a hole, per block) under the state lock and reads
-//! after releasing it. Blocks are never written in place, so a plan stays
+//! after releasing it; a tree node the plan needs and the node cache lacks
+//! is read with the lock released too, and validated under it. Blocks are never written in place, so a plan stays
 //! valid until the page is reused, which the quarantine delays past the
 //! next checkpoint; a read whose CRC fails re-plans once before it reports
 //! corruption, which covers a reader that slept across that window.
@@ -14,10 +15,20 @@ use crate::engine::{Engine, Keeper, State, VolRuntime};
 use crate::error::{Error, Result};
 use crate::format::Crc;
 use crate::space::Run;
-use crate::tree::{self, Geometry, Mapping, Root};
+use crate::tree::{self, Geometry, Mapping, Root, Walked};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// Node reads done outside the state lock that may be redone because their
+/// page left the trees meanwhile, before a lookup reads under the lock.
+/// Each needs a write that frees a node page to land during a disk read.
+const STALE_NODE_READS: u32 = 3;
+
+/// Bytes a multi-block read fetches with one `pread` before it checks
+/// their CRCs: small enough that they are still in the CPU's cache when
+/// checked, large enough that the extra system calls cost little.
+const READ_CHUNK: usize = 128 << 10;
 
 /// What a handle reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,17 +173,59 @@ impl Volume {
         })
     }
 
-    /// Looks up the mappings of blocks `first..first+n` under the state lock.
+    /// Looks up the mappings of blocks `first..first+n`.
     fn plan(&self, first: u64, n: u64) -> Result<Vec<Option<Mapping>>> {
-        let mut out = Vec::new();
-        let st = self.engine.state.lock();
-        let (root, geo) = self.tree_of(&st)?;
-        if n == 1 {
-            out.push(tree::lookup(root, geo, first, &st.nodes)?);
-        } else {
-            tree::lookup_range(root, geo, first, n, &mut out, &st.nodes)?;
-        }
+        let mut out = vec![None; n as usize];
+        self.plan_each(first, n, &mut |lb, m| out[(lb - first) as usize] = m)?;
         Ok(out)
+    }
+
+    /// Looks up the mapping of block `lb`, allocating nothing.
+    fn plan_one(&self, lb: u64) -> Result<Option<Mapping>> {
+        let mut found = None;
+        self.plan_each(lb, 1, &mut |_, m| found = m)?;
+        Ok(found)
+    }
+
+    /// Gives `emit` each block of `first..first+n` with its mapping, all
+    /// found under one hold of the state lock (a reader never sees part of
+    /// a logged change), though maybe in several tries.
+    ///
+    /// The walk never reads the disk under the lock: a tree node the cache
+    /// lacks is read once the lock is released, then validated under it
+    /// (`NodeCache::fill`), and the walk starts again with the nodes read so
+    /// far lent to it. Each try emits every block it reaches, so the last
+    /// (complete) one overwrites what earlier ones emitted. A read that
+    /// raced with its page leaving the trees is done again; after
+    /// `STALE_NODE_READS` of those, the walk reads under the lock, which
+    /// cannot race.
+    fn plan_each(&self, first: u64, n: u64, emit: &mut dyn FnMut(u64, Option<Mapping>)) -> Result<()> {
+        let mut held = Vec::new();
+        let mut fetched = None;
+        let mut stale = 0;
+        loop {
+            let st = self.engine.state.lock();
+            if !st.nodes.keep_valid(&mut held) {
+                stale += 1;
+            }
+            if let Some(f) = fetched.take() {
+                match st.nodes.fill(f)? {
+                    Some(h) => held.push(h),
+                    None => stale += 1,
+                }
+            }
+            let (root, geo) = self.tree_of(&st)?;
+            if stale >= STALE_NODE_READS {
+                return tree::walk_loading(root, geo, first, n, &st.nodes, emit);
+            }
+            let miss = match tree::walk_cached(root, geo, first, n, &held, &st.nodes.cached(), emit)? {
+                Walked::Done => return Ok(()),
+                Walked::Missed { miss, .. } => miss,
+            };
+            let nodes = st.nodes.clone();
+            drop(st);
+            fetched = Some(nodes.fetch(miss));
+        }
     }
 
     /// Describes `[offset, offset + len)` as consecutive extents, each either
@@ -229,50 +282,74 @@ impl Volume {
         }
         let _gate = self.lease.rt.gate.read();
         let bs = self.bs();
+        let end = offset + buf.len() as u64;
         let first = offset / bs;
-        let last = (offset + buf.len() as u64 - 1) / bs;
+        let last = (end - 1) / bs;
+        if first == last {
+            // The common small read: one lookup and nothing allocated.
+            return self.read_block(first, self.plan_one(first)?, buf, offset - first * bs);
+        }
         let plan = self.plan(first, last - first + 1)?;
-        let mut block = Vec::new();
         let mut i = 0usize;
         while i < plan.len() {
             let lb = first + i as u64;
-            let bstart = lb * bs;
-            let from = offset.max(bstart);
-            let to = (offset + buf.len() as u64).min(bstart + bs);
-            let out = &mut buf[(from - offset) as usize..(to - offset) as usize];
-            let Some(m) = plan[i] else {
-                out.fill(0);
+            let from = offset.max(lb * bs);
+            let to = end.min((lb + 1) * bs);
+            let at = (from - offset) as usize;
+            if to - from < bs || plan[i].is_none() {
+                self.read_block(lb, plan[i], &mut buf[at..(to - offset) as usize], from - lb * bs)?;
                 i += 1;
                 continue;
-            };
-            if out.len() as u64 == bs {
-                // Whole blocks on consecutive pages: one read straight into `buf`.
-                let mut n = 1;
-                while i + n < plan.len()
-                    && plan[i + n].is_some_and(|x| x.page == m.page + n as u64)
-                    && (lb + n as u64 + 1) * bs <= offset + buf.len() as u64
-                {
-                    n += 1;
+            }
+            // Whole blocks on consecutive pages: read straight into `buf`.
+            let n = self.whole_run(&plan[i..], lb, end);
+            self.read_verified(lb, &plan[i..i + n], &mut buf[at..at + n * bs as usize])?;
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// How many of the blocks `plan` maps, from block `lb` on, lie wholly
+    /// before byte `end` on pages that follow each other.
+    fn whole_run(&self, plan: &[Option<Mapping>], lb: u64, end: u64) -> usize {
+        let Some(m) = plan[0] else { return 0 };
+        let fits = |k: usize| (lb + k as u64 + 1) * self.bs() <= end;
+        let next_page = |k: usize| plan.get(k).copied().flatten().is_some_and(|x| x.page == m.page + k as u64);
+        (1..).find(|&k| !(next_page(k) && fits(k))).expect("a run ends")
+    }
+
+    /// Copies bytes `inner..inner + out.len()` of block `lb`, which `m`
+    /// maps (or leaves a hole, read as zeroes), into `out`.
+    fn read_block(&self, lb: u64, m: Option<Mapping>, out: &mut [u8], inner: u64) -> Result<()> {
+        let bs = self.bs() as usize;
+        if m.is_none() {
+            out.fill(0);
+        } else if out.len() == bs {
+            self.read_verified(lb, &[m], out)?;
+        } else {
+            let mut block = vec![0u8; bs];
+            self.read_verified(lb, &[m], &mut block)?;
+            out.copy_from_slice(&block[inner as usize..inner as usize + out.len()]);
+        }
+        Ok(())
+    }
+
+    /// Reads blocks `lb..` into `span`, which `maps` places on consecutive
+    /// pages, and checks each against its CRC. The pages are read
+    /// `READ_CHUNK` bytes at a time and each piece is checked at once, while
+    /// the caches still hold it: one trip through memory, not two.
+    fn read_verified(&self, lb: u64, maps: &[Option<Mapping>], span: &mut [u8]) -> Result<()> {
+        let bs = self.bs() as usize;
+        let page = maps[0].expect("mapped").page;
+        let per_chunk = (READ_CHUNK / bs).max(1);
+        for (c, chunk) in span.chunks_mut(per_chunk * bs).enumerate() {
+            let k0 = c * per_chunk;
+            self.read_pages(page + k0 as u64, chunk)?;
+            for (k, block) in chunk.chunks_mut(bs).enumerate() {
+                let m = maps[k0 + k].expect("mapped");
+                if Crc::of(block) != m.crc {
+                    self.reread_block(lb + (k0 + k) as u64, m, block, 0)?;
                 }
-                let span = &mut buf[(from - offset) as usize..(from - offset + n as u64 * bs) as usize];
-                self.read_pages(m.page, span)?;
-                for k in 0..n {
-                    let chunk = &mut span[k * bs as usize..(k + 1) * bs as usize];
-                    let want = plan[i + k].expect("mapped").crc;
-                    if Crc::of(chunk) != want {
-                        self.reread_block(lb + k as u64, plan[i + k].expect("mapped"), chunk, 0)?;
-                    }
-                }
-                i += n;
-            } else {
-                block.resize(bs as usize, 0);
-                self.read_pages(m.page, &mut block)?;
-                if Crc::of(&block) != m.crc {
-                    self.reread_block(lb, m, &mut block, 0)?;
-                }
-                let inner_off = (from - bstart) as usize;
-                out.copy_from_slice(&block[inner_off..inner_off + out.len()]);
-                i += 1;
             }
         }
         Ok(())
@@ -289,8 +366,7 @@ impl Volume {
     /// while we read; if the mapping is unchanged the block is damaged.
     fn reread_block(&self, lb: u64, old: Mapping, block: &mut [u8], attempt: u32) -> Result<()> {
         let bs = self.bs() as usize;
-        let now = self.plan(lb, 1)?[0];
-        match now {
+        match self.plan_one(lb)? {
             Some(m) if m == old || attempt >= 3 => Err(Error::corruption(
                 "data block",
                 format!("page {} ({} block {lb})", m.page, self.target),
@@ -486,18 +562,7 @@ impl Volume {
         let bs = self.bs();
         let lb = offset / bs;
         debug_assert!(offset.is_multiple_of(bs) && buf.len() as u64 <= bs);
-        match self.plan(lb, 1)?[0] {
-            None => buf.fill(0),
-            Some(m) => {
-                let mut block = vec![0u8; bs as usize];
-                self.read_pages(m.page, &mut block)?;
-                if Crc::of(&block) != m.crc {
-                    self.reread_block(lb, m, &mut block, 0)?;
-                }
-                buf.copy_from_slice(&block[..buf.len()]);
-            }
-        }
-        Ok(())
+        self.read_block(lb, self.plan_one(lb)?, buf, 0)
     }
 
     fn lock_stripes(&self, first: u64, n: u64) -> Vec<parking_lot::MutexGuard<'_, ()>> {

@@ -8,17 +8,33 @@
 //! clears bits until it finds a node without one.
 //!
 //! The cache lives in the engine's state and is used under the state lock,
-//! so loads, evictions and the freeing of pages are ordered: a page cannot
-//! be freed and reused while a lookup reads it. Its own small lock only
-//! lets walks that hold the state read-only still fill it.
+//! so evictions and the freeing of pages are ordered. Its own small lock
+//! lets walks that hold the state read-only (pinned views) still fill it.
+//!
+//! A volume read that misses does not read the disk under the state lock,
+//! which would stall every other volume's I/O for as long: it notes the
+//! miss ([`NodeMiss`]), reads the page with no lock held, and offers the
+//! node back under the lock ([`NodeCache::fill`]). The page held that node
+//! when the miss was noted (a tree referenced it), and it keeps holding it
+//! until its last reference goes, which always passes through
+//! [`NodeCache::forget`]: so the fill is accepted only when the page has
+//! not been forgotten since, which the cache knows from a short record of
+//! the pages that left the trees (`Inner::departed`).
 
-use super::{build_node, decode_node, Geometry, Node};
+use super::{build_node, decode_node, Geometry, Held, Node};
 use crate::backend::StorageFile;
 use crate::error::{Error, Result};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// Pages that left the trees which [`NodeCache::fill`] can still tell
+/// apart; a miss older than this many departures is read again. A few
+/// kilobytes, and far more than leave during one node read.
+const DEPARTURES_KEPT: usize = 1024;
 
 #[derive(Debug)]
 struct Slot {
@@ -44,11 +60,114 @@ pub(crate) struct NodeCache {
 #[derive(Debug)]
 struct Inner {
     budget: usize,
-    map: HashMap<u64, Slot>,
+    map: HashMap<u64, Slot, PageHash>,
     /// Pages in clock order; a page may appear after it left `map` (skipped).
     clock: VecDeque<u64>,
     bytes: usize,
     stats: CacheStats,
+    /// Pages forgotten or replaced, counted since the cache was made: the
+    /// ticket of a [`NodeMiss`].
+    departures: u64,
+    /// The last [`DEPARTURES_KEPT`] of those pages, oldest first.
+    departed: VecDeque<u64>,
+}
+
+/// Hashes page numbers for the cache's map. Pages are distinct integers
+/// chosen by the engine, not by users, so a multiplicative mix is enough
+/// and costs a fraction of the default SipHash on the read path.
+#[derive(Debug, Clone, Copy, Default)]
+struct PageHash;
+
+#[derive(Debug, Default)]
+struct PageHasher(u64);
+
+impl BuildHasher for PageHash {
+    type Hasher = PageHasher;
+    fn build_hasher(&self) -> PageHasher {
+        PageHasher(0)
+    }
+}
+
+impl Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        // The table takes its bucket from the low bits and a tag from the
+        // high ones: fold the well-mixed high half of the product down.
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+/// A node the cache did not hold, noted under the state lock by a walk
+/// that reads nothing from the disk; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NodeMiss {
+    pub(crate) page: u64,
+    pub(crate) level: u32,
+    /// `Inner::departures` when the miss was noted.
+    ticket: u64,
+}
+
+/// A node read for a [`NodeMiss`] with no lock held, not yet validated.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    miss: NodeMiss,
+    node: Result<Node>,
+}
+
+/// The cache locked for one walk under the state lock: nodes are lent,
+/// not cloned, and nothing is read from the disk. Holds the cache's lock
+/// until dropped, so the walk must not call back into the cache.
+pub(crate) struct Cached<'a> {
+    inner: MutexGuard<'a, Inner>,
+    /// Hits and misses, added to the stats on drop (nodes lent out borrow
+    /// the guard, so the counters cannot be updated in place).
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+}
+
+impl Cached<'_> {
+    /// The node at `page` if the cache holds it. `level` is where the
+    /// caller's tree expects it; a node of another level is corruption.
+    pub(crate) fn get(&self, page: u64, level: u32) -> Result<Option<&Node>> {
+        let Some(s) = self.inner.map.get(&page) else { return Ok(None) };
+        check_level(s, page, level)?;
+        s.referenced.store(true, Ordering::Relaxed);
+        self.hits.set(self.hits.get() + 1);
+        Ok(Some(&s.node))
+    }
+
+    /// Counts a miss on `page` and notes what [`NodeCache::fill`] needs to
+    /// validate a read of it done after the state lock is released.
+    pub(crate) fn miss(&self, page: u64, level: u32) -> NodeMiss {
+        self.misses.set(self.misses.get() + 1);
+        NodeMiss { page, level, ticket: self.inner.departures }
+    }
+}
+
+impl Drop for Cached<'_> {
+    fn drop(&mut self) {
+        self.inner.stats.hits += self.hits.get();
+        self.inner.stats.misses += self.misses.get();
+    }
+}
+
+fn check_level(s: &Slot, page: u64, level: u32) -> Result<()> {
+    if s.level == level {
+        return Ok(());
+    }
+    Err(Error::corruption(
+        "tree",
+        format!("page {page}"),
+        format!("node of level {} reached at level {level}", s.level),
+    ))
 }
 
 /// Counters for `Store::stats` and the benchmarks.
@@ -61,8 +180,15 @@ pub(crate) struct CacheStats {
 
 impl NodeCache {
     pub(crate) fn new(file: Arc<dyn StorageFile>, data_start: u64, block_size: u32, bits: u32, budget: usize) -> Self {
-        let inner =
-            Inner { budget, map: HashMap::new(), clock: VecDeque::new(), bytes: 0, stats: CacheStats::default() };
+        let inner = Inner {
+            budget,
+            map: HashMap::with_hasher(PageHash),
+            clock: VecDeque::new(),
+            bytes: 0,
+            stats: CacheStats::default(),
+            departures: 0,
+            departed: VecDeque::with_capacity(DEPARTURES_KEPT),
+        };
         NodeCache { file, data_start, block_size: block_size as usize, bits, inner: Mutex::new(inner) }
     }
 
@@ -72,13 +198,7 @@ impl NodeCache {
         {
             let mut c = self.inner.lock();
             if let Some(s) = c.map.get(&page) {
-                if s.level != level {
-                    return Err(Error::corruption(
-                        "tree",
-                        format!("page {page}"),
-                        format!("node of level {} reached at level {level}", s.level),
-                    ));
-                }
+                check_level(s, page, level)?;
                 s.referenced.store(true, Ordering::Relaxed);
                 let node = s.node.clone();
                 c.stats.hits += 1;
@@ -89,6 +209,51 @@ impl NodeCache {
         let node = Arc::new(self.read(page, level)?);
         self.inner.lock().insert(page, level, node.clone(), false);
         Ok(node)
+    }
+
+    /// Locks the cache for one walk that reads nothing from the disk.
+    pub(crate) fn cached(&self) -> Cached<'_> {
+        Cached { inner: self.inner.lock(), hits: Cell::new(0), misses: Cell::new(0) }
+    }
+
+    /// Reads the node of `miss` from the disk. Needs no lock: what it
+    /// returns is checked by [`NodeCache::fill`] before anyone uses it.
+    pub(crate) fn fetch(&self, miss: NodeMiss) -> Fetched {
+        Fetched { miss, node: self.read(miss.page, miss.level) }
+    }
+
+    /// Under the state lock: the node `fetched` holds if its page still held
+    /// it when read (it has not left the trees since the miss was noted),
+    /// now cached; `Ok(None)` when it may have been reused, and the read
+    /// must be done again. An error of a read that was valid is returned.
+    pub(crate) fn fill(&self, fetched: Fetched) -> Result<Option<Held>> {
+        let Fetched { miss, node } = fetched;
+        let mut c = self.inner.lock();
+        if c.departed_since(miss.ticket, miss.page) {
+            return Ok(None);
+        }
+        let node = match c.map.get(&miss.page) {
+            Some(s) => {
+                // Another reader filled it first; share the one in place.
+                check_level(s, miss.page, miss.level)?;
+                s.node.clone()
+            }
+            None => {
+                let node = Arc::new(node?);
+                c.insert(miss.page, miss.level, node.clone(), false);
+                node
+            }
+        };
+        Ok(Some(Held { page: miss.page, level: miss.level, node, ticket: c.departures }))
+    }
+
+    /// Under the state lock: drops the nodes of `held` whose pages left
+    /// the trees since they were validated. Returns whether all stayed.
+    pub(crate) fn keep_valid(&self, held: &mut Vec<Held>) -> bool {
+        let c = self.inner.lock();
+        let before = held.len();
+        held.retain(|h| !c.departed_since(h.ticket, h.page));
+        held.len() == before
     }
 
     fn read(&self, page: u64, level: u32) -> Result<Node> {
@@ -103,7 +268,10 @@ impl NodeCache {
     /// Places a node a checkpoint is about to write at `page`: pinned until
     /// [`NodeCache::unpin`], replacing whatever the cache held for the page.
     pub(crate) fn insert_pinned(&self, page: u64, level: u32, node: Arc<Node>) {
-        self.inner.lock().insert(page, level, node, true);
+        let mut c = self.inner.lock();
+        // The page's contents change when the checkpoint writes it.
+        c.depart(page);
+        c.insert(page, level, node, true);
     }
 
     /// The checkpoint wrote these pages: their nodes may be evicted.
@@ -119,7 +287,9 @@ impl NodeCache {
 
     /// The page no longer holds a node any tree references.
     pub(crate) fn forget(&self, page: u64) {
-        self.inner.lock().forget(page);
+        let mut c = self.inner.lock();
+        c.depart(page);
+        c.forget(page);
     }
 
     /// Bytes the cached nodes take.
@@ -133,6 +303,22 @@ impl NodeCache {
 }
 
 impl Inner {
+    /// Records that `page` may stop holding the node it held.
+    fn depart(&mut self, page: u64) {
+        if self.departed.len() == DEPARTURES_KEPT {
+            self.departed.pop_front();
+        }
+        self.departed.push_back(page);
+        self.departures += 1;
+    }
+
+    /// Whether `page` may have departed since the count was `ticket`: it
+    /// is among the departures since, or they are too many to tell.
+    fn departed_since(&self, ticket: u64, page: u64) -> bool {
+        let since = self.departures - ticket;
+        since > self.departed.len() as u64 || self.departed.iter().rev().take(since as usize).any(|&p| p == page)
+    }
+
     fn forget(&mut self, page: u64) {
         if let Some(s) = self.map.remove(&page) {
             self.bytes -= s.bytes;
@@ -170,5 +356,71 @@ impl Inner {
             let map = &self.map;
             self.clock.retain(|p| map.contains_key(p));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::StorageDir;
+    use crate::testing::SimDir;
+    use crate::tree::Body;
+
+    fn cache() -> NodeCache {
+        let f = SimDir::new().open_file("f", true).unwrap();
+        NodeCache::new(f, 8192, 4096, 2, 1 << 20)
+    }
+
+    /// A read done for `miss`, as `NodeCache::fetch` would return it.
+    fn fetched(miss: NodeMiss) -> Fetched {
+        Fetched { miss, node: Ok(Node::new(Body::Leaf(Vec::new()))) }
+    }
+
+    #[test]
+    fn a_read_is_kept_when_its_page_stayed_in_the_trees() {
+        let c = cache();
+        let miss = c.cached().miss(7, 0);
+        c.forget(8);
+        let held = c.fill(fetched(miss)).unwrap().expect("page 7 never left");
+        assert_eq!((held.page, held.level), (7, 0));
+        assert_eq!(c.stats().misses, 1);
+        assert!(c.cached().get(7, 0).unwrap().is_some(), "and cached");
+    }
+
+    #[test]
+    fn a_read_of_a_page_that_left_the_trees_meanwhile_is_dropped() {
+        let c = cache();
+        let miss = c.cached().miss(7, 0);
+        c.forget(7);
+        assert!(c.fill(fetched(miss)).unwrap().is_none());
+        assert!(c.cached().get(7, 0).unwrap().is_none(), "nothing cached for the page");
+        // A checkpoint placing a new node there counts as leaving too.
+        let miss = c.cached().miss(9, 0);
+        c.insert_pinned(9, 0, Arc::new(Node::new(Body::Leaf(Vec::new()))));
+        assert!(c.fill(fetched(miss)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_read_older_than_the_departures_kept_is_dropped() {
+        let c = cache();
+        let miss = c.cached().miss(7, 0);
+        for p in 100..100 + DEPARTURES_KEPT as u64 + 1 {
+            c.forget(p);
+        }
+        assert!(c.fill(fetched(miss)).unwrap().is_none(), "page 7 may have left among those not kept");
+    }
+
+    #[test]
+    fn held_nodes_are_dropped_once_their_pages_leave() {
+        let c = cache();
+        let mut held = Vec::new();
+        for p in [1, 2] {
+            let miss = c.cached().miss(p, 0);
+            held.extend(c.fill(fetched(miss)).unwrap());
+        }
+        assert!(c.keep_valid(&mut held));
+        c.forget(2);
+        assert!(!c.keep_valid(&mut held));
+        assert_eq!(held.iter().map(|h| h.page).collect::<Vec<_>>(), vec![1]);
     }
 }
