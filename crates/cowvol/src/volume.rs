@@ -205,7 +205,8 @@ impl Volume {
         let mut stale = 0;
         loop {
             let st = self.engine.state.lock();
-            if !st.nodes.keep_valid(&mut held) {
+            // Nothing is held on the first try, the only one of nearly every read.
+            if !held.is_empty() && !st.nodes.keep_valid(&mut held) {
                 stale += 1;
             }
             if let Some(f) = fetched.take() {
