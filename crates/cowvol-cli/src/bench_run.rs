@@ -7,10 +7,11 @@
 //! machines are noisy.
 
 use cowvol::{
-    Error, ForkOptions, RestoreOptions, Result, SnapshotOptions, Store, StoreOptions, VolumeId, VolumeOptions,
+    Error, ForkOptions, RestoreOptions, Result, SnapshotOptions, Store, StoreOptions, Volume, VolumeId, VolumeOptions,
 };
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,6 +73,14 @@ impl BenchOptions {
             20_000
         } else {
             100_000
+        }
+    }
+    /// Random reads from the disk (page cache dropped), per side.
+    fn cold_ops(&self) -> u64 {
+        if self.quick {
+            1_000
+        } else {
+            4_000
         }
     }
     fn durable_ops(&self) -> u64 {
@@ -273,17 +282,22 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
     Ok(report)
 }
 
-/// 4 KiB random writes (fresh, after a snapshot, with 100 snapshots) and reads.
+/// 4 KiB random writes (fresh, after a snapshot, with 100 snapshots) and
+/// reads: page-cache hot after the fill, hot after the random overwrites
+/// and snapshots, and cold (both files dropped from the page cache).
 fn random_io(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
     let size = opts.volume_bytes();
     let nblocks = size / BS;
     let n = opts.random_ops();
     let buf = pattern(BS as usize, 7);
-    let (mut fresh, mut after, mut hundred, mut reads, mut scattered) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut raw_w, mut raw_over, mut raw_r) = (vec![], vec![], vec![]);
+    let (mut fresh, mut after, mut hundred, mut reads, mut scattered, mut cold) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut raw_w, mut raw_over, mut raw_r, mut raw_r_over, mut raw_cold) = (vec![], vec![], vec![], vec![], vec![]);
     for rep in 0..opts.reps() {
         progress("rand4k");
-        // Raw: fresh sparse file, then overwrite in place, then read.
+        // Raw: fresh sparse file, then filled; overwritten in place later,
+        // when the volume is. It stays open beside the store so that reads
+        // of both run side by side.
         let raw = Raw::create(&opts.dir, "raw.img")?;
         raw.file.set_len(size).map_err(io_err("sizing the raw file"))?;
         let mut rng = Rng(rep as u64 + 11);
@@ -293,18 +307,6 @@ fn random_io(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn F
         }
         raw_w.push(rate(n, t.elapsed()));
         raw.fill(size)?;
-        let t = Instant::now();
-        for _ in 0..n {
-            raw.write(&buf, rng.block(nblocks) * BS)?;
-        }
-        raw_over.push(rate(n, t.elapsed()));
-        let mut rbuf = vec![0u8; BS as usize];
-        let t = Instant::now();
-        for _ in 0..n {
-            raw.read(&mut rbuf, rng.block(nblocks) * BS)?;
-        }
-        raw_r.push(rate(n, t.elapsed()));
-        drop(raw);
 
         let s = Scratch::new(&opts.dir, "store", store_opts())?;
         let store = s.store();
@@ -323,12 +325,15 @@ fn random_io(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn F
         vol.flush()?;
         // Reads of the filled volume, in the state the raw file is in: every
         // block written, none moved by copy-on-write yet.
-        let mut rbuf = vec![0u8; BS as usize];
+        let (r, c) = random_reads_side_by_side(&raw, &vol, nblocks, n, rep as u64 + 13)?;
+        raw_r.push(r);
+        reads.push(c);
+        let mut raw_rng = Rng(rep as u64 + 17);
         let t = Instant::now();
         for _ in 0..n {
-            vol.read_at(&mut rbuf, rng.block(nblocks) * BS)?;
+            raw.write(&buf, raw_rng.block(nblocks) * BS)?;
         }
-        reads.push(rate(n, t.elapsed()));
+        raw_over.push(rate(n, t.elapsed()));
         store.create_snapshot(id, SnapshotOptions::named("base"))?;
         let t = Instant::now();
         for _ in 0..n {
@@ -346,26 +351,98 @@ fn random_io(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn F
             vol.write_at(&buf, rng.block(nblocks) * BS)?;
         }
         hundred.push(rate(n, t.elapsed()));
-        let t = Instant::now();
-        for _ in 0..n {
-            vol.read_at(&mut rbuf, rng.block(nblocks) * BS)?;
-        }
-        scattered.push(rate(n, t.elapsed()));
+        let (r, c) = random_reads_side_by_side(&raw, &vol, nblocks, n, rep as u64 + 19)?;
+        raw_r_over.push(r);
+        scattered.push(c);
+        vol.flush()?;
+        raw.sync()?;
+        drop_page_cache(&[raw.path.clone(), s.dir.clone()])?;
+        let (r, c) = random_reads_side_by_side(&raw, &vol, nblocks, opts.cold_ops(), rep as u64 + 23)?;
+        raw_cold.push(r);
+        cold.push(c);
     }
-    let (rw, ro, rr) = (median(raw_w), median(raw_over), median(raw_r));
-    push(report, "rand4k_write", "ops/s", median(fresh), Some(rw), true);
+    push(report, "rand4k_write", "ops/s", median(fresh), Some(median(raw_w)), true);
+    let ro = median(raw_over);
     push(report, "rand4k_write_after_snapshot", "ops/s", median(after), Some(ro), true);
     push(report, "rand4k_write_100_snapshots", "ops/s", median(hundred), Some(ro), true);
-    push(report, "rand4k_read", "ops/s", median(reads), Some(rr), true);
-    push(report, "rand4k_read_100_snapshots", "ops/s", median(scattered), Some(rr), true);
+    push(report, "rand4k_read", "ops/s", median(reads), Some(median(raw_r)), true);
+    push(report, "rand4k_read_100_snapshots", "ops/s", median(scattered), Some(median(raw_r_over)), true);
+    push(report, "rand4k_read_cold", "ops/s", median(cold), Some(median(raw_cold)), true);
     Ok(())
 }
 
-/// 1 MiB sequential writes and reads over a whole volume.
+/// Reads run in batches of this many operations that alternate between the
+/// raw file and the volume, so that a noisy neighbour slows both alike.
+const SIDE_BY_SIDE_BATCH: u64 = 256;
+
+/// Times `batches` batches of `raw_batch` and `cow_batch` alternately (the
+/// side that goes first alternates too); returns the time each side took.
+fn side_by_side(
+    batches: u64,
+    mut raw_batch: impl FnMut(u64) -> Result<()>,
+    mut cow_batch: impl FnMut(u64) -> Result<()>,
+) -> Result<(Duration, Duration)> {
+    let (mut raw_t, mut cow_t) = (Duration::ZERO, Duration::ZERO);
+    for b in 0..batches {
+        for side in [b % 2, 1 - b % 2] {
+            let t = Instant::now();
+            if side == 0 {
+                raw_batch(b)?;
+                raw_t += t.elapsed();
+            } else {
+                cow_batch(b)?;
+                cow_t += t.elapsed();
+            }
+        }
+    }
+    Ok((raw_t, cow_t))
+}
+
+/// `n` 4 KiB reads of the same random blocks of `raw` and `vol`, side by
+/// side; returns their rates (raw, cowvol).
+fn random_reads_side_by_side(raw: &Raw, vol: &Volume, nblocks: u64, n: u64, seed: u64) -> Result<(f64, f64)> {
+    let mut rng = Rng(seed);
+    let blocks: Vec<u64> = (0..n).map(|_| rng.block(nblocks)).collect();
+    let batch = |b: u64| &blocks[(b * SIDE_BY_SIDE_BATCH) as usize..(n.min((b + 1) * SIDE_BY_SIDE_BATCH)) as usize];
+    let (mut rbuf, mut cbuf) = (vec![0u8; BS as usize], vec![0u8; BS as usize]);
+    let (raw_t, cow_t) = side_by_side(
+        n.div_ceil(SIDE_BY_SIDE_BATCH),
+        |b| batch(b).iter().try_for_each(|&lb| raw.read(&mut rbuf, lb * BS)),
+        |b| batch(b).iter().try_for_each(|&lb| vol.read_at(&mut cbuf, lb * BS)),
+    )?;
+    Ok((rate(n, raw_t), rate(n, cow_t)))
+}
+
+/// Drops the pages of every file at `paths` (a file, or a directory's
+/// files) from the page cache, so that the next reads go to the disk. The
+/// files must be synced: only clean pages are dropped.
+fn drop_page_cache(paths: &[PathBuf]) -> Result<()> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(p).map_err(io_err("listing the store directory"))?;
+            files.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|f| f.is_file()));
+        } else {
+            files.push(p.clone());
+        }
+    }
+    for f in files {
+        let file = File::open(&f).map_err(io_err("opening a file to drop its cached pages"))?;
+        // SAFETY: posix_fadvise only reads its arguments; the descriptor is
+        // open for the whole call.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(io_err("dropping cached pages")(std::io::Error::from_raw_os_error(rc)));
+        }
+    }
+    Ok(())
+}
+
+/// 1 MiB sequential writes over a whole volume, then reads of the volume
+/// and of the raw file side by side.
 fn sequential(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
     let size = opts.volume_bytes();
     let buf = pattern(MIB as usize, 3);
-    let mut rbuf = vec![0u8; MIB as usize];
     let (mut cw, mut cr, mut rw, mut rr) = (vec![], vec![], vec![], vec![]);
     let mib = (size / MIB) as f64;
     for _ in 0..opts.reps() {
@@ -376,12 +453,6 @@ fn sequential(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn 
             raw.write(&buf, off)?;
         }
         rw.push(mib / t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        for off in (0..size).step_by(MIB as usize) {
-            raw.read(&mut rbuf, off)?;
-        }
-        rr.push(mib / t.elapsed().as_secs_f64());
-        drop(raw);
         let s = Scratch::new(&opts.dir, "store", store_opts())?;
         let id = s.store().create_volume(unflushed_volume(size))?.id;
         let vol = s.store().open_volume(id)?;
@@ -390,11 +461,17 @@ fn sequential(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn 
             vol.write_at(&buf, off)?;
         }
         cw.push(mib / t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        for off in (0..size).step_by(MIB as usize) {
-            vol.read_at(&mut rbuf, off)?;
-        }
-        cr.push(mib / t.elapsed().as_secs_f64());
+        // Batches of 8 MiB, each side reading the same offsets.
+        let per_batch = 8;
+        let (mut rbuf, mut cbuf) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+        let offsets = |b: u64| (b * per_batch..((b + 1) * per_batch).min(size / MIB)).map(|i| i * MIB);
+        let (raw_t, cow_t) = side_by_side(
+            (size / MIB).div_ceil(per_batch),
+            |b| offsets(b).try_for_each(|off| raw.read(&mut rbuf, off)),
+            |b| offsets(b).try_for_each(|off| vol.read_at(&mut cbuf, off)),
+        )?;
+        rr.push(mib / raw_t.as_secs_f64());
+        cr.push(mib / cow_t.as_secs_f64());
     }
     push(report, "seq1m_write", "MiB/s", median(cw), Some(median(rw)), true);
     push(report, "seq1m_read", "MiB/s", median(cr), Some(median(rr)), true);
