@@ -4,10 +4,11 @@
 //! maps the pages and logs the change under the state lock. A read takes a
 //! plan (which page, or a hole, per block) under the state lock and reads
 //! after releasing it; a tree node the plan needs and the node cache lacks
-//! is read with the lock released too, and validated under it. Blocks are never written in place, so a plan stays
-//! valid until the page is reused, which the quarantine delays past the
-//! next checkpoint; a read whose CRC fails re-plans once before it reports
-//! corruption, which covers a reader that slept across that window.
+//! is read with the lock released too, and validated under it. Blocks are
+//! never written in place, so a plan stays valid until the page is reused,
+//! which the quarantine delays past the next checkpoint; a read whose CRC
+//! fails re-plans once before it reports corruption, which covers a reader
+//! that slept across that window.
 
 use crate::catalog::{SnapshotId, TemplateId, VolumeId};
 use crate::engine::record::{Record, MAX_MAP_BLOCKS};
