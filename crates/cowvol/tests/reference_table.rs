@@ -78,6 +78,36 @@ fn opening_a_cleanly_closed_store_reads_no_tree_node_and_its_counts_check_clean(
     assert_contents(&store, a, b);
 }
 
+/// Volume reads that miss the node cache read the node with the state lock
+/// released; those reads count as node reads all the same, so the zero
+/// above says open read nothing, not that reads go uncounted.
+#[test]
+fn node_reads_outside_the_state_lock_are_counted_after_an_open_that_read_none() {
+    let disk = SimDir::new();
+    let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
+    let (a, b) = build(&store);
+    store.close().unwrap();
+    let store = Store::open_in(Arc::new(disk), opts()).unwrap();
+    assert_eq!(testing::nodes_read(&store), 0, "open read tree nodes");
+    let va = store.open_volume(a).unwrap();
+    let mut buf = vec![0u8; BS];
+    va.read_at(&mut buf, 6 * BS as u64).unwrap();
+    assert!(buf == expected(false, 6));
+    let one = testing::nodes_read(&store);
+    assert!(one >= 1, "a read whose nodes were not cached counted no node read");
+    va.read_at(&mut buf, 6 * BS as u64).unwrap();
+    assert_eq!(testing::nodes_read(&store), one, "the same block again finds its nodes cached");
+    // A long read over every leaf of the other volume: each leaf it had not
+    // read yet counts once.
+    let vb = store.open_volume(b).unwrap();
+    let mut all = vec![0u8; 4096 * BS];
+    vb.read_at(&mut all, 0).unwrap();
+    for (lb, got) in all.chunks(BS).enumerate() {
+        assert!(got == expected(true, lb as u64), "volume b block {lb}");
+    }
+    assert!(testing::nodes_read(&store) > one + 1, "the long read counted no node read");
+}
+
 #[test]
 fn a_crash_with_a_log_tail_replays_onto_the_table_and_checks_clean() {
     let disk = SimDir::new();
