@@ -31,8 +31,13 @@ pub struct BenchOptions {
     /// data (4 KiB per block) would not fit in the directory's free space,
     /// with a quarter to spare, is skipped and has no row.
     pub snapshot_sizes: Vec<u64>,
+    /// Mapped-block counts of the scale figures (open time and memory;
+    /// see [`default_scale_sizes`]). Their data is kept by key, so the
+    /// directory needs room for metadata only (about 25 bytes a block).
+    pub scale_sizes: Vec<u64>,
     /// The parts to run (`random`, `sequential`, `durable`, `admin`,
-    /// `names`, `sparse`, `punch`, `check`, `cache`); empty runs them all.
+    /// `names`, `sparse`, `punch`, `check`, `cache`, `scale`); empty runs
+    /// them all.
     pub only: Vec<String>,
 }
 
@@ -52,7 +57,13 @@ impl BenchOptions {
         if !quick {
             snapshot_sizes.push(10_000_000);
         }
-        BenchOptions { dir: dir.into(), quick, snapshot_sizes, only: Vec::new() }
+        BenchOptions {
+            dir: dir.into(),
+            quick,
+            snapshot_sizes,
+            scale_sizes: default_scale_sizes(quick),
+            only: Vec::new(),
+        }
     }
     fn reps(&self) -> usize {
         if self.quick {
@@ -273,6 +284,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         ("punch", punch_space),
         ("check", check_beside_writes),
         ("cache", node_cache),
+        ("scale", scale),
     ];
     for &(name, part) in parts {
         if opts.only.is_empty() || opts.only.iter().any(|o| o == name) {
@@ -1130,4 +1142,143 @@ fn node_cache(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn 
     }
     drop((raw, scratch));
     Ok(())
+}
+
+/// Mapped-block counts of the scale figures (`--only scale`): every block
+/// distinct, kept by key on a [`cowvol::testing::KeyedDir`] so that the
+/// metadata of 10^8 blocks is real while their data takes no room.
+pub fn default_scale_sizes(quick: bool) -> Vec<u64> {
+    if quick {
+        vec![1_000, 10_000, 100_000]
+    } else {
+        vec![1_000, 10_000, 100_000, 1_000_000, 10_000_000]
+    }
+}
+
+/// Runs of the probe per size; the figures are their medians.
+const PROBE_RUNS: usize = 5;
+/// Random 4 KiB reads the probe makes after open: enough to fill a 256 MiB
+/// node cache at 10^8 blocks (a leaf per read).
+const PROBE_READS: u64 = 100_000;
+
+/// What one probe process measured (see [`probe`]).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    /// Opening the store after a clean close.
+    pub open_ms: f64,
+    /// Resident set of the process right after open.
+    pub rss_open_mib: f64,
+    /// Resident set after the random reads.
+    pub rss_reads_mib: f64,
+    /// Node cache bytes after the reads.
+    pub node_cache_mib: f64,
+    /// A snapshot created and the store closed (the work of a one-command
+    /// `cowvol snapshot create` after its open).
+    pub snapshot_close_ms: f64,
+}
+
+/// Opening a cleanly closed store, the memory of a process holding it, and
+/// a snapshot plus close, against mapped blocks; each probe in a process of
+/// its own (`cowvol bench-probe`), so that one's memory is not another's.
+fn scale(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    for &n in &opts.scale_sizes {
+        progress(&format!("scale: building {n} blocks"));
+        let dir = opts.dir.join(format!("scale-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        build_keyed_store(&dir, n)?;
+        let mut runs = Vec::new();
+        for _ in 0..PROBE_RUNS {
+            progress(&format!("scale: probing {n} blocks"));
+            runs.push(spawn_probe(&dir)?);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = |f: fn(&Probe) -> f64| median(runs.iter().map(f).collect());
+        push(report, &format!("open_clean_ms_{n}"), "ms", m(|p| p.open_ms), None, false);
+        push(report, &format!("snapshot_and_close_ms_{n}"), "ms", m(|p| p.snapshot_close_ms), None, false);
+        push(report, &format!("rss_after_open_mib_{n}"), "MiB", m(|p| p.rss_open_mib), None, false);
+        push(report, &format!("rss_after_reads_mib_{n}"), "MiB", m(|p| p.rss_reads_mib), None, false);
+        push(report, &format!("node_cache_mib_{n}"), "MiB", m(|p| p.node_cache_mib), None, false);
+    }
+    Ok(())
+}
+
+fn keyed_dir(dir: &Path) -> Result<Arc<dyn cowvol::backend::StorageDir>> {
+    let d =
+        cowvol::testing::KeyedDir::create(dir, BS as usize).map_err(io_err("creating the keyed store directory"))?;
+    Ok(Arc::new(d))
+}
+
+/// A store with one volume of `n` blocks, every one written once with
+/// distinct contents, closed cleanly.
+fn build_keyed_store(dir: &Path, n: u64) -> Result<()> {
+    let store = Store::open_in(keyed_dir(dir)?, StoreOptions::default())?;
+    let id = store.create_volume(VolumeOptions::new("scale", n * BS))?.id;
+    let vol = store.open_volume(id)?;
+    const BATCH: u64 = 256;
+    let mut buf = Vec::with_capacity((BATCH * BS) as usize);
+    for first in (0..n).step_by(BATCH as usize) {
+        buf.clear();
+        for lb in first..(first + BATCH).min(n) {
+            buf.extend(cowvol::testing::keyed_block(lb + 1, BS as usize));
+        }
+        vol.write_at(&buf, first * BS)?;
+    }
+    vol.flush()?;
+    drop(vol);
+    store.close()
+}
+
+fn spawn_probe(dir: &Path) -> Result<Probe> {
+    let exe = std::env::current_exe().map_err(io_err("finding the cowvol binary"))?;
+    let out = std::process::Command::new(exe)
+        .arg("bench-probe")
+        .arg(dir)
+        .output()
+        .map_err(io_err("running the bench probe"))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(Error::InvalidArgument(format!("the bench probe failed: {msg}")));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::InvalidArgument(format!("the bench probe printed something unexpected: {e}")))
+}
+
+/// The probe itself, run in a process of its own by `cowvol bench-probe
+/// DIR`: opens the keyed store in `dir` with the default options (a
+/// 256 MiB node cache), reads random blocks of its volume, creates a
+/// snapshot and closes.
+pub fn probe(dir: &Path) -> Result<Probe> {
+    let t = Instant::now();
+    let store = Store::open_in(keyed_dir(dir)?, StoreOptions::default())?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let rss_open_mib = rss_mib();
+    let info =
+        store.list_volumes().into_iter().next().ok_or_else(|| Error::NotFound { what: "the scale volume".into() })?;
+    let vol = store.open_volume(info.id)?;
+    let nblocks = info.size_bytes / BS;
+    let mut rng = Rng(29);
+    let mut buf = vec![0u8; BS as usize];
+    for _ in 0..PROBE_READS.min(nblocks * 4) {
+        vol.read_at(&mut buf, rng.block(nblocks) * BS)?;
+    }
+    drop(vol);
+    let rss_reads_mib = rss_mib();
+    let node_cache_mib = cowvol::testing::node_cache_bytes(&store) as f64 / MIB as f64;
+    let t = Instant::now();
+    let name = format!("probe-{}", std::process::id());
+    store.create_snapshot(info.id, SnapshotOptions::named(&name))?;
+    store.close()?;
+    let snapshot_close_ms = t.elapsed().as_secs_f64() * 1e3;
+    Ok(Probe { open_ms, rss_open_mib, rss_reads_mib, node_cache_mib, snapshot_close_ms })
+}
+
+/// The resident set of this process (`VmRSS`), 0 where /proc cannot tell.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
 }

@@ -174,8 +174,8 @@ impl Store {
         let counted = count_references(&view, waiting.npages() as usize, &mut report);
         report.nodes = counted.nodes;
         report.data_pages = counted.data.iter().skip(1).filter(|&&c| c > 0).count() as u64;
-        let suspects = self.compare_in_slices(&counted, &waiting);
-        report.problems.extend(self.settle(&suspects));
+        let suspects = self.compare_in_slices(&counted, &waiting)?;
+        report.problems.extend(self.settle(&suspects)?);
         self.verify_written_nodes(counted.written, &mut report);
         drop(view);
         Ok(report)
@@ -211,7 +211,7 @@ impl Store {
     /// free extents in it) and compared with no lock held. A page that
     /// changed since the pin may disagree without being wrong, so these
     /// are suspects for [`Store::settle`], not problems.
-    fn compare_in_slices(&self, counted: &Counted, waiting: &PageBits) -> Vec<u64> {
+    fn compare_in_slices(&self, counted: &Counted, waiting: &PageBits) -> Result<Vec<u64>> {
         let npages = counted.data.len() as u64;
         let mut suspects = Vec::new();
         let mut slice = PageCopy::sized_for(COMPARE_SLICE);
@@ -219,8 +219,8 @@ impl Store {
         for start in (0..npages).step_by(COMPARE_SLICE as usize) {
             let end = (start + COMPARE_SLICE).min(npages);
             {
-                let st = self.engine.state.lock();
-                slice.capture_range(&st.space, start..end);
+                let mut st = self.engine.state.lock();
+                slice.capture_range(&mut st.space, start..end)?;
             }
             let free = PageBits::from_runs_in(start..end, &slice.free);
             for p in start.max(1)..end {
@@ -236,25 +236,25 @@ impl Store {
                 }
             }
         }
-        suspects
+        Ok(suspects)
     }
 
     /// Judges the suspects exactly: a second view pinned at an instant with
     /// no checkpoint running, with the bookkeeping of those pages taken at
     /// the same instant, and their references counted in that view with no
     /// lock held. What still disagrees is a problem.
-    fn settle(&self, suspects: &[u64]) -> Vec<Problem> {
+    fn settle(&self, suspects: &[u64]) -> Result<Vec<Problem>> {
         if suspects.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let (view, states) = self.pin_with_states(suspects);
+        let (view, states) = self.pin_with_states(suspects)?;
         let mut problems = Vec::new();
         let actual = count_pages(&view, suspects, &mut problems);
         drop(view);
         for ((&page, &refs), &state) in suspects.iter().zip(&actual).zip(&states) {
             judge(page, refs, state, &mut problems);
         }
-        problems
+        Ok(problems)
     }
 
     /// Pins every tree and takes the bookkeeping of `suspects` (sorted) at
@@ -263,17 +263,17 @@ impl Store {
     /// big delete ran during the check) are read from a copy of the whole
     /// bookkeeping, which costs one memory copy of 4 bytes per page under
     /// the lock.
-    fn pin_with_states(&self, suspects: &[u64]) -> (PinnedView<'_>, Vec<PageState>) {
+    fn pin_with_states(&self, suspects: &[u64]) -> Result<(PinnedView<'_>, Vec<PageState>)> {
         let mut copy =
             (suspects.len() > SETTLE_LOOKUPS).then(|| PageCopy::sized_for(self.engine.state.lock().space.npages()));
         let _no_checkpoint = self.engine.checkpoint_guard();
         let mut st = self.engine.state.lock();
         let looked_up = match &mut copy {
             Some(c) => {
-                c.capture(&st.space);
+                c.capture(&mut st.space)?;
                 Vec::new()
             }
-            None => look_up_states(&st.space, suspects),
+            None => look_up_states(&mut st.space, suspects)?,
         };
         let view = self.engine.pin(&mut st);
         drop(st);
@@ -281,7 +281,7 @@ impl Store {
             Some(c) => c.states_of(suspects),
             None => looked_up,
         };
-        (view, states)
+        Ok((view, states))
     }
 
     /// Reads back every written node of a pinned view from its page (not
@@ -528,20 +528,22 @@ impl PageCopy {
     /// Copies the bookkeeping; the caller holds the state lock. Cost: the
     /// two arrays (4 bytes and 1 bit per page), the free extents, the
     /// quarantine and the claims in flight.
-    fn capture(&mut self, space: &Space) {
-        space.copy_counts(0..space.npages(), &mut self.refcnt, &mut self.reserved);
+    fn capture(&mut self, space: &mut Space) -> Result<()> {
+        space.copy_counts(0..space.npages(), &mut self.refcnt, &mut self.reserved)?;
         self.free.extend(space.free_runs());
         self.waiting.extend(space.quarantine.iter().map(|&p| Run { start: p, len: 1 }));
         self.waiting.extend(space.in_flight_runs());
+        Ok(())
     }
 
     /// Copies the counts, reserved bits and free extents of pages `pages`
     /// only (`pages.start` a multiple of 64); the caller holds the state
     /// lock. Indexes in the copy are relative to `pages.start`.
-    fn capture_range(&mut self, space: &Space, pages: std::ops::Range<u64>) {
-        space.copy_counts(pages.clone(), &mut self.refcnt, &mut self.reserved);
+    fn capture_range(&mut self, space: &mut Space, pages: std::ops::Range<u64>) -> Result<()> {
+        space.copy_counts(pages.clone(), &mut self.refcnt, &mut self.reserved)?;
         self.free.clear();
         self.free.extend(space.free_runs_in(pages.start, pages.end));
+        Ok(())
     }
 
     fn is_reserved(&self, page: u64) -> bool {
@@ -616,17 +618,14 @@ fn judge(page: u64, refs: Refs, s: PageState, out: &mut Vec<Problem>) {
 /// The bookkeeping of each of `suspects` (sorted), looked up one by one;
 /// the caller holds the state lock. Cost: a free-map lookup per suspect,
 /// and one pass over the quarantine and the claims in flight.
-fn look_up_states(space: &Space, suspects: &[u64]) -> Vec<PageState> {
-    let is_free = |p: u64| space.free_runs_in(p, p + 1).any(|r| r.start <= p && p < r.start + r.len);
-    let mut states: Vec<PageState> = suspects
-        .iter()
-        .map(|&p| PageState {
-            stored: space.refcount(p),
-            reserved: space.is_reserved(p),
-            free: is_free(p),
-            waiting: false,
-        })
-        .collect();
+fn look_up_states(space: &mut Space, suspects: &[u64]) -> Result<Vec<PageState>> {
+    space.settle_counts()?;
+    let is_free = |space: &Space, p: u64| space.free_runs_in(p, p + 1).any(|r| r.start <= p && p < r.start + r.len);
+    let mut states = Vec::with_capacity(suspects.len());
+    for &p in suspects {
+        let stored = space.refcount(p)?;
+        states.push(PageState { stored, reserved: space.is_reserved(p), free: is_free(space, p), waiting: false });
+    }
     for &q in &space.quarantine {
         if let Ok(i) = suspects.binary_search(&q) {
             states[i].waiting = true;
@@ -641,7 +640,7 @@ fn look_up_states(space: &Space, suspects: &[u64]) -> Vec<PageState> {
             states[i].waiting = true;
         }
     }
-    states
+    Ok(states)
 }
 
 /// The references in the view to each of `pages` (sorted). A node that
@@ -938,9 +937,11 @@ fn stats_of(st: &mut State) -> StoreStats {
     // page's reference count, or its Arc count while it is dirty), and
     // everything below a shared node is shared too. A page is shared when
     // its leaf is, or when several leaves reference it.
-    let shared_ref = |c: &Child| match c {
+    // A count that cannot be read (its group's page is damaged; `check`
+    // reports it) counts as not shared, like a node that cannot be read.
+    let shared_ref = |c: &Child, space: &mut Space| match c {
         Child::Mem(a) => Arc::strong_count(a) > 1,
-        Child::Disk(p) => space.refcount(*p) > 1,
+        Child::Disk(p) => space.refcount(*p).is_ok_and(|n| n > 1),
     };
     let mut seen_pages: HashMap<u64, bool> = HashMap::new();
     let mut seen_nodes = std::collections::HashSet::new();
@@ -950,33 +951,33 @@ fn stats_of(st: &mut State) -> StoreStats {
         .filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top())))
         .chain(snapshots.values().filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top()))))
         .chain(templates.values().filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top()))));
-    let mut visit = |c: &Child, level: u32, shared: bool, nodes: &tree::NodeCache, stack: &mut Vec<_>| {
+    let mut visit = |c: &Child, level: u32, shared: bool, space: &mut Space, stack: &mut Vec<_>| {
         let key = match c {
             Child::Disk(p) => (*p, std::ptr::null()),
             Child::Mem(a) => (0, Arc::as_ptr(a)),
         };
         if seen_nodes.insert(key) {
             if let Ok(n) = c.node(level, nodes) {
-                stack.push((n, level, shared || shared_ref(c)));
+                stack.push((n, level, shared || shared_ref(c, space)));
             }
         }
     };
     for (r, level) in roots {
-        visit(r, level, false, nodes, &mut stack);
+        visit(r, level, false, space, &mut stack);
     }
     while let Some((n, level, shared)) = stack.pop() {
         s.tree_nodes += 1;
         match &n.body {
             Body::Leaf(entries) => {
                 for e in entries {
-                    let multi = shared || space.refcount(e.page) > 1;
+                    let multi = shared || space.refcount(e.page).is_ok_and(|n| n > 1);
                     let slot = seen_pages.entry(e.page).or_insert(false);
                     *slot |= multi;
                 }
             }
             Body::Interior(children) => {
                 for c in children.refs() {
-                    visit(c, level.saturating_sub(1), shared, nodes, &mut stack);
+                    visit(c, level.saturating_sub(1), shared, space, &mut stack);
                 }
             }
         }
@@ -984,7 +985,7 @@ fn stats_of(st: &mut State) -> StoreStats {
     s.data_blocks = seen_pages.len() as u64;
     s.physical_bytes = s.data_blocks * block_size;
     s.shared_blocks = seen_pages.values().filter(|&&v| v).count() as u64;
-    s.metadata_memory_bytes = dirty_bytes(volumes, snapshots, templates) + nodes.bytes() as u64 + space.npages() * 4;
+    s.metadata_memory_bytes = dirty_bytes(volumes, snapshots, templates) + nodes.bytes() as u64 + space.count_bytes();
     let cache = nodes.stats();
     s.node_cache_bytes = nodes.bytes() as u64;
     (s.node_cache_hits, s.node_cache_misses) = (cache.hits, cache.misses);

@@ -22,8 +22,10 @@ use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod counts;
 mod table;
 
+use counts::Counts;
 pub(crate) use table::{IndexRef, TableRoot};
 
 /// A contiguous run of pages.
@@ -63,8 +65,9 @@ pub(crate) struct Space {
     data_start: u64,
     /// Pages the data file holds (all of them allocated on disk).
     npages: u64,
-    /// Leaf references per page.
-    refcnt: Vec<u32>,
+    /// Leaf references per page (parent and root references for a node
+    /// page), for the groups of pages in RAM.
+    counts: Counts,
     /// One bit per page: metadata still needed by the durable checkpoint or WAL.
     reserved: Vec<u64>,
     /// Free extents: start page -> length.
@@ -125,7 +128,7 @@ impl Space {
             block_size: block_size as u64,
             data_start,
             npages,
-            refcnt: vec![0; npages as usize],
+            counts: Counts::new(npages.div_ceil(block_size as u64 / 4)),
             reserved: vec![0; (npages as usize).div_ceil(64)],
             free: BTreeMap::new(),
             free_pages: 0,
@@ -156,25 +159,87 @@ impl Space {
     /// before any page of it is used, so a chunk that is partly in use is
     /// allocated; a chunk that is wholly free may be a hole. Those become
     /// holes here, to be re-reserved before use and punched once more.
-    pub(crate) fn rebuild_free_map(&mut self) {
+    ///
+    /// The table says, for most groups, whether every page in it is free
+    /// or none is, without a read: only groups with some of each are read.
+    /// Changes waiting for a group were applied before (see
+    /// [`Space::settle_counts`]), so that pages they quarantine are known.
+    pub(crate) fn rebuild_free_map(&mut self) -> Result<()> {
+        debug_assert!(!self.has_pending_counts(), "counts changed without their groups at open");
         self.free.clear();
         self.free_pages = 0;
         self.holes.clear();
         self.hole_pages = 0;
-        let mut p = 1;
-        while p < self.npages {
-            if self.is_free_candidate(p) {
-                let start = p;
-                while p < self.npages && self.is_free_candidate(p) {
-                    p += 1;
+        let n = self.group_entries();
+        let mut run: Option<Run> = None;
+        for g in 0..self.npages.div_ceil(n) {
+            let (first, end) = ((g * n).max(1), ((g + 1) * n).min(self.npages));
+            let all_free = match self.group_zeros_hint(g) {
+                Some(false) => {
+                    self.close_free_run(&mut run);
+                    continue;
                 }
-                self.insert_free_after_open(start, p - start);
+                Some(true) => true,
+                None => {
+                    self.load_group(g)?;
+                    false
+                }
+            };
+            if all_free && !self.any_reserved(first, end) {
+                match &mut run {
+                    Some(r) if r.start + r.len == first => r.len += end - first,
+                    _ => {
+                        self.close_free_run(&mut run);
+                        run = Some(Run { start: first, len: end - first });
+                    }
+                }
+                continue;
+            }
+            for p in first..end {
+                let unreferenced = all_free || self.loaded_count(p) == Some(0);
+                if unreferenced && !self.is_reserved(p) {
+                    match &mut run {
+                        Some(r) if r.start + r.len == p => r.len += 1,
+                        _ => {
+                            self.close_free_run(&mut run);
+                            run = Some(Run { start: p, len: 1 });
+                        }
+                    }
+                } else {
+                    self.close_free_run(&mut run);
+                }
+            }
+        }
+        self.close_free_run(&mut run);
+        self.punch_from = None;
+        self.repunch_from = (self.hole_pages > 0).then_some(0);
+        Ok(())
+    }
+
+    /// Whether any page in `start..end` is reserved.
+    fn any_reserved(&self, start: u64, end: u64) -> bool {
+        let mut p = start;
+        while p < end {
+            let word = self.reserved.get((p / 64) as usize).copied().unwrap_or(0);
+            if p.is_multiple_of(64) && end - p >= 64 {
+                if word != 0 {
+                    return true;
+                }
+                p += 64;
             } else {
+                if word & (1 << (p % 64)) != 0 {
+                    return true;
+                }
                 p += 1;
             }
         }
-        self.punch_from = None;
-        self.repunch_from = (self.hole_pages > 0).then_some(0);
+        false
+    }
+
+    fn close_free_run(&mut self, run: &mut Option<Run>) {
+        if let Some(r) = run.take() {
+            self.insert_free_after_open(r.start, r.len);
+        }
     }
 
     /// Adds a free run found at open: its whole chunks as holes, the rest
@@ -207,10 +272,6 @@ impl Space {
         (last > first).then(|| Run { start: first, len: last - first })
     }
 
-    fn is_free_candidate(&self, p: u64) -> bool {
-        self.refcnt[p as usize] == 0 && !self.is_reserved(p)
-    }
-
     pub(crate) fn offset_of(&self, page: u64) -> u64 {
         self.data_start + page * self.block_size
     }
@@ -236,17 +297,15 @@ impl Space {
         self.file.allocated_bytes().unwrap_or(0)
     }
 
-    pub(crate) fn refcount(&self, page: u64) -> u32 {
-        self.refcnt.get(page as usize).copied().unwrap_or(0)
-    }
-
     pub(crate) fn is_reserved(&self, page: u64) -> bool {
         self.reserved.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
     }
 
     pub(crate) fn set_reserved(&mut self, page: u64, on: bool) {
-        // A referenced page's entry says whether it is a node or data.
-        if self.refcnt[page as usize] > 0 {
+        // A referenced page's entry says whether it is a node or data. A
+        // page whose group is not in RAM has no references when its bit
+        // changes: nodes are placed, and dropped, with their group loaded.
+        if self.loaded_count(page).unwrap_or(0) > 0 {
             self.mark_changed(page);
         }
         let w = &mut self.reserved[(page / 64) as usize];
@@ -268,14 +327,19 @@ impl Space {
     /// array copies; the buffers keep their capacity, so one sized in
     /// advance costs no allocation here. `pages.start` is a multiple of 64,
     /// so the first word copied starts at it.
-    pub(crate) fn copy_counts(&self, pages: std::ops::Range<u64>, refcnt: &mut Vec<u32>, reserved: &mut Vec<u64>) {
+    pub(crate) fn copy_counts(
+        &mut self,
+        pages: std::ops::Range<u64>,
+        refcnt: &mut Vec<u32>,
+        reserved: &mut Vec<u64>,
+    ) -> Result<()> {
         debug_assert_eq!(pages.start % 64, 0);
         let end = pages.end.min(self.npages);
         let start = pages.start.min(end);
-        refcnt.clear();
-        refcnt.extend_from_slice(&self.refcnt[start as usize..end as usize]);
+        self.copy_group_counts(start..end, refcnt)?;
         reserved.clear();
         reserved.extend_from_slice(&self.reserved[(start / 64) as usize..end.div_ceil(64) as usize]);
+        Ok(())
     }
 
     /// The free extents that overlap pages `start..end` (for `check`, which
@@ -297,45 +361,6 @@ impl Space {
         self.free.iter().chain(self.holes.iter()).map(|(&start, &len)| Run { start, len })
     }
 
-    /// A new leaf references `page`.
-    pub(crate) fn inc(&mut self, page: u64) {
-        self.mark_changed(page);
-        self.refcnt[page as usize] += 1;
-    }
-
-    /// A leaf that referenced `page` is gone or changed; at zero the page is
-    /// quarantined until the next checkpoint is durable.
-    pub(crate) fn dec(&mut self, page: u64) {
-        self.mark_changed(page);
-        let c = &mut self.refcnt[page as usize];
-        debug_assert!(*c > 0, "refcount underflow on page {page}");
-        *c = c.saturating_sub(1);
-        if *c == 0 {
-            self.quarantine.push(page);
-        }
-    }
-
-    /// A reference to the tree node at `page` is gone. Returns whether it
-    /// was the last: the page then becomes obsolete (still reserved, so not
-    /// reused before the next checkpoint is durable).
-    pub(crate) fn dec_node(&mut self, page: u64) -> bool {
-        self.mark_changed(page);
-        let c = &mut self.refcnt[page as usize];
-        debug_assert!(*c > 0, "node refcount underflow on page {page}");
-        *c = c.saturating_sub(1);
-        if *c == 0 {
-            self.obsolete.push(page);
-            return true;
-        }
-        false
-    }
-
-    /// Sets the reference count directly (recovery only).
-    pub(crate) fn set_refcount(&mut self, page: u64, n: u32) {
-        self.mark_changed(page);
-        self.refcnt[page as usize] = n;
-    }
-
     /// The on-disk copy of a tree node is no longer current.
     pub(crate) fn obsolete(&mut self, page: u64) {
         self.obsolete.push(page);
@@ -346,7 +371,7 @@ impl Space {
     pub(crate) fn ensure_pages(&mut self, npages: u64) {
         if npages > self.npages {
             self.npages = npages;
-            self.refcnt.resize(npages as usize, 0);
+            self.counts.cover(npages.div_ceil(self.group_entries()));
             self.reserved.resize((npages as usize).div_ceil(64), 0);
         }
     }
@@ -696,8 +721,11 @@ impl Space {
     /// pages and obsolete metadata pages.
     pub(crate) fn release(&mut self, data: Vec<u64>, meta: Vec<u64>) {
         for p in data {
-            debug_assert_eq!(self.refcnt[p as usize], 0);
-            if self.refcnt[p as usize] == 0 && !self.is_reserved(p) {
+            // Quarantined when its count reached zero; nothing references
+            // a page that is neither free nor mapped, so it is zero still.
+            let count = self.loaded_count(p).unwrap_or(0);
+            debug_assert_eq!(count, 0);
+            if count == 0 && !self.is_reserved(p) {
                 self.insert_free(p, 1);
             }
         }
@@ -937,7 +965,7 @@ mod tests {
         // One page in use in the second chunk, a reserved one in the fifth.
         s.set_refcount(c + 3, 1);
         s.set_reserved(4 * c + 1, true);
-        s.rebuild_free_map();
+        s.rebuild_free_map().unwrap();
         let holes: Vec<Run> = s.holes.iter().map(|(&start, &len)| Run { start, len }).collect();
         assert!(!holes.is_empty());
         for h in &holes {

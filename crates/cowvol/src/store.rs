@@ -341,9 +341,10 @@ impl Store {
     /// # Errors
     /// [`Error::NotFound`] when the snapshot does not exist.
     pub fn snapshot_exclusive_bytes(&self, snapshot: SnapshotId) -> Result<u64> {
-        let st = self.engine.state.lock();
-        let s = st.snapshots.get(&snapshot.0).ok_or_else(|| Error::not_found(format!("snapshot {snapshot}")))?;
-        Ok(tree::exclusive_pages(&s.root, s.geo, &st.space, &st.nodes)? * st.block_size)
+        let mut st = self.engine.state.lock();
+        let State { snapshots, space, nodes, block_size, .. } = &mut *st;
+        let s = snapshots.get(&snapshot.0).ok_or_else(|| Error::not_found(format!("snapshot {snapshot}")))?;
+        Ok(tree::exclusive_pages(&s.root, s.geo, space, nodes)? * *block_size)
     }
 
     /// Rolls a volume back to one of its snapshots by swapping its tree root:

@@ -497,7 +497,8 @@ fn make_mut<'a>(slot: &'a mut Child, level: u32, space: &mut Space, nodes: &Node
         Child::Disk(page) => {
             let page = *page;
             let written = nodes.load(page, level)?;
-            let copy = if space.refcount(page) == 1 { taken_over_copy(&written) } else { shared_copy(&written, space) };
+            let copy =
+                if space.refcount(page)? == 1 { taken_over_copy(&written) } else { shared_copy(&written, space) };
             drop_written_ref(page, space, nodes);
             Some(copy)
         }
@@ -688,7 +689,14 @@ pub(crate) fn release_some(
         match child {
             Child::Mem(arc) => release_dirty(arc, level, space, garbage),
             Child::Disk(page) => {
-                if space.refcount(page) == 1 {
+                let alone = match space.refcount(page) {
+                    Ok(n) => n == 1,
+                    Err(e) => {
+                        garbage.push((Child::Disk(page), level));
+                        return Err(e);
+                    }
+                };
+                if alone {
                     let node = match nodes.load(page, level) {
                         Ok(n) => n,
                         Err(e) => {
@@ -879,23 +887,34 @@ pub(crate) fn mapped_runs(
 /// Data pages that only the tree at `root` holds: pages of leaves reachable
 /// from it through nodes no other tree shares, and that no other leaf
 /// references. Walks only the unshared part of the tree.
-pub(crate) fn exclusive_pages(root: &Root, geo: Geometry, space: &Space, nodes: &NodeCache) -> Result<u64> {
+/// Reads the counts it needs through `space`, loading their groups.
+pub(crate) fn exclusive_pages(root: &Root, geo: Geometry, space: &mut Space, nodes: &NodeCache) -> Result<u64> {
     // One reference: this tree's own parent slot (or root).
-    let alone = |c: &Child| match c {
-        Child::Mem(a) => Arc::strong_count(a) == 1,
-        Child::Disk(p) => space.refcount(*p) == 1,
+    let alone = |c: &Child, space: &mut Space| -> Result<bool> {
+        Ok(match c {
+            Child::Mem(a) => Arc::strong_count(a) == 1,
+            Child::Disk(p) => space.refcount(*p)? == 1,
+        })
     };
     let mut pages = 0;
     let mut stack = Vec::new();
-    if let Some(r) = root.as_ref().filter(|r| alone(r)) {
-        stack.push((r.node(geo.top(), nodes)?, geo.top()));
+    if let Some(r) = root.as_ref() {
+        if alone(r, space)? {
+            stack.push((r.node(geo.top(), nodes)?, geo.top()));
+        }
     }
     while let Some((node, level)) = stack.pop() {
         match &node.body {
-            Body::Leaf(entries) => pages += entries.iter().filter(|e| space.refcount(e.page) == 1).count() as u64,
+            Body::Leaf(entries) => {
+                for e in entries {
+                    pages += u64::from(space.refcount(e.page)? == 1);
+                }
+            }
             Body::Interior(children) => {
-                for c in children.refs().filter(|c| alone(c)) {
-                    stack.push((c.node(level - 1, nodes)?, level - 1));
+                for c in children.refs() {
+                    if alone(c, space)? {
+                        stack.push((c.node(level - 1, nodes)?, level - 1));
+                    }
                 }
             }
         }
@@ -1040,9 +1059,9 @@ pub(crate) mod tests {
         assert_eq!(lookup(&root, GEO, 5, &n).unwrap(), Some(map(100, 1)));
         assert_eq!(lookup(&root, GEO, 6, &n).unwrap(), None);
         insert(&mut root, GEO, 5, map(102, 3), &mut s, &n).unwrap();
-        assert_eq!(s.refcount(100), 0);
+        assert_eq!(s.refcount(100).unwrap(), 0);
         assert_eq!(s.quarantine, vec![100]);
-        assert_eq!(s.refcount(102), 1);
+        assert_eq!(s.refcount(102).unwrap(), 1);
     }
 
     #[test]
@@ -1057,9 +1076,9 @@ pub(crate) mod tests {
         assert_eq!(lookup(&snap, GEO, 0, &n).unwrap().unwrap().page, 200);
         assert_eq!(lookup(&a, GEO, 0, &n).unwrap().unwrap().page, 999);
         // The copied leaf (4 entries) referenced its pages again, minus the overwritten one.
-        assert_eq!(s.refcount(201), 2);
-        assert_eq!(s.refcount(200), 1);
-        assert_eq!(s.refcount(210), 1);
+        assert_eq!(s.refcount(201).unwrap(), 2);
+        assert_eq!(s.refcount(200).unwrap(), 1);
+        assert_eq!(s.refcount(210).unwrap(), 1);
         let (ra, rs) = (a.as_ref().unwrap().node(2, &n).unwrap(), snap.as_ref().unwrap().node(2, &n).unwrap());
         if let (Body::Interior(ca), Body::Interior(cs)) = (&ra.body, &rs.body) {
             assert!(ca.get(3).unwrap().same_as(cs.get(3).unwrap()));
@@ -1082,7 +1101,7 @@ pub(crate) mod tests {
         let mut garbage: Garbage = snap.into_iter().map(|c| (c, GEO.top())).collect();
         while !release_some(&mut garbage, &mut s, &n, 3).unwrap() {}
         assert_eq!(s.quarantine, vec![200]);
-        assert_eq!(s.refcount(201), 1);
+        assert_eq!(s.refcount(201).unwrap(), 1);
     }
 
     #[test]
@@ -1099,7 +1118,7 @@ pub(crate) mod tests {
         for_each_mapping(&a, GEO, &n, |lb, _| seen.push(lb)).unwrap();
         let expect: Vec<u64> = (0..3).chain(40..64).collect();
         assert_eq!(seen, expect);
-        assert_eq!(s.refcount(210), 0);
+        assert_eq!(s.refcount(210).unwrap(), 0);
         remove_range(&mut a, GEO, 0..64, &mut s, &mut g, &n).unwrap();
         assert!(a.is_none());
     }

@@ -59,6 +59,13 @@ pub enum Command {
     Stats,
     /// Measure cowvol against raw pwrite/pread/fdatasync in the same directory.
     Bench(BenchArgs),
+    /// One probe of `bench --only scale`, in a process of its own: open the
+    /// keyed store in DIR, read, snapshot, close; print the figures as JSON.
+    #[command(hide = true)]
+    BenchProbe {
+        /// The store directory `bench` built.
+        dir: std::path::PathBuf,
+    },
     /// Serve volumes and snapshots as NBD exports (qemu, nbdfuse, nbd-client) until SIGINT/SIGTERM.
     Nbd(NbdArgs),
     /// Serve the platform HTTP API and the snapshot panel (/ui) until SIGINT or SIGTERM.
@@ -223,8 +230,11 @@ pub struct BenchArgs {
     /// Also draw snapshot, fork, restore and delete latency against volume size as an SVG chart.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
-    /// Run only these parts [default: all]: random, sequential, durable, admin, names, sparse, punch, check, cache.
-    #[arg(long, value_name = "PART,...", value_delimiter = ',', value_parser = ["random", "sequential", "durable", "admin", "names", "sparse", "punch", "check", "cache"])]
+    /// Mapped-block counts for the scale figures (open time, memory) [default: 1000 to 10000000; --quick: to 100000].
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
+    pub scale_sizes: Option<Vec<u64>>,
+    /// Run only these parts [default: all]: random, sequential, durable, admin, names, sparse, punch, check, cache, scale.
+    #[arg(long, value_name = "PART,...", value_delimiter = ',', value_parser = ["random", "sequential", "durable", "admin", "names", "sparse", "punch", "check", "cache", "scale"])]
     pub only: Option<Vec<String>>,
 }
 

@@ -41,6 +41,9 @@ pub fn run(ctx: &Ctx, a: BenchArgs) -> CliResult {
     if let Some(sizes) = a.sizes {
         opts.snapshot_sizes = sizes;
     }
+    if let Some(sizes) = a.scale_sizes {
+        opts.scale_sizes = sizes;
+    }
     if let Some(only) = a.only {
         opts.only = only;
     }
@@ -199,4 +202,12 @@ fn latency_svg(r: &BenchReport) -> String {
     }
     svg += "</svg>\n";
     svg
+}
+
+/// `bench-probe DIR` (hidden): one probe of the scale figures, as JSON.
+pub fn probe(_ctx: &Ctx, dir: &std::path::Path) -> CliResult {
+    let p = bench::probe(dir).ctx(format!("probing the store in {}", dir.display()))?;
+    let line = serde_json::to_string(&p).map_err(|e| out_err(std::io::Error::other(e)))?;
+    println!("{line}");
+    Ok(())
 }

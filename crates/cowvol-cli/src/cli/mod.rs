@@ -331,7 +331,12 @@ fn forwardable(cmd: &Command) -> bool {
         // process's environment, and its progress goes to this terminal.
         Command::Backup(_) => false,
         Command::Check | Command::Scrub | Command::Stats => true,
-        Command::Demo | Command::Init(_) | Command::Bench(_) | Command::Nbd(_) | Command::Serve(_) => false,
+        Command::Demo
+        | Command::Init(_)
+        | Command::Bench(_)
+        | Command::BenchProbe { .. }
+        | Command::Nbd(_)
+        | Command::Serve(_) => false,
     }
 }
 
@@ -412,6 +417,7 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
         Command::Scrub => maint::scrub(ctx),
         Command::Stats => maint::stats(ctx),
         Command::Bench(a) => bench::run(ctx, a),
+        Command::BenchProbe { dir } => bench::probe(ctx, &dir),
         Command::Nbd(a) => nbd::run(ctx, a),
         Command::Serve(a) => serve::run(ctx, a),
     }

@@ -170,6 +170,7 @@ impl Engine {
         let mut st = self.state.lock();
         st.space.catalog_reserve = 2 * cat.len + 1;
         st.space.catalog_growth = 0;
+        st.space.table_written();
         release_freed(&mut st, plan.quarantine, meta);
         st.nodes.unpin(plan.nodes.iter().map(|n| n.page));
         drop(st);

@@ -134,7 +134,7 @@ impl Engine {
         }
         let lsn = wal.next_lsn();
         let want_checkpoint = wal.bytes_since_checkpoint > self.opts.checkpoint_wal_bytes
-            || st.space.quarantine.len() > QUARANTINE_CHECKPOINT
+            || st.space.quarantine.len() + st.space.pending_count_changes() > QUARANTINE_CHECKPOINT
             || st.space.dirty_nodes > self.dirty_node_limit();
         drop(wal);
         if want_checkpoint {
@@ -174,11 +174,15 @@ impl Engine {
     }
 
     /// Whether a checkpoint would free pages: retired WAL segments,
-    /// quarantined data pages or obsolete node pages.
+    /// quarantined data pages, obsolete node pages, or count changes
+    /// waiting for their groups (which may quarantine pages when applied).
     pub(super) fn checkpoint_frees_space(&self) -> bool {
         let st = self.state.lock();
         let wal = self.wal.lock();
-        wal.has_retired_segments() || !st.space.quarantine.is_empty() || !st.space.obsolete.is_empty()
+        wal.has_retired_segments()
+            || !st.space.quarantine.is_empty()
+            || !st.space.obsolete.is_empty()
+            || st.space.has_pending_counts()
     }
 
     /// Waits until every record below `lsn` is durable. Concurrent callers

@@ -273,7 +273,7 @@ fn recover(
         // were, read rather than recomputed.
         Some(table) => {
             let State { space, .. } = &mut st;
-            space.load_table(table, &*file)?;
+            space.load_table(table)?;
             st.garbage = image.garbage.iter().map(|&(p, level)| (Child::Disk(p), level)).collect();
             for &(p, _) in &image.garbage {
                 root_at(p, npages)?;
@@ -288,7 +288,7 @@ fn recover(
     let keep = first_unverifiable(&*file, &st, &records, log.durable_lsn, npages)?;
     records.truncate(keep);
     for (lsn, rec) in &records {
-        validate_record(&st, rec, npages).map_err(|e| match e {
+        validate_record(&mut st, rec, npages).map_err(|e| match e {
             Error::Corruption { detail, .. } => Error::corruption("WAL", format!("record {lsn}"), detail),
             e => e,
         })?;
@@ -315,11 +315,14 @@ fn recover(
     }
     // Pages freed during replay stay out of the free map until the
     // checkpoint below is durable; the old log's pages are freed then too.
+    // Changes replay made to counts whose groups are on the disk are
+    // applied now, so that every page they free is in the quarantine.
+    st.space.settle_counts()?;
     let quarantined = st.space.quarantine.clone();
     for &p in &quarantined {
         st.space.set_reserved(p, true);
     }
-    st.space.rebuild_free_map();
+    st.space.rebuild_free_map()?;
     for &p in &quarantined {
         st.space.set_reserved(p, false);
     }
@@ -343,11 +346,18 @@ fn catalog_outside(sb: &Superblock) -> Error {
 
 /// Checks that a record only names pages inside the file, before replay
 /// trusts it.
-fn validate_record(st: &State, rec: &Record, npages: u64) -> Result<()> {
+///
+/// The groups of the record's pages are loaded first: a node page is known
+/// as one (reserved) once its group has been read.
+fn validate_record(st: &mut State, rec: &Record, npages: u64) -> Result<()> {
     if let Record::Map { page, crcs, vol, lblock } = rec {
         let end = page + crcs.len() as u64;
         if *page == 0 || end > npages {
             return Err(Error::corruption("WAL", "map record", format!("pages {page}..{end} lie outside the file")));
+        }
+        let group = st.space.group_entries();
+        for g in *page / group..=(end - 1) / group {
+            st.space.load_group(g)?;
         }
         if (*page..end).any(|p| st.space.is_reserved(p)) {
             return Err(Error::corruption("WAL", "map record", format!("pages {page}..{end} overlap metadata")));
@@ -466,7 +476,7 @@ fn count_references(st: &mut State, npages: u64) -> Result<()> {
         }
     }
     for (&page, &(_, refs)) in &node_refs {
-        if st.space.refcount(page) != 0 || st.space.is_reserved(page) {
+        if st.space.refcount(page)? != 0 || st.space.is_reserved(page) {
             return Err(Error::corruption("tree", format!("page {page}"), "a data page is also metadata"));
         }
         st.space.set_refcount(page, refs);

@@ -419,6 +419,9 @@ pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u
     let nodes = Arc::new(NodeCache::new(file.clone(), format::data_start(block_size), block_size, bits, cache_bytes));
     let mut space = Space::new(file, block_size, format::data_start(block_size), npages);
     space.segment_pages = LogGeometry::new(format::data_start(block_size), block_size).segment_pages;
+    // Reference counts are paged beside the nodes they describe: an eighth
+    // of the node cache's budget holds the groups of counts in RAM.
+    space.set_count_budget(cache_bytes as u64 / 8);
     State {
         space,
         volumes: BTreeMap::new(),

@@ -35,7 +35,6 @@
 //!   entry for one of their pages is corruption.
 
 use super::{Run, Space};
-use crate::backend::StorageFile;
 use crate::error::{Error, Result};
 use crate::format::{Crc, Dec, Enc, DATA_FILE};
 use std::collections::{BTreeMap, BTreeSet};
@@ -161,7 +160,10 @@ impl Space {
 
     /// Records that the entry of `page` changed.
     pub(super) fn mark_changed(&mut self, page: u64) {
-        let g = self.group_of(page);
+        self.mark_group_changed(self.group_of(page));
+    }
+
+    fn mark_group_changed(&mut self, g: u64) {
         let (w, bit) = ((g / 64) as usize, 1u64 << (g % 64));
         if self.table.dirty.len() <= w {
             self.table.dirty.resize(w + 1, 0);
@@ -170,6 +172,15 @@ impl Space {
             self.table.dirty[w] |= bit;
             self.table.dirty_count += 1;
         }
+    }
+
+    pub(super) fn is_group_dirty(&self, g: u64) -> bool {
+        self.table.dirty.get((g / 64) as usize).is_some_and(|w| w & (1 << (g % 64)) != 0)
+    }
+
+    /// Where group `g`'s page lives, if the table has the group.
+    pub(super) fn group_ref(&self, g: u64) -> Option<GroupRef> {
+        self.table.groups.get(g as usize).copied()
     }
 
     /// Groups changed since the last checkpoint: pages the next one
@@ -202,8 +213,10 @@ impl Space {
     }
 
     /// The entry of `page` as the table records it now.
+    /// The group is in RAM: a checkpoint loads every group it encodes.
     fn entry(&self, page: u64) -> u32 {
-        let n = self.refcnt.get(page as usize).copied().unwrap_or(0);
+        debug_assert!(page >= self.npages || self.loaded_count(page).is_some(), "group of page {page} not loaded");
+        let n = self.loaded_count(page).unwrap_or(0);
         if !self.is_reserved(page) {
             n
         } else if n > 0 {
@@ -256,9 +269,25 @@ impl Space {
                 // A table read at open may cover more than the file holds
                 // (see `load_table`); it never shrinks.
                 moves.covered = self.npages.max(self.table.groups.len() as u64 * self.group_entries());
+                if let Err(e) = self.load_groups_to_encode(&moves) {
+                    self.abandon_table_moves(moves);
+                    return Err(e);
+                }
                 return Ok(moves);
             }
         }
+    }
+
+    /// Brings every group the capture will encode into RAM, marked changed
+    /// first so that none of them is evicted by the loads of the others.
+    fn load_groups_to_encode(&mut self, moves: &TableMoves) -> Result<()> {
+        for &g in moves.groups.keys() {
+            self.mark_group_changed(g);
+        }
+        for &g in moves.groups.keys() {
+            self.load_group(g)?;
+        }
+        Ok(())
     }
 
     /// A page for the table from the plan's pool, allocating more when the
@@ -333,6 +362,7 @@ impl Space {
             }
         }
         debug_assert_eq!(self.table.dirty_count, 0, "a group changed after the table's moves were planned");
+        self.hold_unwritten(moves.groups.keys().copied());
         TableWrite { pages, root: TableRoot { covered_pages: moves.covered, index: self.table.index.clone() } }
     }
 
@@ -374,14 +404,14 @@ impl Space {
         e.buf
     }
 
-    /// Reads the table a checkpoint wrote and sets every page's count and
-    /// kind from it. The caller has marked the catalog's and the log's
-    /// pages reserved; an entry for one of them is corruption, as is a
-    /// page of the table that its entries do not mark as such.
-    pub(crate) fn load_table(&mut self, root: &TableRoot, file: &dyn StorageFile) -> Result<()> {
+    /// Reads where the table a checkpoint wrote lives: its index pages,
+    /// not its groups, which are read when something needs their counts
+    /// (see [`super::counts`]). Marks the table's own pages reserved. The
+    /// caller has marked the catalog's and the log's pages reserved.
+    pub(crate) fn load_table(&mut self, root: &TableRoot) -> Result<()> {
         // The table may cover more pages than the file holds: space added
         // at the end and never written need not survive a crash. Those
-        // pages must be free in it (`apply_group` checks).
+        // pages must be free in it (`check_group` checks).
         let ngroups = self.groups_for(root.covered_pages);
         if root.index.len() as u64 != ngroups.div_ceil(self.index_fanout()) {
             return Err(table_corruption(
@@ -391,18 +421,25 @@ impl Space {
         }
         self.table.groups = vec![GroupRef::default(); ngroups as usize];
         self.table.index = root.index.clone();
+        self.counts.cover(ngroups);
         let mut buf = vec![0u8; self.block_size as usize];
         for (i, r) in root.index.iter().enumerate() {
             if r.page == 0 {
                 continue;
             }
-            self.read_table_page(file, r.page, r.crc, "index page", &mut buf)?;
-            self.table.pages.insert(r.page);
+            self.read_table_page(r.page, r.crc, "index page", &mut buf)?;
+            self.claim_table_page(r.page)?;
             let mut d = Dec::new(&buf, "table index page");
             let fanout = self.index_fanout() as usize;
             for k in 0..fanout {
                 let g = GroupRef { page: d.u64()?, crc: d.u32()?, zeros: d.u32()? };
                 let index = i * fanout + k;
+                if g.zeros as u64 > self.group_entries() {
+                    return Err(table_corruption(
+                        format!("{DATA_FILE} index page {}", r.page),
+                        format!("group {index} has {} zero entries of {}", g.zeros, self.group_entries()),
+                    ));
+                }
                 if index < ngroups as usize {
                     self.table.groups[index] = g;
                 } else if g.page != 0 {
@@ -413,35 +450,59 @@ impl Space {
                 }
             }
         }
-        let groups = self.table.groups.clone();
-        for r in groups.iter().filter(|r| r.page != 0) {
-            if !self.table.pages.insert(r.page) {
-                return Err(table_corruption(format!("{DATA_FILE} page {}", r.page), "two table pages in one place"));
+        for g in 0..ngroups as usize {
+            let page = self.table.groups[g].page;
+            if page != 0 {
+                self.claim_table_page(page)?;
             }
         }
-        for (g, r) in groups.iter().enumerate() {
-            if r.page != 0 {
-                self.read_table_page(file, r.page, r.crc, "group page", &mut buf)?;
-                self.apply_group(g as u64, &buf)?;
-            }
-        }
-        self.check_table_pages_marked()
+        Ok(())
     }
 
-    fn read_table_page(&self, file: &dyn StorageFile, page: u64, crc: u32, what: &str, buf: &mut [u8]) -> Result<()> {
+    /// Records `page` as one of the table's own, reserved from now on.
+    fn claim_table_page(&mut self, page: u64) -> Result<()> {
+        if page == 0 || page >= self.npages {
+            return Err(table_corruption(format!("{DATA_FILE} page {page}"), "a table page outside the file"));
+        }
+        if self.is_reserved(page) || !self.table.pages.insert(page) {
+            return Err(table_corruption(
+                format!("{DATA_FILE} page {page}"),
+                "a table page where the catalog, the log or another table page is",
+            ));
+        }
+        self.set_reserved(page, true);
+        Ok(())
+    }
+
+    pub(super) fn read_table_page(&self, page: u64, crc: u32, what: &str, buf: &mut [u8]) -> Result<()> {
         if page >= self.npages {
             return Err(table_corruption(format!("{DATA_FILE} {what} at page {page}"), "outside the file"));
         }
-        file.read_at(buf, self.offset_of(page)).map_err(|e| Error::io("reading the reference table", e))?;
+        self.file.read_at(buf, self.offset_of(page)).map_err(|e| Error::io("reading the reference table", e))?;
         Crc(crc).verify(buf, "reference table", || format!("{DATA_FILE} {what} at page {page}"))
     }
 
-    /// Sets the counts and kinds of group `g`'s pages from its page.
-    fn apply_group(&mut self, g: u64, bytes: &[u8]) -> Result<()> {
+    /// Checks group `g`'s entries, as its page holds them, against what
+    /// only RAM knows, and marks its node pages reserved. Called at the
+    /// group's first load: until then nothing changed any of its pages but
+    /// the reserved bits of the catalog's, the log's and the table's.
+    pub(super) fn check_group(&mut self, g: u64, entries: &[u32]) -> Result<()> {
         let first = g * self.group_entries();
-        for (k, word) in bytes.chunks_exact(4).enumerate() {
-            let v = u32::from_le_bytes(word.try_into().expect("four bytes"));
+        for (k, &v) in entries.iter().enumerate() {
             let page = first + k as u64;
+            let table_page = self.table.pages.contains(&page);
+            if v == META {
+                if !table_page {
+                    return Err(table_corruption(format!("entry of page {page}"), "marked as table, and is not"));
+                }
+                continue;
+            }
+            if table_page {
+                return Err(table_corruption(
+                    format!("{DATA_FILE} page {page}"),
+                    "a page of the table not marked as one",
+                ));
+            }
             if v == 0 {
                 continue;
             }
@@ -452,29 +513,12 @@ impl Space {
                 ));
             }
             match v {
-                META => {
-                    if !self.table.pages.contains(&page) {
-                        return Err(table_corruption(format!("entry of page {page}"), "marked as table, and is not"));
-                    }
-                    self.set_reserved(page, true);
-                }
                 NODE => return Err(table_corruption(format!("entry of page {page}"), "a node without references")),
-                v if v & NODE != 0 => {
-                    self.refcnt[page as usize] = v & !NODE;
-                    self.set_reserved(page, true);
-                }
-                v => self.refcnt[page as usize] = v,
+                v if v & NODE != 0 => self.set_reserved(page, true),
+                _ => {}
             }
         }
         Ok(())
-    }
-
-    /// Every page of the table is marked as such in it.
-    fn check_table_pages_marked(&self) -> Result<()> {
-        match self.table.pages.iter().find(|&&p| !self.is_reserved(p) || self.refcnt[p as usize] != 0) {
-            Some(p) => Err(table_corruption(format!("{DATA_FILE} page {p}"), "a page of the table not marked as one")),
-            None => Ok(()),
-        }
     }
 }
 

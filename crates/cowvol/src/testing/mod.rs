@@ -11,6 +11,7 @@
 
 mod fuzz;
 mod image;
+mod keyed;
 pub mod model;
 mod rng;
 pub mod sim;
@@ -20,6 +21,7 @@ pub use fuzz::{
     sample_wal_batches,
 };
 pub use image::{catalog_offset, format_version, table_pages};
+pub use keyed::{keyed_block, KeyedDir};
 pub use rng::SplitMix64;
 pub use sim::{LossMode, SimDir, SimStats};
 
@@ -36,6 +38,19 @@ pub fn abandon(store: crate::Store) {
 /// without the walk of every tree that `Store::stats` makes.
 pub fn nodes_read(store: &crate::Store) -> u64 {
     store.engine.state.lock().nodes.stats().misses
+}
+
+/// Bytes the node cache holds now, without the walk of every tree that
+/// `Store::stats` makes.
+pub fn node_cache_bytes(store: &crate::Store) -> u64 {
+    store.engine.state.lock().nodes.bytes() as u64
+}
+
+/// Pages of the reference table's groups the store has read so far, and
+/// groups of counts it holds in RAM now (see `space::counts`).
+pub fn count_groups(store: &crate::Store) -> (u64, u64) {
+    let st = store.engine.state.lock();
+    (st.space.group_reads(), st.space.groups_in_ram())
 }
 
 /// Adds one to the stored reference count of the page that logical block

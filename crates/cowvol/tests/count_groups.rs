@@ -1,0 +1,140 @@
+//! Reference counts paged through the reference table: opening a store
+//! reads a group's page only when the table cannot tell without it where
+//! its free pages are; writes never wait for one; and with a budget far
+//! smaller than the store, counts leave RAM and come back with the values
+//! the trees imply, across snapshots, deletes, checkpoints and reopening.
+
+use cowvol::testing::{self, SimDir};
+use cowvol::*;
+use std::sync::Arc;
+
+const BS: u64 = 4096;
+/// Pages per group of counts (one `u32` per page in a 4 KiB page).
+const GROUP: u64 = BS / 4;
+const BLOCKS: u64 = 16 * GROUP;
+
+fn opts(node_cache_bytes: u64) -> StoreOptions {
+    StoreOptions { background_checkpoints: false, node_cache_bytes, ..Default::default() }
+}
+
+fn block(w: u64, lb: u64) -> Vec<u8> {
+    let seed = (w << 32 | lb).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..BS).map(|i| (seed >> (i % 7 * 8)) as u8 ^ i as u8).collect()
+}
+
+/// Writes generation `w` of blocks `lbs` in runs of up to 64 blocks.
+fn write_blocks(v: &Volume, w: &dyn Fn(u64) -> u64, lbs: &[u64]) {
+    for &lb in lbs {
+        v.write_at(&block(w(lb), lb), lb * BS).unwrap();
+    }
+    v.flush().unwrap();
+}
+
+fn fill(v: &Volume) {
+    let mut buf = Vec::with_capacity(64 * BS as usize);
+    for first in (0..BLOCKS).step_by(64) {
+        buf.clear();
+        for lb in first..first + 64 {
+            buf.extend(block(0, lb));
+        }
+        v.write_at(&buf, first * BS).unwrap();
+    }
+    v.flush().unwrap();
+}
+
+fn assert_blocks(v: &Volume, gen: &dyn Fn(u64) -> u64) {
+    let mut buf = vec![0u8; BS as usize];
+    for lb in 0..BLOCKS {
+        v.read_at(&mut buf, lb * BS).unwrap();
+        assert!(buf == block(gen(lb), lb), "block {lb} holds the wrong data");
+    }
+}
+
+fn assert_clean(store: &Store) {
+    let report = store.check().unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+/// Every 37th block, scattered over every group.
+fn scattered() -> Vec<u64> {
+    (0..BLOCKS).step_by(37).collect()
+}
+
+#[test]
+fn open_reads_only_mixed_groups_and_overwrites_read_none() {
+    let disk = SimDir::new();
+    let store = Store::open_in(Arc::new(disk.clone()), opts(256 << 20)).unwrap();
+    let id = store.create_volume(VolumeOptions::new("v", BLOCKS * BS)).unwrap().id;
+    fill(&store.open_volume(id).unwrap());
+    store.close().unwrap();
+
+    let store = Store::open_in(Arc::new(disk.clone()), opts(256 << 20)).unwrap();
+    let (read_at_open, _) = testing::count_groups(&store);
+    // The volume's 16 groups of data are full: the table says so in its
+    // index. Only groups holding both free and used pages (where the
+    // metadata and the file's end lie) are read.
+    assert!(read_at_open <= 4, "open read {read_at_open} group pages of 17 or more");
+
+    // Overwrites drop references to pages whose groups are on the disk:
+    // the changes wait, and nothing is read for them.
+    let v = store.open_volume(id).unwrap();
+    write_blocks(&v, &|_| 1, &scattered());
+    assert_eq!(testing::count_groups(&store).0, read_at_open, "a write read a group page");
+
+    // The checkpoint loads those groups, quarantines the pages whose last
+    // reference went, and writes the groups back.
+    store.checkpoint().unwrap();
+    assert!(testing::count_groups(&store).0 > read_at_open);
+    let gen = |lb: u64| u64::from(lb.is_multiple_of(37));
+    assert_blocks(&v, &gen);
+    assert_clean(&store);
+    drop(v);
+    store.close().unwrap();
+
+    let store = Store::open_in(Arc::new(disk), opts(256 << 20)).unwrap();
+    assert_clean(&store);
+    assert_blocks(&store.open_volume(id).unwrap(), &gen);
+}
+
+#[test]
+fn counts_beyond_a_small_budget_leave_ram_and_come_back_right() {
+    let disk = SimDir::new();
+    // A node cache of 16 KiB leaves room for two groups of counts.
+    let store = Store::open_in(Arc::new(disk.clone()), opts(16 << 10)).unwrap();
+    let id = store.create_volume(VolumeOptions::new("v", BLOCKS * BS)).unwrap().id;
+    let v = store.open_volume(id).unwrap();
+    fill(&v);
+    let snap = store.create_snapshot(id, SnapshotOptions::named("before")).unwrap().id;
+    store.checkpoint().unwrap();
+
+    // Overwrites after the snapshot copy leaves: every data page of a
+    // copied leaf gains a reference, in groups mostly not in RAM.
+    let odd: Vec<u64> = (1..BLOCKS).step_by(2).filter(|lb| lb.is_multiple_of(5)).collect();
+    write_blocks(&v, &|_| 2, &odd);
+    store.checkpoint().unwrap();
+    assert_clean(&store);
+    let stats = store.stats();
+    assert!(stats.shared_blocks > 0, "the snapshot shares blocks with the volume");
+    let (_, in_ram) = testing::count_groups(&store);
+    assert!(in_ram <= 2, "{in_ram} groups of counts in RAM with a budget of 2");
+
+    // Deleting the snapshot drops the last reference to every page it
+    // alone held: they come back as free space, and nothing else does.
+    let exclusive = store.snapshot_exclusive_bytes(snap).unwrap();
+    assert_eq!(exclusive, odd.len() as u64 * BS, "the snapshot alone holds the overwritten blocks");
+    let free_before = store.stats().free_bytes;
+    store.delete_snapshot(id, snap).unwrap();
+    store.checkpoint().unwrap();
+    store.checkpoint().unwrap();
+    let freed = store.stats().free_bytes - free_before;
+    assert!(freed >= exclusive, "deleting the snapshot freed {freed} bytes of {exclusive}");
+    assert_clean(&store);
+    let gen = |lb: u64| if lb % 2 == 1 && lb.is_multiple_of(5) { 2 } else { 0 };
+    assert_blocks(&v, &gen);
+    drop(v);
+    store.close().unwrap();
+
+    let store = Store::open_in(Arc::new(disk), opts(16 << 10)).unwrap();
+    assert_clean(&store);
+    assert_blocks(&store.open_volume(id).unwrap(), &gen);
+}
