@@ -43,6 +43,10 @@ use utoipa::OpenApi;
 /// Largest request body accepted; bigger ones get 413.
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
+/// How long [`Server::run`] waits, after the last connection closed, for
+/// engine calls still finishing on the blocking pool to let the store go.
+const STORE_HANDBACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How a server runs. Every field has a documented default.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -103,9 +107,22 @@ impl Server {
     /// When accepting connections fails.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<Option<Store>> {
         axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await?;
-        // Engine calls of requests that hit the request timeout may still
-        // run on the blocking pool; then the store is left to them.
-        Ok(Arc::try_unwrap(self.app).ok().map(|app| app.store))
+        // A request's engine call runs on the blocking pool and drops its
+        // handle on the app a moment after its response went out: wait for
+        // that. Engine calls of requests that hit the request timeout may
+        // still run for long; after the wait the store is left to them.
+        let mut app = self.app;
+        let deadline = tokio::time::Instant::now() + STORE_HANDBACK_WAIT;
+        loop {
+            match Arc::try_unwrap(app) {
+                Ok(a) => return Ok(Some(a.store)),
+                Err(shared) if tokio::time::Instant::now() < deadline => {
+                    app = shared;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(_) => return Ok(None),
+            }
+        }
     }
 }
 
