@@ -295,6 +295,10 @@ pub(crate) fn read_log<R: LogRecord>(
         if page == 0 || page + geo.segment_pages > npages {
             return Ok(None);
         }
+        // Appended in place: what a failed write-back left in the cache
+        // must not be read as the log (see `engine::open`).
+        file.drop_cache_range(geo.segment_offset(page), buf.len() as u64)
+            .map_err(|e| Error::io(format!("dropping WAL segment {page}'s cached pages"), e))?;
         file.read_at(buf, geo.segment_offset(page))
             .map_err(|e| Error::io(format!("reading WAL segment at page {page}"), e))?;
         Ok(SegmentHeader::decode(buf))

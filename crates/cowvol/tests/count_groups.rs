@@ -138,3 +138,48 @@ fn counts_beyond_a_small_budget_leave_ram_and_come_back_right() {
     assert_clean(&store);
     assert_blocks(&store.open_volume(id).unwrap(), &gen);
 }
+
+/// A group page is read when something first needs its counts, not at
+/// open: damage to one that open does not read is found then, as
+/// corruption naming the table and the page, and never turns into a wrong
+/// count. `check()` reads every group page, so it finds any of them.
+#[test]
+fn a_damaged_group_page_is_found_when_first_read_and_check_finds_every_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+    let id = store.create_volume(VolumeOptions::new("v", BLOCKS * BS)).unwrap().id;
+    fill(&store.open_volume(id).unwrap());
+    store.close().unwrap();
+    let path = dir.path().join("cowvol.dat");
+    let pristine = std::fs::read(&path).unwrap();
+    let groups: Vec<u64> =
+        testing::table_pages(&pristine).into_iter().filter(|(_, kind)| *kind == "group").map(|(p, _)| p).collect();
+    assert!(groups.len() >= 16, "{} group pages", groups.len());
+    let is_table_error = |e: &Error, page: u64| match e {
+        Error::Corruption { what, location, .. } => what == "reference table" && location.contains(&format!("page {page}")),
+        _ => false,
+    };
+    let mut opened = 0;
+    for &page in &groups {
+        let mut image = pristine.clone();
+        image[8192 + page as usize * BS as usize + 100] ^= 0x20;
+        std::fs::write(&path, &image).unwrap();
+        let store = match Store::open(dir.path(), opts(256 << 20)) {
+            Err(e) => {
+                assert!(is_table_error(&e, page), "open: {e:?}");
+                continue;
+            }
+            Ok(s) => s,
+        };
+        opened += 1;
+        // Reads need no counts: every block is still right.
+        assert_blocks(&store.open_volume(id).unwrap(), &|_| 0);
+        match store.check() {
+            Err(e) => assert!(is_table_error(&e, page), "check: {e:?}"),
+            Ok(r) => panic!("check passed over a damaged group page {page}: {:?}", r.problems),
+        }
+        testing::abandon(store);
+    }
+    assert!(opened > 0, "open read every group page");
+    std::fs::write(&path, &pristine).unwrap();
+}

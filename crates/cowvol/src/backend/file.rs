@@ -158,8 +158,15 @@ impl StorageFile for HostFile {
         // and holds the data file's lock, so no page of it is in those
         // states, and the next read of every page goes to the disk.
         let synced = self.file.sync_data();
-        fadvise_dontneed(&self.file)?;
+        fadvise_dontneed(&self.file, 0, 0)?;
         synced
+    }
+
+    fn drop_cache_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        fadvise_dontneed(&self.file, offset, len)
     }
 }
 
@@ -176,10 +183,15 @@ impl Drop for FileLock {
 }
 
 #[expect(unsafe_code, reason = "posix_fadvise(2) has no safe wrapper in std")]
-fn fadvise_dontneed(file: &File) -> io::Result<()> {
+/// `POSIX_FADV_DONTNEED` over `[offset, offset + len)`; a `len` of 0 means
+/// to the end of the file.
+fn fadvise_dontneed(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
     // SAFETY: posix_fadvise only reads its integer arguments; the descriptor
     // is owned by `file` and stays open for the duration of the call.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
     // It returns the error number instead of setting errno.
     if rc == 0 {
         Ok(())

@@ -69,6 +69,16 @@ pub trait StorageFile: Send + Sync + Debug {
     /// then clean and the cache is still dropped, so a second call reads the
     /// disk).
     fn drop_cache(&self) -> io::Result<()>;
+    /// Drops the cached pages of `[offset, offset + len)` only, without a
+    /// sync: the caller syncs first (dirty pages are not dropped). Recovery
+    /// drops just the ranges a failed write-back can have left wrong in the
+    /// cache and that it will trust (see `engine::open`), so that its cost
+    /// does not follow the size of the file. Dropping more is allowed; the
+    /// default drops everything.
+    fn drop_cache_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        self.drop_cache()
+    }
 }
 
 /// A held exclusive lock on a store directory or file; dropping it releases the lock.

@@ -207,6 +207,12 @@ impl StorageFile for KeyedFile {
         self.keys.drop_cache()?;
         self.data.drop_cache()
     }
+
+    fn drop_cache_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (first, n) = self.blocks_of(offset, len as usize);
+        self.keys.drop_cache_range(first * 8, n as u64 * 8)?;
+        self.data.drop_cache_range(offset, len)
+    }
 }
 
 #[cfg(test)]

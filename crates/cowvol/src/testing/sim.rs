@@ -924,6 +924,32 @@ impl StorageFile for SimFile {
         }
         synced
     }
+
+    fn drop_cache_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut disk = self.disk.lock();
+        disk.alive()?;
+        if disk.keep_cache {
+            return Ok(());
+        }
+        let file = &mut disk.files[self.index];
+        if !file.pending.is_empty() {
+            // Dirty pages stay: rebuild the whole cache as `drop_cache`
+            // does (dropping more than asked is allowed).
+            file.visible = file.durable.clone();
+            file.alloc = file.durable_alloc.clone();
+            for p in &file.pending {
+                apply(&mut file.visible, &mut file.alloc, &p.op);
+            }
+            return Ok(());
+        }
+        file.alloc = file.durable_alloc.clone();
+        let start = (offset as usize).min(file.visible.len());
+        let end = (offset.saturating_add(len) as usize).min(file.visible.len());
+        for i in start..end {
+            file.visible[i] = file.durable.get(i).copied().unwrap_or(0);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
