@@ -156,7 +156,9 @@ fn a_damaged_group_page_is_found_when_first_read_and_check_finds_every_one() {
         testing::table_pages(&pristine).into_iter().filter(|(_, kind)| *kind == "group").map(|(p, _)| p).collect();
     assert!(groups.len() >= 16, "{} group pages", groups.len());
     let is_table_error = |e: &Error, page: u64| match e {
-        Error::Corruption { what, location, .. } => what == "reference table" && location.contains(&format!("page {page}")),
+        Error::Corruption { what, location, .. } => {
+            what == "reference table" && location.contains(&format!("page {page}"))
+        }
         _ => false,
     };
     let mut opened = 0;
