@@ -36,8 +36,8 @@ pub struct BenchOptions {
     /// directory needs room for metadata only (about 25 bytes a block).
     pub scale_sizes: Vec<u64>,
     /// The parts to run (`random`, `sequential`, `durable`, `admin`,
-    /// `names`, `sparse`, `punch`, `check`, `cache`, `scale`); empty runs
-    /// them all.
+    /// `names`, `sparse`, `punch`, `check`, `cache`, `scale`,
+    /// `amplification`); empty runs them all.
     pub only: Vec<String>,
 }
 
@@ -285,6 +285,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         ("check", check_beside_writes),
         ("cache", node_cache),
         ("scale", scale),
+        ("amplification", amplification),
     ];
     for &(name, part) in parts {
         if opts.only.is_empty() || opts.only.iter().any(|o| o == name) {
@@ -1289,4 +1290,53 @@ fn rss_mib() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     kib / 1024.0
+}
+
+/// Metadata bytes written per byte of data, checkpoints and the log
+/// included, under sustained writes across a 1 TiB volume: 4 KiB writes at
+/// random offsets, and 1 MiB writes in order. The store is on a
+/// [`cowvol::testing::KeyedDir`], which counts what reaches its files by
+/// kind: data blocks (keyed), zeroes written ahead of the allocator, and
+/// everything else, which is metadata. A flush every 1 MiB of data.
+fn amplification(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    const VOLUME: u64 = 1 << 40;
+    let data_bytes: u64 = if opts.quick { 256 * MIB } else { 2048 * MIB };
+    for (name, write_bytes) in [("random4k", BS), ("sequential1m", MIB)] {
+        progress(&format!("amplification: {name}"));
+        let path = opts.dir.join(format!("amp-{name}"));
+        let _ = std::fs::remove_dir_all(&path);
+        let dir = cowvol::testing::KeyedDir::create(&path, BS as usize)
+            .map_err(io_err("creating the keyed store directory"))?;
+        let store = Store::open_in(Arc::new(dir.clone()), StoreOptions::default())?;
+        let id = store.create_volume(VolumeOptions::new("amp", VOLUME))?.id;
+        let vol = store.open_volume(id)?;
+        let before = dir.written();
+        let blocks_per_write = write_bytes / BS;
+        let writes = data_bytes / write_bytes;
+        let per_flush = (MIB / write_bytes).max(1);
+        let mut rng = Rng(41);
+        let mut buf = Vec::with_capacity(write_bytes as usize);
+        for i in 0..writes {
+            let first = if write_bytes == BS { rng.block(VOLUME / BS) } else { i * blocks_per_write };
+            buf.clear();
+            for lb in first..first + blocks_per_write {
+                buf.extend(cowvol::testing::keyed_block((i << 8 | (lb - first)) + 1, BS as usize));
+            }
+            vol.write_at(&buf, first * BS)?;
+            if (i + 1) % per_flush == 0 {
+                vol.flush()?;
+            }
+        }
+        vol.flush()?;
+        drop(vol);
+        store.close()?;
+        let after = dir.written();
+        let _ = std::fs::remove_dir_all(&path);
+        let data = (after.keyed - before.keyed) as f64;
+        let meta = (after.other - before.other) as f64;
+        let zero = (after.zero - before.zero) as f64;
+        push(report, &format!("metadata_bytes_per_data_byte_{name}"), "B/B", meta / data, None, false);
+        push(report, &format!("zeroed_bytes_per_data_byte_{name}"), "B/B", zero / data, None, false);
+    }
+    Ok(())
 }

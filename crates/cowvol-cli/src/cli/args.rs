@@ -233,8 +233,8 @@ pub struct BenchArgs {
     /// Mapped-block counts for the scale figures (open time, memory) [default: 1000 to 10000000; --quick: to 100000].
     #[arg(long, value_name = "N,N,...", value_delimiter = ',')]
     pub scale_sizes: Option<Vec<u64>>,
-    /// Run only these parts [default: all]: random, sequential, durable, admin, names, sparse, punch, check, cache, scale.
-    #[arg(long, value_name = "PART,...", value_delimiter = ',', value_parser = ["random", "sequential", "durable", "admin", "names", "sparse", "punch", "check", "cache", "scale"])]
+    /// Run only these parts [default: all]: random, sequential, durable, admin, names, sparse, punch, check, cache, scale, amplification.
+    #[arg(long, value_name = "PART,...", value_delimiter = ',', value_parser = ["random", "sequential", "durable", "admin", "names", "sparse", "punch", "check", "cache", "scale", "amplification"])]
     pub only: Option<Vec<String>>,
 }
 

@@ -19,6 +19,7 @@
 use crate::backend::{DirLock, FileDir, StorageDir, StorageFile};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const MAGIC: u64 = 0x6b65_7965_645f_626c; // "keyed_bl"
@@ -51,13 +52,47 @@ pub struct KeyedDir {
     inner: FileDir,
     path: PathBuf,
     block: usize,
+    written: Arc<Written>,
+}
+
+/// Bytes written through a [`KeyedDir`], by kind (all its files together).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KeyedWrites {
+    /// Keyed blocks, counted at their full size: the data.
+    pub keyed: u64,
+    /// Whole blocks of zeroes (space zeroed ahead of the allocator).
+    pub zero: u64,
+    /// Everything else: metadata (tree nodes, the reference table, the
+    /// catalog, superblocks, the log).
+    pub other: u64,
+}
+
+#[derive(Debug, Default)]
+struct Written {
+    keyed: AtomicU64,
+    zero: AtomicU64,
+    other: AtomicU64,
 }
 
 impl KeyedDir {
     /// Uses `path` as the store directory (created when missing), keying
     /// blocks of `block_size` bytes.
     pub fn create(path: &Path, block_size: usize) -> io::Result<Self> {
-        Ok(KeyedDir { inner: FileDir::create(path)?, path: path.to_path_buf(), block: block_size })
+        Ok(KeyedDir {
+            inner: FileDir::create(path)?,
+            path: path.to_path_buf(),
+            block: block_size,
+            written: Arc::default(),
+        })
+    }
+
+    /// Bytes written so far through this directory and its clones.
+    pub fn written(&self) -> KeyedWrites {
+        KeyedWrites {
+            keyed: self.written.keyed.load(Ordering::Relaxed),
+            zero: self.written.zero.load(Ordering::Relaxed),
+            other: self.written.other.load(Ordering::Relaxed),
+        }
     }
 
     fn keys_name(name: &str) -> String {
@@ -69,7 +104,7 @@ impl StorageDir for KeyedDir {
     fn open_file(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         let data = self.inner.open_file(name, create)?;
         let keys = self.inner.open_file(&Self::keys_name(name), true)?;
-        Ok(Arc::new(KeyedFile { data, keys, block: self.block }))
+        Ok(Arc::new(KeyedFile { data, keys, block: self.block, written: self.written.clone() }))
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -100,6 +135,7 @@ struct KeyedFile {
     data: Arc<dyn StorageFile>,
     keys: Arc<dyn StorageFile>,
     block: usize,
+    written: Arc<Written>,
 }
 
 impl KeyedFile {
@@ -156,10 +192,17 @@ impl StorageFile for KeyedFile {
             if keys.iter().any(|&k| k != 0) {
                 self.write_keys(first, &vec![0; n])?;
             }
+            self.written.other.fetch_add(buf.len() as u64, Ordering::Relaxed);
             return self.data.write_at(buf, offset);
         }
         let mut keys = Vec::with_capacity(n);
         for (i, block) in buf.chunks_exact(self.block).enumerate() {
+            let kind = match key_of(block) {
+                Some(_) => &self.written.keyed,
+                None if block.iter().all(|&b| b == 0) => &self.written.zero,
+                None => &self.written.other,
+            };
+            kind.fetch_add(block.len() as u64, Ordering::Relaxed);
             match key_of(block) {
                 Some(k) => keys.push(k),
                 None => {

@@ -21,7 +21,7 @@ pub use fuzz::{
     sample_wal_batches,
 };
 pub use image::{catalog_offset, format_version, table_pages};
-pub use keyed::{keyed_block, KeyedDir};
+pub use keyed::{keyed_block, KeyedDir, KeyedWrites};
 pub use rng::SplitMix64;
 pub use sim::{LossMode, SimDir, SimStats};
 
