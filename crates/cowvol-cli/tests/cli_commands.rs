@@ -515,3 +515,21 @@ fn deleted_volume_snapshots_stay_reachable_by_id() {
     env.fails(&["snapshot", "list", "vol-1"], 3);
     env.ok(&["snapshot", "delete", "vol-1", "keep"]);
 }
+
+/// `bench --dir DIR` works in a directory of its own inside DIR and removes
+/// only that: a directory named by the user may hold other files.
+#[test]
+fn bench_leaves_what_its_directory_already_held() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keep = tmp.path().join("keep.txt");
+    std::fs::write(&keep, b"mine").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cowvol"))
+        .args(["-q", "bench", "--quick", "--only", "sparse", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&keep).unwrap(), b"mine");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("keep.txt")], "the bench left its scratch directory");
+}

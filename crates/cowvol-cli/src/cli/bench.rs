@@ -36,7 +36,10 @@ struct ReportJson<'a> {
 
 /// `bench [--quick] [--dir DIR] [--sizes N,N,...]`.
 pub fn run(ctx: &Ctx, a: BenchArgs) -> CliResult {
-    let dir = a.dir.unwrap_or_else(|| std::env::temp_dir().join(format!("cowvol-bench-{}", std::process::id())));
+    // The bench works in a directory of its own and removes it afterwards:
+    // inside `--dir`, never `--dir` itself, which may hold other files.
+    let scratch = format!("cowvol-bench-{}", std::process::id());
+    let dir = a.dir.unwrap_or_else(std::env::temp_dir).join(scratch);
     let mut opts = BenchOptions::new(&dir, a.quick);
     if let Some(sizes) = a.sizes {
         opts.snapshot_sizes = sizes;
