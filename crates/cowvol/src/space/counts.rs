@@ -36,7 +36,12 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 /// A change to a count whose group is not in RAM.
 #[derive(Debug, Clone, Copy)]
 enum Pending {
-    Add(i32),
+    /// One more reference.
+    Inc,
+    /// One reference fewer; at zero the page is quarantined, as
+    /// [`Space::dec`] does with the count in RAM.
+    Dec,
+    /// The count set outright.
     Set(u32),
 }
 
@@ -142,7 +147,7 @@ impl Space {
         let (g, k) = self.group_and_slot(page);
         match self.counts_in_ram(g) {
             Some(c) => c[k] += 1,
-            None => self.add_pending(g, k, Pending::Add(1)),
+            None => self.add_pending(g, k, Pending::Inc),
         }
     }
 
@@ -160,7 +165,7 @@ impl Space {
                     self.quarantine.push(page);
                 }
             }
-            None => self.add_pending(g, k, Pending::Add(-1)),
+            None => self.add_pending(g, k, Pending::Dec),
         }
     }
 
@@ -173,7 +178,7 @@ impl Space {
         let (g, k) = self.group_and_slot(page);
         let Some(c) = self.counts.slots.get_mut(g as usize).and_then(|s| s.as_mut()) else {
             debug_assert!(false, "node page {page} dropped with its group on the disk");
-            self.add_pending(g, k, Pending::Add(-1));
+            self.add_pending(g, k, Pending::Dec);
             return false;
         };
         debug_assert!(c[k] > 0, "node refcount underflow on page {page}");
@@ -235,14 +240,14 @@ impl Space {
         for (k, change) in waiting {
             let c = &mut counts[k as usize];
             match change {
-                Pending::Add(d) if d < 0 => {
+                Pending::Dec => {
                     debug_assert!(*c > 0, "refcount underflow on page {}", first + k as u64);
                     *c = c.saturating_sub(1);
                     if *c == 0 {
                         self.quarantine.push(first + k as u64);
                     }
                 }
-                Pending::Add(d) => *c += d as u32,
+                Pending::Inc => *c += 1,
                 Pending::Set(n) => *c = n,
             }
         }
