@@ -59,7 +59,9 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for JsonBody<
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = body_bytes(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
+        // No body at all means the defaults; a body of only whitespace is
+        // not JSON and is refused like any other malformed body.
+        if bytes.is_empty() || bytes.trim_ascii() == b"null" {
             return Ok(JsonBody(T::default()));
         }
         decode(&bytes).map(JsonBody)

@@ -40,3 +40,15 @@ fn bad_input_answers_400_naming_the_field() {
         assert!(v["error"]["field"].as_str().unwrap().contains(field) || field == "bogus", "{query}: {v}");
     }
 }
+
+/// Found by schemathesis: a body of only whitespace is not JSON. An empty
+/// body means the defaults; whitespace is refused, and nothing is created.
+#[test]
+fn a_whitespace_body_is_refused_not_taken_for_the_defaults() {
+    let s = TestServer::start();
+    let vol = s.volume(ALICE, "ws", 16 << 20);
+    let (status, _) = s.call("POST", &format!("/api/v1/sandboxvolumes/{vol}/fork"), Some(ALICE), Some("\n"));
+    assert_eq!(status, 400);
+    let (status, _) = s.call("POST", &format!("/api/v1/sandboxvolumes/{vol}/fork"), Some(ALICE), Some(""));
+    assert_eq!(status, 201, "an empty body still means the defaults");
+}
