@@ -204,7 +204,7 @@ impl Space {
     /// Group `g`'s counts when they are in RAM, or can be without a read
     /// (a group never written is all zero).
     fn counts_in_ram(&mut self, g: u64) -> Option<&mut Box<[u32]>> {
-        let loaded = self.counts.slots.get(g as usize).is_some_and(|s| s.is_some());
+        let loaded = self.is_loaded(g);
         let blank = self.group_ref(g).is_none_or(|r| r.page == 0);
         if !loaded && blank && !self.counts.pending.contains_key(&g) {
             // No read happens, and nothing is evicted: the caller may be
@@ -225,15 +225,10 @@ impl Space {
     }
 
     fn bring_in(&mut self, g: u64, evict: bool) -> Result<()> {
-        if self.counts.slots.get(g as usize).is_some_and(|s| s.is_some()) {
+        if self.is_loaded(g) {
             return Ok(());
         }
-        let mut counts = self.read_group(g)?;
-        if !self.counts.is_checked(g) {
-            self.check_group(g, &counts)?;
-            self.counts.set_checked(g);
-        }
-        strip_kinds(&mut counts);
+        let mut counts = self.read_counts(g)?;
         let first = g * self.group_entries();
         let waiting = self.counts.pending.remove(&g).unwrap_or_default();
         self.counts.pending_changes -= waiting.len();
@@ -320,6 +315,22 @@ impl Space {
         }
     }
 
+    /// Group `g`'s counts as its page holds them, checked at the group's
+    /// first read.
+    fn read_counts(&mut self, g: u64) -> Result<Box<[u32]>> {
+        let mut counts = self.read_group(g)?;
+        if !self.counts.is_checked(g) {
+            self.check_group(g, &counts)?;
+            self.counts.set_checked(g);
+        }
+        strip_kinds(&mut counts);
+        Ok(counts)
+    }
+
+    fn is_loaded(&self, g: u64) -> bool {
+        self.counts.slots.get(g as usize).is_some_and(|s| s.is_some())
+    }
+
     /// Group `g`'s entries as its page holds them (all zero when it was
     /// never written).
     fn read_group(&mut self, g: u64) -> Result<Box<[u32]>> {
@@ -347,15 +358,7 @@ impl Space {
             let (from_k, to_k) = ((p - g * n) as usize, (to - g * n) as usize);
             match self.counts.slots.get(g as usize).and_then(|s| s.as_ref()) {
                 Some(c) => out.extend_from_slice(&c[from_k..to_k]),
-                None => {
-                    let mut c = self.read_group(g)?;
-                    if !self.counts.is_checked(g) {
-                        self.check_group(g, &c)?;
-                        self.counts.set_checked(g);
-                    }
-                    strip_kinds(&mut c);
-                    out.extend_from_slice(&c[from_k..to_k]);
-                }
+                None => out.extend_from_slice(&self.read_counts(g)?[from_k..to_k]),
             }
             p = to;
         }
@@ -366,7 +369,7 @@ impl Space {
     /// table tells without reading it: `Some(true)` every entry is zero,
     /// `Some(false)` none is, `None` it must be read to tell.
     pub(super) fn group_zeros_hint(&self, g: u64) -> Option<bool> {
-        if self.counts.slots.get(g as usize).is_some_and(|s| s.is_some()) || self.counts.pending.contains_key(&g) {
+        if self.is_loaded(g) || self.counts.pending.contains_key(&g) {
             return None;
         }
         match self.group_ref(g) {

@@ -197,19 +197,17 @@ impl StorageFile for KeyedFile {
         }
         let mut keys = Vec::with_capacity(n);
         for (i, block) in buf.chunks_exact(self.block).enumerate() {
-            let kind = match key_of(block) {
+            let key = key_of(block);
+            let kind = match key {
                 Some(_) => &self.written.keyed,
                 None if block.iter().all(|&b| b == 0) => &self.written.zero,
                 None => &self.written.other,
             };
             kind.fetch_add(block.len() as u64, Ordering::Relaxed);
-            match key_of(block) {
-                Some(k) => keys.push(k),
-                None => {
-                    keys.push(0);
-                    self.data.write_at(block, offset + (i * self.block) as u64)?;
-                }
+            if key.is_none() {
+                self.data.write_at(block, offset + (i * self.block) as u64)?;
             }
+            keys.push(key.unwrap_or(0));
         }
         self.write_keys(first, &keys)
     }
