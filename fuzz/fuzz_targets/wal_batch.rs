@@ -1,6 +1,7 @@
 //! Feeds arbitrary bytes to the WAL batch decoder recovery uses
-//! (`BatchHeader::decode` + `parse_batch`): any input must give an answer
-//! (`Some(record count)` or `None`), never a panic, an overflow or an
+//! (`BatchHeader::decode` + `parse_batch`), and to the log reader over a
+//! segment holding them (batches, links, seals, the search past the end):
+//! any input must give an answer, never a panic, an overflow, a hang or an
 //! unbounded allocation.
 #![no_main]
 
@@ -13,4 +14,5 @@ fuzz_target!(|data: &[u8]| {
         assert!(n >= 1, "a decoded batch has at least one record");
         assert!(40 + n <= data.len(), "{n} records decoded from {} bytes", data.len());
     }
+    let _ = cowvol::testing::decode_wal_log(data);
 });

@@ -18,8 +18,9 @@ pub(crate) const DATA_FILE: &str = "cowvol.dat";
 /// templates; version 4 added calendar schedules to volumes, expiry,
 /// schedule and idempotency key to snapshots, and the schedule records;
 /// version 5 added the reference table and the garbage list to the
-/// catalog (see `space::table`).
-pub(crate) const FORMAT_VERSION: u32 = 5;
+/// catalog (see `space::table`); version 6 added the log link, which lets an
+/// open carry on the log it found instead of checkpointing (see `wal`).
+pub(crate) const FORMAT_VERSION: u32 = 6;
 /// The oldest version this build opens. Its stores are read as they are and
 /// written in the current version from their first checkpoint on.
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 2;
@@ -375,10 +376,43 @@ pub(crate) fn fanout_bits_for(block_size: u32) -> u32 {
 
 // ---------------------------------------------------------------- WAL
 
+/// A sector of the log that is not a batch (segment header, link, seal):
+/// magic, CRC of the fields, the fields, zeroes to the sector's end.
+fn encode_log_sector(magic: u32, fields: &[u64]) -> Vec<u8> {
+    let mut e = Enc::with_capacity(SECTOR as usize);
+    e.u32(magic);
+    e.u32(0);
+    fields.iter().for_each(|&f| e.u64(f));
+    let crc = Crc::of(&e.buf[8..]);
+    e.buf[4..8].copy_from_slice(&crc.0.to_le_bytes());
+    e.buf.resize(SECTOR as usize, 0);
+    e.buf
+}
+
+/// The `N` fields of a log sector with this magic, or `None` when the
+/// bytes are not a whole, valid one.
+fn decode_log_sector<const N: usize>(buf: &[u8], magic: u32) -> Option<[u64; N]> {
+    let bytes = buf.get(..8 + 8 * N)?;
+    let mut d = Dec::new(bytes, "WAL sector");
+    if d.u32().ok()? != magic {
+        return None;
+    }
+    let crc = d.u32().ok()?;
+    if Crc::of(&bytes[8..]).0 != crc {
+        return None;
+    }
+    let mut fields = [0u64; N];
+    for f in &mut fields {
+        *f = d.u64().ok()?;
+    }
+    Some(fields)
+}
+
 pub(crate) const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"CVSG");
-/// magic, crc, log id, sequence, next segment page.
-pub(crate) const SEGMENT_HEADER_LEN: usize = 4 + 4 + 8 + 8 + 8;
-const _: () = assert!(SEGMENT_HEADER_LEN == 32);
+/// magic, crc, log id, sequence, next segment page, and from version 6 the
+/// log this one carries on.
+pub(crate) const SEGMENT_HEADER_LEN: usize = 4 + 4 + 8 + 8 + 8 + 8;
+const _: () = assert!(SEGMENT_HEADER_LEN == 40);
 
 /// The header at the start of every WAL segment. The next segment is
 /// allocated before this one is first written, so recovery can follow the
@@ -388,34 +422,91 @@ pub(crate) struct SegmentHeader {
     pub(crate) log_id: u64,
     pub(crate) seq: u64,
     pub(crate) next_page: u64,
+    /// The log a [`LogLink`] leads here from (first segment of a carried-on
+    /// log only; otherwise 0). Lets recovery recognise the segment as that
+    /// log's continuation when the link itself is damaged.
+    pub(crate) prev_log_id: u64,
 }
 
 impl SegmentHeader {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::with_capacity(SECTOR as usize);
-        e.u32(SEGMENT_MAGIC);
-        e.u32(0);
-        e.u64(self.log_id);
-        e.u64(self.seq);
-        e.u64(self.next_page);
-        let crc = Crc::of(&e.buf[8..]);
-        e.buf[4..8].copy_from_slice(&crc.0.to_le_bytes());
-        e.buf.resize(SECTOR as usize, 0);
-        e.buf
+        encode_log_sector(SEGMENT_MAGIC, &[self.log_id, self.seq, self.next_page, self.prev_log_id])
     }
 
-    /// `None` when the bytes are not a valid segment header (stale data, a
-    /// torn write, or never written): the end of the log.
-    pub(crate) fn decode(buf: &[u8]) -> Option<SegmentHeader> {
-        let mut d = Dec::new(buf.get(..SEGMENT_HEADER_LEN)?, "WAL segment");
-        if d.u32().ok()? != SEGMENT_MAGIC {
-            return None;
+    /// `None` when the bytes are not a valid segment header of a log written
+    /// in `version` (stale data, a torn write, or never written): the end of
+    /// the log.
+    pub(crate) fn decode(buf: &[u8], version: u32) -> Option<SegmentHeader> {
+        if version >= 6 {
+            let [log_id, seq, next_page, prev_log_id] = decode_log_sector(buf, SEGMENT_MAGIC)?;
+            Some(SegmentHeader { log_id, seq, next_page, prev_log_id })
+        } else {
+            let [log_id, seq, next_page] = decode_log_sector(buf, SEGMENT_MAGIC)?;
+            Some(SegmentHeader { log_id, seq, next_page, prev_log_id: 0 })
         }
-        let crc = d.u32().ok()?;
-        if Crc::of(&buf[8..SEGMENT_HEADER_LEN]).0 != crc {
-            return None;
-        }
-        Some(SegmentHeader { log_id: d.u64().ok()?, seq: d.u64().ok()?, next_page: d.u64().ok()? })
+    }
+}
+
+pub(crate) const LINK_MAGIC: u32 = u32::from_le_bytes(*b"CVLK");
+/// magic, crc, log id, LSN, new log id, new log's first segment page.
+pub(crate) const LINK_LEN: usize = 4 + 4 + 8 + 8 + 8 + 8;
+const _: () = assert!(LINK_LEN == 40);
+
+/// Where a log goes on under a new identity: written at the end of a log
+/// that an open carried on, in place of the batch that would come next.
+/// Replay that meets it at record `lsn` of log `log_id` continues in the
+/// segment at `segment_page`, which heads log `new_log_id` (sequence 1),
+/// expecting record `lsn` there. Whatever the old log held after the link
+/// (a torn tail a crash left) is never read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogLink {
+    pub(crate) log_id: u64,
+    pub(crate) lsn: u64,
+    pub(crate) new_log_id: u64,
+    pub(crate) segment_page: u64,
+}
+
+impl LogLink {
+    /// One sector: the link, then zeroes.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        encode_log_sector(LINK_MAGIC, &[self.log_id, self.lsn, self.new_log_id, self.segment_page])
+    }
+
+    /// `None` when the bytes are not a whole, valid link.
+    pub(crate) fn decode(buf: &[u8]) -> Option<LogLink> {
+        let [log_id, lsn, new_log_id, segment_page] = decode_log_sector(buf, LINK_MAGIC)?;
+        Some(LogLink { log_id, lsn, new_log_id, segment_page })
+    }
+}
+
+pub(crate) const SEAL_MAGIC: u32 = u32::from_le_bytes(*b"CVSE");
+/// magic, crc, log id, end LSN.
+pub(crate) const SEAL_LEN: usize = 4 + 4 + 8 + 8;
+const _: () = assert!(SEAL_LEN == 24);
+
+/// Written when a store closes without a checkpoint, in the first sector of
+/// the segment set aside to follow the log's current one: every record of
+/// log `log_id` below `end_lsn` is durable, and the log holds nothing more.
+/// Replay that ends exactly at `end_lsn` has read everything and needs no
+/// search for batches past the end; one that ends earlier has met damage to
+/// synced records. The position is fixed so that a reader finds the seal
+/// however the batch before it was damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogSeal {
+    pub(crate) log_id: u64,
+    pub(crate) end_lsn: u64,
+}
+
+impl LogSeal {
+    /// One sector: the seal, then zeroes.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        encode_log_sector(SEAL_MAGIC, &[self.log_id, self.end_lsn])
+    }
+
+    /// `None` when the bytes are not a whole, valid seal.
+    pub(crate) fn decode(buf: &[u8]) -> Option<LogSeal> {
+        let [log_id, end_lsn] = decode_log_sector(buf, SEAL_MAGIC)?;
+        Some(LogSeal { log_id, end_lsn })
     }
 }
 
@@ -487,6 +578,35 @@ impl BatchHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Segment headers, links and seals: each reads back as written, and a
+    /// flipped bit anywhere in one (or another kind's magic) is no sector
+    /// of that kind at all.
+    #[test]
+    fn log_sectors_round_trip_and_reject_bit_flips() {
+        let hdr = SegmentHeader { log_id: 11, seq: 3, next_page: 900, prev_log_id: 12 };
+        let link = LogLink { log_id: 11, lsn: 77, new_log_id: 13, segment_page: 900 };
+        let seal = LogSeal { log_id: 11, end_lsn: 78 };
+        assert_eq!(SegmentHeader::decode(&hdr.encode(), FORMAT_VERSION), Some(hdr));
+        assert_eq!(LogLink::decode(&link.encode()), Some(link));
+        assert_eq!(LogSeal::decode(&seal.encode()), Some(seal));
+        assert_eq!(LogLink::decode(&seal.encode()), None);
+        assert_eq!(LogSeal::decode(&hdr.encode()), None);
+        for (bytes, len) in [(hdr.encode(), SEGMENT_HEADER_LEN), (link.encode(), LINK_LEN), (seal.encode(), SEAL_LEN)] {
+            for bit in 0..len * 8 {
+                let mut b = bytes.clone();
+                b[bit / 8] ^= 1 << (bit % 8);
+                let any = SegmentHeader::decode(&b, FORMAT_VERSION).is_some()
+                    || LogLink::decode(&b).is_some()
+                    || LogSeal::decode(&b).is_some();
+                assert!(!any, "bit {bit} flipped still decodes");
+            }
+        }
+        // Version 5 headers have no `prev_log_id`.
+        let v5 = encode_log_sector(SEGMENT_MAGIC, &[11, 3, 900]);
+        let read = SegmentHeader::decode(&v5, 5);
+        assert_eq!(read, Some(SegmentHeader { prev_log_id: 0, ..hdr }));
+    }
 
     #[test]
     fn superblock_round_trips_and_rejects_bit_flips() {

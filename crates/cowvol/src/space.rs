@@ -415,6 +415,49 @@ impl Space {
         Ok(start)
     }
 
+    /// Allocates exactly pages `start..start + n` and reserves them, if
+    /// they are all free; otherwise changes nothing and returns false. The
+    /// range may span several free extents, punched ones among them (their
+    /// file space is reserved again first).
+    pub(crate) fn claim_exact(&mut self, start: u64, n: u64) -> bool {
+        let end = start.saturating_add(n);
+        if start == 0 || n == 0 {
+            return false;
+        }
+        let mut pieces = Vec::new();
+        let mut at = start;
+        while at < end {
+            let holding = |map: &BTreeMap<u64, u64>| {
+                map.range(..=at).next_back().filter(|(&s, &l)| at < s + l).map(|(&s, &l)| s + l)
+            };
+            let (piece_end, punched) = match (holding(&self.free), holding(&self.holes)) {
+                (Some(e), _) => (e.min(end), false),
+                (None, Some(e)) => (e.min(end), true),
+                (None, None) => return false,
+            };
+            pieces.push((at, piece_end - at, punched));
+            at = piece_end;
+        }
+        for &(s, l, punched) in &pieces {
+            if punched && self.file.allocate(self.offset_of(s), l * self.block_size).is_err() {
+                return false;
+            }
+        }
+        for (s, l, punched) in pieces {
+            if punched {
+                carve(&mut self.holes, s, l);
+                self.hole_pages -= l;
+            } else {
+                carve(&mut self.free, s, l);
+                self.free_pages -= l;
+            }
+        }
+        for p in start..end {
+            self.set_reserved(p, true);
+        }
+        true
+    }
+
     /// Allocates `n` pages as runs.
     pub(crate) fn alloc(&mut self, n: u64) -> Result<Vec<Run>> {
         let mut runs = Vec::new();

@@ -77,15 +77,17 @@ impl Store {
         Ok(Store { keeper, engine })
     }
 
-    /// Checkpoints and closes this handle of the store, reporting any error
-    /// that dropping it would swallow. The store stays open while other
-    /// clones or volume handles exist. Writes nothing when nothing was
-    /// changed since the last checkpoint.
+    /// Closes this handle of the store, making every change durable and
+    /// reporting any error that dropping it would swallow. The store stays
+    /// open while other clones or volume handles exist. Writes nothing when
+    /// nothing changed since the last checkpoint; when the log since then
+    /// is short, only syncs it (the next open replays it); otherwise writes
+    /// one checkpoint.
     ///
     /// # Errors
-    /// I/O errors of the final checkpoint.
+    /// I/O errors of the final sync or checkpoint.
     pub fn close(self) -> Result<()> {
-        self.engine.checkpoint_if_changed()
+        self.engine.close_out()
     }
 
     /// The block size the store was created with.

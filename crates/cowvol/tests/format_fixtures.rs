@@ -1,7 +1,7 @@
 //! Stores written by earlier versions of cowvol still open and read back
 //! what was written into them, and a damaged one is refused cleanly.
 //!
-//! For each version N kept here (2, 3 and 4), `tests/fixtures/vN-clean` was
+//! For each version N kept here (2, 3, 4 and 5), `tests/fixtures/vN-clean` was
 //! closed cleanly; `vN-crashed` was abandoned like a killed process with
 //! changes in its WAL after the last checkpoint, so opening it replays
 //! version-N records; `vN-damaged-catalog` is `vN-clean` with one byte of
@@ -116,7 +116,7 @@ fn assert_history(store: &Store) {
 }
 
 /// The format version this build writes.
-const CURRENT: u32 = 5;
+const CURRENT: u32 = 6;
 
 /// Opens a clean fixture, checks it, writes to it, and checks that the
 /// first checkpoint upgraded it and that what the new version added works.
@@ -173,6 +173,11 @@ fn a_cleanly_closed_version_4_store_opens_and_is_upgraded() {
 }
 
 #[test]
+fn a_cleanly_closed_version_5_store_opens_and_is_upgraded() {
+    upgrade_clean("v5");
+}
+
+#[test]
 fn a_crashed_version_2_store_replays_its_log() {
     let dir = copy_of("v2-crashed");
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
@@ -191,6 +196,26 @@ fn a_crashed_version_4_store_replays_its_log() {
     let dir = copy_of("v4-crashed");
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     assert_history(&store);
+}
+
+/// Version 5 wrote segment headers without the field version 6 added:
+/// its log is read as it was written, replayed, and then replaced by a
+/// version-6 one at the checkpoint open writes.
+#[test]
+fn a_crashed_version_5_store_replays_its_log_and_is_upgraded() {
+    let dir = copy_of("v5-crashed");
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_history(&store);
+    store.close().unwrap();
+    let image = std::fs::read(dir.path().join("cowvol.dat")).unwrap();
+    assert_eq!(cowvol::testing::format_version(&image), Some(CURRENT));
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_history(&store);
+}
+
+#[test]
+fn a_damaged_version_5_store_is_refused_as_corruption() {
+    refused_as_corruption("v5");
 }
 
 #[test]

@@ -461,6 +461,8 @@ fn reopen_after_a_failed_sync_recovers_from_the_disk_not_the_page_cache() {
     let (disk, vol, store) = reopen_after_a_failed_flush(true);
     let seen = contents(&store.open_volume(vol).unwrap(), "through the cache");
     assert_eq!(seen[4..12], [2; 8], "the stale cache is what recovery would read");
+    // The next checkpoint makes what recovery read durable.
+    store.checkpoint().unwrap();
     drop(store);
     let after = Store::open_in(Arc::new(disk.crash(LossMode::DropAll, 0)), opts()).unwrap();
     let h = after.open_volume(vol).unwrap();

@@ -12,24 +12,41 @@ use crate::tree::{self, Child, Node};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// A log at close no longer than this (bytes of batches, and segments, since
+/// the last checkpoint) is left for the next open to replay.
+const CLOSE_REPLAY_BYTES: u64 = 256 << 10;
+const CLOSE_REPLAY_SEGMENTS: usize = 4;
+
 impl Engine {
     /// Holds off checkpoints (for `check`).
     pub(crate) fn checkpoint_guard(&self) -> impl Drop + '_ {
         self.checkpoint.lock()
     }
 
-    /// Writes a checkpoint unless nothing was logged since the last one
-    /// (closing a store that only read, or that a checkpoint just saved,
-    /// writes nothing).
-    pub(crate) fn checkpoint_if_changed(&self) -> Result<()> {
-        let unchanged = {
+    /// What closing the store writes. Nothing when nothing was logged since
+    /// the last checkpoint (a store that only read, or that a checkpoint just
+    /// saved). When the log since then is short, only what makes all of it
+    /// durable: the next open replays it and carries it on, which costs
+    /// what the log holds, less than a checkpoint's writes and its two
+    /// syncs (a command-line snapshot is one record and one sync). A longer
+    /// log gets one checkpoint, so that no open replays much.
+    pub(crate) fn close_out(&self) -> Result<()> {
+        let (unchanged, short, end) = {
             let ck = self.checkpoint.lock();
-            ck.covered_to.is_some_and(|lsn| self.wal.lock().next_lsn() == lsn)
+            let wal = self.wal.lock();
+            let end = wal.next_lsn();
+            let short = wal.bytes_since_checkpoint <= CLOSE_REPLAY_BYTES
+                && wal.segments_since_checkpoint() <= CLOSE_REPLAY_SEGMENTS;
+            (ck.covered_to == Some(end), short, end)
         };
-        if unchanged {
-            return Ok(());
+        match (unchanged, short) {
+            (true, _) => Ok(()),
+            (false, true) => {
+                self.sync_to(end)?;
+                self.seal_log()
+            }
+            (false, false) => self.checkpoint(),
         }
-        self.checkpoint()
     }
 
     pub(super) fn run_inline_checkpoint_if_due(&self) -> Result<()> {

@@ -167,7 +167,7 @@ impl Engine {
 
     fn top_up_spares(&self, st: &mut State, wal: &mut Wal, incoming: usize) -> Result<()> {
         while wal.spares.len() < wal.spares_needed(incoming) {
-            let page = st.new_log_segment(&self.log_geo, &*self.file)?;
+            let page = st.new_log_segment(&self.log_geo)?;
             wal.spares.push(page);
         }
         Ok(())
@@ -183,6 +183,20 @@ impl Engine {
             || !st.space.quarantine.is_empty()
             || !st.space.obsolete.is_empty()
             || st.space.has_pending_counts()
+    }
+
+    /// Writes and syncs a seal after the log's last batch (see
+    /// [`Wal::write_seal`]); the caller has made every record durable.
+    pub(crate) fn seal_log(&self) -> Result<()> {
+        self.ensure_writable()?;
+        let wrote = self.wal.lock().write_seal();
+        if wrote? {
+            self.file.sync().map_err(|e| {
+                self.fail();
+                Error::io("syncing the WAL's seal", e)
+            })?;
+        }
+        Ok(())
     }
 
     /// Waits until every record below `lsn` is durable. Concurrent callers

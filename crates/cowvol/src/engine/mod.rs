@@ -131,7 +131,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         if !self.failed.load(Ordering::Acquire) {
             // A drop cannot report errors; Store::close can.
-            let _ = self.checkpoint_if_changed();
+            let _ = self.close_out();
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Crc, Superblock, DATA_FILE, SUPERBLOCK_SLOTS};
 use crate::options::StoreOptions;
 use crate::tree::{self, Child, Root};
-use crate::wal::{self, LogGeometry, Wal};
+use crate::wal::{self, LogContents, LogGeometry, LogTail, Wal};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -125,6 +125,23 @@ fn read_superblock(file: &dyn StorageFile) -> Result<Superblock> {
     }
 }
 
+/// How a new engine's log begins.
+enum LogPlan {
+    /// A new log, which a checkpoint must make the start of replay before
+    /// anything relies on it.
+    Fresh,
+    /// The log open read, carried on (see [`Wal::resume`]) in the segment
+    /// its tail set aside, which the caller has claimed.
+    CarryOn {
+        tail: LogTail,
+        /// Its segments since the checkpoint, and the bytes it holds.
+        segments: Vec<u64>,
+        bytes: u64,
+        /// The first LSN the durable checkpoint does not cover.
+        covered_to: u64,
+    },
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "one constructor shared by create and recover; each argument is a distinct piece of opened state"
@@ -139,12 +156,25 @@ fn new_engine(
     state: State,
     generation: u64,
     catalog_pages: (u64, u64),
+    log: LogPlan,
 ) -> Result<Engine> {
     let log_geo = LogGeometry::new(format::data_start(block_size), block_size);
     let mut state = state;
-    let first = state.new_log_segment(&log_geo, &*file)?;
-    let next = state.new_log_segment(&log_geo, &*file)?;
-    let wal = Wal::start(file.clone(), log_geo, random_u64(), first, next, 1)?;
+    let (wal, durable, covered_to) = match log {
+        LogPlan::Fresh => {
+            let first = state.new_log_segment(&log_geo)?;
+            let next = state.new_log_segment(&log_geo)?;
+            (Wal::start(file.clone(), log_geo, random_u64(), first, next, 1)?, 0, None)
+        }
+        LogPlan::CarryOn { tail, segments, bytes, covered_to } => {
+            let next = state.new_log_segment(&log_geo)?;
+            let log_id = std::iter::repeat_with(random_u64).find(|&id| id != tail.log_id).unwrap_or_default();
+            let mut wal = Wal::resume(file.clone(), log_geo, tail, segments, log_id, next);
+            wal.bytes_since_checkpoint = bytes;
+            // Every record read was on the disk: open synced before reading.
+            (wal, tail.lsn, Some(covered_to))
+        }
+    };
     Ok(Engine {
         dir,
         file,
@@ -155,9 +185,9 @@ fn new_engine(
         state: Mutex::new(state),
         wal: Mutex::new(wal),
         log_geo,
-        commit: Mutex::new(CommitState::default()),
+        commit: Mutex::new(CommitState { durable, syncing: false }),
         commit_cv: Condvar::new(),
-        checkpoint: Mutex::new(CheckpointState { generation, catalog_pages, covered_to: None }),
+        checkpoint: Mutex::new(CheckpointState { generation, catalog_pages, covered_to }),
         failed: AtomicBool::new(false),
         maint: Arc::new(Maintenance::default()),
         writes_started: AtomicU64::new(0),
@@ -214,7 +244,7 @@ fn finish_create(
     let io = |what: &'static str| move |e| Error::io(what, e);
     let bs = opts.block_size;
     let state = empty_state(file.clone(), bs, 1, cache_budget(&opts));
-    let engine = new_engine(dir.clone(), file, lock, opts, bs, random_u64(), state, 0, (0, 0))?;
+    let engine = new_engine(dir.clone(), file, lock, opts, bs, random_u64(), state, 0, (0, 0), LogPlan::Fresh)?;
     engine.checkpoint()?;
     dir.rename(NEW_DATA_FILE, DATA_FILE).map_err(io("naming the data file"))?;
     dir.sync_dir().map_err(io("syncing the store directory"))?;
@@ -294,8 +324,10 @@ fn recover(
         None => count_references(&mut st, npages)?,
     }
     // Replay the WAL.
-    let mut records = log.records;
-    let keep = first_unverifiable(&*file, &st, &records, log.durable_lsn, npages)?;
+    let LogContents { records, durable_lsn, segments: log_segments, bytes: log_bytes, tail, .. } = log;
+    let mut records = records;
+    let keep = first_unverifiable(&*file, &st, &records, durable_lsn, npages)?;
+    let whole_log = keep == records.len();
     records.truncate(keep);
     for (lsn, rec) in &records {
         validate_record(&mut st, rec, npages).map_err(|e| match e {
@@ -304,27 +336,13 @@ fn recover(
         })?;
         st.apply(rec)?;
     }
-    // A snapshot still `Creating` lost its moment: it fails, and the
-    // checkpoint below makes that durable before open returns. A backup
-    // still in progress lost the process that ran it: it fails the same
-    // way (what it left on the target is unreferenced until a later
-    // backup or garbage collection, never half-referenced).
-    for s in st.snapshots.values_mut() {
-        if s.info.status == SnapshotStatus::Creating {
-            s.info.status = SnapshotStatus::Failed;
-        }
-        if let Some(b) = s.info.backup.as_mut().filter(|b| b.state == BackupState::InProgress) {
-            b.state = BackupState::Failed;
-            b.reason = "interrupted: the store was closed or the process stopped before the backup finished".into();
-            b.at = now_secs();
-        }
-    }
+    let fixed_up = fail_interrupted_work(&mut st);
     {
         let State { garbage, space, nodes, .. } = &mut st;
         while !tree::release_some(garbage, space, nodes, usize::MAX)? {}
     }
-    // Pages freed during replay stay out of the free map until the
-    // checkpoint below is durable; the old log's pages are freed then too.
+    // Pages freed during replay stay out of the free map until the next
+    // checkpoint is durable, like any page freed since the last one.
     // Changes replay made to counts whose groups are on the disk are
     // applied now, so that every page they free is in the quarantine.
     st.space.settle_counts()?;
@@ -336,14 +354,54 @@ fn recover(
     for &p in &quarantined {
         st.space.set_reserved(p, false);
     }
-    for &s in &log.segments {
-        for p in s..(s + log_geo.segment_pages).min(npages) {
-            st.space.obsolete(p);
+    // The log is carried on when what it says is exactly the recovered
+    // state: every record replayed, nothing changed beside it, and written
+    // in the current version (an older store is upgraded by a checkpoint
+    // first). Otherwise a checkpoint of the recovered state starts a fresh
+    // log, and the old one's pages are freed once it is durable.
+    let carry_on = whole_log
+        && !fixed_up
+        && sb.version == format::FORMAT_VERSION
+        && Wal::link_fits(&log_geo, &tail)
+        && st.space.claim_exact(tail.next_page, log_geo.segment_pages);
+    let plan = if carry_on {
+        LogPlan::CarryOn { tail, segments: log_segments, bytes: log_bytes, covered_to: sb.log.lsn }
+    } else {
+        for &s in &log_segments {
+            for p in s..(s + log_geo.segment_pages).min(npages) {
+                st.space.obsolete(p);
+            }
+        }
+        LogPlan::Fresh
+    };
+    let engine =
+        new_engine(dir, file, lock, opts, bs, sb.store_id, st, sb.generation, (sb.catalog_page, cat_pages), plan)?;
+    if !carry_on {
+        engine.checkpoint()?;
+    }
+    Ok(engine)
+}
+
+/// A snapshot still `Creating` lost its moment: it fails. A backup still in
+/// progress lost the process that ran it: it fails the same way (what it
+/// left on the target is unreferenced until a later backup or garbage
+/// collection, never half-referenced). Returns whether anything changed,
+/// which a checkpoint at open then makes durable.
+fn fail_interrupted_work(st: &mut State) -> bool {
+    let mut changed = false;
+    for s in st.snapshots.values_mut() {
+        if s.info.status == SnapshotStatus::Creating {
+            s.info.status = SnapshotStatus::Failed;
+            changed = true;
+        }
+        if let Some(b) = s.info.backup.as_mut().filter(|b| b.state == BackupState::InProgress) {
+            b.state = BackupState::Failed;
+            b.reason = "interrupted: the store was closed or the process stopped before the backup finished".into();
+            b.at = now_secs();
+            changed = true;
         }
     }
-    let engine = new_engine(dir, file, lock, opts, bs, sb.store_id, st, sb.generation, (sb.catalog_page, cat_pages))?;
-    engine.checkpoint()?;
-    Ok(engine)
+    changed
 }
 
 fn catalog_outside(sb: &Superblock) -> Error {

@@ -91,15 +91,14 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Allocates a WAL segment, reserves its pages and has the log
-    /// prepare it.
-    pub(crate) fn new_log_segment(&mut self, geo: &LogGeometry, file: &dyn StorageFile) -> Result<u64> {
+    /// Allocates a WAL segment and reserves its pages (the log prepares it
+    /// when it enters it).
+    pub(crate) fn new_log_segment(&mut self, geo: &LogGeometry) -> Result<u64> {
         let n = geo.segment_pages;
         let page = self.space.alloc_contiguous(n)?;
         for p in page..page + n {
             self.space.set_reserved(p, true);
         }
-        geo.zero_segment(page, file);
         Ok(page)
     }
 

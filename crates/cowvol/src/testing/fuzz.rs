@@ -23,6 +23,36 @@ pub fn decode_wal_batch(bytes: &[u8]) -> Option<usize> {
     .map(|(_, recs, _)| recs.len())
 }
 
+/// Reads a log whose first segment holds `bytes` after a valid header (the
+/// rest of that segment and the next one zero), as recovery does: batches,
+/// links to other segments, seals, the search past the end. Returns the
+/// number of records, or `None` where recovery would refuse the log. Also
+/// runs the link, seal and segment-header decoders on `bytes` themselves.
+/// For fuzzing: any input must give an answer, never a panic or a hang.
+pub fn decode_wal_log(bytes: &[u8]) -> Option<usize> {
+    use crate::backend::StorageDir;
+    use crate::format::{LogLink, LogSeal, LogStart, SegmentHeader, FORMAT_VERSION, SECTOR};
+    let _ = (LogLink::decode(bytes), LogSeal::decode(bytes), SegmentHeader::decode(bytes, FORMAT_VERSION));
+    let geo = crate::wal::LogGeometry::new(8192, 4096);
+    let segs = 4;
+    let file = crate::testing::SimDir::new().open_file("log", true).ok()?;
+    let start_of = |page: u64| 8192 + page * 4096;
+    file.set_len(start_of(1 + segs * geo.segment_pages)).ok()?;
+    let header = SegmentHeader { log_id: 7, seq: 1, next_page: 1 + geo.segment_pages, prev_log_id: 0 };
+    file.write_at(&header.encode(), start_of(1)).ok()?;
+    let room = (geo.segment_bytes() - SECTOR) as usize;
+    file.write_at(&bytes[..bytes.len().min(room)], start_of(1) + SECTOR).ok()?;
+    let start = LogStart { log_id: 7, segment_page: 1, segment_seq: 1, offset: SECTOR, lsn: 1 };
+    let log = crate::wal::read_log::<crate::engine::record::Record>(
+        &*file,
+        geo,
+        start,
+        1 + segs * geo.segment_pages,
+        FORMAT_VERSION,
+    );
+    log.ok().map(|l| l.records.len())
+}
+
 /// Decodes a checkpoint's catalog (volumes, snapshots, tree roots) after
 /// verifying `crc`, returning the numbers of volumes and snapshots.
 ///

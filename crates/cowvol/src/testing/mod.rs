@@ -17,8 +17,8 @@ mod rng;
 pub mod sim;
 
 pub use fuzz::{
-    crc32, decode_catalog, decode_superblock, decode_tree_node, decode_wal_batch, sample_catalog_inputs,
-    sample_wal_batches,
+    crc32, decode_catalog, decode_superblock, decode_tree_node, decode_wal_batch, decode_wal_log,
+    sample_catalog_inputs, sample_wal_batches,
 };
 pub use image::{catalog_offset, format_version, table_pages};
 pub use keyed::{keyed_block, KeyedDir, KeyedWrites};
@@ -32,6 +32,14 @@ pub use sim::{LossMode, SimDir, SimStats};
 pub fn abandon(store: crate::Store) {
     store.engine.abandon();
     drop(store);
+}
+
+/// The WAL since the last checkpoint: (segments it spans, bytes of batches
+/// in it). Open carries a short log on rather than checkpointing, and close
+/// leaves it for the next open; these say how much such an open replays.
+pub fn log_since_checkpoint(store: &crate::Store) -> (usize, u64) {
+    let wal = store.engine.wal.lock();
+    (wal.segments_since_checkpoint(), wal.bytes_since_checkpoint)
 }
 
 /// Tree nodes the store has read from the disk so far (node cache misses),
