@@ -8,13 +8,22 @@
 # COWVOL_BINS: space-separated cowvol binaries to compare (for example an
 # older build beside this one) [default: target/release/cowvol].
 # WORK: scratch directory on the disk to measure [default: a temp dir].
+# ROUNDS: snapshots taken by each side, taking turns [default: 11].
 set -euo pipefail
 bins=(${COWVOL_BINS:-target/release/cowvol})
 work="${WORK:-$(mktemp -d)}"
 mkdir -p "$work"
 trap 'rm -rf "$work"' EXIT
-ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>&1; t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 )); }
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR % 2 ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2)}'; }
+# Wall time of one command in ms (two decimals), read from bash's own clock
+# so that no timing process is counted in it.
+ms() {
+  local t0 t1
+  t0=${EPOCHREALTIME/./}
+  "$@" >/dev/null 2>&1
+  t1=${EPOCHREALTIME/./}
+  printf '%d.%02d' $(((t1 - t0) / 1000)) $((((t1 - t0) % 1000) / 10))
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {printf "%.2f\n", (NR % 2 ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2)}'; }
 [ $# -gt 0 ] || set -- 64M 1G
 for size in "$@"; do
   bytes=$(numfmt --from=iec "$size")
@@ -28,7 +37,7 @@ for size in "$@"; do
   rm -f "$img"
   sync
   declare -A runs=()
-  for round in 1 2 3 4 5 6; do
+  for round in $(seq 1 "${ROUNDS:-11}"); do
     for i in "${!bins[@]}"; do
       runs[$i]+=" $(ms "${bins[$i]}" -q --store "$work/store$i" snapshot create v "s$round")"
     done

@@ -55,6 +55,19 @@ fn assert_clean(store: &Store) {
     assert!(report.is_clean(), "{:?}", report.problems);
 }
 
+/// A store in `dir` with one volume of [`BLOCKS`] blocks, all written,
+/// closed cleanly; returns the volume.
+fn filled_and_closed(dir: &std::path::Path) -> VolumeId {
+    let store = Store::open(dir, opts(256 << 20)).unwrap();
+    let id = store.create_volume(VolumeOptions::new("v", BLOCKS * BS)).unwrap().id;
+    fill(&store.open_volume(id).unwrap());
+    // A checkpoint puts every count in the table (a short log would
+    // otherwise be left for open to replay, which reads its groups).
+    store.checkpoint().unwrap();
+    store.close().unwrap();
+    id
+}
+
 /// Every 37th block, scattered over every group.
 fn scattered() -> Vec<u64> {
     (0..BLOCKS).step_by(37).collect()
@@ -149,13 +162,7 @@ fn counts_beyond_a_small_budget_leave_ram_and_come_back_right() {
 #[test]
 fn a_damaged_group_page_is_found_when_first_read_and_check_finds_every_one() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
-    let id = store.create_volume(VolumeOptions::new("v", BLOCKS * BS)).unwrap().id;
-    fill(&store.open_volume(id).unwrap());
-    // A checkpoint puts every count in the table (a short log would
-    // otherwise be left for open to replay, which reads its groups).
-    store.checkpoint().unwrap();
-    store.close().unwrap();
+    let id = filled_and_closed(dir.path());
     let path = dir.path().join("cowvol.dat");
     let pristine = std::fs::read(&path).unwrap();
     let groups: Vec<u64> =
@@ -190,4 +197,38 @@ fn a_damaged_group_page_is_found_when_first_read_and_check_finds_every_one() {
     }
     assert!(opened > 0, "open read every group page");
     std::fs::write(&path, &pristine).unwrap();
+}
+
+/// Open learns the table's own pages as it reads the table (the index
+/// pages, and the pages the groups it reads name or mark), not one by one
+/// for every group: that work grew with the store. `check()` reads every
+/// group, after which every page of the table is known, and the two ways a
+/// page is known (its group names it, the group it lies in marks it)
+/// agree.
+#[test]
+fn open_learns_the_table_pages_lazily_and_check_meets_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = filled_and_closed(dir.path());
+    let image = std::fs::read(dir.path().join("cowvol.dat")).unwrap();
+    let table = testing::table_pages(&image);
+    let index = table.iter().filter(|(_, kind)| *kind == "index").count() as u64;
+    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+    let (reads, _) = testing::count_groups(&store);
+    let known = testing::table_pages_known(&store);
+    assert!(reads < table.len() as u64 / 2, "open read {reads} of {} group pages", table.len());
+    // Each group read names its own page and marks the table's pages in
+    // it (here, as the table's pages cluster in the groups with free
+    // space, that may be all of them); the index pages are known anyway.
+    assert!(known >= index, "open knew {known} table pages, fewer than the {index} index pages");
+    assert_clean(&store);
+    let image = std::fs::read(dir.path().join("cowvol.dat")).unwrap();
+    assert_eq!(testing::table_pages_known(&store), testing::table_pages(&image).len() as u64);
+    // Everything still works after: overwrite, reopen, check.
+    let v = store.open_volume(id).unwrap();
+    write_blocks(&v, &|_| 1, &scattered());
+    drop(v);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+    assert_blocks(&store.open_volume(id).unwrap(), &|lb| u64::from(lb % 37 == 0));
+    assert_clean(&store);
 }

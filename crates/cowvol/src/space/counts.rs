@@ -79,7 +79,7 @@ impl Counts {
         }
     }
 
-    fn is_checked(&self, g: u64) -> bool {
+    pub(super) fn is_checked(&self, g: u64) -> bool {
         self.checked.get((g / 64) as usize).is_some_and(|w| w & (1 << (g % 64)) != 0)
     }
 
@@ -321,10 +321,16 @@ impl Space {
         let mut counts = self.read_group(g)?;
         if !self.counts.is_checked(g) {
             self.check_group(g, &counts)?;
+            self.name_group_page(g)?;
             self.counts.set_checked(g);
         }
         strip_kinds(&mut counts);
         Ok(counts)
+    }
+
+    /// Whether group `g` has been read (and checked) since open.
+    pub(super) fn is_group_checked(&self, g: u64) -> bool {
+        self.counts.is_checked(g)
     }
 
     fn is_loaded(&self, g: u64) -> bool {
@@ -369,7 +375,9 @@ impl Space {
     /// table tells without reading it: `Some(true)` every entry is zero,
     /// `Some(false)` none is, `None` it must be read to tell.
     pub(super) fn group_zeros_hint(&self, g: u64) -> Option<bool> {
-        if self.is_loaded(g) || self.counts.pending.contains_key(&g) {
+        // Open asks this of every group: no hash of `g` when nothing waits.
+        let waiting = !self.counts.pending.is_empty() && self.counts.pending.contains_key(&g);
+        if self.is_loaded(g) || waiting {
             return None;
         }
         match self.group_ref(g) {

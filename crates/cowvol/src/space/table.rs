@@ -30,6 +30,17 @@
 //!   those pages change too, until nothing more changes (a fixed point
 //!   reached in a few rounds, since a group moves at most once per
 //!   checkpoint);
+//! - RAM learns the table's own pages as it reads the table, not at open:
+//!   the index pages when open reads them, a group page when its group is
+//!   first read (its *owner* names it) or when the group it lies in is
+//!   first read (its entry *marks* it). Each group is read before any of
+//!   its pages can be handed out (the free map takes pages only from
+//!   groups read, or from groups whose index entry says every page is
+//!   free, which a table page's group never is), so a page of the table
+//!   is never allocated before RAM knows it. The two sides are checked
+//!   against each other as soon as both are known; `check` reads every
+//!   group, so it finds any page named and not marked, or marked and not
+//!   named;
 //! - the catalog and the WAL are not in the table (their entries are 0):
 //!   open marks them from the superblock and the log chain, and a table
 //!   entry for one of their pages is corruption.
@@ -38,6 +49,7 @@ use super::{Run, Space};
 use crate::error::{Error, Result};
 use crate::format::{Crc, Dec, Enc, DATA_FILE};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 /// Entry flag of a tree node page.
 pub(crate) const NODE: u32 = 1 << 31;
@@ -96,14 +108,42 @@ impl TableRoot {
     }
 }
 
+/// Which part of the table a page holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Group(u64),
+    Index(u64),
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Group(g) => write!(f, "group {g}"),
+            Owner::Index(i) => write!(f, "index page {i}"),
+        }
+    }
+}
+
+/// What RAM knows of one page of the table so far (see the module's
+/// invariants): who names it, and whether the entry of its own group,
+/// once read, marks it as the table's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct TablePage {
+    owner: Option<Owner>,
+    marked: bool,
+}
+
 /// The table's bookkeeping inside [`Space`].
 #[derive(Debug, Default)]
 pub(crate) struct Table {
     /// Where each group's current page lives.
     groups: Vec<GroupRef>,
     index: Vec<IndexRef>,
-    /// Pages holding the current group and index pages.
-    pages: BTreeSet<u64>,
+    /// The pages of the table RAM knows: every index page, the page of
+    /// every group read since open, and every page a group read since open
+    /// marks as the table's. Every page of the table that lies in a group
+    /// read since open is here.
+    pages: BTreeMap<u64, TablePage>,
     /// One bit per group: entries changed since the last capture.
     dirty: Vec<u64>,
     dirty_count: u64,
@@ -221,7 +261,7 @@ impl Space {
             n
         } else if n > 0 {
             NODE | n
-        } else if self.table.pages.contains(&page) {
+        } else if self.table.pages.contains_key(&page) {
             META
         } else {
             0
@@ -332,15 +372,17 @@ impl Space {
         self.table.groups.resize(ngroups as usize, GroupRef::default());
         let nindex = ngroups.div_ceil(self.index_fanout());
         self.table.index.resize(nindex as usize, IndexRef::default());
-        let moved = moves.groups.iter().map(|(&g, &p)| (g, p, self.table.groups[g as usize].page));
-        let moved_index = moves.index.iter().map(|(&i, &p)| (i, p, self.table.index[i as usize].page));
-        let relocations: Vec<(u64, u64)> = moved.chain(moved_index).map(|(_, new, old)| (new, old)).collect();
-        for (new, old) in relocations {
+        let moved = moves.groups.iter().map(|(&g, &p)| (Owner::Group(g), p, self.table.groups[g as usize].page));
+        let moved_index = moves.index.iter().map(|(&i, &p)| (Owner::Index(i), p, self.table.index[i as usize].page));
+        let relocations: Vec<(Owner, u64, u64)> = moved.chain(moved_index).collect();
+        for (owner, new, old) in relocations {
             if old != 0 {
                 self.table.pages.remove(&old);
                 self.obsolete.push(old);
             }
-            self.table.pages.insert(new);
+            // Its group is in RAM (the plan moved and loaded it), so the
+            // page is both named and marked from now on.
+            self.table.pages.insert(new, TablePage { owner: Some(owner), marked: true });
             self.set_reserved(new, true);
         }
         let mut pages = Vec::with_capacity(moves.groups.len() + moves.index.len());
@@ -406,8 +448,11 @@ impl Space {
 
     /// Reads where the table a checkpoint wrote lives: its index pages,
     /// not its groups, which are read when something needs their counts
-    /// (see [`super::counts`]). Marks the table's own pages reserved. The
-    /// caller has marked the catalog's and the log's pages reserved.
+    /// (see [`super::counts`]). Records the index pages as the table's
+    /// own; a group page is recorded when its group, or the group it lies
+    /// in, is first read (see the module's invariants), so open does no
+    /// work per group page. The caller has marked the catalog's and the
+    /// log's pages reserved.
     pub(crate) fn load_table(&mut self, root: &TableRoot) -> Result<()> {
         // The table may cover more pages than the file holds: space added
         // at the end and never written need not survive a crash. Those
@@ -419,59 +464,111 @@ impl Space {
                 format!("{} index pages for {ngroups} groups", root.index.len()),
             ));
         }
-        self.table.groups = vec![GroupRef::default(); ngroups as usize];
         self.table.index = root.index.clone();
         self.counts.cover(ngroups);
+        let fanout = self.index_fanout();
+        let mut groups = Vec::with_capacity(ngroups as usize);
         let mut buf = vec![0u8; self.block_size as usize];
         for (i, r) in root.index.iter().enumerate() {
+            let (first, end) = (i as u64 * fanout, ((i as u64 + 1) * fanout).min(ngroups));
             if r.page == 0 {
+                groups.resize(end as usize, GroupRef::default());
                 continue;
             }
             self.read_table_page(r.page, r.crc, "index page", &mut buf)?;
-            self.claim_table_page(r.page)?;
-            let mut d = Dec::new(&buf, "table index page");
-            let fanout = self.index_fanout() as usize;
-            for k in 0..fanout {
-                let g = GroupRef { page: d.u64()?, crc: d.u32()?, zeros: d.u32()? };
-                let index = i * fanout + k;
-                if g.zeros as u64 > self.group_entries() {
-                    return Err(table_corruption(
-                        format!("{DATA_FILE} index page {}", r.page),
-                        format!("group {index} has {} zero entries of {}", g.zeros, self.group_entries()),
-                    ));
+            self.name_table_page(r.page, Owner::Index(i as u64))?;
+            let location = || format!("{DATA_FILE} index page {}", r.page);
+            for (g, entry) in (first..).zip(buf.chunks_exact(INDEX_ENTRY)) {
+                let r = decode_group_ref(entry);
+                if r.zeros as u64 > self.group_entries() {
+                    let detail = format!("group {g} has {} zero entries of {}", r.zeros, self.group_entries());
+                    return Err(table_corruption(location(), detail));
                 }
-                if index < ngroups as usize {
-                    self.table.groups[index] = g;
-                } else if g.page != 0 {
-                    return Err(table_corruption(
-                        format!("{DATA_FILE} index page {}", r.page),
-                        "a group past the table's end",
-                    ));
+                if g < end {
+                    groups.push(r);
+                } else if r.page != 0 {
+                    return Err(table_corruption(location(), "a group past the table's end"));
                 }
             }
         }
-        for g in 0..ngroups as usize {
-            let page = self.table.groups[g].page;
-            if page != 0 {
-                self.claim_table_page(page)?;
-            }
-        }
+        self.table.groups = groups;
         Ok(())
     }
 
-    /// Records `page` as one of the table's own, reserved from now on.
-    fn claim_table_page(&mut self, page: u64) -> Result<()> {
+    /// Records `page` as the table's own, held by `owner`, and reserved
+    /// from now on. Fails when another part of the table holds it, when
+    /// the group it lies in was read and does not mark it, or when it is
+    /// the catalog's or the log's (reserved, and not known as the table's:
+    /// before its group is read, nothing else reserves a page).
+    fn name_table_page(&mut self, page: u64, owner: Owner) -> Result<()> {
         if page == 0 || page >= self.npages {
             return Err(table_corruption(format!("{DATA_FILE} page {page}"), "a table page outside the file"));
         }
-        if self.is_reserved(page) || !self.table.pages.insert(page) {
-            return Err(table_corruption(
-                format!("{DATA_FILE} page {page}"),
-                "a table page where the catalog, the log or another table page is",
-            ));
+        let known = self.table.pages.get(&page).copied();
+        let clash = match known {
+            Some(TablePage { owner: Some(other), .. }) if other != owner => {
+                Some(format!("held by {other} and {owner}"))
+            }
+            Some(_) => None,
+            None if self.is_group_checked(self.group_of(page)) => {
+                Some(format!("of {owner}, not marked as the table's"))
+            }
+            None if self.is_reserved(page) => Some(format!("of {owner}, where the catalog or the log is")),
+            None => None,
+        };
+        if let Some(detail) = clash {
+            return Err(table_corruption(format!("{DATA_FILE} page {page}"), format!("a table page {detail}")));
         }
+        let marked = known.is_some_and(|k| k.marked);
+        self.table.pages.insert(page, TablePage { owner: Some(owner), marked });
         self.set_reserved(page, true);
         Ok(())
+    }
+
+    /// Records that the entry of `page`, in a group being read for the
+    /// first time, marks it as the table's; it is reserved from now on.
+    /// Fails when it is the catalog's or the log's.
+    fn mark_table_page(&mut self, page: u64) -> Result<()> {
+        let known = self.table.pages.get(&page).copied();
+        if known.is_none() && self.is_reserved(page) {
+            return Err(table_corruption(
+                format!("entry of page {page}"),
+                "marked as the table's, where the catalog or the log is",
+            ));
+        }
+        let owner = known.and_then(|k| k.owner);
+        self.table.pages.insert(page, TablePage { owner, marked: true });
+        self.set_reserved(page, true);
+        Ok(())
+    }
+
+    /// Records group `g`'s own page as the table's, at the group's first
+    /// read (after its entries were checked: the page may lie in it).
+    pub(super) fn name_group_page(&mut self, g: u64) -> Result<()> {
+        match self.group_ref(g).map(|r| r.page).filter(|&p| p != 0) {
+            Some(page) => self.name_table_page(page, Owner::Group(g)),
+            None => Ok(()),
+        }
+    }
+
+    /// Pages of the table RAM knows so far (tests: open learns them as it
+    /// reads the table, not all at once).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn table_pages_known(&self) -> u64 {
+        self.table.pages.len() as u64
+    }
+
+    /// Fails when a page is marked as the table's and no part of the table
+    /// names it. Meaningful once every group has been read (`check` reads
+    /// them all): until then a mark may wait for its group to be read.
+    pub(crate) fn verify_table_pages_named(&self) -> Result<()> {
+        match self.table.pages.iter().find(|(_, k)| k.owner.is_none()) {
+            Some((&page, _)) => Err(table_corruption(
+                format!("entry of page {page}"),
+                "marked as the table's, and no group or index page is there",
+            )),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn read_table_page(&self, page: u64, crc: u32, what: &str, buf: &mut [u8]) -> Result<()> {
@@ -483,25 +580,35 @@ impl Space {
     }
 
     /// Checks group `g`'s entries, as its page holds them, against what
-    /// only RAM knows, and marks its node pages reserved. Called at the
-    /// group's first load: until then nothing changed any of its pages but
-    /// the reserved bits of the catalog's, the log's and the table's.
+    /// only RAM knows, and marks its node pages and the table's pages in
+    /// it reserved. Called at the group's first load: until then nothing
+    /// changed any of its pages but the reserved bits of the catalog's,
+    /// the log's and the table's pages RAM knows.
     pub(super) fn check_group(&mut self, g: u64, entries: &[u32]) -> Result<()> {
+        let zeros = entries.iter().filter(|&&v| v == 0).count() as u64;
+        let hint = match self.group_ref(g) {
+            Some(r) if r.page != 0 => r.zeros as u64,
+            _ => self.group_entries(),
+        };
+        if zeros != hint {
+            // The free map trusts the hint for groups it does not read.
+            return Err(table_corruption(
+                format!("{DATA_FILE} group {g}"),
+                format!("{zeros} zero entries where its index entry says {hint}"),
+            ));
+        }
         let first = g * self.group_entries();
+        // The table's pages RAM already knows in this group (a few at
+        // most): looked up once for the group, not once per entry.
+        let known = self.table.pages.range(first..first + entries.len() as u64);
+        if let Some((&page, _)) = known.into_iter().find(|(&p, _)| entries[(p - first) as usize] != META) {
+            return Err(table_corruption(format!("{DATA_FILE} page {page}"), "a page of the table not marked as one"));
+        }
         for (k, &v) in entries.iter().enumerate() {
             let page = first + k as u64;
-            let table_page = self.table.pages.contains(&page);
             if v == META {
-                if !table_page {
-                    return Err(table_corruption(format!("entry of page {page}"), "marked as table, and is not"));
-                }
+                self.mark_table_page(page)?;
                 continue;
-            }
-            if table_page {
-                return Err(table_corruption(
-                    format!("{DATA_FILE} page {page}"),
-                    "a page of the table not marked as one",
-                ));
             }
             if v == 0 {
                 continue;
@@ -520,6 +627,17 @@ impl Space {
         }
         Ok(())
     }
+}
+
+/// One entry of an index page (`INDEX_ENTRY` bytes): page, CRC, zeros.
+/// Open decodes every entry of every index page, so this is plain slicing
+/// rather than the checked decoder: the length is fixed by the caller's
+/// `chunks_exact`.
+fn decode_group_ref(entry: &[u8]) -> GroupRef {
+    let (page, rest) = entry.split_at(8);
+    let (crc, zeros) = rest.split_at(4);
+    let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("four bytes"));
+    GroupRef { page: u64::from_le_bytes(page.try_into().expect("eight bytes")), crc: le32(crc), zeros: le32(zeros) }
 }
 
 fn table_corruption(location: impl Into<String>, detail: impl Into<String>) -> Error {

@@ -61,6 +61,12 @@ pub fn count_groups(store: &crate::Store) -> (u64, u64) {
     (st.space.group_reads(), st.space.groups_in_ram())
 }
 
+/// Pages of the reference table the store knows as the table's own so far:
+/// the index pages, and the group pages it has met by reading groups.
+pub fn table_pages_known(store: &crate::Store) -> u64 {
+    store.engine.state.lock().space.table_pages_known()
+}
+
 /// Adds one to the stored reference count of the page that logical block
 /// `lblock` of volume `volume` maps to, as a bookkeeping bug would, and
 /// returns that page (`None` when the block is unmapped or the volume does
