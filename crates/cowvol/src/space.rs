@@ -276,6 +276,17 @@ impl Space {
         self.data_start + page * self.block_size
     }
 
+    /// The first page of the space at the file's end never written since
+    /// open (pages below it may have been).
+    pub(crate) fn unwritten_from(&self) -> u64 {
+        self.unwritten_from
+    }
+
+    /// The data file.
+    pub(crate) fn file(&self) -> &Arc<dyn StorageFile> {
+        &self.file
+    }
+
     pub(crate) fn npages(&self) -> u64 {
         self.npages
     }

@@ -57,17 +57,14 @@ impl LogGeometry {
         self.data_start + page * self.block_size
     }
     /// Prepares the segment at `page` (pages the caller allocated and
-    /// reserved) by filling it with zeroes, when the log enters it. The
-    /// fill is for speed only: a segment carved from fallocated space is
-    /// unwritten to the file system, and a sync after the first write into
-    /// each of its blocks must also convert that extent, an extra metadata
-    /// write on every flush. Written once here, every later batch is a plain
-    /// overwrite. It is done on entry rather than when the segment is set
-    /// aside as a spare, so that a short-lived process (one command) that
-    /// never fills its first segment does not write and sync megabytes of
-    /// zeroes. A failed fill is ignored: the log never relies on what a
-    /// segment held before.
-    fn zero_segment(&self, page: u64, file: &dyn StorageFile) {
+    /// reserved) by filling it with zeroes. The fill is for speed only: a
+    /// segment carved from fallocated space is unwritten to the file
+    /// system, and a sync after the first write into each of its blocks
+    /// must also convert that extent, an extra metadata write on every
+    /// flush. Written once here, every later batch is a plain overwrite. A
+    /// failed fill is ignored: the log never relies on what a segment held
+    /// before.
+    pub(crate) fn zero_segment(&self, page: u64, file: &dyn StorageFile) {
         let _ = file.write_at(&vec![0u8; self.segment_bytes() as usize], self.segment_offset(page));
     }
     /// The largest payload one batch may carry so it fits in a fresh segment.
@@ -139,7 +136,7 @@ pub(crate) struct LogTail {
 
 impl Wal {
     /// Starts a new log in the segment at `first` (with `next` preallocated
-    /// after it): fills the segment and writes its header.
+    /// after it) and writes the first segment header.
     pub(crate) fn start(
         file: Arc<dyn StorageFile>,
         geo: LogGeometry,
@@ -149,7 +146,6 @@ impl Wal {
         lsn: u64,
     ) -> Result<Wal> {
         let wal = Wal::new(file, geo, log_id, first, next, lsn);
-        wal.geo.zero_segment(first, &*wal.file);
         let hdr = SegmentHeader { log_id, seq: 1, next_page: next, prev_log_id: 0 };
         wal.file
             .write_at(&hdr.encode(), geo.segment_offset(first))
@@ -360,7 +356,6 @@ impl Wal {
             .ok_or_else(|| Error::NoSpace { during: "extending the WAL (no spare segment)".into() })?;
         let hdr = SegmentHeader { log_id: self.log_id, seq: self.seg_seq + 1, next_page: next, prev_log_id: 0 };
         let page = self.seg_next;
-        self.geo.zero_segment(page, &*self.file);
         if let Err(e) = self.file.write_at(&hdr.encode(), self.geo.segment_offset(page)) {
             self.failed = true;
             self.spares.push(next);

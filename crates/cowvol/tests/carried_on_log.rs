@@ -68,9 +68,14 @@ fn a_snapshot_in_a_session_of_its_own_is_one_record_and_no_checkpoint() {
     // The sync open makes before it reads, the record's, the seal's.
     assert_eq!(cost.syncs - before.syncs, 3, "syncs");
     // The link, the new segment's header, the batch and the seal: a sector
-    // each, and no checkpoint (nodes, table, catalog, superblock).
-    assert_eq!(cost.writes - before.writes, 4, "writes");
-    assert_eq!(cost.bytes_written - before.bytes_written, 4 * 4096, "bytes written");
+    // each, and no checkpoint (nodes, table, catalog, superblock). A spare
+    // segment set aside in space the file just grew by is filled with
+    // zeroes once (this small store has little free space).
+    let (writes, bytes) = (cost.writes - before.writes, cost.bytes_written - before.bytes_written);
+    let fills = bytes / (1 << 20);
+    assert!(fills <= 1, "{bytes} bytes written");
+    assert_eq!(writes, 4 + fills, "writes");
+    assert_eq!(bytes, 4 * 4096 + fills * (1 << 20), "bytes written");
     let store = Store::open_in(Arc::new(disk), opts()).unwrap();
     assert_eq!(store.list_snapshots(id).len(), 1, "the snapshot is there after reopening");
 }

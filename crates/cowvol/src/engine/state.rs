@@ -91,13 +91,19 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Allocates a WAL segment and reserves its pages (the log prepares it
-    /// when it enters it).
+    /// Allocates a WAL segment and reserves its pages; one that reaches
+    /// into space never written is filled with zeroes first (see
+    /// [`LogGeometry::zero_segment`]). Space written before needs no fill,
+    /// so a short-lived process (one command) that sets spares aside in it
+    /// writes and syncs no megabytes of zeroes.
     pub(crate) fn new_log_segment(&mut self, geo: &LogGeometry) -> Result<u64> {
         let n = geo.segment_pages;
         let page = self.space.alloc_contiguous(n)?;
         for p in page..page + n {
             self.space.set_reserved(p, true);
+        }
+        if page + n > self.space.unwritten_from() {
+            geo.zero_segment(page, &**self.space.file());
         }
         Ok(page)
     }
