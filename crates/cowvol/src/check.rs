@@ -384,7 +384,7 @@ impl Store {
         if suspects.is_empty() {
             return Vec::new();
         }
-        let view = self.engine.pin(&mut self.engine.state.lock());
+        let (_, view) = self.pin_written();
         let mut want: HashMap<u64, Option<u32>> = suspects.iter().map(|&p| (p, None)).collect();
         let mut bad = Vec::new();
         // A tree that cannot be read leaves its pages unjudged here; check
@@ -415,11 +415,22 @@ impl Store {
     ///
     /// The walk runs on a pinned view with no lock held; the view is let go
     /// before any data is read.
+    /// Pins every tree with no checkpoint running (and the page count then),
+    /// for scrub. Between a checkpoint's plan and its writes, the trees
+    /// name pages not yet written, whose nodes only the node cache holds;
+    /// a copy-on-write that moves such a node drops it from the cache, and
+    /// a view pinned then would read the page from the disk before the
+    /// checkpoint writes it. With none running, every node that has a disk
+    /// address has been written there. Checkpoints wait only while the
+    /// roots are copied.
+    fn pin_written(&self) -> (u64, PinnedView<'_>) {
+        let _no_checkpoint = self.engine.checkpoint_guard();
+        let mut st = self.engine.state.lock();
+        (st.space.npages(), self.engine.pin(&mut st))
+    }
+
     fn expected_checksums(&self) -> Result<(Expected, Vec<u64>)> {
-        let (npages, view) = {
-            let mut st = self.engine.state.lock();
-            (st.space.npages(), self.engine.pin(&mut st))
-        };
+        let (npages, view) = self.pin_written();
         let mut exp = Expected { crc: vec![0; npages as usize], live: vec![0; npages.div_ceil(64) as usize] };
         let mut conflicting = Vec::new();
         for_each_leaf_entry(&view, |page, crc| {

@@ -18,8 +18,10 @@
 //! and delete the exclusive `gate`, through the operation's one sync and the
 //! release of the old tree; `checkpoint` through a checkpoint's writes and
 //! syncs, and through `check`'s second read of a node page that failed
-//! (normally none). `check` and `scrub` otherwise hold `checkpoint` (check
-//! only) and `state` only while they pin a view of the trees (`pin`), and
+//! (normally none). `check` and `scrub` otherwise hold `checkpoint` and
+//! `state` only while they pin a view of the trees (`pin`: with no
+//! checkpoint between its plan and its writes, every page a view names has
+//! been written), and
 //! `check` takes `state` to copy the bookkeeping of one slice of pages at
 //! a time; they walk, compare and read with no lock.
 
