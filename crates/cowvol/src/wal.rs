@@ -322,8 +322,14 @@ impl Wal {
     /// losing synced records silently; and a clean end would need a search
     /// of the segments past it for batches that say otherwise. (When
     /// records are still on their way, their writer's own close seals them.)
-    pub(crate) fn write_seal(&mut self) -> Result<bool> {
-        if !self.unsealed || self.buf_count > 0 || self.durable_lsn != self.next_lsn || self.failed {
+    ///
+    /// `after_checkpoint`: seal even with no batch since the last seal or
+    /// checkpoint. A store closed by a checkpoint seals the empty log after
+    /// it, so that the next open finds a clean end without searching past
+    /// it.
+    pub(crate) fn write_seal(&mut self, after_checkpoint: bool) -> Result<bool> {
+        let anything = self.unsealed || after_checkpoint;
+        if !anything || self.buf_count > 0 || self.durable_lsn != self.next_lsn || self.failed {
             return Ok(false);
         }
         let seal = LogSeal { log_id: self.log_id, end_lsn: self.next_lsn };
@@ -858,7 +864,7 @@ mod tests {
         }
         w.write_out().unwrap();
         w.mark_durable(w.next_lsn());
-        assert!(w.write_seal().unwrap());
+        assert!(w.write_seal(false).unwrap());
         let got = read_log::<Rec>(&*f, geo, start, npages, FORMAT_VERSION).unwrap();
         assert_eq!(got.records, expect);
         assert_eq!(got.durable_lsn, 4, "a seal vouches for every record");
@@ -897,7 +903,7 @@ mod tests {
         w.append(&map(1)).unwrap();
         w.write_out().unwrap();
         w.mark_durable(w.next_lsn());
-        w.write_seal().unwrap();
+        w.write_seal(false).unwrap();
         let pristine = read_all(&f);
         // The sealed batch.
         f.write_at(&[0xee], 8192 + 4096 + SECTOR + 60).unwrap();
@@ -909,7 +915,7 @@ mod tests {
         w.append(&map(2)).unwrap();
         w.write_out().unwrap();
         w.mark_durable(w.next_lsn());
-        assert!(w.write_seal().unwrap());
+        assert!(w.write_seal(false).unwrap());
         assert_eq!(read_log::<Rec>(&*f, geo, start, npages, FORMAT_VERSION).unwrap().records.len(), 2);
         f.write_at(&[0xee], 8192 + 4096 + 2 * SECTOR + 20).unwrap();
         let err = read_log::<Rec>(&*f, geo, start, npages, FORMAT_VERSION).unwrap_err();

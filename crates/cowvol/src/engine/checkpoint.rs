@@ -29,7 +29,8 @@ impl Engine {
     /// durable: the next open replays it and carries it on, which costs
     /// what the log holds, less than a checkpoint's writes and its two
     /// syncs (a command-line snapshot is one record and one sync). A longer
-    /// log gets one checkpoint, so that no open replays much.
+    /// log gets one checkpoint, so that no open replays much, and a seal
+    /// of the empty log after it.
     pub(crate) fn close_out(&self) -> Result<()> {
         let (unchanged, short, end) = {
             let ck = self.checkpoint.lock();
@@ -43,9 +44,12 @@ impl Engine {
             (true, _) => Ok(()),
             (false, true) => {
                 self.sync_to(end)?;
-                self.seal_log()
+                self.seal_log(false)
             }
-            (false, false) => self.checkpoint(),
+            (false, false) => {
+                self.checkpoint()?;
+                self.seal_log(true)
+            }
         }
     }
 

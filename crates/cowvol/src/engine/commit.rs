@@ -187,9 +187,9 @@ impl Engine {
 
     /// Writes and syncs a seal after the log's last batch (see
     /// [`Wal::write_seal`]); the caller has made every record durable.
-    pub(crate) fn seal_log(&self) -> Result<()> {
+    pub(crate) fn seal_log(&self, after_checkpoint: bool) -> Result<()> {
         self.ensure_writable()?;
-        let wrote = self.wal.lock().write_seal();
+        let wrote = self.wal.lock().write_seal(after_checkpoint);
         if wrote? {
             self.file.sync().map_err(|e| {
                 self.fail();

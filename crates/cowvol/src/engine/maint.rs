@@ -67,7 +67,13 @@ impl Keeper {
 
 impl Drop for Keeper {
     fn drop(&mut self) {
-        self.maint.stop.store(true, Ordering::Release);
+        {
+            // Under the lock the thread waits with: set between its check
+            // and its wait, the flag and the wake-up would be missed, and
+            // closing would wait out a whole tick.
+            let _waiting = self.maint.checkpoint_due.lock();
+            self.maint.stop.store(true, Ordering::Release);
+        }
         self.maint.cv.notify_all();
         if let Some(t) = self.thread.lock().take() {
             // A panic on the thread has already been reported; close anyway.
