@@ -282,11 +282,6 @@ impl Space {
         self.unwritten_from
     }
 
-    /// The data file.
-    pub(crate) fn file(&self) -> &Arc<dyn StorageFile> {
-        &self.file
-    }
-
     pub(crate) fn npages(&self) -> u64 {
         self.npages
     }

@@ -167,7 +167,7 @@ impl Wal {
     /// stale batch could line up with the new ones (same log, the next LSN)
     /// and be replayed as theirs. A log of a new identity cannot be confused
     /// with anything the old one left. Why that segment: recovery that finds
-    /// the link damaged still looks there (see `check_clean_end`), so the
+    /// the link damaged still looks there (see `LogEnd::check`), so the
     /// damage is reported rather than taken for the log's end.
     ///
     /// Nothing is written until the first batch: the link, the new segment's
@@ -548,6 +548,9 @@ pub(crate) fn read_log<R: LogRecord>(
     // A link whose new segment does not verify: the end of the log, but
     // that segment is searched for batches that vouch for what is missing.
     let mut headless_link: Option<LogLink> = None;
+    // The segment set aside after the last one, when the loop read it to
+    // decide the log does not go on there: the end check reads it again.
+    let mut after: Option<SegmentReader<'_>> = None;
     loop {
         if let Some((bh, recs, len)) = seg.batch::<R>(offset, log_id, lsn, version)? {
             out.durable_lsn = out.durable_lsn.max(bh.durable_lsn.min(lsn));
@@ -582,22 +585,21 @@ pub(crate) fn read_log<R: LogRecord>(
         // Either the writer moved on to the next segment here, or this is
         // the end of the log; the next segment decides.
         let Some(mut next) = SegmentReader::open(file, geo, hdr.next_page, npages)? else { break };
-        match next.header(version) {
-            Some(h) if h.log_id == log_id && h.seq == seq + 1 => {
-                let goes_on = next.batch::<R>(SECTOR as usize, log_id, lsn, version)?.is_some()
-                    || next.link(SECTOR as usize, log_id, lsn)?.is_some();
-                if !goes_on {
-                    break;
-                }
+        if let Some(h) = next.header(version).filter(|h| h.log_id == log_id && h.seq == seq + 1) {
+            let goes_on = next.batch::<R>(SECTOR as usize, log_id, lsn, version)?.is_some()
+                || next.link(SECTOR as usize, log_id, lsn)?.is_some();
+            if goes_on {
                 (seg, hdr, offset) = (next, h, SECTOR as usize);
                 seq += 1;
                 out.segments.push(seg.page);
+                continue;
             }
-            _ => break,
         }
+        after = Some(next);
+        break;
     }
     out.tail = LogTail { log_id, segment_page: seg.page, offset: offset as u64, lsn, next_page: hdr.next_page };
-    let end = LogEnd { seg: &mut seg, offset, log_id, lsn, next: hdr.next_page, headless_link };
+    let end = LogEnd { seg: &mut seg, offset, log_id, lsn, next: hdr.next_page, after, headless_link };
     if end.check(file, geo, npages, version)? {
         // Sealed: every record was durable when the log was closed.
         out.durable_lsn = lsn;
@@ -613,8 +615,10 @@ struct LogEnd<'s, 'f> {
     offset: usize,
     log_id: u64,
     lsn: u64,
-    /// The segment set aside to follow the last one.
+    /// The segment set aside to follow the last one, and its reader if
+    /// [`read_log`] already has one.
     next: u64,
+    after: Option<SegmentReader<'f>>,
     headless_link: Option<LogLink>,
 }
 
@@ -629,8 +633,12 @@ impl LogEnd<'_, '_> {
     /// from `lsn` on were durable, the end is damage to synced data and
     /// must not pass for a clean end. Returns whether the end is sealed.
     fn check(self, file: &dyn StorageFile, geo: LogGeometry, npages: u64, version: u32) -> Result<bool> {
-        let LogEnd { seg, offset, log_id, lsn, next, headless_link } = self;
-        let Some(next_seg) = SegmentReader::open(file, geo, next, npages)? else {
+        let LogEnd { seg, offset, log_id, lsn, next, after, headless_link } = self;
+        let opened = match after {
+            Some(r) => Some(r),
+            None => SegmentReader::open(file, geo, next, npages)?,
+        };
+        let Some(mut next_seg) = opened else {
             // Segments are allocated inside the file, which never shrinks.
             return Err(Error::corruption(
                 "WAL",
@@ -640,8 +648,7 @@ impl LogEnd<'_, '_> {
                 ),
             ));
         };
-        let mut next_seg = Some(next_seg);
-        let seal = next_seg.as_ref().and_then(|r| LogSeal::decode(&r.buf)).filter(|s| s.log_id == log_id);
+        let seal = LogSeal::decode(&next_seg.buf).filter(|s| s.log_id == log_id);
         let mut vouchers = Vec::new();
         match seal {
             Some(s) if s.end_lsn == lsn => return Ok(true),
@@ -650,16 +657,14 @@ impl LogEnd<'_, '_> {
         }
         let page = seg.page;
         vouchers.extend(vouching_batch(seg.all()?, offset + SECTOR as usize, log_id, lsn).map(|o| (page, o)));
-        if let Some(r) = next_seg.as_mut() {
-            let successor = r.header(version).filter(|h| h.seq == 1 && h.prev_log_id == log_id);
-            let b = r.all()?;
-            vouchers.extend(vouching_batch(b, SECTOR as usize, log_id, lsn).map(|o| (next, o)));
-            // A carried-on log starts in this log's next segment: a damaged
-            // link must not hide it, nor its own seal.
-            if let Some(h) = successor {
-                vouchers.extend(vouching_batch(b, SECTOR as usize, h.log_id, lsn).map(|o| (next, o)));
-                vouchers.extend(sealed_past(file, geo, npages, h.next_page, h.log_id, lsn)?);
-            }
+        let successor = next_seg.header(version).filter(|h| h.seq == 1 && h.prev_log_id == log_id);
+        let b = next_seg.all()?;
+        vouchers.extend(vouching_batch(b, SECTOR as usize, log_id, lsn).map(|o| (next, o)));
+        // A carried-on log starts in this log's next segment: a damaged
+        // link must not hide it, nor its own seal.
+        if let Some(h) = successor {
+            vouchers.extend(vouching_batch(b, SECTOR as usize, h.log_id, lsn).map(|o| (next, o)));
+            vouchers.extend(sealed_past(file, geo, npages, h.next_page, h.log_id, lsn)?);
         }
         if let Some(link) = headless_link {
             if let Some(mut r) = SegmentReader::open(file, geo, link.segment_page, npages)? {

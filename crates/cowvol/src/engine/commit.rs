@@ -167,7 +167,7 @@ impl Engine {
 
     fn top_up_spares(&self, st: &mut State, wal: &mut Wal, incoming: usize) -> Result<()> {
         while wal.spares.len() < wal.spares_needed(incoming) {
-            let page = st.new_log_segment(&self.log_geo)?;
+            let page = st.new_log_segment(&self.log_geo, &*self.file)?;
             wal.spares.push(page);
         }
         Ok(())

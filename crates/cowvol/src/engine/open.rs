@@ -162,12 +162,12 @@ fn new_engine(
     let mut state = state;
     let (wal, durable, covered_to) = match log {
         LogPlan::Fresh => {
-            let first = state.new_log_segment(&log_geo)?;
-            let next = state.new_log_segment(&log_geo)?;
+            let first = state.new_log_segment(&log_geo, &*file)?;
+            let next = state.new_log_segment(&log_geo, &*file)?;
             (Wal::start(file.clone(), log_geo, random_u64(), first, next, 1)?, 0, None)
         }
         LogPlan::CarryOn { tail, segments, bytes, covered_to } => {
-            let next = state.new_log_segment(&log_geo)?;
+            let next = state.new_log_segment(&log_geo, &*file)?;
             let log_id = std::iter::repeat_with(random_u64).find(|&id| id != tail.log_id).unwrap_or_default();
             let mut wal = Wal::resume(file.clone(), log_geo, tail, segments, log_id, next);
             wal.bytes_since_checkpoint = bytes;
@@ -324,8 +324,7 @@ fn recover(
         None => count_references(&mut st, npages)?,
     }
     // Replay the WAL.
-    let LogContents { records, durable_lsn, segments: log_segments, bytes: log_bytes, tail, .. } = log;
-    let mut records = records;
+    let LogContents { mut records, durable_lsn, segments: log_segments, bytes: log_bytes, tail, .. } = log;
     let keep = first_unverifiable(&*file, &st, &records, durable_lsn, npages)?;
     let whole_log = keep == records.len();
     records.truncate(keep);

@@ -96,14 +96,14 @@ impl State {
     /// [`LogGeometry::zero_segment`]). Space written before needs no fill,
     /// so a short-lived process (one command) that sets spares aside in it
     /// writes and syncs no megabytes of zeroes.
-    pub(crate) fn new_log_segment(&mut self, geo: &LogGeometry) -> Result<u64> {
+    pub(crate) fn new_log_segment(&mut self, geo: &LogGeometry, file: &dyn StorageFile) -> Result<u64> {
         let n = geo.segment_pages;
         let page = self.space.alloc_contiguous(n)?;
         for p in page..page + n {
             self.space.set_reserved(p, true);
         }
         if page + n > self.space.unwritten_from() {
-            geo.zero_segment(page, &**self.space.file());
+            geo.zero_segment(page, file);
         }
         Ok(page)
     }
