@@ -1213,7 +1213,7 @@ fn keyed_dir(dir: &Path) -> Result<Arc<dyn cowvol::backend::StorageDir>> {
 
 /// A store with one volume of `n` blocks, every one written once with
 /// distinct contents, closed cleanly.
-fn build_keyed_store(dir: &Path, n: u64) -> Result<()> {
+pub fn build_keyed_store(dir: &Path, n: u64) -> Result<()> {
     let store = Store::open_in(keyed_dir(dir)?, StoreOptions::default())?;
     let id = store.create_volume(VolumeOptions::new("scale", n * BS))?.id;
     let vol = store.open_volume(id)?;

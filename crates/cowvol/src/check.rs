@@ -170,6 +170,8 @@ impl Store {
     /// I/O errors reading nodes are reported as problems, not errors.
     pub fn check(&self) -> Result<CheckReport> {
         self.engine.reclaim();
+        // Every free page must be in the free map to be told from a leak.
+        self.engine.discover_free_space(|| false)?;
         let (view, waiting, mut report) = self.pin_for_check();
         let counted = count_references(&view, waiting.npages() as usize, &mut report);
         report.nodes = counted.nodes;
@@ -484,6 +486,9 @@ impl Store {
     /// Space used and shared, metadata size. Cost: one pass over the
     /// distinct tree nodes.
     pub fn stats(&self) -> StoreStats {
+        // Free space counts only once every group is in the free map. A
+        // damaged table page stops that short (and `check` reports it).
+        let _ = self.engine.discover_free_space(|| false);
         let mut st = self.engine.state.lock();
         stats_of(&mut st)
     }

@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod counts;
+mod discover;
+mod group_set;
 mod table;
 
 use counts::Counts;
@@ -109,6 +111,8 @@ pub(crate) struct Space {
     /// Where the reference table lives on the disk, and which of its
     /// groups changed since the last checkpoint.
     table: table::Table,
+    /// Which groups' free pages the free map holds (see [`discover`]).
+    discovery: discover::Discovery,
 }
 
 /// What [`Space::take_punchable`] found: runs taken out of the free map
@@ -146,105 +150,16 @@ impl Space {
             punch_from: None,
             repunch_from: None,
             table: table::Table::default(),
+            discovery: discover::Discovery::default(),
         };
         s.set_reserved(0, true);
         s
     }
 
-    /// Marks every page that is neither referenced nor reserved as free.
-    /// Called once after recovery has set references and reservations.
-    ///
-    /// Which free pages an earlier run punched is not recorded on disk.
-    /// Punching is done in whole chunks, and a chunk is re-reserved whole
-    /// before any page of it is used, so a chunk that is partly in use is
-    /// allocated; a chunk that is wholly free may be a hole. Those become
-    /// holes here, to be re-reserved before use and punched once more.
-    ///
-    /// The table says, for most groups, whether every page in it is free
-    /// or none is, without a read: only groups with some of each are read.
-    /// Changes waiting for a group were applied before (see
-    /// [`Space::settle_counts`]), so that pages they quarantine are known.
-    pub(crate) fn rebuild_free_map(&mut self) -> Result<()> {
-        debug_assert!(!self.has_pending_counts(), "counts changed without their groups at open");
-        self.free.clear();
-        self.free_pages = 0;
-        self.holes.clear();
-        self.hole_pages = 0;
-        let n = self.group_entries();
-        let mut run: Option<Run> = None;
-        for g in 0..self.npages.div_ceil(n) {
-            let (first, end) = ((g * n).max(1), ((g + 1) * n).min(self.npages));
-            let all_free = match self.group_zeros_hint(g) {
-                Some(false) => {
-                    self.close_free_run(&mut run);
-                    continue;
-                }
-                Some(true) => true,
-                None => {
-                    self.load_group(g)?;
-                    false
-                }
-            };
-            if all_free && !self.any_reserved(first, end) {
-                match &mut run {
-                    Some(r) if r.start + r.len == first => r.len += end - first,
-                    _ => {
-                        self.close_free_run(&mut run);
-                        run = Some(Run { start: first, len: end - first });
-                    }
-                }
-                continue;
-            }
-            for p in first..end {
-                let unreferenced = all_free || self.loaded_count(p) == Some(0);
-                if unreferenced && !self.is_reserved(p) {
-                    match &mut run {
-                        Some(r) if r.start + r.len == p => r.len += 1,
-                        _ => {
-                            self.close_free_run(&mut run);
-                            run = Some(Run { start: p, len: 1 });
-                        }
-                    }
-                } else {
-                    self.close_free_run(&mut run);
-                }
-            }
-        }
-        self.close_free_run(&mut run);
-        self.punch_from = None;
-        self.repunch_from = (self.hole_pages > 0).then_some(0);
-        Ok(())
-    }
-
-    /// Whether any page in `start..end` is reserved.
-    fn any_reserved(&self, start: u64, end: u64) -> bool {
-        let mut p = start;
-        while p < end {
-            let word = self.reserved.get((p / 64) as usize).copied().unwrap_or(0);
-            if p.is_multiple_of(64) && end - p >= 64 {
-                if word != 0 {
-                    return true;
-                }
-                p += 64;
-            } else {
-                if word & (1 << (p % 64)) != 0 {
-                    return true;
-                }
-                p += 1;
-            }
-        }
-        false
-    }
-
-    fn close_free_run(&mut self, run: &mut Option<Run>) {
-        if let Some(r) = run.take() {
-            self.insert_free_after_open(r.start, r.len);
-        }
-    }
-
-    /// Adds a free run found at open: its whole chunks as holes, the rest
-    /// to the free map.
-    fn insert_free_after_open(&mut self, start: u64, len: u64) {
+    /// Adds a free run found by discovery: its whole chunks as holes (an
+    /// earlier run may have punched them; see [`Space::start_free_map`]),
+    /// the rest to the free map.
+    fn insert_free_found(&mut self, start: u64, len: u64) {
         let end = start + len;
         let Some(chunks) = self.whole_chunks(start, end) else {
             self.insert_free(start, len);
@@ -254,6 +169,7 @@ impl Space {
             self.insert_free(start, chunks.start - start);
         }
         self.insert_hole(chunks.start, chunks.len);
+        self.repunch_from = Some(self.repunch_from.map_or(chunks.start, |p| p.min(chunks.start)));
         if chunks.start + chunks.len < end {
             self.insert_free(chunks.start + chunks.len, end - chunks.start - chunks.len);
         }
@@ -387,6 +303,9 @@ impl Space {
     pub(crate) fn alloc_run(&mut self, max: u64) -> Result<Run> {
         debug_assert!(max > 0);
         if self.free.is_empty() {
+            self.discover_while(|s| s.free.is_empty() && s.holes.is_empty())?;
+        }
+        if self.free.is_empty() {
             self.grow(max)?;
         }
         let (&start, &len) = self
@@ -403,6 +322,7 @@ impl Space {
     /// Allocates exactly `n` contiguous pages.
     pub(crate) fn alloc_contiguous(&mut self, n: u64) -> Result<u64> {
         let find = |s: &Space| s.free.iter().find(|(_, &l)| l >= n).map(|(&s, &l)| (s, l));
+        self.discover_run_of(n)?;
         let mut found = find(self);
         if found.is_none() {
             self.grow(n)?;
@@ -425,11 +345,12 @@ impl Space {
     /// they are all free; otherwise changes nothing and returns false. The
     /// range may span several free extents, punched ones among them (their
     /// file space is reserved again first).
-    pub(crate) fn claim_exact(&mut self, start: u64, n: u64) -> bool {
+    pub(crate) fn claim_exact(&mut self, start: u64, n: u64) -> Result<bool> {
         let end = start.saturating_add(n);
         if start == 0 || n == 0 {
-            return false;
+            return Ok(false);
         }
+        self.discover_range(start, end)?;
         let mut pieces = Vec::new();
         let mut at = start;
         while at < end {
@@ -439,14 +360,14 @@ impl Space {
             let (piece_end, punched) = match (holding(&self.free), holding(&self.holes)) {
                 (Some(e), _) => (e.min(end), false),
                 (None, Some(e)) => (e.min(end), true),
-                (None, None) => return false,
+                (None, None) => return Ok(false),
             };
             pieces.push((at, piece_end - at, punched));
             at = piece_end;
         }
         for &(s, l, punched) in &pieces {
             if punched && self.file.allocate(self.offset_of(s), l * self.block_size).is_err() {
-                return false;
+                return Ok(false);
             }
         }
         for (s, l, punched) in pieces {
@@ -461,7 +382,7 @@ impl Space {
         for p in start..end {
             self.set_reserved(p, true);
         }
-        true
+        Ok(true)
     }
 
     /// Allocates `n` pages as runs.
@@ -504,6 +425,9 @@ impl Space {
     /// so they find room for their record and for the checkpoint that frees.
     pub(crate) fn make_room(&mut self, n: u64) -> Result<()> {
         let need = n + self.metadata_reserve();
+        if self.free_pages < need {
+            self.discover_while(|s| s.free_pages + s.hole_pages < need)?;
+        }
         if self.free_pages < need {
             self.grow(need - self.free_pages)?;
         }
@@ -604,6 +528,11 @@ impl Space {
 
     fn insert_free(&mut self, mut start: u64, mut len: u64) {
         debug_assert!(len > 0 && start > 0);
+        debug_assert!(
+            self.frees_into_map(start + len - 1),
+            "page {} freed before its group was discovered",
+            start + len - 1
+        );
         self.free_pages += len;
         if let Some((&ps, &pl)) = self.free.range(..start).next_back() {
             debug_assert!(ps + pl <= start, "double free of page {start}");
@@ -774,7 +703,7 @@ impl Space {
             // a page that is neither free nor mapped, so it is zero still.
             let count = self.loaded_count(p).unwrap_or(0);
             debug_assert_eq!(count, 0);
-            if count == 0 && !self.is_reserved(p) {
+            if count == 0 && !self.is_reserved(p) && self.frees_into_map(p) {
                 self.insert_free(p, 1);
             }
         }
@@ -782,7 +711,9 @@ impl Space {
             debug_assert!(self.is_reserved(p));
             if self.is_reserved(p) {
                 self.set_reserved(p, false);
-                self.insert_free(p, 1);
+                if self.frees_into_map(p) {
+                    self.insert_free(p, 1);
+                }
             }
         }
     }
@@ -797,9 +728,18 @@ impl Space {
     /// Adds at least `min_pages` to the free map: punched holes first,
     /// re-reserved, then new space at the end of the file.
     fn grow(&mut self, min_pages: u64) -> Result<()> {
-        let refilled = self.refill_holes(min_pages)?;
-        if refilled < min_pages {
-            self.extend_file(min_pages - refilled)?;
+        let before = self.free_pages;
+        let mut got = self.refill_holes(min_pages)?;
+        if got < min_pages && !self.fully_discovered() {
+            // The file grows only once all of it is known (see `discover`).
+            self.discover_all()?;
+            got = self.free_pages - before;
+            if got < min_pages {
+                got += self.refill_holes(min_pages - got)?;
+            }
+        }
+        if got < min_pages {
+            self.extend_file(min_pages - got)?;
         }
         Ok(())
     }
@@ -841,6 +781,7 @@ impl Space {
     /// Extends the file by at least `min_pages` (by a growth step when the
     /// file system has room for it), reserving the space with `fallocate`.
     fn extend_file(&mut self, min_pages: u64) -> Result<()> {
+        self.discover_all()?;
         let old = self.npages;
         let attempt = |s: &Space, pages: u64| s.file.allocate(s.offset_of(old), pages * s.block_size);
         let want = min_pages.max(self.grow_step_pages());
@@ -853,6 +794,7 @@ impl Space {
             Err(e) => return Err(Error::io("growing the data file", e)),
         };
         self.ensure_pages(old + grown);
+        self.discovered_growth(old);
         self.insert_free(old, grown);
         Ok(())
     }
@@ -1014,7 +956,8 @@ mod tests {
         // One page in use in the second chunk, a reserved one in the fifth.
         s.set_refcount(c + 3, 1);
         s.set_reserved(4 * c + 1, true);
-        s.rebuild_free_map().unwrap();
+        s.start_free_map(0);
+        s.discover_all().unwrap();
         let holes: Vec<Run> = s.holes.iter().map(|(&start, &len)| Run { start, len }).collect();
         assert!(!holes.is_empty());
         for h in &holes {

@@ -65,6 +65,10 @@ pub enum Command {
     BenchProbe {
         /// The store directory `bench` built.
         dir: std::path::PathBuf,
+        /// Build the keyed store of N blocks in DIR instead (to profile one
+        /// size by hand: `cowvol bench-probe DIR --build N`, then probes).
+        #[arg(long, value_name = "N")]
+        build: Option<u64>,
     },
     /// Serve volumes and snapshots as NBD exports (qemu, nbdfuse, nbd-client) until SIGINT/SIGTERM.
     Nbd(NbdArgs),

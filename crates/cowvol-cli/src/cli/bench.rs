@@ -208,7 +208,10 @@ fn latency_svg(r: &BenchReport) -> String {
 }
 
 /// `bench-probe DIR` (hidden): one probe of the scale figures, as JSON.
-pub fn probe(_ctx: &Ctx, dir: &std::path::Path) -> CliResult {
+pub fn probe(_ctx: &Ctx, dir: &std::path::Path, build: Option<u64>) -> CliResult {
+    if let Some(n) = build {
+        return bench::build_keyed_store(dir, n).ctx(format!("building a keyed store in {}", dir.display()));
+    }
     let p = bench::probe(dir).ctx(format!("probing the store in {}", dir.display()))?;
     let line = serde_json::to_string(&p).map_err(|e| out_err(std::io::Error::other(e)))?;
     println!("{line}");

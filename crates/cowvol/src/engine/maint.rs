@@ -14,6 +14,10 @@ use std::time::Duration;
 /// Nodes released per step when freeing a deleted tree; the state lock is
 /// dropped between steps so I/O on other volumes keeps flowing.
 const RELEASE_STEP: usize = 64;
+/// Groups of the reference table discovered per step (see
+/// `space/discover.rs`): at most one index page and a few group pages read
+/// under the state lock, most steps none.
+const DISCOVER_STEP: u64 = 64;
 
 /// Wakes the background thread; shared by the store and that thread, so
 /// the thread can wait without keeping the store alive.
@@ -83,6 +87,17 @@ impl Drop for Keeper {
 }
 
 impl Engine {
+    /// Adds to the free map every group of the file open left undiscovered,
+    /// a bounded step per hold of the state lock, until done or `stop`.
+    pub(crate) fn discover_free_space(&self, stop: impl Fn() -> bool) -> crate::Result<()> {
+        while !stop() {
+            if self.state.lock().space.discover_some(DISCOVER_STEP)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Releases garbage trees in bounded steps, dropping the state lock
     /// between steps. A node that cannot be read stops the release and
     /// fails the store: its pages can no longer be accounted for.
@@ -136,7 +151,11 @@ fn spawn_maintenance(
                 last_policy_run = std::time::Instant::now();
                 run_policies(&engine, now_secs());
             }
-            engine.punch_in_background(|| maint.stop.load(Ordering::Acquire));
+            let stop = || maint.stop.load(Ordering::Acquire);
+            // Errors are left for the operation that needs the group, and
+            // for `check`, to report.
+            let _ = engine.discover_free_space(stop);
+            engine.punch_in_background(stop);
         }
     });
     // Without the thread, checkpoints still happen inline at close; a

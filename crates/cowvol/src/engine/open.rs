@@ -349,7 +349,10 @@ fn recover(
     for &p in &quarantined {
         st.space.set_reserved(p, true);
     }
-    st.space.rebuild_free_map()?;
+    // The allocator's search for free space begins where the last session
+    // last found room: the segment its log set aside to go on in (first
+    // fit, so at the frontier of a store that fills in order).
+    st.space.start_free_map(tail.next_page);
     for &p in &quarantined {
         st.space.set_reserved(p, false);
     }
@@ -362,7 +365,7 @@ fn recover(
         && !fixed_up
         && sb.version == format::FORMAT_VERSION
         && Wal::link_fits(&log_geo, &tail)
-        && st.space.claim_exact(tail.next_page, log_geo.segment_pages);
+        && st.space.claim_exact(tail.next_page, log_geo.segment_pages)?;
     let plan = if carry_on {
         LogPlan::CarryOn { tail, segments: log_segments, bytes: log_bytes, covered_to: sb.log.lsn }
     } else {

@@ -28,6 +28,7 @@
 //!   log's pages, the table's own pages) the first time it is loaded; every
 //!   change since then went through this module.
 
+use super::group_set::GroupSet;
 use super::table::{META, NODE};
 use super::Space;
 use crate::error::Result;
@@ -57,8 +58,8 @@ pub(crate) struct Counts {
     pending: HashMap<u64, Vec<(u32, Pending)>>,
     /// Changes in `pending`, all groups together.
     pending_changes: usize,
-    /// One bit per group: checked at its first load.
-    checked: Vec<u64>,
+    /// Groups checked at their first load.
+    checked: GroupSet,
     /// Groups the last capture encoded whose pages are not yet written.
     unwritten: BTreeSet<u64>,
     /// Group pages read since the store was opened (tests and figures).
@@ -80,15 +81,7 @@ impl Counts {
     }
 
     pub(super) fn is_checked(&self, g: u64) -> bool {
-        self.checked.get((g / 64) as usize).is_some_and(|w| w & (1 << (g % 64)) != 0)
-    }
-
-    fn set_checked(&mut self, g: u64) {
-        let w = (g / 64) as usize;
-        if self.checked.len() <= w {
-            self.checked.resize(w + 1, 0);
-        }
-        self.checked[w] |= 1 << (g % 64);
+        self.checked.contains(g)
     }
 }
 
@@ -205,7 +198,7 @@ impl Space {
     /// (a group never written is all zero).
     fn counts_in_ram(&mut self, g: u64) -> Option<&mut Box<[u32]>> {
         let loaded = self.is_loaded(g);
-        let blank = self.group_ref(g).is_none_or(|r| r.page == 0);
+        let blank = self.group_is_blank(g);
         if !loaded && blank && !self.counts.pending.contains_key(&g) {
             // No read happens, and nothing is evicted: the caller may be
             // between reading a node's count and dropping its reference
@@ -232,6 +225,7 @@ impl Space {
         let first = g * self.group_entries();
         let waiting = self.counts.pending.remove(&g).unwrap_or_default();
         self.counts.pending_changes -= waiting.len();
+        let quarantined_before = self.quarantine.len();
         for (k, change) in waiting {
             let c = &mut counts[k as usize];
             match change {
@@ -246,6 +240,8 @@ impl Space {
                 Pending::Set(n) => *c = n,
             }
         }
+        let quarantined = self.quarantine[quarantined_before..].to_vec();
+        self.note_loaded(g, &counts, &quarantined);
         if evict {
             self.evict_down_to(self.counts.budget.saturating_sub(1));
         }
@@ -322,7 +318,7 @@ impl Space {
         if !self.counts.is_checked(g) {
             self.check_group(g, &counts)?;
             self.name_group_page(g)?;
-            self.counts.set_checked(g);
+            self.counts.checked.insert(g);
         }
         strip_kinds(&mut counts);
         Ok(counts)
@@ -341,7 +337,7 @@ impl Space {
     /// never written).
     fn read_group(&mut self, g: u64) -> Result<Box<[u32]>> {
         let n = self.group_entries() as usize;
-        let Some(r) = self.group_ref(g).filter(|r| r.page != 0) else {
+        let Some(r) = self.group_ref(g)?.filter(|r| r.page != 0) else {
             return Ok(vec![0; n].into_boxed_slice());
         };
         let mut buf = vec![0u8; self.block_size as usize];
@@ -374,18 +370,24 @@ impl Space {
     /// Whether group `g` may hold a page with no references, as far as the
     /// table tells without reading it: `Some(true)` every entry is zero,
     /// `Some(false)` none is, `None` it must be read to tell.
-    pub(super) fn group_zeros_hint(&self, g: u64) -> Option<bool> {
-        // Open asks this of every group: no hash of `g` when nothing waits.
+    /// Reads the index page above the group when RAM does not have it.
+    pub(super) fn group_zeros_hint(&mut self, g: u64) -> Result<Option<bool>> {
+        // Discovery asks this of every group: no hash of `g` when nothing waits.
         let waiting = !self.counts.pending.is_empty() && self.counts.pending.contains_key(&g);
         if self.is_loaded(g) || waiting {
-            return None;
+            return Ok(None);
         }
-        match self.group_ref(g) {
+        Ok(match self.group_ref(g)? {
             None => Some(true),
             Some(r) if r.page == 0 || r.zeros as u64 == self.group_entries() => Some(true),
             Some(r) if r.zeros == 0 => Some(false),
             Some(_) => None,
-        }
+        })
+    }
+
+    /// A copy of group `g`'s counts, when they are in RAM.
+    pub(super) fn loaded_counts(&self, g: u64) -> Option<Box<[u32]>> {
+        self.counts.slots.get(g as usize)?.clone()
     }
 }
 

@@ -45,6 +45,7 @@
 //!   open marks them from the superblock and the log chain, and a table
 //!   entry for one of their pages is corruption.
 
+use super::group_set::GroupSet;
 use super::{Run, Space};
 use crate::error::{Error, Result};
 use crate::format::{Crc, Dec, Enc, DATA_FILE};
@@ -136,17 +137,22 @@ struct TablePage {
 /// The table's bookkeeping inside [`Space`].
 #[derive(Debug, Default)]
 pub(crate) struct Table {
-    /// Where each group's current page lives.
-    groups: Vec<GroupRef>,
+    /// Where each group's current page lives, one slice per index page:
+    /// `None` until that index page is read (open reads none of them; the
+    /// first need of one of its groups does).
+    groups: Vec<Option<Box<[GroupRef]>>>,
+    /// Groups the table has: those past it are all free, never written.
+    ngroups: u64,
     index: Vec<IndexRef>,
+    /// Index pages read since open (tests and figures).
+    pub(crate) index_reads: u64,
     /// The pages of the table RAM knows: every index page, the page of
     /// every group read since open, and every page a group read since open
     /// marks as the table's. Every page of the table that lies in a group
     /// read since open is here.
     pages: BTreeMap<u64, TablePage>,
-    /// One bit per group: entries changed since the last capture.
-    dirty: Vec<u64>,
-    dirty_count: u64,
+    /// Groups whose entries changed since the last capture.
+    dirty: GroupSet,
 }
 
 /// What a checkpoint plan took for the table: new pages for the groups and
@@ -189,12 +195,12 @@ impl Space {
         self.block_size / INDEX_ENTRY as u64
     }
 
-    fn group_of(&self, page: u64) -> u64 {
+    pub(super) fn group_of(&self, page: u64) -> u64 {
         page / self.group_entries()
     }
 
     /// Groups the table has for a file of `npages` pages.
-    fn groups_for(&self, npages: u64) -> u64 {
+    pub(super) fn groups_for(&self, npages: u64) -> u64 {
         npages.div_ceil(self.group_entries())
     }
 
@@ -204,29 +210,85 @@ impl Space {
     }
 
     fn mark_group_changed(&mut self, g: u64) {
-        let (w, bit) = ((g / 64) as usize, 1u64 << (g % 64));
-        if self.table.dirty.len() <= w {
-            self.table.dirty.resize(w + 1, 0);
-        }
-        if self.table.dirty[w] & bit == 0 {
-            self.table.dirty[w] |= bit;
-            self.table.dirty_count += 1;
-        }
+        self.table.dirty.insert(g);
     }
 
     pub(super) fn is_group_dirty(&self, g: u64) -> bool {
-        self.table.dirty.get((g / 64) as usize).is_some_and(|w| w & (1 << (g % 64)) != 0)
+        self.table.dirty.contains(g)
     }
 
-    /// Where group `g`'s page lives, if the table has the group.
-    pub(super) fn group_ref(&self, g: u64) -> Option<GroupRef> {
-        self.table.groups.get(g as usize).copied()
+    /// Where group `g`'s page lives, if the table has the group: reads
+    /// the index page above it the first time one of its groups is needed.
+    pub(super) fn group_ref(&mut self, g: u64) -> Result<Option<GroupRef>> {
+        if g >= self.table.ngroups {
+            return Ok(None);
+        }
+        self.read_index_for(g)?;
+        Ok(self.known_group_ref(g))
+    }
+
+    /// Where group `g`'s page lives as far as RAM knows without a read:
+    /// `None` both for a group past the table and for one whose index page
+    /// is not read yet (see [`Space::group_is_blank`]).
+    fn known_group_ref(&self, g: u64) -> Option<GroupRef> {
+        let fanout = self.index_fanout();
+        let (i, k) = ((g / fanout) as usize, (g % fanout) as usize);
+        match self.table.groups.get(i)? {
+            Some(refs) => Some(refs[k]),
+            None if self.table.index[i].page == 0 => Some(GroupRef::default()),
+            None => None,
+        }
+    }
+
+    /// Whether group `g` is known, without a read, never to have been
+    /// written (all its entries zero): past the table, or named so by an
+    /// index page already read.
+    pub(super) fn group_is_blank(&self, g: u64) -> bool {
+        g >= self.table.ngroups || self.known_group_ref(g).is_some_and(|r| r.page == 0)
+    }
+
+    /// Reads and checks the index page above group `g`, unless RAM has it.
+    fn read_index_for(&mut self, g: u64) -> Result<()> {
+        let i = g / self.index_fanout();
+        if self.table.groups.get(i as usize).is_none_or(|s| s.is_some()) || self.table.index[i as usize].page == 0 {
+            return Ok(());
+        }
+        let r = self.table.index[i as usize];
+        let mut buf = vec![0u8; self.block_size as usize];
+        self.read_table_page(r.page, r.crc, "index page", &mut buf)?;
+        self.table.index_reads += 1;
+        let location = || format!("{DATA_FILE} index page {}", r.page);
+        let first = i * self.index_fanout();
+        let mut refs = Vec::with_capacity(self.index_fanout() as usize);
+        for (g, entry) in (first..).zip(buf.chunks_exact(INDEX_ENTRY)) {
+            let r = decode_group_ref(entry);
+            if r.zeros as u64 > self.group_entries() {
+                let detail = format!("group {g} has {} zero entries of {}", r.zeros, self.group_entries());
+                return Err(table_corruption(location(), detail));
+            }
+            if g >= self.table.ngroups && r.page != 0 {
+                return Err(table_corruption(location(), "a group past the table's end"));
+            }
+            refs.push(r);
+        }
+        self.table.groups[i as usize] = Some(refs.into_boxed_slice());
+        Ok(())
+    }
+
+    /// The slice of group references of index page `i`, which the caller
+    /// has read (or which was never written), for a checkpoint to change.
+    fn index_slice_mut(&mut self, i: u64) -> &mut [GroupRef] {
+        let fanout = self.index_fanout() as usize;
+        let never_written = self.table.index.get(i as usize).is_none_or(|r| r.page == 0);
+        let slot = &mut self.table.groups[i as usize];
+        debug_assert!(slot.is_some() || never_written, "index page {i} changed before it was read");
+        slot.get_or_insert_with(|| vec![GroupRef::default(); fanout].into_boxed_slice())
     }
 
     /// Groups changed since the last checkpoint: pages the next one
     /// writes for them (before the fixed point adds its own few).
     pub(crate) fn dirty_groups(&self) -> u64 {
-        self.table.dirty_count
+        self.table.dirty.len()
     }
 
     /// Pages the next checkpoint may need for the table: a page for each
@@ -236,20 +298,8 @@ impl Space {
     /// per checkpoint.
     pub(super) fn table_reserve(&self) -> u64 {
         let ngroups = self.groups_for(self.npages) + 1;
-        let moved = (2 * (self.table.dirty_count + self.dirty_nodes) + 8).min(ngroups);
+        let moved = (2 * (self.table.dirty.len() + self.dirty_nodes) + 8).min(ngroups);
         moved + ngroups.div_ceil(self.index_fanout())
-    }
-
-    fn dirty_group_list(&self) -> Vec<u64> {
-        let mut out = Vec::with_capacity(self.table.dirty_count as usize);
-        for (w, &word) in self.table.dirty.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                out.push(w as u64 * 64 + bits.trailing_zeros() as u64);
-                bits &= bits - 1;
-            }
-        }
-        out
     }
 
     /// The entry of `page` as the table records it now.
@@ -275,7 +325,7 @@ impl Space {
     /// gives it back and changes nothing.
     pub(crate) fn plan_table_moves(&mut self, also: &[Run]) -> Result<TableMoves> {
         let mut moves = TableMoves::default();
-        let mut dirty: BTreeSet<u64> = self.dirty_group_list().into_iter().collect();
+        let mut dirty: BTreeSet<u64> = self.table.dirty.iter().collect();
         for r in also {
             dirty.extend(self.group_of(r.start)..=self.group_of(r.start + r.len - 1));
         }
@@ -286,7 +336,14 @@ impl Space {
                 let page = self.take_from_pool(&mut moves)?;
                 moves.groups.insert(g, page);
                 dirty.insert(self.group_of(page));
-                if let Some(old) = self.table.groups.get(g as usize).map(|r| r.page).filter(|&p| p != 0) {
+                let old = match self.group_ref(g) {
+                    Ok(r) => r.map_or(0, |r| r.page),
+                    Err(e) => {
+                        self.abandon_table_moves(moves);
+                        return Err(e);
+                    }
+                };
+                if old != 0 {
                     dirty.insert(self.group_of(old));
                 }
                 changed = true;
@@ -308,7 +365,7 @@ impl Space {
             if !changed {
                 // A table read at open may cover more than the file holds
                 // (see `load_table`); it never shrinks.
-                moves.covered = self.npages.max(self.table.groups.len() as u64 * self.group_entries());
+                moves.covered = self.npages.max(self.table.ngroups * self.group_entries());
                 if let Err(e) = self.load_groups_to_encode(&moves) {
                     self.abandon_table_moves(moves);
                     return Err(e);
@@ -369,10 +426,13 @@ impl Space {
     pub(crate) fn capture_table(&mut self, moves: TableMoves) -> TableWrite {
         self.give_back_unused(&moves);
         let ngroups = self.groups_for(moves.covered);
-        self.table.groups.resize(ngroups as usize, GroupRef::default());
         let nindex = ngroups.div_ceil(self.index_fanout());
         self.table.index.resize(nindex as usize, IndexRef::default());
-        let moved = moves.groups.iter().map(|(&g, &p)| (Owner::Group(g), p, self.table.groups[g as usize].page));
+        self.table.groups.resize(nindex as usize, None);
+        self.table.ngroups = ngroups;
+        // The plan read the index page above every group it moved.
+        let old_page = |s: &Space, g: u64| s.known_group_ref(g).map_or(0, |r| r.page);
+        let moved = moves.groups.iter().map(|(&g, &p)| (Owner::Group(g), p, old_page(self, g)));
         let moved_index = moves.index.iter().map(|(&i, &p)| (Owner::Index(i), p, self.table.index[i as usize].page));
         let relocations: Vec<(Owner, u64, u64)> = moved.chain(moved_index).collect();
         for (owner, new, old) in relocations {
@@ -388,7 +448,8 @@ impl Space {
         let mut pages = Vec::with_capacity(moves.groups.len() + moves.index.len());
         for (&g, &page) in &moves.groups {
             let (bytes, zeros) = self.encode_group(g);
-            self.table.groups[g as usize] = GroupRef { page, crc: Crc::of(&bytes).0, zeros };
+            let fanout = self.index_fanout();
+            self.index_slice_mut(g / fanout)[(g % fanout) as usize] = GroupRef { page, crc: Crc::of(&bytes).0, zeros };
             pages.push((page, bytes));
         }
         for (&i, &page) in &moves.index {
@@ -397,13 +458,9 @@ impl Space {
             pages.push((page, bytes));
         }
         for &g in moves.groups.keys() {
-            let (w, bit) = ((g / 64) as usize, 1u64 << (g % 64));
-            if let Some(word) = self.table.dirty.get_mut(w).filter(|word| **word & bit != 0) {
-                *word &= !bit;
-                self.table.dirty_count -= 1;
-            }
+            self.table.dirty.remove(g);
         }
-        debug_assert_eq!(self.table.dirty_count, 0, "a group changed after the table's moves were planned");
+        debug_assert_eq!(self.table.dirty.len(), 0, "a group changed after the table's moves were planned");
         self.hold_unwritten(moves.groups.keys().copied());
         TableWrite { pages, root: TableRoot { covered_pages: moves.covered, index: self.table.index.clone() } }
     }
@@ -436,9 +493,13 @@ impl Space {
     /// Index page `i` as the group references stand.
     fn encode_index(&self, i: u64) -> Vec<u8> {
         let fanout = self.index_fanout();
+        debug_assert!(
+            self.table.groups.get(i as usize).is_some_and(|s| s.is_some()) || self.table.index[i as usize].page == 0,
+            "index page {i} encoded before it was read"
+        );
         let mut e = Enc::with_capacity(self.block_size as usize);
         for g in i * fanout..(i + 1) * fanout {
-            let r = self.table.groups.get(g as usize).copied().unwrap_or_default();
+            let r = self.known_group_ref(g).unwrap_or_default();
             e.u64(r.page);
             e.u32(r.crc);
             e.u32(r.zeros);
@@ -446,13 +507,15 @@ impl Space {
         e.buf
     }
 
-    /// Reads where the table a checkpoint wrote lives: its index pages,
-    /// not its groups, which are read when something needs their counts
-    /// (see [`super::counts`]). Records the index pages as the table's
-    /// own; a group page is recorded when its group, or the group it lies
-    /// in, is first read (see the module's invariants), so open does no
-    /// work per group page. The caller has marked the catalog's and the
-    /// log's pages reserved.
+    /// Takes where the table a checkpoint wrote lives, as the catalog
+    /// records it, without reading any of it: an index page is read the
+    /// first time one of its groups is needed, a group page the first time
+    /// one of its counts is (see [`super::counts`]). Records the index
+    /// pages as the table's own; a group page is recorded when its group,
+    /// or the group it lies in, is first read (see the module's
+    /// invariants), so open does no work per group and reads no page of
+    /// the table. The caller has marked the catalog's and the log's pages
+    /// reserved.
     pub(crate) fn load_table(&mut self, root: &TableRoot) -> Result<()> {
         // The table may cover more pages than the file holds: space added
         // at the end and never written need not survive a crash. Those
@@ -465,33 +528,14 @@ impl Space {
             ));
         }
         self.table.index = root.index.clone();
+        self.table.groups = vec![None; root.index.len()];
+        self.table.ngroups = ngroups;
         self.counts.cover(ngroups);
-        let fanout = self.index_fanout();
-        let mut groups = Vec::with_capacity(ngroups as usize);
-        let mut buf = vec![0u8; self.block_size as usize];
         for (i, r) in root.index.iter().enumerate() {
-            let (first, end) = (i as u64 * fanout, ((i as u64 + 1) * fanout).min(ngroups));
-            if r.page == 0 {
-                groups.resize(end as usize, GroupRef::default());
-                continue;
-            }
-            self.read_table_page(r.page, r.crc, "index page", &mut buf)?;
-            self.name_table_page(r.page, Owner::Index(i as u64))?;
-            let location = || format!("{DATA_FILE} index page {}", r.page);
-            for (g, entry) in (first..).zip(buf.chunks_exact(INDEX_ENTRY)) {
-                let r = decode_group_ref(entry);
-                if r.zeros as u64 > self.group_entries() {
-                    let detail = format!("group {g} has {} zero entries of {}", r.zeros, self.group_entries());
-                    return Err(table_corruption(location(), detail));
-                }
-                if g < end {
-                    groups.push(r);
-                } else if r.page != 0 {
-                    return Err(table_corruption(location(), "a group past the table's end"));
-                }
+            if r.page != 0 {
+                self.name_table_page(r.page, Owner::Index(i as u64))?;
             }
         }
-        self.table.groups = groups;
         Ok(())
     }
 
@@ -545,10 +589,16 @@ impl Space {
     /// Records group `g`'s own page as the table's, at the group's first
     /// read (after its entries were checked: the page may lie in it).
     pub(super) fn name_group_page(&mut self, g: u64) -> Result<()> {
-        match self.group_ref(g).map(|r| r.page).filter(|&p| p != 0) {
+        match self.group_ref(g)?.map(|r| r.page).filter(|&p| p != 0) {
             Some(page) => self.name_table_page(page, Owner::Group(g)),
             None => Ok(()),
         }
+    }
+
+    /// Index pages read since open.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn index_reads(&self) -> u64 {
+        self.table.index_reads
     }
 
     /// Pages of the table RAM knows so far (tests: open learns them as it
@@ -586,7 +636,7 @@ impl Space {
     /// the log's and the table's pages RAM knows.
     pub(super) fn check_group(&mut self, g: u64, entries: &[u32]) -> Result<()> {
         let zeros = entries.iter().filter(|&&v| v == 0).count() as u64;
-        let hint = match self.group_ref(g) {
+        let hint = match self.group_ref(g)? {
             Some(r) if r.page != 0 => r.zeros as u64,
             _ => self.group_entries(),
         };

@@ -61,6 +61,12 @@ pub fn count_groups(store: &crate::Store) -> (u64, u64) {
     (st.space.group_reads(), st.space.groups_in_ram())
 }
 
+/// Index pages of the reference table the store has read so far (open
+/// reads none; see `space/discover.rs`).
+pub fn index_reads(store: &crate::Store) -> u64 {
+    store.engine.state.lock().space.index_reads()
+}
+
 /// Pages of the reference table the store knows as the table's own so far:
 /// the index pages, and the group pages it has met by reading groups.
 pub fn table_pages_known(store: &crate::Store) -> u64 {
