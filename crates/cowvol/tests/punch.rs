@@ -127,6 +127,33 @@ fn reused_punched_pages_read_back_what_was_written() {
     assert_clean(&store);
 }
 
+/// Open does not look at free space until something needs it (see
+/// `space/discover.rs`); asking to give free space back must still find
+/// all of it, not only the part a write happened to look at.
+#[test]
+fn punching_after_a_reopen_gives_back_free_space_open_never_read() {
+    let disk = SimDir::new();
+    let no_auto = StoreOptions { punch_free_space: false, ..opts() };
+    let store = Store::open_in(Arc::new(disk.clone()), no_auto.clone()).unwrap();
+    let keep = volume(&store, "keep", 256);
+    write_run(&keep, 0, 256, 1).unwrap();
+    let gone = volume(&store, "gone", 4096);
+    write_run(&gone, 0, 4096, 2).unwrap();
+    gone.flush().unwrap();
+    drop((keep, gone));
+    store.delete_volume(id_of(&store, "gone")).unwrap();
+    store.checkpoint().unwrap();
+    store.close().unwrap();
+
+    let store = Store::open_in(Arc::new(disk), no_auto).unwrap();
+    let punched = store.punch_free_space().unwrap();
+    assert!(punched >= 8 * MIB, "only {punched} bytes of the 16 MiB the deleted volume left were given back");
+    let st = store.stats();
+    assert!(st.allocated_bytes + 8 * MIB <= st.file_bytes, "the file kept its space");
+    assert_eq!(contents(&store.open_volume(id_of(&store, "keep")).unwrap(), "keep"), vec![1; 256]);
+    assert_clean(&store);
+}
+
 #[test]
 fn full_disk_refuses_a_punched_range_cleanly() {
     let disk = SimDir::new();

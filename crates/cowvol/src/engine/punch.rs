@@ -53,6 +53,8 @@ impl Engine {
     /// Runs punch steps until nothing is left to give back; returns the
     /// bytes punched.
     pub(crate) fn punch_free_space(&self) -> Result<u64> {
+        // Free space open has not looked at yet is free space too.
+        self.discover_free_space(|| false)?;
         // Ends: every step moves the scan forward or finishes it, and the
         // work left is bounded by the free map.
         let mut total = 0;
