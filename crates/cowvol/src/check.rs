@@ -164,11 +164,17 @@ impl Store {
     /// anything changed during the first (one otherwise), not over the
     /// snapshots; the state lock is held for one root clone per tree, then
     /// to copy the bookkeeping of 32,768 pages at a time. Pages overwritten
-    /// while it runs are reused only after it returns.
+    /// while it runs are reused only after it returns. The work runs on a
+    /// thread of its own at the lowest CPU priority (nice 19), so that
+    /// writers beside it are scheduled first; the caller waits for it.
     ///
     /// # Errors
     /// I/O errors reading nodes are reported as problems, not errors.
     pub fn check(&self) -> Result<CheckReport> {
+        crate::engine::background::at_low_priority(|| self.check_here())
+    }
+
+    fn check_here(&self) -> Result<CheckReport> {
         self.engine.reclaim();
         // Every free page must be in the free map to be told from a leak.
         self.engine.discover_free_space(|| false)?;
@@ -335,11 +341,16 @@ impl Store {
     /// meanwhile fails its planned checksum. Every page that fails is looked
     /// at again against the trees as they are now, with checkpoints held
     /// off only for that short second look (a page still referenced cannot
-    /// be reused until a checkpoint releases it).
+    /// be reused until a checkpoint releases it). Like `check`, it runs on
+    /// a thread of its own at the lowest CPU priority.
     ///
     /// # Errors
     /// Only when the store itself cannot be accessed; damage is reported.
     pub fn scrub(&self) -> Result<ScrubReport> {
+        crate::engine::background::at_low_priority(|| self.scrub_here())
+    }
+
+    fn scrub_here(&self) -> Result<ScrubReport> {
         let (expected, mut bad) = self.expected_checksums()?;
         let bs = self.engine.block_size as u64;
         let max_run = ((4u64 << 20) / bs).max(1);

@@ -25,6 +25,7 @@
 //! `check` takes `state` to copy the bookkeeping of one slice of pages at
 //! a time; they walk, compare and read with no lock.
 
+pub(crate) mod background;
 mod checkpoint;
 mod commit;
 mod maint;
