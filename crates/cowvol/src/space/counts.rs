@@ -385,6 +385,14 @@ impl Space {
         })
     }
 
+    /// The groups whose counts are in RAM, each once, in no set order.
+    pub(super) fn loaded_groups(&self) -> Vec<u64> {
+        let mut groups: Vec<u64> = self.counts.fifo.iter().copied().filter(|&g| self.is_loaded(g)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups
+    }
+
     /// A copy of group `g`'s counts, when they are in RAM.
     pub(super) fn loaded_counts(&self, g: u64) -> Option<Box<[u32]>> {
         self.counts.slots.get(g as usize)?.clone()

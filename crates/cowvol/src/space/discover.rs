@@ -67,7 +67,10 @@ impl Space {
         self.repunch_from = None;
         let cursor = self.group_of(hint_page.min(self.npages.saturating_sub(1)));
         self.discovery = Discovery { started: true, cursor, ..Discovery::default() };
-        for g in 0..self.groups_for(self.npages) {
+        // The groups in RAM, not every group: open's cost must not follow
+        // the file.
+        let ngroups = self.groups_for(self.npages);
+        for g in self.loaded_groups().into_iter().filter(|&g| g < ngroups) {
             if let Some(counts) = self.loaded_counts(g) {
                 let runs = self.zero_runs(g, Some(&counts), &[]);
                 self.add_discovered(g, runs);
