@@ -421,13 +421,6 @@ impl Store {
         bad
     }
 
-    /// The checksum every live data page must have, from the leaves of all
-    /// trees (shared subtrees visited once), indexed by page so that scrub
-    /// reads the file in order without sorting. Pages that two leaves give
-    /// different checksums are returned as damaged at once.
-    ///
-    /// The walk runs on a pinned view with no lock held; the view is let go
-    /// before any data is read.
     /// Pins every tree with no checkpoint running (and the page count then),
     /// for scrub. Between a checkpoint's plan and its writes, the trees
     /// name pages not yet written, whose nodes only the node cache holds;
@@ -442,6 +435,13 @@ impl Store {
         (st.space.npages(), self.engine.pin(&mut st))
     }
 
+    /// The checksum every live data page must have, from the leaves of all
+    /// trees (shared subtrees visited once), indexed by page so that scrub
+    /// reads the file in order without sorting. Pages that two leaves give
+    /// different checksums are returned as damaged at once.
+    ///
+    /// The walk runs on a pinned view with no lock held; the view is let go
+    /// before any data is read.
     fn expected_checksums(&self) -> Result<(Expected, Vec<u64>)> {
         let (npages, view) = self.pin_written();
         let mut exp = Expected { crc: vec![0; npages as usize], live: vec![0; npages.div_ceil(64) as usize] };
