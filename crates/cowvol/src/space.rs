@@ -240,7 +240,7 @@ impl Space {
 
     #[cfg(test)]
     pub(crate) fn is_free(&self, page: u64) -> bool {
-        self.free.range(..=page).next_back().is_some_and(|(&s, &l)| page < s + l)
+        extent_holding(&self.free, page).is_some()
     }
 
     /// Copies the reference counts of pages `pages` and the words of the
@@ -302,9 +302,7 @@ impl Space {
     /// the file when nothing is free.
     pub(crate) fn alloc_run(&mut self, max: u64) -> Result<Run> {
         debug_assert!(max > 0);
-        if self.free.is_empty() {
-            self.discover_while(|s| s.free.is_empty() && s.holes.is_empty())?;
-        }
+        self.discover_while(|s| s.free.is_empty() && s.holes.is_empty())?;
         if self.free.is_empty() {
             self.grow(max)?;
         }
@@ -354,10 +352,8 @@ impl Space {
         let mut pieces = Vec::new();
         let mut at = start;
         while at < end {
-            let holding = |map: &BTreeMap<u64, u64>| {
-                map.range(..=at).next_back().filter(|(&s, &l)| at < s + l).map(|(&s, &l)| s + l)
-            };
-            let (piece_end, punched) = match (holding(&self.free), holding(&self.holes)) {
+            let end_of = |map: &BTreeMap<u64, u64>| extent_holding(map, at).map(|(s, l)| s + l);
+            let (piece_end, punched) = match (end_of(&self.free), end_of(&self.holes)) {
                 (Some(e), _) => (e.min(end), false),
                 (None, Some(e)) => (e.min(end), true),
                 (None, None) => return Ok(false),
@@ -425,9 +421,7 @@ impl Space {
     /// so they find room for their record and for the checkpoint that frees.
     pub(crate) fn make_room(&mut self, n: u64) -> Result<()> {
         let need = n + self.metadata_reserve();
-        if self.free_pages < need {
-            self.discover_while(|s| s.free_pages + s.hole_pages < need)?;
-        }
+        self.discover_while(|s| s.free_pages + s.hole_pages < need)?;
         if self.free_pages < need {
             self.grow(need - self.free_pages)?;
         }
@@ -807,6 +801,11 @@ fn extents_from(map: &BTreeMap<u64, u64>, from: u64) -> Vec<Run> {
     let head = holding.map(|(&s, &l)| Run { start: from, len: s + l - from });
     let rest = map.range(from..).map(|(&start, &len)| Run { start, len });
     head.into_iter().chain(rest).take(PUNCH_SCAN_EXTENTS).collect()
+}
+
+/// The extent of `map` (start -> length) that holds `page`, if any.
+fn extent_holding(map: &BTreeMap<u64, u64>, page: u64) -> Option<(u64, u64)> {
+    map.range(..=page).next_back().map(|(&s, &l)| (s, l)).filter(|&(s, l)| page < s + l)
 }
 
 /// Takes `[start, start + len)`, which lies inside one extent of `map`,

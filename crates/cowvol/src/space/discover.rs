@@ -30,7 +30,7 @@
 //!   end of the file is never added twice.
 
 use super::group_set::GroupSet;
-use super::{Run, Space};
+use super::{extent_holding, Run, Space};
 use crate::error::Result;
 
 /// What the free map knows of the file's groups.
@@ -253,10 +253,8 @@ impl Space {
 
     /// The length of the free extent (or hole) holding `page`, 0 if none.
     fn extent_len_at(&self, page: u64) -> u64 {
-        let holding = |map: &std::collections::BTreeMap<u64, u64>| {
-            map.range(..=page).next_back().filter(|(&s, &l)| page < s + l).map_or(0, |(_, &l)| l)
-        };
-        holding(&self.free).max(holding(&self.holes))
+        let len = |map| extent_holding(map, page).map_or(0, |(_, l)| l);
+        len(&self.free).max(len(&self.holes))
     }
 
     /// The file grew from `old` pages: the new groups (and the rest of the
