@@ -1231,6 +1231,44 @@ pub fn build_keyed_store(dir: &Path, n: u64) -> Result<()> {
     store.close()
 }
 
+/// Metadata written by random 4 KiB overwrites of a keyed store's volume.
+#[derive(Debug, serde::Serialize)]
+pub struct Overwritten {
+    pub writes: u64,
+    pub data_bytes: u64,
+    pub metadata_per_data_byte: f64,
+    pub log_bytes: u64,
+    pub node_bytes: u64,
+    pub table_bytes: u64,
+    pub catalog_and_superblock_bytes: u64,
+    pub zeroed_bytes: u64,
+    pub syncs: u64,
+    pub seconds: f64,
+}
+
+/// `cowvol bench-probe DIR --overwrite BYTES`: the dense case of the
+/// amplification figures. Overwrites `bytes` of the store's one volume
+/// (built by [`build_keyed_store`], every block written) in 4 KiB writes at
+/// random offsets with the default options.
+pub fn overwrite_keyed_store(dir: &Path, bytes: u64) -> Result<Overwritten> {
+    let store = Store::open_in(keyed_dir(dir)?, StoreOptions::default())?;
+    let id = store.list_volumes().first().ok_or_else(|| Error::NotFound { what: "the scale volume".into() })?.id;
+    let t = Instant::now();
+    let (writes, w) = write_for_amplification(store, id, BS, bytes)?;
+    Ok(Overwritten {
+        writes,
+        data_bytes: w.data_bytes,
+        metadata_per_data_byte: w.metadata_per_data_byte(),
+        log_bytes: w.log_bytes,
+        node_bytes: w.node_bytes,
+        table_bytes: w.table_bytes,
+        catalog_and_superblock_bytes: w.catalog_bytes + w.superblock_bytes,
+        zeroed_bytes: w.zeroed_bytes,
+        syncs: w.syncs,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
 fn spawn_probe(dir: &Path) -> Result<Probe> {
     let exe = std::env::current_exe().map_err(io_err("finding the cowvol binary"))?;
     let out = std::process::Command::new(exe)
@@ -1297,7 +1335,12 @@ fn rss_mib() -> f64 {
 /// random offsets, and 1 MiB writes in order. The store is on a
 /// [`cowvol::testing::KeyedDir`], which counts what reaches its files by
 /// kind: data blocks (keyed), zeroes written ahead of the allocator, and
-/// everything else, which is metadata. A flush every 1 MiB of data.
+/// everything else, which is metadata. The engine's own counts
+/// (`Store::written`) split the metadata into log, tree nodes, reference
+/// table and the rest (catalogs and superblocks). A flush every 1 MiB of
+/// data. Dense random overwrites of a fully written 1 TiB volume are
+/// measured by hand: `cowvol bench-probe DIR --build N`, then
+/// `cowvol bench-probe DIR --overwrite BYTES`.
 fn amplification(opts: &BenchOptions, report: &mut BenchReport, progress: &mut dyn FnMut(&str)) -> Result<()> {
     const VOLUME: u64 = 1 << 40;
     let data_bytes: u64 = if opts.quick { 256 * MIB } else { 2048 * MIB };
@@ -1309,27 +1352,8 @@ fn amplification(opts: &BenchOptions, report: &mut BenchReport, progress: &mut d
             .map_err(io_err("creating the keyed store directory"))?;
         let store = Store::open_in(Arc::new(dir.clone()), StoreOptions::default())?;
         let id = store.create_volume(VolumeOptions::new("amp", VOLUME))?.id;
-        let vol = store.open_volume(id)?;
         let before = dir.written();
-        let blocks_per_write = write_bytes / BS;
-        let writes = data_bytes / write_bytes;
-        let per_flush = (MIB / write_bytes).max(1);
-        let mut rng = Rng(41);
-        let mut buf = Vec::with_capacity(write_bytes as usize);
-        for i in 0..writes {
-            let first = if write_bytes == BS { rng.block(VOLUME / BS) } else { i * blocks_per_write };
-            buf.clear();
-            for lb in first..first + blocks_per_write {
-                buf.extend(cowvol::testing::keyed_block((i << 8 | (lb - first)) + 1, BS as usize));
-            }
-            vol.write_at(&buf, first * BS)?;
-            if (i + 1) % per_flush == 0 {
-                vol.flush()?;
-            }
-        }
-        vol.flush()?;
-        drop(vol);
-        store.close()?;
+        let (_, engine) = write_for_amplification(store, id, write_bytes, data_bytes)?;
         let after = dir.written();
         let _ = std::fs::remove_dir_all(&path);
         let data = (after.keyed - before.keyed) as f64;
@@ -1337,6 +1361,67 @@ fn amplification(opts: &BenchOptions, report: &mut BenchReport, progress: &mut d
         let zero = (after.zero - before.zero) as f64;
         push(report, &format!("metadata_bytes_per_data_byte_{name}"), "B/B", meta / data, None, false);
         push(report, &format!("zeroed_bytes_per_data_byte_{name}"), "B/B", zero / data, None, false);
+        for (kind, bytes) in metadata_by_kind(&engine) {
+            push(
+                report,
+                &format!("metadata_{kind}_bytes_per_data_byte_{name}"),
+                "B/B",
+                bytes as f64 / data,
+                None,
+                false,
+            );
+        }
     }
     Ok(())
+}
+
+/// The engine's metadata figures by kind: log, tree nodes, reference table,
+/// and catalogs with superblocks.
+fn metadata_by_kind(w: &cowvol::WriteStats) -> [(&'static str, u64); 4] {
+    [
+        ("log", w.log_bytes),
+        ("nodes", w.node_bytes),
+        ("table", w.table_bytes),
+        ("catalog", w.catalog_bytes + w.superblock_bytes),
+    ]
+}
+
+/// Writes `data_bytes` to volume `id` of `store` in writes of `write_bytes`
+/// (4 KiB ones at random offsets of the whole volume, larger ones in
+/// order), flushing every 1 MiB, checkpoints and closes the store. Returns
+/// the writes made and what the engine counted, the checkpoint included.
+fn write_for_amplification(
+    store: Store,
+    id: VolumeId,
+    write_bytes: u64,
+    data_bytes: u64,
+) -> Result<(u64, cowvol::WriteStats)> {
+    let vol = store.open_volume(id)?;
+    let nblocks = vol.size() / BS;
+    let blocks_per_write = write_bytes / BS;
+    let writes = data_bytes / write_bytes;
+    let per_flush = (MIB / write_bytes).max(1);
+    // Keys above any the builder used, so that every write is new data.
+    let key_base = 1u64 << 62;
+    let mut rng = Rng(41);
+    let mut buf = Vec::with_capacity(write_bytes as usize);
+    for i in 0..writes {
+        let first = if write_bytes == BS { rng.block(nblocks) } else { i * blocks_per_write % nblocks };
+        buf.clear();
+        for lb in first..first + blocks_per_write {
+            buf.extend(cowvol::testing::keyed_block(key_base + (i << 8 | (lb - first)) + 1, BS as usize));
+        }
+        vol.write_at(&buf, first * BS)?;
+        if (i + 1) % per_flush == 0 {
+            vol.flush()?;
+        }
+    }
+    vol.flush()?;
+    drop(vol);
+    // A last checkpoint, so that the figures include everything a close
+    // could write (a close after it writes nothing).
+    store.checkpoint()?;
+    let counted = store.written();
+    store.close()?;
+    Ok((writes, counted))
 }

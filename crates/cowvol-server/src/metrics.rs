@@ -86,6 +86,28 @@ fn render_store(out: &mut String, store: &Store) {
     gauge(out, "cowvol_store_free_bytes", "Free bytes inside the data file.", st.free_bytes);
     gauge(out, "cowvol_volumes", "Live volumes.", st.volumes as u64);
     gauge(out, "cowvol_templates", "Templates.", st.templates as u64);
+    let w = st.written;
+    out.push_str(
+        "# HELP cowvol_store_written_bytes_total Bytes written to the data file since the store was opened, by what they hold.\n\
+         # TYPE cowvol_store_written_bytes_total counter\n",
+    );
+    for (kind, bytes) in [
+        ("data", w.data_bytes),
+        ("zeroes", w.zeroed_bytes),
+        ("log", w.log_bytes),
+        ("nodes", w.node_bytes),
+        ("table", w.table_bytes),
+        ("catalog", w.catalog_bytes),
+        ("superblock", w.superblock_bytes),
+    ] {
+        let _ = writeln!(out, "cowvol_store_written_bytes_total{{kind=\"{kind}\"}} {bytes}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cowvol_store_syncs_total fdatasync calls on the data file since the store was opened.\n\
+         # TYPE cowvol_store_syncs_total counter\ncowvol_store_syncs_total {}",
+        w.syncs
+    );
     let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
     for s in store.all_snapshots() {
         *by.entry((s.kind.to_string(), s.status.to_string())).or_default() += 1;

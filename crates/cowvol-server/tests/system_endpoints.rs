@@ -49,9 +49,19 @@ fn health_openapi_metrics_and_panel_are_served() {
         "cowvol_volumes 1",
         r#"cowvol_snapshots{kind="manual",status="ready"} 1"#,
         "cowvol_store_physical_bytes ",
+        "# TYPE cowvol_store_written_bytes_total counter",
+        r#"cowvol_store_written_bytes_total{kind="nodes"} "#,
+        "cowvol_store_syncs_total ",
     ] {
         assert!(text.contains(want), "metrics lack {want}:\n{text}");
     }
+    // The snapshot was logged and synced: the log and the syncs counted.
+    let counter = |name: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(counter(r#"cowvol_store_written_bytes_total{kind="log"}"#) > 0);
+    assert!(counter("cowvol_store_syncs_total") > 0);
 
     let page = ureq::get(&s.url("/ui")).call().unwrap().into_string().unwrap();
     assert!(page.contains("/ui/panel.js") && !page.contains("http://") && !page.contains("https://"));

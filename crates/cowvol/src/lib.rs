@@ -93,6 +93,7 @@ pub use catalog::{
 };
 pub use check::{CheckReport, DamagedBlock, Problem, ScrubReport, StoreStats};
 pub use diff::{Diff, DiffCost, DiffExtent, DiffPoint};
+pub use engine::WriteStats;
 pub use error::{Error, Result, StreamFault};
 pub use lifecycle::{PolicyRun, ScheduleRunReport, SnapshotPage, SnapshotQuery, TemplateOptions, UtcTime, AUTO_LABEL};
 pub use options::{

@@ -12,7 +12,7 @@
 
 use crate::catalog::{SnapshotId, TemplateId, VolumeId};
 use crate::engine::record::{Record, MAX_MAP_BLOCKS};
-use crate::engine::{Engine, Keeper, State, VolRuntime};
+use crate::engine::{Engine, Keeper, State, VolRuntime, Wrote};
 use crate::error::{Error, Result};
 use crate::format::Crc;
 use crate::space::Run;
@@ -523,8 +523,7 @@ impl Volume {
         for r in runs {
             let len = r.len as usize * bs;
             self.engine
-                .file
-                .write_at(&payload[at..at + len], self.offset_of(r.start))
+                .write_as(Wrote::Data, &payload[at..at + len], self.offset_of(r.start))
                 .map_err(|e| Error::io(format!("writing {} data", self.target), e))?;
             at += len;
         }

@@ -151,7 +151,17 @@ fn check_in_a_loop_beside_writes_snapshots_deletes_and_checkpoints_is_always_cle
                 std::thread::sleep(Duration::from_millis(5));
             }
         });
-        std::thread::sleep(Duration::from_secs(secs));
+        // Check and scrub run at the lowest CPU priority, so on a machine
+        // whose cores the writers (and other tests) keep busy they may
+        // finish few passes in `secs`: the writers go on until three checks
+        // and a scrub have run beside them, within a minute.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(secs)
+            || (checks.load(Ordering::Relaxed) < 3 || scrubs.load(Ordering::Relaxed) < 1)
+                && start.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         stop.store(true, Ordering::Relaxed);
         (ta.join().unwrap(), tb.join().unwrap())
     });

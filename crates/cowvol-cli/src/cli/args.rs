@@ -69,6 +69,11 @@ pub enum Command {
         /// size by hand: `cowvol bench-probe DIR --build N`, then probes).
         #[arg(long, value_name = "N")]
         build: Option<u64>,
+        /// Overwrite BYTES of the built store's volume in 4 KiB writes at
+        /// random offsets instead (a flush every 1 MiB, then a checkpoint),
+        /// and print the metadata the engine wrote, by kind, as JSON.
+        #[arg(long, value_name = "BYTES", value_parser = parse_size, conflicts_with = "build")]
+        overwrite: Option<u64>,
     },
     /// Serve volumes and snapshots as NBD exports (qemu, nbdfuse, nbd-client) until SIGINT/SIGTERM.
     Nbd(NbdArgs),

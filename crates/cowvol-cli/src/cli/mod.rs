@@ -417,7 +417,7 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
         Command::Scrub => maint::scrub(ctx),
         Command::Stats => maint::stats(ctx),
         Command::Bench(a) => bench::run(ctx, a),
-        Command::BenchProbe { dir, build } => bench::probe(ctx, &dir, build),
+        Command::BenchProbe { dir, build, overwrite } => bench::probe(ctx, &dir, build, overwrite),
         Command::Nbd(a) => nbd::run(ctx, a),
         Command::Serve(a) => serve::run(ctx, a),
     }

@@ -3,7 +3,7 @@
 //! checkpoint's start and the pages only the old checkpoint needed are
 //! freed after it is durable.
 
-use super::{CheckpointState, Engine, State};
+use super::{CheckpointState, Engine, State, Wrote};
 use crate::catalog::CatalogImage;
 use crate::error::{Error, Result};
 use crate::format::{self, Crc, LogStart, Superblock, SUPERBLOCK_SLOTS};
@@ -158,8 +158,8 @@ impl Engine {
         self.write_table(&plan.table_pages)?;
         let cat = plan.catalog_run;
         let offset = format::data_start(self.block_size) + cat.start * self.block_size as u64;
-        self.file.write_at(&plan.catalog, offset).map_err(|e| Error::io("writing the catalog", e))?;
-        self.file.sync().map_err(|e| Error::io("syncing a checkpoint", e))?;
+        self.write_as(Wrote::Catalog, &plan.catalog, offset).map_err(|e| Error::io("writing the catalog", e))?;
+        self.sync_file().map_err(|e| Error::io("syncing a checkpoint", e))?;
         let sb = Superblock {
             version: format::FORMAT_VERSION,
             block_size: self.block_size,
@@ -172,8 +172,8 @@ impl Engine {
             log: plan.log_start,
         };
         let slot = SUPERBLOCK_SLOTS[(sb.generation % 2) as usize];
-        self.file.write_at(&sb.encode(), slot).map_err(|e| Error::io("writing the superblock", e))?;
-        self.file.sync().map_err(|e| Error::io("syncing the superblock", e))?;
+        self.write_as(Wrote::Superblock, &sb.encode(), slot).map_err(|e| Error::io("writing the superblock", e))?;
+        self.sync_file().map_err(|e| Error::io("syncing the superblock", e))?;
         {
             let mut c = self.commit.lock();
             c.durable = c.durable.max(plan.log_start.lsn);
@@ -213,7 +213,7 @@ impl Engine {
                 i += 1;
             }
             let off = format::data_start(self.block_size) + start * self.block_size as u64;
-            self.file.write_at(&buf, off).map_err(|e| Error::io("writing the reference table", e))?;
+            self.write_as(Wrote::Table, &buf, off).map_err(|e| Error::io("writing the reference table", e))?;
         }
         Ok(())
     }
@@ -231,7 +231,7 @@ impl Engine {
                 i += 1;
             }
             let off = format::data_start(self.block_size) + r.start * bs as u64;
-            self.file.write_at(&buf, off).map_err(|e| Error::io("writing tree nodes", e))?;
+            self.write_as(Wrote::Nodes, &buf, off).map_err(|e| Error::io("writing tree nodes", e))?;
         }
         Ok(())
     }

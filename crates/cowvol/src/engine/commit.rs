@@ -167,7 +167,7 @@ impl Engine {
 
     fn top_up_spares(&self, st: &mut State, wal: &mut Wal, incoming: usize) -> Result<()> {
         while wal.spares.len() < wal.spares_needed(incoming) {
-            let page = st.new_log_segment(&self.log_geo, &*self.file)?;
+            let page = st.new_log_segment(&self.log_geo, &*self.zero_file)?;
             wal.spares.push(page);
         }
         Ok(())
@@ -191,7 +191,7 @@ impl Engine {
         self.ensure_writable()?;
         let wrote = self.wal.lock().write_seal(after_checkpoint);
         if wrote? {
-            self.file.sync().map_err(|e| {
+            self.sync_file().map_err(|e| {
                 self.fail();
                 Error::io("syncing the WAL's seal", e)
             })?;
@@ -255,7 +255,7 @@ impl Engine {
             }
             wal.next_lsn()
         };
-        if let Err(e) = self.file.sync() {
+        if let Err(e) = self.sync_file() {
             self.fail();
             return Err(Error::io("syncing the data file", e));
         }

@@ -35,11 +35,14 @@ mod pin;
 mod punch;
 pub(crate) mod record;
 mod state;
+mod written;
 
 pub(crate) use maint::Keeper;
 pub(crate) use open::open;
 pub(crate) use pin::PinnedView;
 pub(crate) use state::{Entry, State};
+pub use written::WriteStats;
+pub(crate) use written::{Counted, WriteCounters, Wrote};
 
 use crate::backend::{DirLock, StorageDir, StorageFile};
 use crate::catalog::VolumeId;
@@ -122,6 +125,11 @@ pub(crate) struct Engine {
     pub(crate) writes_finished: AtomicU64,
     /// One snapshot-policy pass at a time.
     pub(crate) policy_pass: Mutex<()>,
+    /// Bytes written by kind, and syncs (see `written`).
+    pub(crate) written: Arc<WriteCounters>,
+    /// The data file, its writes counted as zero fill: new log segments
+    /// in never-written space are zeroed through it.
+    pub(crate) zero_file: Arc<dyn StorageFile>,
 }
 
 impl std::fmt::Debug for Engine {

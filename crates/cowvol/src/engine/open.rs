@@ -5,7 +5,7 @@
 use super::maint::{Keeper, Maintenance, PolicyRunner};
 use super::record::Record;
 use super::state::{empty_state, Entry, State};
-use super::{CheckpointState, CommitState, Engine};
+use super::{CheckpointState, CommitState, Counted, Engine, WriteCounters, Wrote};
 use crate::backend::{DirLock, StorageDir, StorageFile};
 use crate::catalog::{now_secs, BackupState, CatalogImage, SnapshotStatus};
 use crate::error::{Error, Result};
@@ -160,16 +160,19 @@ fn new_engine(
 ) -> Result<Engine> {
     let log_geo = LogGeometry::new(format::data_start(block_size), block_size);
     let mut state = state;
+    let written = Arc::new(WriteCounters::default());
+    let zero_file = Counted::view(&file, &written, Wrote::Zeroes);
+    let log_file = Counted::view(&file, &written, Wrote::Log);
     let (wal, durable, covered_to) = match log {
         LogPlan::Fresh => {
-            let first = state.new_log_segment(&log_geo, &*file)?;
-            let next = state.new_log_segment(&log_geo, &*file)?;
-            (Wal::start(file.clone(), log_geo, random_u64(), first, next, 1)?, 0, None)
+            let first = state.new_log_segment(&log_geo, &*zero_file)?;
+            let next = state.new_log_segment(&log_geo, &*zero_file)?;
+            (Wal::start(log_file, log_geo, random_u64(), first, next, 1)?, 0, None)
         }
         LogPlan::CarryOn { tail, segments, bytes, covered_to } => {
-            let next = state.new_log_segment(&log_geo, &*file)?;
+            let next = state.new_log_segment(&log_geo, &*zero_file)?;
             let log_id = std::iter::repeat_with(random_u64).find(|&id| id != tail.log_id).unwrap_or_default();
-            let mut wal = Wal::resume(file.clone(), log_geo, tail, segments, log_id, next);
+            let mut wal = Wal::resume(log_file, log_geo, tail, segments, log_id, next);
             wal.bytes_since_checkpoint = bytes;
             // Every record read was on the disk: open synced before reading.
             (wal, tail.lsn, Some(covered_to))
@@ -193,6 +196,8 @@ fn new_engine(
         writes_started: AtomicU64::new(0),
         writes_finished: AtomicU64::new(0),
         policy_pass: Mutex::new(()),
+        written,
+        zero_file,
     })
 }
 

@@ -2,7 +2,7 @@
 //! turn freed pages reusable when the disk is full, and zeroing ahead of
 //! the allocator with no lock held.
 
-use super::Engine;
+use super::{Engine, Wrote};
 use crate::error::{Error, Result};
 use crate::format;
 use crate::space::Run;
@@ -39,7 +39,7 @@ impl Engine {
         let longest = runs.iter().map(|r| r.len).max().unwrap_or(0);
         let zeroes = vec![0u8; (longest * bs) as usize];
         for r in &runs {
-            let _ = self.file.write_at(&zeroes[..(r.len * bs) as usize], data_start + r.start * bs);
+            let _ = self.write_as(Wrote::Zeroes, &zeroes[..(r.len * bs) as usize], data_start + r.start * bs);
         }
         self.state.lock().space.unclaim(&runs);
     }
