@@ -9,6 +9,8 @@ use crate::format::{Crc, NodeHeader};
 use crate::space::{Run, Space};
 use crate::store::Store;
 use crate::tree::{self, Body, Child, Node};
+
+mod usage;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -497,14 +499,42 @@ impl Store {
         out.into_values().collect()
     }
 
-    /// Space used and shared, metadata size. Cost: one pass over the
-    /// distinct tree nodes.
+    /// Space used and shared, metadata size, bytes written.
+    ///
+    /// The space figures that only the trees can tell (mapped, physical
+    /// and shared bytes, tree nodes) are counted on a view of every tree
+    /// pinned at one instant, with no lock held, on a thread at the lowest
+    /// CPU priority, like `check`: asking for them never holds up I/O on
+    /// any volume. Cost: one read of each distinct tree node (through the
+    /// node cache), and memory for the nodes of one level at a time plus
+    /// two bits per page of the file. The rest is read under the state
+    /// lock in time that does not follow the trees. Pages freed while the
+    /// view lives are reused only after it returns.
     pub fn stats(&self) -> StoreStats {
         // Free space counts only once every group is in the free map. A
         // damaged table page stops that short (and `check` reports it).
         let _ = self.engine.discover_free_space(|| false);
-        let mut st = self.engine.state.lock();
-        StoreStats { written: self.written(), ..stats_of(&mut st) }
+        let (s, view, npages) = {
+            let _no_checkpoint = self.engine.checkpoint_guard();
+            let mut st = self.engine.state.lock();
+            let s = stats_of(&mut st);
+            let npages = st.space.npages();
+            (s, self.engine.pin(&mut st), npages)
+        };
+        let u = crate::engine::background::at_low_priority(|| {
+            usage::count(view.tree_roots(), view.nodes(), view.epoch(), npages)
+        });
+        drop(view);
+        let bs = u64::from(self.block_size());
+        StoreStats {
+            mapped_bytes: u.mapped_blocks * bs,
+            physical_bytes: u.data_blocks * bs,
+            data_blocks: u.data_blocks,
+            shared_blocks: u.shared_blocks,
+            tree_nodes: u.tree_nodes,
+            written: self.written(),
+            ..s
+        }
     }
 
     /// Bytes this store wrote to its data file since it was opened, by what
@@ -958,11 +988,14 @@ fn verify_node_page(buf: &[u8], page: u64) -> Result<()> {
     NodeHeader::decode(buf, page).map(drop)
 }
 
+/// The figures of [`Store::stats`] that need no walk of the trees, taken
+/// under the state lock.
 fn stats_of(st: &mut State) -> StoreStats {
     let mut s = StoreStats {
         volumes: st.volumes.len(),
         snapshots: st.snapshots.len(),
         templates: st.templates.len(),
+        logical_bytes: st.volumes.values().map(|v| v.info.size_bytes).sum(),
         file_bytes: st.space.offset_of(st.space.npages()),
         free_bytes: st.space.free_pages() * st.block_size,
         punched_bytes: st.space.hole_pages() * st.block_size,
@@ -970,64 +1003,7 @@ fn stats_of(st: &mut State) -> StoreStats {
         ..Default::default()
     };
     s.used_bytes = s.file_bytes.saturating_sub(s.free_bytes);
-    let block_size = st.block_size;
     let State { volumes, snapshots, templates, nodes, space, .. } = st;
-    for v in volumes.values() {
-        s.logical_bytes += v.info.size_bytes;
-        let _ = tree::for_each_mapping(&v.root, v.geo, nodes, |_, _| s.mapped_bytes += block_size);
-    }
-    // A node is shared when more than one tree or parent holds it (its
-    // page's reference count, or its Arc count while it is dirty), and
-    // everything below a shared node is shared too. A page is shared when
-    // its leaf is, or when several leaves reference it.
-    // A count that cannot be read (its group's page is damaged; `check`
-    // reports it) counts as not shared, like a node that cannot be read.
-    let shared_ref = |c: &Child, space: &mut Space| match c {
-        Child::Mem(a) => Arc::strong_count(a) > 1,
-        Child::Disk(p) => space.refcount(*p).is_ok_and(|n| n > 1),
-    };
-    let mut seen_pages: HashMap<u64, bool> = HashMap::new();
-    let mut seen_nodes = std::collections::HashSet::new();
-    let mut stack: Vec<(Arc<Node>, u32, bool)> = Vec::new();
-    let roots = volumes
-        .values()
-        .filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top())))
-        .chain(snapshots.values().filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top()))))
-        .chain(templates.values().filter_map(|e| e.root.as_ref().map(|r| (r, e.geo.top()))));
-    let mut visit = |c: &Child, level: u32, shared: bool, space: &mut Space, stack: &mut Vec<_>| {
-        let key = match c {
-            Child::Disk(p) => (*p, std::ptr::null()),
-            Child::Mem(a) => (0, Arc::as_ptr(a)),
-        };
-        if seen_nodes.insert(key) {
-            if let Ok(n) = c.node(level, nodes) {
-                stack.push((n, level, shared || shared_ref(c, space)));
-            }
-        }
-    };
-    for (r, level) in roots {
-        visit(r, level, false, space, &mut stack);
-    }
-    while let Some((n, level, shared)) = stack.pop() {
-        s.tree_nodes += 1;
-        match &n.body {
-            Body::Leaf(entries) => {
-                for e in entries {
-                    let multi = shared || space.refcount(e.page).is_ok_and(|n| n > 1);
-                    let slot = seen_pages.entry(e.page).or_insert(false);
-                    *slot |= multi;
-                }
-            }
-            Body::Interior(children) => {
-                for c in children.refs() {
-                    visit(c, level.saturating_sub(1), shared, space, &mut stack);
-                }
-            }
-        }
-    }
-    s.data_blocks = seen_pages.len() as u64;
-    s.physical_bytes = s.data_blocks * block_size;
-    s.shared_blocks = seen_pages.values().filter(|&&v| v).count() as u64;
     s.metadata_memory_bytes = dirty_bytes(volumes, snapshots, templates) + nodes.bytes() as u64 + space.count_bytes();
     let cache = nodes.stats();
     s.node_cache_bytes = nodes.bytes() as u64;

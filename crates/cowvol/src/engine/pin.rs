@@ -35,8 +35,12 @@ pub(crate) struct PinnedView<'a> {
     engine: &'a Engine,
     id: u64,
     /// Copies of the trees' roots and the garbage list's references: each
-    /// stands for a reference the space map counts.
+    /// stands for a reference the space map counts. The trees' roots come
+    /// first: the live volumes' (`volumes` of them), then the snapshots'
+    /// and the templates' (`trees` in all).
     counted: Vec<PinnedRoot>,
+    volumes: usize,
+    trees: usize,
     /// Other views' dirty nodes: they own references (their leaves' data
     /// pages, their children), but no count stands for them.
     extra: Vec<PinnedRoot>,
@@ -56,6 +60,13 @@ impl PinnedView<'_> {
     pub(crate) fn roots_counted(&self) -> impl Iterator<Item = (&Child, u32, bool)> {
         let counted = self.counted.iter().map(|(c, level)| (c, *level, true));
         counted.chain(self.extra.iter().map(|(c, level)| (c, *level, false)))
+    }
+
+    /// The roots of the volumes, snapshots and templates (not the garbage
+    /// list's, nor other views'), each with its level and whether it is a
+    /// live volume's.
+    pub(crate) fn tree_roots(&self) -> impl Iterator<Item = (&Child, u32, bool)> {
+        self.counted[..self.trees].iter().enumerate().map(|(i, (c, level))| (c, *level, i < self.volumes))
     }
 
     /// The last checkpoint placement before the view was taken: a dirty node
@@ -86,6 +97,8 @@ impl Engine {
     /// root copy per tree, under the lock the caller holds.
     pub(crate) fn pin<'a>(&'a self, st: &mut State) -> PinnedView<'a> {
         let mut counted: Vec<PinnedRoot> = st.all_roots().into_iter().map(|(c, level)| (view_ref(c), level)).collect();
+        let volumes = st.volumes.values().filter(|v| v.root.is_some()).count();
+        let trees = counted.len();
         counted.extend(st.garbage.iter().map(|(c, level)| (view_ref(c), *level)));
         // A dirty node a checkpoint has placed owns nothing any more.
         let unplaced = |c: &Child| matches!(c, Child::Mem(a) if a.placed().is_none());
@@ -96,7 +109,7 @@ impl Engine {
         let id = st.next_pin;
         st.next_pin += 1;
         st.pins.insert(id, dirty);
-        PinnedView { engine: self, id, counted, extra, nodes: st.nodes.clone(), epoch: st.placements }
+        PinnedView { engine: self, id, counted, volumes, trees, extra, nodes: st.nodes.clone(), epoch: st.placements }
     }
 }
 

@@ -410,8 +410,8 @@ impl State {
         self.volumes.insert(info.id.0, Entry { info, root, geo, rt: Arc::new(VolRuntime::default()) });
     }
 
-    /// Every tree root with its level: volumes, snapshots and templates
-    /// (not the garbage list).
+    /// Every tree root with its level: volumes, then snapshots, then
+    /// templates (not the garbage list). Pinned views rely on that order.
     pub(crate) fn all_roots(&self) -> Vec<(&Child, u32)> {
         let volumes = self.volumes.values().filter_map(Entry::leveled_root);
         let snapshots = self.snapshots.values().filter_map(Entry::leveled_root);

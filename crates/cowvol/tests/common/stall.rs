@@ -34,6 +34,14 @@ impl Stall {
         }
     }
 
+    /// As `wait_until_stalled`, giving up after `limit`: returns whether
+    /// a read stalled.
+    pub fn wait_until_stalled_for(&self, limit: std::time::Duration) -> bool {
+        let st = self.state.lock().unwrap();
+        let (st, _) = self.cv.wait_timeout_while(st, limit, |st| !st.0).unwrap();
+        st.0
+    }
+
     /// Whether `release` has been called.
     pub fn is_released(&self) -> bool {
         self.state.lock().unwrap().1
