@@ -155,7 +155,7 @@ fn check_in_a_loop_beside_writes_snapshots_deletes_and_checkpoints_is_always_cle
         // whose cores the writers (and other tests) keep busy they may
         // finish few passes in `secs`: the writers go on until three checks
         // and a scrub have run beside them, within a minute.
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         while start.elapsed() < Duration::from_secs(secs)
             || (checks.load(Ordering::Relaxed) < 3 || scrubs.load(Ordering::Relaxed) < 1)
                 && start.elapsed() < Duration::from_secs(60)
@@ -212,16 +212,7 @@ fn writes_checkpoints_and_a_second_check_go_on_while_a_check_is_parked_in_a_read
         // Should anything below wait for the parked check, the watchdog
         // lets the check go after a minute, and the assertion after the
         // work fails instead of the test hanging.
-        let watchdog_stall = stall.clone();
-        let done = Arc::new(AtomicBool::new(false));
-        let watchdog_done = done.clone();
-        s.spawn(move || {
-            let t = Instant::now();
-            while !watchdog_done.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(60) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            watchdog_stall.release();
-        });
+        let done = stall.watchdog(s);
         for w in [2, 3] {
             va.write_at(&generation(w), 0).unwrap();
             va.flush().unwrap();

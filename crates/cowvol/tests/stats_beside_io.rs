@@ -11,9 +11,9 @@ use common::block;
 use common::stall::{Stall, StallingDir};
 use cowvol::testing::SimDir;
 use cowvol::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BS: u64 = 4096;
 
@@ -106,16 +106,7 @@ fn stats_parked_in_a_node_read_holds_up_no_io() {
             stall.release();
             panic!("stats read no node from the disk: {:?}", reader.join().unwrap());
         }
-        let watchdog_stall = stall.clone();
-        let done = Arc::new(AtomicBool::new(false));
-        let watchdog_done = done.clone();
-        s.spawn(move || {
-            let t = Instant::now();
-            while !watchdog_done.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(60) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            watchdog_stall.release();
-        });
+        let done = stall.watchdog(s);
         write_range(&va, 4, 300..310);
         write_range(&vb, 4, 0..10);
         store.create_snapshot(b, SnapshotOptions::named("s2")).unwrap();

@@ -42,6 +42,23 @@ impl Stall {
         st.0
     }
 
+    /// Releases the parked read after a minute unless the returned flag is
+    /// set first: should the work a test does beside the parked thread
+    /// wait for it, the test then fails on `is_released` instead of
+    /// hanging.
+    pub fn watchdog<'scope>(self: &Arc<Self>, s: &'scope std::thread::Scope<'scope, '_>) -> Arc<AtomicBool> {
+        let (stall, done) = (self.clone(), Arc::new(AtomicBool::new(false)));
+        let watched = done.clone();
+        s.spawn(move || {
+            let t = std::time::Instant::now();
+            while !watched.load(Ordering::Relaxed) && t.elapsed() < std::time::Duration::from_secs(60) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            stall.release();
+        });
+        done
+    }
+
     /// Whether `release` has been called.
     pub fn is_released(&self) -> bool {
         self.state.lock().unwrap().1
