@@ -2,7 +2,9 @@
 //! live volumes map, distinct and shared data blocks, tree nodes.
 //!
 //! They are counted on a pinned view with no lock held, so that asking for
-//! them (a metrics scrape, say) never holds up I/O, and in memory that
+//! them (a metrics scrape, say) never holds up I/O, reading the nodes the
+//! cache lacks without keeping them (the cache goes on holding what I/O
+//! uses), and in memory that
 //! follows the nodes and two bits per page, not the mapped blocks: a
 //! store of 10^8 blocks costs about 25 MiB of bitmaps here, where a table of
 //! every data page would take gigabytes.
@@ -97,7 +99,13 @@ pub(super) fn count<'a>(
     // has been read.
     while let Some((level, waiting)) = levels.pop_last() {
         for w in waiting.into_values() {
-            let Ok(node) = w.child.node(level, nodes) else { continue };
+            // A node not in the cache is read and not kept: this walk
+            // reads each node once, and must not evict what I/O uses.
+            let node = match &w.child {
+                Child::Disk(p) => nodes.load_passing(*p, level),
+                Child::Mem(a) => Ok(a.clone()),
+            };
+            let Ok(node) = node else { continue };
             usage.tree_nodes += 1;
             let is_shared = w.refs > 1 || w.under_shared;
             match &node.body {
