@@ -433,6 +433,9 @@ pub(crate) struct LogContents<R> {
     pub(crate) bytes: u64,
     /// Where the log ended.
     pub(crate) tail: LogTail,
+    /// Whether it ended at a seal for exactly its last record: the clean
+    /// end its writer left, every record durable.
+    pub(crate) sealed: bool,
 }
 
 /// One segment, read from the disk as far as the reader needs it.
@@ -544,6 +547,7 @@ pub(crate) fn read_log<R: LogRecord>(
         batches: 0,
         bytes: 0,
         tail: LogTail { log_id, segment_page: seg.page, offset: start.offset, lsn, next_page: hdr.next_page },
+        sealed: false,
     };
     // A link whose new segment does not verify: the end of the log, but
     // that segment is searched for batches that vouch for what is missing.
@@ -603,6 +607,7 @@ pub(crate) fn read_log<R: LogRecord>(
     if end.check(file, geo, npages, version)? {
         // Sealed: every record was durable when the log was closed.
         out.durable_lsn = lsn;
+        out.sealed = true;
     }
     // Durable markers can only vouch for records that exist.
     out.durable_lsn = out.durable_lsn.min(lsn);

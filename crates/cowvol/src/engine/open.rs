@@ -68,22 +68,94 @@ fn open_existing(
     opts: StoreOptions,
 ) -> Result<Engine> {
     let file_lock = file.try_lock().map_err(lock_error(&*dir, "locking the data file"))?;
-    // Recovery must read what is on the disk. After a failed sync (in an
-    // earlier store of this process, or in another process: the page cache
-    // is the kernel's) the cache can hold pages the disk never received:
-    // pages written after the last sync that succeeded. Of those, recovery
-    // trusts only the superblock slots (written in place), the log's
-    // segments (appended in place) and the data named by records after the
-    // durable marker; it drops the cache of each just before reading it.
-    // Every other page the durable state names was synced before that
-    // state became durable and is not written again until a later state
-    // is: copy-on-write (format.md, invariants). So the cost follows the
-    // log, not the file, and a clean close costs nothing here.
-    file.sync().map_err(|e| Error::io("syncing the data file before recovery", e))?;
-    file.drop_cache_range(0, SUPERBLOCK_SLOTS[1] + format::SECTOR)
-        .map_err(|e| Error::io("dropping the superblocks' cached pages", e))?;
+    let lock: DirLock = Box::new((dir_lock, file_lock));
+    // A store its last writer closed cleanly ends its log with a seal, and
+    // a seal is written only after every record of the log, and the
+    // checkpoint whose superblock names the log, were synced: whatever the
+    // cache holds of them is what the disk holds. So the first look reads
+    // through the cache with no sync, and is kept when the log it finds is
+    // sealed (reliability.md, "Opening a sealed store").
     let sb = read_superblock(&*file)?;
-    recover(dir, file, Box::new((dir_lock, file_lock)), opts, sb)
+    let log = match read_log(&ThroughCache(file.clone()), &sb) {
+        Ok(log) if log.sealed => Some(log),
+        // Not sealed, or not readable as it stands in the cache: the disk
+        // decides.
+        _ => None,
+    };
+    let (sb, log) = match log {
+        Some(log) => (sb, log),
+        None => {
+            // Recovery must read what is on the disk. After a failed sync
+            // (in an earlier store of this process, or in another process:
+            // the page cache is the kernel's) the cache can hold pages the
+            // disk never received: pages written after the last sync that
+            // succeeded. Of those, recovery trusts only the superblock
+            // slots (written in place), the log's segments (appended in
+            // place) and the data named by records after the durable
+            // marker; it drops the cache of each just before reading it.
+            // Every other page the durable state names was synced before
+            // that state became durable and is not written again until a
+            // later state is: copy-on-write (format.md, invariants). So the
+            // cost follows the log, not the file.
+            file.sync().map_err(|e| Error::io("syncing the data file before recovery", e))?;
+            file.drop_cache_range(0, SUPERBLOCK_SLOTS[1] + format::SECTOR)
+                .map_err(|e| Error::io("dropping the superblocks' cached pages", e))?;
+            let sb = read_superblock(&*file)?;
+            let log = read_log(&*file, &sb)?;
+            (sb, log)
+        }
+    };
+    recover(dir, file, lock, opts, sb, log)
+}
+
+/// Pages in the data file for the block size of `sb`.
+fn pages_in(file: &dyn StorageFile, sb: &Superblock) -> Result<u64> {
+    let len = file.len().map_err(|e| Error::io("reading the data file length", e))?;
+    Ok(len.saturating_sub(format::data_start(sb.block_size)) / u64::from(sb.block_size))
+}
+
+/// The log `sb` names, read through `file`.
+fn read_log(file: &dyn StorageFile, sb: &Superblock) -> Result<LogContents<Record>> {
+    let log_geo = LogGeometry::new(format::data_start(sb.block_size), sb.block_size);
+    wal::read_log(file, log_geo, sb.log, pages_in(file, sb)?, sb.version)
+}
+
+/// The data file read through the page cache: its cached pages are never
+/// dropped (the first, trusting pass of [`open_existing`]).
+#[derive(Debug)]
+struct ThroughCache(Arc<dyn StorageFile>);
+
+impl StorageFile for ThroughCache {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("recovery's first pass writes nothing"))
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn set_len(&self, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("recovery's first pass writes nothing"))
+    }
+    fn allocate(&self, _: u64, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("recovery's first pass writes nothing"))
+    }
+    fn punch_hole(&self, _: u64, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other("recovery's first pass writes nothing"))
+    }
+    fn try_lock(&self) -> std::io::Result<DirLock> {
+        self.0.try_lock()
+    }
+    fn drop_cache(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn drop_cache_range(&self, _: u64, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn random_u64() -> u64 {
@@ -262,12 +334,12 @@ fn recover(
     lock: DirLock,
     opts: StoreOptions,
     sb: Superblock,
+    log: LogContents<Record>,
 ) -> Result<Engine> {
     let bs = sb.block_size;
     let bsz = bs as u64;
     let ds = format::data_start(bs);
-    let len = file.len().map_err(|e| Error::io("reading the data file length", e))?;
-    let npages = len.saturating_sub(ds) / bsz;
+    let npages = pages_in(&*file, &sb)?;
     let mut st = empty_state(file.clone(), bs, npages, cache_budget(&opts));
     // The catalog has no size limit of its own (its objects are bounded,
     // their number is not; see `catalog::limits`), so any catalog inside the
@@ -305,9 +377,9 @@ fn recover(
         st.next_template = st.next_template.max(info.id.0 + 1);
         st.templates.insert(info.id.0, Entry::new(info, root_at(root, npages)?, geo));
     }
-    // Read the log first so its segments count as metadata below.
+    // The log was read first (it decides how open reads); its segments
+    // count as metadata below.
     let log_geo = LogGeometry::new(ds, bs);
-    let log = wal::read_log(&*file, log_geo, sb.log, npages, sb.version)?;
     for &s in &log.segments {
         for p in s..(s + log_geo.segment_pages).min(npages) {
             st.space.set_reserved(p, true);
