@@ -35,6 +35,16 @@ fn read_block(v: &Volume, lb: u64) -> Option<u64> {
     decode(&buf, lb)
 }
 
+/// A session that leaves a sealed log: one write, closed.
+fn sealed_session(disk: &SimDir, id: VolumeId, w: u64) {
+    let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
+    let v = store.open_volume(id).unwrap();
+    v.write_at(&block(w, w % BLOCKS), (w % BLOCKS) * BS).unwrap();
+    v.flush().unwrap();
+    drop(v);
+    store.close().unwrap();
+}
+
 #[test]
 fn an_unchanged_store_opened_and_closed_writes_nothing() {
     let disk = SimDir::new();
@@ -47,12 +57,7 @@ fn an_unchanged_store_opened_and_closed_writes_nothing() {
         store.close().unwrap();
         let after = disk.stats();
         assert_eq!(after.writes, before.writes, "round {round}: open and close wrote");
-        let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
-        let v = store.open_volume(id).unwrap();
-        v.write_at(&block(7, 3), 3 * BS).unwrap();
-        v.flush().unwrap();
-        drop(v);
-        store.close().unwrap();
+        sealed_session(&disk, id, 3);
     }
 }
 
@@ -214,16 +219,6 @@ fn a_power_cut_anywhere_in_short_sessions_loses_nothing_acknowledged() {
             verify(after, id, &m, &format!("cut after {cut} of {total} operations, {loss:?}"));
         }
     }
-}
-
-/// A session that leaves a sealed log: one write, closed.
-fn sealed_session(disk: &SimDir, id: VolumeId, w: u64) {
-    let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
-    let v = store.open_volume(id).unwrap();
-    v.write_at(&block(w, w % BLOCKS), (w % BLOCKS) * BS).unwrap();
-    v.flush().unwrap();
-    drop(v);
-    store.close().unwrap();
 }
 
 #[test]
