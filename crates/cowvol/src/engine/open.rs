@@ -133,7 +133,7 @@ impl StorageFile for ThroughCache {
         Err(std::io::Error::other("recovery's first pass writes nothing"))
     }
     fn sync(&self) -> std::io::Result<()> {
-        Ok(())
+        Err(std::io::Error::other("recovery's first pass syncs nothing"))
     }
     fn len(&self) -> std::io::Result<u64> {
         self.0.len()
@@ -150,6 +150,7 @@ impl StorageFile for ThroughCache {
     fn try_lock(&self) -> std::io::Result<DirLock> {
         self.0.try_lock()
     }
+    // Trusting the cache is the point of this pass: drops are not made.
     fn drop_cache(&self) -> std::io::Result<()> {
         Ok(())
     }
@@ -246,7 +247,8 @@ fn new_engine(
             let log_id = std::iter::repeat_with(random_u64).find(|&id| id != tail.log_id).unwrap_or_default();
             let mut wal = Wal::resume(log_file, log_geo, tail, segments, log_id, next);
             wal.bytes_since_checkpoint = bytes;
-            // Every record read was on the disk: open synced before reading.
+            // Every record read was durable: its log was sealed, or open
+            // synced the file before reading it.
             (wal, tail.lsn, Some(covered_to))
         }
     };
