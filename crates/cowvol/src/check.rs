@@ -721,7 +721,9 @@ fn look_up_states(space: &mut Space, suspects: &[u64]) -> Result<Vec<PageState>>
 fn count_pages(view: &PinnedView<'_>, pages: &[u64], problems: &mut Vec<Problem>) -> Vec<Refs> {
     let npages = pages.last().map_or(0, |&p| p + 1);
     let mut wanted = PageBits::new(npages);
-    pages.iter().for_each(|&p| wanted.set(p));
+    for &p in pages {
+        wanted.set(p);
+    }
     let mut counts = vec![Refs::default(); pages.len()];
     let slot = |page: u64| if wanted.get(page) { pages.binary_search(&page).ok() } else { None };
     walk_view(
@@ -767,7 +769,9 @@ impl PageBits {
         let mut bits = PageBits::new(pages.end - pages.start);
         for r in runs {
             let (from, to) = (r.start.max(pages.start), (r.start + r.len).min(pages.end));
-            (from..to.max(from)).for_each(|p| bits.set(p - pages.start));
+            for p in from..to.max(from) {
+                bits.set(p - pages.start);
+            }
         }
         bits
     }
@@ -776,8 +780,23 @@ impl PageBits {
         self.npages
     }
 
-    fn set(&mut self, page: u64) {
-        self.words[(page / 64) as usize] |= 1 << (page % 64);
+    /// Sets the bit of `page`; returns whether it was set already. A page
+    /// past the end (which a damaged node can name) grows the words, not
+    /// `npages`.
+    fn set(&mut self, page: u64) -> bool {
+        let word = (page / 64) as usize;
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        let bit = 1 << (page % 64);
+        let was = self.words[word] & bit != 0;
+        self.words[word] |= bit;
+        was
+    }
+
+    /// Pages set.
+    fn count(&self) -> u64 {
+        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
     }
 
     /// False for pages past the end.

@@ -17,6 +17,7 @@
 //! paths the live volumes reach it (each of its mapped blocks counts that
 //! many times in the volumes' mapped bytes).
 
+use super::PageBits;
 use crate::tree::{Body, Child, Node, NodeCache};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -51,32 +52,6 @@ struct Waiting {
 enum Key {
     Page(u64),
     Dirty(*const Node),
-}
-
-/// One bit per page.
-struct PageBits(Vec<u64>);
-
-impl PageBits {
-    fn new(npages: u64) -> PageBits {
-        PageBits(vec![0; npages.div_ceil(64) as usize])
-    }
-
-    /// Sets the bit of `page`; returns whether it was already set. Pages
-    /// past the end (none should be) grow the set.
-    fn set(&mut self, page: u64) -> bool {
-        let word = (page / 64) as usize;
-        if word >= self.0.len() {
-            self.0.resize(word + 1, 0);
-        }
-        let bit = 1 << (page % 64);
-        let was = self.0[word] & bit != 0;
-        self.0[word] |= bit;
-        was
-    }
-
-    fn count(&self) -> u64 {
-        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
-    }
 }
 
 /// Counts the usage of `trees` (root, level, whether a live volume's),
