@@ -505,8 +505,10 @@ impl Store {
     /// and shared bytes, tree nodes) are counted on a view of every tree
     /// pinned at one instant, with no lock held, on a thread at the lowest
     /// CPU priority, like `check`: asking for them never holds up I/O on
-    /// any volume. Cost: one read of each distinct tree node (through the
-    /// node cache), and memory for the nodes of one level at a time plus
+    /// any volume. Cost: one read of each distinct tree node (the cache's
+    /// copy when it has one; the others are read and not kept, so the
+    /// cache goes on holding what I/O uses), and memory for the nodes of
+    /// one level at a time plus
     /// two bits per page of the file. The rest is read under the state
     /// lock in time that does not follow the trees. Pages freed while the
     /// view lives are reused only after it returns.

@@ -195,16 +195,8 @@ impl NodeCache {
     /// The node at `page`, read from the disk on a miss. `level` is where
     /// the caller's tree expects it; a node of another level is corruption.
     pub(crate) fn load(&self, page: u64, level: u32) -> Result<Arc<Node>> {
-        {
-            let mut c = self.inner.lock();
-            if let Some(s) = c.map.get(&page) {
-                check_level(s, page, level)?;
-                s.referenced.store(true, Ordering::Relaxed);
-                let node = s.node.clone();
-                c.stats.hits += 1;
-                return Ok(node);
-            }
-            c.stats.misses += 1;
+        if let Some(node) = self.lookup(page, level, true)? {
+            return Ok(node);
         }
         let node = Arc::new(self.read(page, level)?);
         self.inner.lock().insert(page, level, node.clone(), false);
@@ -214,19 +206,29 @@ impl NodeCache {
     /// The node at `page`: the cached one, or one read from the disk that
     /// is not kept. For a walk over every node (`Store::stats`), which
     /// must not push the nodes I/O is using out of the cache for nodes it
-    /// reads once. Counts as a hit or a miss like [`NodeCache::load`].
+    /// reads once, nor mark the cached ones as used.
     pub(crate) fn load_passing(&self, page: u64, level: u32) -> Result<Arc<Node>> {
-        {
-            let mut c = self.inner.lock();
-            if let Some(s) = c.map.get(&page) {
-                check_level(s, page, level)?;
-                let node = s.node.clone();
-                c.stats.hits += 1;
-                return Ok(node);
-            }
-            c.stats.misses += 1;
+        match self.lookup(page, level, false)? {
+            Some(node) => Ok(node),
+            None => Ok(Arc::new(self.read(page, level)?)),
         }
-        Ok(Arc::new(self.read(page, level)?))
+    }
+
+    /// The cached node at `page`, counted as a hit (and marked used when
+    /// `mark` is set), or `None`, counted as a miss.
+    fn lookup(&self, page: u64, level: u32, mark: bool) -> Result<Option<Arc<Node>>> {
+        let mut c = self.inner.lock();
+        let Some(s) = c.map.get(&page) else {
+            c.stats.misses += 1;
+            return Ok(None);
+        };
+        check_level(s, page, level)?;
+        if mark {
+            s.referenced.store(true, Ordering::Relaxed);
+        }
+        let node = s.node.clone();
+        c.stats.hits += 1;
+        Ok(Some(node))
     }
 
     /// Locks the cache for one walk that reads nothing from the disk.
