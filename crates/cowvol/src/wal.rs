@@ -317,7 +317,7 @@ impl Wal {
     /// Seals the log (a [`LogSeal`] in the first sector of the segment set
     /// aside to follow the current one) when a batch was written since the
     /// last seal or checkpoint and every record is durable, and says whether
-    /// it did; the caller syncs it. Without it, damage to the last batch of
+    /// it did; nobody syncs it (`Engine::seal_log` says why). Without it, damage to the last batch of
     /// a log left for the next open to replay would read as the log's end,
     /// losing synced records silently; and a clean end would need a search
     /// of the segments past it for batches that say otherwise. (When

@@ -185,18 +185,15 @@ impl Engine {
             || st.space.has_pending_counts()
     }
 
-    /// Writes and syncs a seal after the log's last batch (see
-    /// [`Wal::write_seal`]); the caller has made every record durable.
+    /// Writes a seal after the log's last batch (see [`Wal::write_seal`]);
+    /// the caller has made every record durable. The seal is not synced:
+    /// it vouches only for records that already are, and a seal lost to a
+    /// power cut leaves the log as a crash does (unsealed, read from the
+    /// disk and searched past its end), so its sync would buy nothing a
+    /// close promises and cost a flush of the device's cache.
     pub(crate) fn seal_log(&self, after_checkpoint: bool) -> Result<()> {
         self.ensure_writable()?;
-        let wrote = self.wal.lock().write_seal(after_checkpoint);
-        if wrote? {
-            self.sync_file().map_err(|e| {
-                self.fail();
-                Error::io("syncing the WAL's seal", e)
-            })?;
-        }
-        Ok(())
+        self.wal.lock().write_seal(after_checkpoint).map(drop)
     }
 
     /// Waits until every record below `lsn` is durable. Concurrent callers
