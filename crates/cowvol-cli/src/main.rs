@@ -2,9 +2,6 @@
 //! shell. Run `cowvol demo` for a tour, `cowvol --help` for the commands;
 //! docs/cli.md describes every command, the JSON shapes and the exit codes.
 
-mod bench_run;
-mod cli;
-
 fn main() -> std::process::ExitCode {
-    std::process::ExitCode::from(cli::main())
+    std::process::ExitCode::from(cowvol_cli::cli::main())
 }

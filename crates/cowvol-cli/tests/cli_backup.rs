@@ -107,3 +107,45 @@ fn backups_round_trip_through_the_command() {
     // Credentials never come from the URL.
     expect(&here, &["backup", "list", "--target", "s3://key:secret@bucket"], 2);
 }
+
+/// `cowvol backup` and `cowvol serve` run helper programs: a `cowvol` with
+/// neither beside it nor on PATH says which program it lacks and exits 1,
+/// having touched nothing; a helper given another command refuses it as
+/// bad usage.
+#[test]
+fn a_missing_helper_is_named_and_a_helper_runs_only_its_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    expect(&store, &["init"], 0);
+    let alone = tmp.path().join("bin");
+    fs::create_dir(&alone).unwrap();
+    fs::copy(BIN, alone.join("cowvol")).unwrap();
+    let target = tmp.path().join("backups");
+    for (args, helper) in [
+        (vec!["backup", "list", "--target", target.to_str().unwrap()], "cowvol-backup"),
+        (vec!["serve", "--listen", "127.0.0.1:0"], "cowvol-serve"),
+    ] {
+        let out = Command::new(alone.join("cowvol"))
+            .arg("--store")
+            .arg(&store)
+            .args(&args)
+            .env("PATH", tmp.path().join("empty"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(helper) && stderr.contains("PATH"), "{args:?}: {stderr}");
+    }
+    assert!(!target.exists(), "a backup target was created without the helper");
+    expect(&store, &["volume", "list"], 0);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_cowvol-backup"))
+        .arg("--store")
+        .arg(&store)
+        .args(["volume", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cowvol backup"));
+}

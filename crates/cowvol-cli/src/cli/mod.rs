@@ -1,25 +1,25 @@
 //! The `cowvol` command line: parsing, dispatch, and what every command
 //! shares (opening the store, resolving names, printing).
 
-mod args;
-mod backup;
+pub mod args;
 mod bench;
 mod demo;
-mod error;
-mod fmt;
+pub mod error;
+pub mod fmt;
+mod helper;
 mod image;
-mod json;
+pub mod json;
 mod maint;
 mod nbd;
 mod policy;
-mod progress;
-mod serve;
+pub mod progress;
 mod snapshot;
 mod stream;
 mod template;
 mod volume;
 
-use args::{Cli, Command, VolumeCmd};
+pub use args::Command;
+use args::{Cli, VolumeCmd};
 use clap::Parser;
 use cowvol::{
     AccessMode, RestoreOptions, Restored, SnapshotId, SnapshotInfo, SnapshotQuery, Store, StoreOptions, TemplateId,
@@ -48,6 +48,9 @@ pub struct Ctx {
     /// Set when the command was forwarded to a `cowvol nbd` process over
     /// its control socket: the command runs against that server's store.
     served: Option<cowvol_nbd::Server>,
+    /// The command touches only the store, in a few steps, and closes it
+    /// (see [`forwardable`]): it opens the store with no background thread.
+    brief: bool,
 }
 
 /// Where a command's standard output goes: the process's stdout, or a
@@ -149,7 +152,16 @@ impl Ctx {
             }
             Err(e) => return Err(CliError::from_io(format!("opening store {}", dir.display()), e)),
         }
-        open_at(dir, StoreOptions::default())
+        open_at(dir, self.store_options())
+    }
+
+    /// A brief command's store gets no background thread: its close
+    /// checkpoints inline if a checkpoint is due at all, and starting and
+    /// joining a thread would be a tenth of what `cowvol snapshot create`
+    /// costs. Commands that run long (servers, imports, streams, backups)
+    /// keep it, so that checkpoints and hole punching do not wait on them.
+    fn store_options(&self) -> StoreOptions {
+        StoreOptions { background_checkpoints: !self.brief, ..StoreOptions::default() }
     }
 }
 
@@ -266,8 +278,20 @@ pub fn resolve_snapshot(store: &Store, volume: VolumeId, vol_label: &str, s: &st
     })
 }
 
-/// Parses the command line, runs the command, and returns the exit code.
+/// Runs one command: what [`main_with`] calls once the command line is
+/// parsed. `cowvol` runs every command but `serve` and `backup` itself; a
+/// helper runs its own.
+pub type Runner = fn(&Ctx, Command) -> CliResult;
+
+/// `cowvol`: parses the command line, runs the command, and returns the
+/// exit code.
 pub fn main() -> u8 {
+    main_with(dispatch)
+}
+
+/// Parses the command line, runs the command with `run` (or forwards it to
+/// a `cowvol nbd` process that holds the store), and returns the exit code.
+pub fn main_with(run: Runner) -> u8 {
     std::panic::set_hook(Box::new(|info| {
         let msg = info
             .payload()
@@ -294,9 +318,10 @@ pub fn main() -> u8 {
         progress: io::stdout().is_terminal() && !cli.quiet,
         out: Output::Stdout(io::stdout()),
         served: None,
+        brief: forwardable(&cli.command),
     };
-    let forwardable = forwardable(&cli.command);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&ctx, cli.command)));
+    let forwardable = ctx.brief;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&ctx, cli.command)));
     match result {
         Ok(Ok(())) => code::OK,
         Ok(Err(e)) if e.broken_pipe => code::OK,
@@ -392,6 +417,7 @@ pub fn run_forwarded(server: &cowvol_nbd::Server, req: ControlRequest) -> Contro
         progress: false,
         out: Output::Buffer(buffer.clone()),
         served: Some(server.clone()),
+        brief: true,
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(&ctx, cli.command)));
     let (code, stderr) = match result {
@@ -412,14 +438,14 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
         Command::Snapshot(s) => snapshot::run(ctx, s),
         Command::Template(t) => template::run(ctx, t),
         Command::Policy(p) => policy::run(ctx, p),
-        Command::Backup(b) => backup::run(ctx, b),
+        Command::Backup(_) => helper::run_instead("cowvol-backup"),
         Command::Check => maint::check(ctx),
         Command::Scrub => maint::scrub(ctx),
         Command::Stats => maint::stats(ctx),
         Command::Bench(a) => bench::run(ctx, a),
         Command::BenchProbe { dir, build, overwrite } => bench::probe(ctx, &dir, build, overwrite),
         Command::Nbd(a) => nbd::run(ctx, a),
-        Command::Serve(a) => serve::run(ctx, a),
+        Command::Serve(_) => helper::run_instead("cowvol-serve"),
     }
 }
 

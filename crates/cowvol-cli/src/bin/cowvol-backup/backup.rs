@@ -1,11 +1,11 @@
 //! `cowvol backup ...`: snapshots to a directory or an S3 bucket and back,
 //! through the `cowvol-backup` crate.
 
-use super::args::BackupCmd;
-use super::error::{code, out_err, CliError, CliResult};
-use super::fmt::{self, Align, Table};
-use super::{close, progress, resolve_snapshot, resolve_volume_id, Ctx};
 use cowvol_backup::{self as backup, BackupInfo, BackupOptions, RestoreOptions, Target};
+use cowvol_cli::cli::args::BackupCmd;
+use cowvol_cli::cli::error::{code, out_err, CliError, CliResult};
+use cowvol_cli::cli::fmt::{self, Align, Table};
+use cowvol_cli::cli::{close, progress, resolve_snapshot, resolve_volume_id, Ctx};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -246,14 +246,14 @@ fn restore(ctx: &Ctx, backup_id: &str, url: &str, opts: RestoreOptions) -> CliRe
     if ctx.json {
         #[derive(Serialize)]
         struct RestoredOut {
-            volume: super::json::VolumeJson,
-            snapshot: super::json::SnapshotJson,
+            volume: cowvol_cli::cli::json::VolumeJson,
+            snapshot: cowvol_cli::cli::json::SnapshotJson,
             bytes_written: u64,
             seconds: f64,
         }
         ctx.print_json(&RestoredOut {
-            volume: super::json::VolumeJson::new(&got.volume, 1),
-            snapshot: super::json::SnapshotJson::of(&store, &got.snapshot),
+            volume: cowvol_cli::cli::json::VolumeJson::new(&got.volume, 1),
+            snapshot: cowvol_cli::cli::json::SnapshotJson::of(&store, &got.snapshot),
             bytes_written: got.bytes_written,
             seconds: started.elapsed().as_secs_f64(),
         })?;
