@@ -1,5 +1,9 @@
 //! Prometheus metrics: requests by route and status, their latencies, and
-//! the store's space and object counts (read at scrape time).
+//! the store's space and object counts. What needs no walk of the trees is
+//! read at every scrape; the figures that do (mapped and physical bytes)
+//! come from a walk on a thread of its own, started by a scrape that finds
+//! them stale, never more than one at a time: on a store of 10^8 blocks a
+//! walk reads a million nodes, longer than scrapes are apart.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -7,8 +11,8 @@ use axum::response::Response;
 use cowvol::Store;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
@@ -21,10 +25,88 @@ struct Series {
     buckets: [u64; BUCKETS.len()],
 }
 
-/// Request counters, keyed by (method, route template, status code).
+/// Tree figures younger than this are served as they are.
+const TREE_REFRESH_MIN: Duration = Duration::from_secs(60);
+/// A walk that took `t` is not run again for `TREE_REFRESH_FACTOR * t`, so
+/// walks take at most a tenth of the time however large the store.
+const TREE_REFRESH_FACTOR: u32 = 10;
+/// How long a scrape waits for the first walk before it answers without
+/// the tree figures (a small store's walk finishes well within it).
+const FIRST_WALK_WAIT: Duration = Duration::from_secs(2);
+
+/// Request counters, keyed by (method, route template, status code), and
+/// the store's tree figures as of the last walk.
 #[derive(Debug, Default)]
 pub struct Metrics {
     series: Mutex<BTreeMap<(String, String, u16), Series>>,
+    walks: Arc<Walks>,
+}
+
+/// The tree figures of the last walk, and whether one is running.
+#[derive(Debug, Default)]
+struct Walks {
+    state: Mutex<WalkState>,
+    finished: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WalkState {
+    last: Option<TreeFigures>,
+    running: bool,
+    done: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TreeFigures {
+    mapped_bytes: u64,
+    physical_bytes: u64,
+    taken_at: Instant,
+    took: Duration,
+}
+
+impl TreeFigures {
+    fn stale(&self) -> bool {
+        self.taken_at.elapsed() >= TREE_REFRESH_MIN.max(self.took * TREE_REFRESH_FACTOR)
+    }
+}
+
+impl Walks {
+    /// The figures of the last walk, after starting a new one when they are
+    /// stale and none runs. With no figures yet, waits a little for them.
+    fn figures(self: &Arc<Self>, store: &Store) -> (Option<TreeFigures>, u64) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.last.is_none_or(|f| f.stale()) && !st.running {
+            st.running = true;
+            self.start(store.clone());
+        }
+        if st.last.is_none() && st.running {
+            st = self.finished.wait_timeout(st, FIRST_WALK_WAIT).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        (st.last, st.done)
+    }
+
+    fn start(self: &Arc<Self>, store: Store) {
+        let walks = self.clone();
+        let spawned = std::thread::Builder::new().name("cowvol-metrics-walk".into()).spawn(move || {
+            let started = Instant::now();
+            let s = store.stats();
+            drop(store);
+            let mut st = walks.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.last = Some(TreeFigures {
+                mapped_bytes: s.mapped_bytes,
+                physical_bytes: s.physical_bytes,
+                taken_at: Instant::now(),
+                took: started.elapsed(),
+            });
+            st.running = false;
+            st.done += 1;
+            walks.finished.notify_all();
+        });
+        if spawned.is_err() {
+            // No thread, no walk: the next scrape tries again.
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).running = false;
+        }
+    }
 }
 
 impl Metrics {
@@ -42,7 +124,8 @@ impl Metrics {
     pub fn render(&self, store: &Store) -> String {
         let mut out = String::new();
         self.render_requests(&mut out);
-        render_store(&mut out, store);
+        let tree = self.walks.figures(store);
+        render_store(&mut out, store, tree);
         out
     }
 
@@ -77,11 +160,24 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
 }
 
-fn render_store(out: &mut String, store: &Store) {
-    let st = store.stats();
+fn render_store(out: &mut String, store: &Store, (tree, walks): (Option<TreeFigures>, u64)) {
+    let st = store.quick_stats();
     gauge(out, "cowvol_store_logical_bytes", "Sum of the logical sizes of live volumes.", st.logical_bytes);
-    gauge(out, "cowvol_store_mapped_bytes", "Bytes of written (mapped) ranges across volumes.", st.mapped_bytes);
-    gauge(out, "cowvol_store_physical_bytes", "Bytes of data blocks stored, shared ones once.", st.physical_bytes);
+    if let Some(t) = tree {
+        gauge(out, "cowvol_store_mapped_bytes", "Bytes of written (mapped) ranges across volumes.", t.mapped_bytes);
+        gauge(out, "cowvol_store_physical_bytes", "Bytes of data blocks stored, shared ones once.", t.physical_bytes);
+        let _ = writeln!(
+            out,
+            "# HELP cowvol_store_tree_figures_age_seconds Age of the mapped and physical bytes (the walk of the trees that counted them).\n\
+             # TYPE cowvol_store_tree_figures_age_seconds gauge\ncowvol_store_tree_figures_age_seconds {:.3}",
+            t.taken_at.elapsed().as_secs_f64()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cowvol_store_tree_walks_total Walks of the trees run for these metrics.\n\
+         # TYPE cowvol_store_tree_walks_total counter\ncowvol_store_tree_walks_total {walks}"
+    );
     gauge(out, "cowvol_store_file_bytes", "Size of the store's data file.", st.file_bytes);
     gauge(out, "cowvol_store_free_bytes", "Free bytes inside the data file.", st.free_bytes);
     gauge(out, "cowvol_volumes", "Live volumes.", st.volumes as u64);

@@ -73,3 +73,29 @@ fn health_openapi_metrics_and_panel_are_served() {
     let (st, v) = s.call("PATCH", "/api/v1/sandboxvolumes", Some(ALICE), Some("{}"));
     assert_eq!((st, code(&v)), (405, "method_not_allowed"));
 }
+
+/// A scrape reads the cheap figures every time and the tree figures from a
+/// walk that later scrapes share: ten scrapes in a row walk the trees once,
+/// and what they report is what `Store::stats` counts.
+#[test]
+fn scrapes_share_one_walk_of_the_trees() {
+    let s = TestServer::start();
+    let vol = s.store.create_volume(cowvol::VolumeOptions::new("w", 1 << 20)).unwrap().id;
+    let h = s.store.open_volume(vol).unwrap();
+    h.write_at(&[7u8; 64 << 10], 0).unwrap();
+    h.flush().unwrap();
+    let want = s.store.stats();
+    let gauge = |text: &str, name: &str| -> f64 {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    for scrape in 1..=10 {
+        let text = ureq::get(&s.url("/metrics")).call().unwrap().into_string().unwrap();
+        assert_eq!(gauge(&text, "cowvol_store_tree_walks_total"), 1.0, "scrape {scrape}");
+        assert_eq!(gauge(&text, "cowvol_store_mapped_bytes"), want.mapped_bytes as f64);
+        assert_eq!(gauge(&text, "cowvol_store_physical_bytes"), want.physical_bytes as f64);
+        assert_eq!(gauge(&text, "cowvol_store_file_bytes"), s.store.quick_stats().file_bytes as f64);
+        assert!(gauge(&text, "cowvol_store_tree_figures_age_seconds") < 60.0);
+    }
+}

@@ -127,3 +127,33 @@ fn stats_parked_in_a_node_read_holds_up_no_io() {
     assert_eq!(after.data_blocks, 135);
     common::assert_clean(&store);
 }
+
+/// `quick_stats` gives every figure `stats` gives but the five a walk of
+/// the trees counts, which it leaves 0, and reads no node to do it.
+#[test]
+fn quick_stats_has_every_figure_but_the_walks_and_reads_no_node() {
+    let disk = SimDir::new();
+    let store = Store::open_in(Arc::new(disk.clone()), opts()).unwrap();
+    shared_trees(&store);
+    store.close().unwrap();
+    let store = Store::open_in(Arc::new(disk), opts()).unwrap();
+    let full = store.stats();
+    let misses = store.stats().node_cache_misses;
+    let quick = store.quick_stats();
+    assert_eq!(quick.node_cache_misses, misses, "quick_stats read a node");
+    let walked = StoreStats {
+        mapped_bytes: 0,
+        physical_bytes: 0,
+        data_blocks: 0,
+        shared_blocks: 0,
+        tree_nodes: 0,
+        node_cache_hits: quick.node_cache_hits,
+        node_cache_misses: quick.node_cache_misses,
+        node_cache_bytes: quick.node_cache_bytes,
+        metadata_memory_bytes: quick.metadata_memory_bytes,
+        written: quick.written,
+        ..full.clone()
+    };
+    assert_eq!(quick, walked);
+    assert!(full.mapped_bytes > 0 && full.tree_nodes > 0);
+}
