@@ -19,8 +19,10 @@ pub(crate) const DATA_FILE: &str = "cowvol.dat";
 /// schedule and idempotency key to snapshots, and the schedule records;
 /// version 5 added the reference table and the garbage list to the
 /// catalog (see `space::table`); version 6 added the log link, which lets an
-/// open carry on the log it found instead of checkpointing (see `wal`).
-pub(crate) const FORMAT_VERSION: u32 = 6;
+/// open carry on the log it found instead of checkpointing (see `wal`);
+/// version 7 added wide leaves, leaves that stand above level 0 (a node
+/// header flag, see `tree`).
+pub(crate) const FORMAT_VERSION: u32 = 7;
 /// The oldest version this build opens. Its stores are read as they are and
 /// written in the current version from their first checkpoint on.
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 2;
@@ -288,25 +290,30 @@ pub(crate) fn data_start(block_size: u32) -> u64 {
 // ---------------------------------------------------------------- tree nodes
 
 pub(crate) const NODE_MAGIC: u32 = u32::from_le_bytes(*b"CVND");
-/// magic, crc, self address, level, reserved, entry count.
-pub(crate) const NODE_HEADER_LEN: usize = 4 + 4 + 8 + 1 + 3 + 4;
+/// magic, crc, self address, level, flags, reserved, entry count.
+pub(crate) const NODE_HEADER_LEN: usize = 4 + 4 + 8 + 1 + 1 + 2 + 4;
 const _: () = assert!(NODE_HEADER_LEN == 24);
 /// A leaf entry: index within the leaf (u16), page (u48), data CRC (u32).
 pub(crate) const LEAF_ENTRY_LEN: usize = 2 + 6 + 4;
 /// An interior entry: child index (u16), child node page (u48).
 pub(crate) const INTERIOR_ENTRY_LEN: usize = 2 + 6;
+/// Node flag (format 7): a leaf standing above level 0, a *wide leaf*
+/// whose entries index every block of its level's span.
+const NODE_WIDE_LEAF: u8 = 1;
 /// Where the node's CRC sits; it covers every byte after it up to the end
 /// of the entries.
 const NODE_CRC_AT: usize = 4;
 const NODE_CRC_END: usize = NODE_CRC_AT + 4;
 
 /// The header of a tree node page (docs/format.md, section 3.6): magic,
-/// CRC, the page the node lives at, its level and its entry count. Encoded
-/// and decoded here only.
+/// CRC, the page the node lives at, its level, whether it is a leaf and
+/// its entry count. Encoded and decoded here only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NodeHeader {
     pub(crate) page: u64,
     pub(crate) level: u32,
+    /// Always true at level 0; above it, a wide leaf.
+    pub(crate) leaf: bool,
     pub(crate) count: usize,
 }
 
@@ -318,7 +325,8 @@ impl NodeHeader {
         e.u32(0);
         e.u64(self.page);
         e.u8(self.level as u8);
-        e.bytes(&[0; 3]);
+        e.u8(if self.leaf && self.level > 0 { NODE_WIDE_LEAF } else { 0 });
+        e.bytes(&[0; 2]);
         e.u32(self.count as u32);
     }
 
@@ -330,7 +338,7 @@ impl NodeHeader {
 
     /// Bytes of the entries that follow the header.
     pub(crate) fn entries_len(&self) -> Option<usize> {
-        let entry = if self.level == 0 { LEAF_ENTRY_LEN } else { INTERIOR_ENTRY_LEN };
+        let entry = if self.leaf { LEAF_ENTRY_LEN } else { INTERIOR_ENTRY_LEN };
         self.count.checked_mul(entry)
     }
 
@@ -345,14 +353,16 @@ impl NodeHeader {
             return Err(Error::corruption("tree node", loc(), "bad magic"));
         }
         let crc = d.u32()?;
-        let hdr = NodeHeader {
-            page: d.u64()?,
-            level: d.u8()? as u32,
-            count: {
-                d.bytes(3)?;
-                d.u32()? as usize
-            },
-        };
+        let page_field = d.u64()?;
+        let level = d.u8()? as u32;
+        let flags = d.u8()?;
+        d.bytes(2)?;
+        let count = d.u32()? as usize;
+        // A version 6 node has no flags: its leaves are all at level 0.
+        if flags & !NODE_WIDE_LEAF != 0 || (flags != 0 && level == 0) {
+            return Err(Error::corruption("tree node", loc(), format!("unknown flags {flags:#x} at level {level}")));
+        }
+        let hdr = NodeHeader { page: page_field, level, leaf: level == 0 || flags == NODE_WIDE_LEAF, count };
         let end = hdr.entries_len().map(|n| NODE_HEADER_LEN + n).filter(|&end| end <= buf.len()).ok_or_else(|| {
             Error::corruption("tree node", loc(), format!("entry count {} overflows the page", hdr.count))
         })?;

@@ -402,6 +402,27 @@ impl Space {
         Ok(runs)
     }
 
+    /// Pages of new tree nodes that mapping blocks `first..first + n` may
+    /// add, at most: a leaf per fan-out of blocks, and a path for each end;
+    /// and where wide leaves stand (format 7, `tree::Geometry::leaf_fits`),
+    /// a split of a full one into an interior node over up to fan-out
+    /// leaves for each level-1 span the write touches. The reserve covers
+    /// the nodes already dirty; this covers the ones the write is about to
+    /// make, so that the checkpoint after it always finds its pages.
+    fn nodes_a_write_may_add(&self, first: u64, n: u64) -> u64 {
+        let bits = crate::format::fanout_bits_for(self.block_size as u32);
+        let fanout = 1u64 << bits;
+        // Logical block numbers fit in 48 bits (page numbers do too).
+        let paths = 2 * u64::from(48u32.div_ceil(bits));
+        let splits = if 2 * bits <= 16 {
+            let span = fanout * fanout;
+            (first + n.max(1) - 1) / span - first / span + 1
+        } else {
+            0
+        };
+        n.div_ceil(fanout) + paths + splits * (fanout + 1)
+    }
+
     /// Pages data writes must leave free so that a checkpoint can always
     /// run, even on a full disk: it is the checkpoint that turns freed
     /// (quarantined) pages back into free space.
@@ -428,11 +449,12 @@ impl Space {
         Ok(())
     }
 
-    /// Allocates `n` pages for a data write, leaving the metadata reserve
-    /// untouched; they stay accounted as in flight until [`Space::settle`]
-    /// (mapped) or [`Space::unclaim`] (failed).
-    pub(crate) fn claim(&mut self, n: u64) -> Result<Vec<Run>> {
-        self.make_room(n)?;
+    /// Allocates `n` pages for a data write of blocks `first..first + n`,
+    /// leaving the metadata reserve untouched, and room besides for the
+    /// tree nodes mapping them may add; they stay accounted as in flight
+    /// until [`Space::settle`] (mapped) or [`Space::unclaim`] (failed).
+    pub(crate) fn claim(&mut self, first: u64, n: u64) -> Result<Vec<Run>> {
+        self.make_room(n + self.nodes_a_write_may_add(first, n))?;
         let runs = self.alloc(n)?;
         for r in &runs {
             self.in_flight.insert(r.start, r.len);

@@ -5,6 +5,14 @@
 //! snapshot or fork copies a root reference; the first write under a shared
 //! node copies the nodes on its path and nothing else.
 //!
+//! Leaves stand at level 0, or above it where a leaf entry's 16-bit index
+//! spans the level (a *wide leaf*, [`Geometry::leaf_fits`]): a new node is
+//! a leaf wherever one may be, and a wide leaf splits into an interior node
+//! over leaves a level down when it would hold more than the fan-out. On a
+//! sparse volume a scattered write then costs one node below the levels
+//! that must be interior, and a checkpoint writes a few thousand wide
+//! leaves for a 1 TiB volume instead of a leaf per write.
+//!
 //! A reference to a node ([`Child`]) is one of two kinds:
 //! - `Disk(page)`: a *written* node, immutable, read through the
 //!   [`NodeCache`] (which may drop it and read it back at any time);
@@ -248,8 +256,12 @@ impl Node {
         Node { body, placed: AtomicU64::new(0), placed_by: AtomicU64::new(0) }
     }
 
-    fn empty(level: u32) -> Node {
-        Node::new(if level == 0 { Body::Leaf(Vec::new()) } else { Body::Interior(Children::default()) })
+    /// A new node at `level`: a leaf wherever one may stand (see
+    /// [`Geometry::leaf_fits`]), so that a scattered write creates one
+    /// node below the levels that must be interior, not a path down to
+    /// level 0.
+    fn empty(geo: Geometry, level: u32) -> Node {
+        Node::new(if geo.leaf_fits(level) { Body::Leaf(Vec::new()) } else { Body::Interior(Children::default()) })
     }
 
     /// The page a checkpoint placed this dirty node at, if it did.
@@ -320,6 +332,21 @@ impl Geometry {
     /// Logical blocks one node at `level` covers.
     fn span(self, level: u32) -> u64 {
         1u64 << ((level + 1) * self.bits).min(63)
+    }
+
+    /// Whether a leaf may stand at `level`: at level 0 always; above it
+    /// (a *wide leaf*, format 7) when the 16-bit index of a leaf entry
+    /// spans every block the level covers (levels 0 and 1 with 4 KiB
+    /// blocks). A wide leaf holds at most [`Geometry::fanout`] entries, as
+    /// many as a leaf at level 0 can; one more splits it into an interior
+    /// node over leaves a level down.
+    pub(crate) fn leaf_fits(self, level: u32) -> bool {
+        level == 0 || (level + 1) * self.bits <= 16
+    }
+
+    /// The index within a leaf at `level` of the entry for `lblock`.
+    fn leaf_index(self, lblock: u64, level: u32) -> u32 {
+        (lblock & (self.span(level) - 1)) as u32
     }
 }
 
@@ -400,7 +427,6 @@ pub(crate) fn walk_cached(
     emit: &mut dyn FnMut(u64, Option<Mapping>),
 ) -> Result<Walked> {
     let end = first + n;
-    let mask = geo.fanout() as u64 - 1;
     let mut lb = first;
     while lb < end {
         let mut level = geo.top();
@@ -419,6 +445,7 @@ pub(crate) fn walk_cached(
                 Body::Leaf(entries) => break Some(entries),
             }
         };
+        let mask = geo.span(level) - 1;
         let Some(entries) = leaf else {
             // No node at `level` covers `lb`: its whole span is unmapped.
             let span = geo.span(level);
@@ -547,9 +574,9 @@ fn drop_written_ref(page: u64, space: &mut Space, nodes: &NodeCache) {
 }
 
 /// A new, empty node: it will need a page at the next checkpoint.
-fn new_node(level: u32, space: &mut Space) -> Child {
+fn new_node(geo: Geometry, level: u32, space: &mut Space) -> Child {
     space.dirty_nodes += 1;
-    Child::Mem(Arc::new(Node::empty(level)))
+    Child::Mem(Arc::new(Node::empty(geo, level)))
 }
 
 /// Maps `lblock` to `m`, dropping the reference of whatever it mapped before.
@@ -563,7 +590,7 @@ pub(crate) fn insert(
     space: &mut Space,
     nodes: &NodeCache,
 ) -> Result<()> {
-    let top = root.get_or_insert_with(|| new_node(geo.top(), space));
+    let top = root.get_or_insert_with(|| new_node(geo, geo.top(), space));
     insert_into(top, geo, geo.top(), lblock, m, space, nodes)
 }
 
@@ -577,14 +604,16 @@ fn insert_into(
     nodes: &NodeCache,
 ) -> Result<()> {
     let node = make_mut(child, level, space, nodes)?;
-    let idx = geo.index(lblock, level);
+    if level > 0 && wide_leaf_is_full_for(node, geo, level, lblock) {
+        split_wide_leaf(node, geo, level, space);
+    }
     match &mut node.body {
         Body::Interior(children) => {
-            let c = children.get_or_insert_with(idx, || new_node(level - 1, space));
+            let c = children.get_or_insert_with(geo.index(lblock, level), || new_node(geo, level - 1, space));
             insert_into(c, geo, level - 1, lblock, m, space, nodes)
         }
         Body::Leaf(entries) => {
-            let e = LeafEntry { idx: idx as u32, crc: m.crc.0, page: m.page };
+            let e = LeafEntry { idx: geo.leaf_index(lblock, level), crc: m.crc.0, page: m.page };
             space.inc(m.page);
             match find_entry(entries, e.idx) {
                 Ok(i) => {
@@ -596,6 +625,37 @@ fn insert_into(
             Ok(())
         }
     }
+}
+
+/// Whether `node`, a leaf above level 0, holds as many entries as a leaf
+/// may and none for `lblock`, so that mapping it needs a split first.
+fn wide_leaf_is_full_for(node: &Node, geo: Geometry, level: u32, lblock: u64) -> bool {
+    match &node.body {
+        Body::Leaf(entries) => {
+            entries.len() >= geo.fanout() && find_entry(entries, geo.leaf_index(lblock, level)).is_err()
+        }
+        Body::Interior(_) => false,
+    }
+}
+
+/// Turns a full wide leaf at `level` into an interior node over new leaves
+/// a level down, each holding the entries of its span. Every data page
+/// stays in exactly one leaf, so no count changes; each new leaf needs a
+/// page at the next checkpoint.
+fn split_wide_leaf(node: &mut Node, geo: Geometry, level: u32, space: &mut Space) {
+    let Body::Leaf(entries) = &mut node.body else { return };
+    let child_span = geo.span(level - 1);
+    let mut children = Children::default();
+    for e in std::mem::take(entries) {
+        let i = (u64::from(e.idx) / child_span) as usize;
+        let child = children.get_or_insert_with(i, || new_node(geo, level - 1, space));
+        let Child::Mem(arc) = child else { unreachable!("a new child is dirty") };
+        let Some(Node { body: Body::Leaf(v), .. }) = Arc::get_mut(arc) else {
+            unreachable!("a new child of a wide leaf is a leaf no one else holds")
+        };
+        v.push(LeafEntry { idx: (u64::from(e.idx) % child_span) as u32, ..e });
+    }
+    node.body = Body::Interior(children);
 }
 
 /// The trees detached by deletes, restores and discards, with the level of
@@ -931,7 +991,8 @@ pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize)
         Body::Leaf(entries) => entries.len(),
         Body::Interior(children) => children.len(),
     };
-    NodeHeader { page, level, count }.encode(&mut e);
+    let leaf = matches!(node.body, Body::Leaf(_));
+    NodeHeader { page, level, leaf, count }.encode(&mut e);
     match &node.body {
         Body::Leaf(entries) => {
             for x in entries {
@@ -969,7 +1030,12 @@ pub(crate) fn decode_node(buf: &[u8], page: u64, level: u32, geo: Geometry, npag
     if lvl != level {
         return Err(Error::corruption("tree node", loc(), format!("level {lvl}, expected {level}")));
     }
-    let fanout = 1usize << geo.bits;
+    if hdr.leaf && !geo.leaf_fits(level) {
+        return Err(Error::corruption("tree node", loc(), format!("a leaf at level {level}, where none can stand")));
+    }
+    // Indexes of a leaf's entries span its level's blocks; an interior
+    // node's, its fan-out.
+    let fanout = if hdr.leaf { geo.span(level) as usize } else { 1usize << geo.bits };
     let mut last: Option<usize> = None;
     let mut check_idx = |i: usize, d: &Dec<'_>| -> Result<()> {
         if i >= fanout || last.is_some_and(|l| l >= i) {
@@ -988,7 +1054,7 @@ pub(crate) fn decode_node(buf: &[u8], page: u64, level: u32, geo: Geometry, npag
         }
         Ok(())
     };
-    if level == 0 {
+    if hdr.leaf {
         let mut v = Vec::with_capacity(count);
         for _ in 0..count {
             let idx = d.u16()? as usize;
@@ -1155,6 +1221,86 @@ pub(crate) mod tests {
             let mut b = buf.clone();
             b[i] ^= 1;
             assert!(decode_node(&b, 42, 0, geo, 10_000).is_err(), "flip at {i} accepted");
+        }
+    }
+
+    /// `count` blocks of one level-1 span (65,536 blocks from `base`),
+    /// spread so that no two share a level-0 leaf's span.
+    fn spread(base: u64, count: u64) -> Vec<u64> {
+        (0..count).map(|k| base + k * 257).collect()
+    }
+
+    #[test]
+    fn a_scattered_write_stops_at_a_wide_leaf_and_a_full_one_splits() {
+        let (mut s, n) = env();
+        let geo = Geometry { bits: 8, levels: 4 };
+        let base = 1u64 << 30;
+        let mut a = None;
+        insert(&mut a, geo, base, map(300, 1), &mut s, &n).unwrap();
+        assert_eq!(s.dirty_nodes, 3, "levels 3 and 2 interior, level 1 a leaf");
+        let blocks = spread(base, 256);
+        for (k, &lb) in blocks.iter().enumerate() {
+            insert(&mut a, geo, lb, map(1000 + k as u64, k as u32), &mut s, &n).unwrap();
+        }
+        assert_eq!(s.dirty_nodes, 3, "256 blocks of one span share its wide leaf");
+        // One more entry than a leaf may hold: the wide leaf becomes an
+        // interior node over a leaf per level-0 span that has entries.
+        insert(&mut a, geo, base + 1, map(2000, 7), &mut s, &n).unwrap();
+        assert_eq!(s.dirty_nodes, 3 + 256);
+        for (k, &lb) in blocks.iter().enumerate() {
+            assert_eq!(lookup(&a, geo, lb, &n).unwrap(), Some(map(1000 + k as u64, k as u32)), "block {lb}");
+            assert_eq!(s.refcount(1000 + k as u64).unwrap(), 1, "a split moves entries, it does not copy them");
+        }
+        assert_eq!(lookup(&a, geo, base + 1, &n).unwrap(), Some(map(2000, 7)));
+        assert_eq!(lookup(&a, geo, base + 2, &n).unwrap(), None);
+        assert_eq!(s.refcount(300).unwrap(), 0, "the first write was overwritten");
+    }
+
+    #[test]
+    fn a_snapshot_keeps_its_wide_leaf_when_the_volume_splits_it_and_diff_sees_the_change() {
+        let (mut s, n) = env();
+        let geo = Geometry { bits: 8, levels: 3 };
+        let mut a = None;
+        let blocks = spread(0, 256);
+        for (k, &lb) in blocks.iter().enumerate() {
+            insert(&mut a, geo, lb, map(1000 + k as u64, 0), &mut s, &n).unwrap();
+        }
+        let snap = share(&a, &mut s);
+        insert(&mut a, geo, 5, map(3000, 5), &mut s, &n).unwrap();
+        insert(&mut a, geo, blocks[9], map(3001, 5), &mut s, &n).unwrap();
+        assert_eq!(lookup(&snap, geo, 5, &n).unwrap(), None);
+        assert_eq!(lookup(&snap, geo, blocks[9], &n).unwrap(), Some(map(1009, 0)));
+        assert_eq!(lookup(&a, geo, blocks[9], &n).unwrap(), Some(map(3001, 5)));
+        let mut changed = Vec::new();
+        let mut counters = DiffCounters::default();
+        diff_trees(&snap, &a, geo, &n, &mut counters, &mut |lb, in_b| changed.push((lb, in_b))).unwrap();
+        assert_eq!(changed, vec![(5, true), (blocks[9], true)]);
+    }
+
+    #[test]
+    fn wide_leaves_encode_at_their_level_and_decode_only_where_one_can_stand() {
+        let (mut s, n) = env();
+        let geo = Geometry { bits: 8, levels: 2 };
+        let mut root = None;
+        for lb in [0u64, 300, 65_535] {
+            insert(&mut root, geo, lb, map(400 + lb, lb as u32), &mut s, &n).unwrap();
+        }
+        let node = root.unwrap().node(1, &n).unwrap();
+        let buf = encode_node(&node, 1, 42, 4096);
+        let DecodedNode::Leaf(v) = decode_node(&buf, 42, 1, geo, 100_000).unwrap() else {
+            panic!("a wide leaf decodes as a leaf");
+        };
+        assert_eq!(v.iter().map(|e| e.idx).collect::<Vec<_>>(), vec![0, 300, 65_535]);
+        // Where a 16-bit index cannot span the level, no leaf can stand.
+        assert!(decode_node(&buf, 42, 1, Geometry { bits: 9, levels: 2 }, 100_000).is_err());
+        // Unknown flags, or the wide-leaf flag at level 0, are refused even
+        // under a valid CRC.
+        let end = NODE_HEADER_LEN + 3 * crate::format::LEAF_ENTRY_LEN;
+        for (at, value) in [(17usize, 3u8), (16, 0)] {
+            let mut b = buf.clone();
+            b[at] = value;
+            NodeHeader::seal(&mut b[..end]);
+            assert!(decode_node(&b, 42, b[16] as u32, geo, 100_000).is_err(), "byte {at} = {value} accepted");
         }
     }
 }

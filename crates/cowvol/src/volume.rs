@@ -445,7 +445,7 @@ impl Volume {
             &merged
         };
         let crcs: Vec<u32> = payload.chunks(bs as usize).map(|b| Crc::of(b).0).collect();
-        let runs = self.engine.claim_pages(n)?;
+        let runs = self.engine.claim_pages(first, n)?;
         if let Err(e) = self.write_runs(&runs, payload) {
             self.free_runs(&runs);
             return Err(e);

@@ -186,7 +186,7 @@ proptest! {
 }
 
 /// A store with one volume of `blocks` blocks, 1024 blocks written evenly
-/// over it and one in each of its first 16 leaves, and a snapshot of that;
+/// over it and one in each of its first 256 leaves, and a snapshot of that;
 /// returns the store, volume and snapshot.
 fn populated(blocks: u64) -> (Store, VolumeId, SnapshotId) {
     let store = Store::open_in(Arc::new(SimDir::new()), opts()).unwrap();
@@ -196,9 +196,10 @@ fn populated(blocks: u64) -> (Store, VolumeId, SnapshotId) {
         let lb = i * (blocks / 1024) + 3;
         vol.write_at(&contents(1, lb), lb * BS).unwrap();
     }
-    // The first 16 leaves exist at every size, so changes there meet the
-    // same tree shape.
-    for i in 0..16 {
+    // The first 256 leaves exist at every size, so changes there meet the
+    // same tree shape: more entries than one wide leaf may hold make the
+    // first level-1 node interior whatever the volume's size.
+    for i in 0..256 {
         vol.write_at(&contents(1, i * 256 + 5), (i * 256 + 5) * BS).unwrap();
     }
     let s = store.create_snapshot(v, SnapshotOptions::named("base")).unwrap().id;

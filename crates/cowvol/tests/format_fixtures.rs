@@ -1,7 +1,7 @@
 //! Stores written by earlier versions of cowvol still open and read back
 //! what was written into them, and a damaged one is refused cleanly.
 //!
-//! For each version N kept here (2, 3, 4 and 5), `tests/fixtures/vN-clean` was
+//! For each version N kept here (2 to 6), `tests/fixtures/vN-clean` was
 //! closed cleanly; `vN-crashed` was abandoned like a killed process with
 //! changes in its WAL after the last checkpoint, so opening it replays
 //! version-N records; `vN-damaged-catalog` is `vN-clean` with one byte of
@@ -116,7 +116,7 @@ fn assert_history(store: &Store) {
 }
 
 /// The format version this build writes.
-const CURRENT: u32 = 6;
+const CURRENT: u32 = 7;
 
 /// Opens a clean fixture, checks it, writes to it, and checks that the
 /// first checkpoint upgraded it and that what the new version added works.
@@ -177,6 +177,13 @@ fn a_cleanly_closed_version_5_store_opens_and_is_upgraded() {
     upgrade_clean("v5");
 }
 
+/// Version 6 trees have leaves at level 0 only; version 7 reads them as
+/// they are and lets new leaves stand at level 1.
+#[test]
+fn a_cleanly_closed_version_6_store_opens_and_is_upgraded() {
+    upgrade_clean("v6");
+}
+
 #[test]
 fn a_crashed_version_2_store_replays_its_log() {
     let dir = copy_of("v2-crashed");
@@ -211,6 +218,25 @@ fn a_crashed_version_5_store_replays_its_log_and_is_upgraded() {
     assert_eq!(cowvol::testing::format_version(&image), Some(CURRENT));
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     assert_history(&store);
+}
+
+/// A version 6 log (links and seals) is replayed, then replaced at the
+/// checkpoint open writes to upgrade the store.
+#[test]
+fn a_crashed_version_6_store_replays_its_log_and_is_upgraded() {
+    let dir = copy_of("v6-crashed");
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_history(&store);
+    store.close().unwrap();
+    let image = std::fs::read(dir.path().join("cowvol.dat")).unwrap();
+    assert_eq!(cowvol::testing::format_version(&image), Some(CURRENT));
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_history(&store);
+}
+
+#[test]
+fn a_damaged_version_6_store_is_refused_as_corruption() {
+    refused_as_corruption("v6");
 }
 
 #[test]

@@ -8,19 +8,20 @@ use crate::format;
 use crate::space::Run;
 
 impl Engine {
-    /// Claims pages for a data write. On a full disk, a checkpoint can turn
-    /// freed (quarantined) pages into free ones: run it and try once more.
-    pub(crate) fn claim_pages(&self, n: u64) -> Result<Vec<Run>> {
-        let (first, zero) = {
+    /// Claims pages for a data write of blocks `first..first + n`. On a
+    /// full disk, a checkpoint can turn freed (quarantined) pages into free
+    /// ones: run it and try once more.
+    pub(crate) fn claim_pages(&self, first: u64, n: u64) -> Result<Vec<Run>> {
+        let (claimed, zero) = {
             let mut st = self.state.lock();
-            let runs = st.space.claim(n);
+            let runs = st.space.claim(first, n);
             (runs, st.space.take_unwritten(n))
         };
         self.zero_pages(zero);
-        match first {
+        match claimed {
             Err(Error::NoSpace { .. }) if self.checkpoint_frees_space() => {
                 self.checkpoint()?;
-                self.state.lock().space.claim(n)
+                self.state.lock().space.claim(first, n)
             }
             other => other,
         }

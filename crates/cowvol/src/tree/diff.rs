@@ -79,9 +79,9 @@ impl Walk<'_> {
                 }
             }
             (Body::Leaf(ea), Body::Leaf(eb)) => self.leaves(ea, eb, base),
-            // Trees built by this module never mix shapes at one level; if
-            // they did, comparing every mapping of both still gives the
-            // right answer.
+            // A wide leaf on one side and the interior node its split left
+            // on the other (a snapshot taken before the split): compare
+            // every mapping of the span, at most 65,536 blocks.
             _ => {
                 let (mut ma, mut mb) = (Vec::new(), Vec::new());
                 flatten(x, self.geo, level, base, self.nodes, &mut ma)?;
