@@ -455,7 +455,7 @@ impl Store {
             }
             Ok((Deleted { existed: true }, Some(Record::DeleteTemplate { tmpl: id.0 })))
         })?;
-        self.engine.reclaim();
+        self.engine.release_garbage();
         Ok(deleted)
     }
 

@@ -441,7 +441,37 @@ impl Space {
     /// that add to the catalog ask this; changes that free space do not,
     /// so they find room for their record and for the checkpoint that frees.
     pub(crate) fn make_room(&mut self, n: u64) -> Result<()> {
-        let need = n + self.metadata_reserve();
+        self.ensure_free(n + self.metadata_reserve() + self.release_margin())
+    }
+
+    /// Whether releasing `nodes` more garbage nodes leaves a checkpoint the
+    /// pages it needs for the counts they change, among the free pages
+    /// known now: nothing is read or grown to answer. Data writes and
+    /// catalog growth leave [`Space::release_margin`] beyond the metadata
+    /// reserve, so at least one node can always be released; the
+    /// checkpoint after it frees what it held.
+    pub(crate) fn room_to_release(&self, nodes: u64) -> bool {
+        self.free_pages >= self.metadata_reserve() + nodes * self.release_margin()
+    }
+
+    /// Like [`Space::room_to_release`] for one node, discovering free space
+    /// and growing the file when the known free pages fall short: the
+    /// checkpoint after the release would need those pages anyway.
+    pub(crate) fn make_room_to_release_one(&mut self) -> bool {
+        self.ensure_free(self.metadata_reserve() + self.release_margin()).is_ok()
+    }
+
+    /// Pages a checkpoint may need for the count changes of releasing one
+    /// node: a leaf (wide or not) drops a reference to up to fan-out data
+    /// pages, each perhaps in a group of its own, and each group moved may
+    /// move another (see `table_reserve`).
+    fn release_margin(&self) -> u64 {
+        2 * ((1u64 << crate::format::fanout_bits_for(self.block_size as u32)) + 1)
+    }
+
+    /// Makes sure `need` pages are free, discovering free space and growing
+    /// the file when it must.
+    fn ensure_free(&mut self, need: u64) -> Result<()> {
         self.discover_while(|s| s.free_pages + s.hole_pages < need)?;
         if self.free_pages < need {
             self.grow(need - self.free_pages)?;

@@ -296,7 +296,7 @@ impl Store {
             st.vol(id)?;
             Ok(((), Some(Record::DeleteVolume { vol: id.0 })))
         })?;
-        engine.reclaim();
+        engine.release_garbage();
         Ok(())
     }
 
@@ -388,7 +388,7 @@ impl Store {
         };
         // A restore alone can only free space; with a safety snapshot it adds one.
         let safety = if adds_a_snapshot { engine.commit_growing(build) } else { engine.commit(build) }?;
-        engine.reclaim();
+        engine.release_garbage();
         Ok(Restored { volume_id: volume, snapshot_id: snapshot, safety_snapshot: safety })
     }
 
@@ -459,7 +459,7 @@ impl Engine {
             }
             _ => Ok((Deleted { existed: false }, None)),
         })?;
-        self.reclaim();
+        self.release_garbage();
         Ok(deleted)
     }
 

@@ -641,7 +641,7 @@ impl Volume {
         });
         self.log_staged(vol, edges, unmap)?;
         drop(in_flight);
-        self.engine.reclaim();
+        self.engine.release_garbage();
         Ok(())
     }
 

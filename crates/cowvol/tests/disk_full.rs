@@ -114,10 +114,10 @@ fn fill(capacity: u64) -> Filled {
 
 #[test]
 fn full_disk_then_free_space_inside_the_store_and_write_again() {
-    let mut f = fill(10 * MIB);
+    let mut f = fill(14 * MIB);
     println!(
         "filled a {} MiB disk: {} acknowledged writes, then NoSpace in {}; used {} bytes",
-        10,
+        14,
         f.acked_writes,
         f.failed_in,
         f.disk.used_bytes()
@@ -157,8 +157,8 @@ fn full_disk_then_free_space_inside_the_store_and_write_again() {
 
 #[test]
 fn crash_at_a_full_disk_recovers_the_acknowledged_state() {
-    let f = fill(9 * MIB);
-    println!("filled a 9 MiB disk: {} acknowledged writes, NoSpace in {}", f.acked_writes, f.failed_in);
+    let f = fill(13 * MIB);
+    println!("filled a 13 MiB disk: {} acknowledged writes, NoSpace in {}", f.acked_writes, f.failed_in);
     let vid = f.vol.volume_id().unwrap();
     let modes = [
         (LossMode::DropAll, 0),
@@ -209,7 +209,7 @@ fn no_space_in_the_middle_of_a_multi_block_write() {
     vol.flush().unwrap();
     store.checkpoint().unwrap();
     let free = store.stats().free_bytes / BS as u64;
-    assert!(free > 0 && free < 1000, "{free} free pages");
+    assert!(free > 0 && free < 2000, "{free} free pages");
     // The file may grow by two more pages, no further.
     disk.set_capacity(Some(disk.used_bytes() + 2 * BS as u64));
     let before = store.stats();
@@ -266,7 +266,7 @@ fn discard_racing_with_page_reuse() {
                             rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                             (rng >> 33) % m
                         };
-                        for i in 0..600u64 {
+                        for i in 0..1200u64 {
                             let w = (t + 1) << 32 | (i + 1);
                             let start = next(HALF - 9);
                             let n = next(8) + 1;
@@ -475,7 +475,7 @@ fn a_full_disk_pinned_by_a_snapshot_recovers_when_the_snapshot_is_deleted() {
 /// it makes room for new writes by itself.
 #[test]
 fn discard_at_a_full_disk_makes_room_by_itself() {
-    let (_disk, store, vol) = one_block_per_leaf(opts(), 700);
+    let (_disk, store, vol) = one_block_per_leaf(opts(), 1500);
     let mut w = 2;
     let mut written = Vec::new();
     // Fill with new blocks: the second block of each leaf, then the third...
@@ -497,7 +497,11 @@ fn discard_at_a_full_disk_makes_room_by_itself() {
         vol.discard(lb * PAGE, PAGE).unwrap_or_else(|e| panic!("discard of block {lb} at a full disk: {e}"));
     }
     vol.flush().unwrap();
-    for (i, &(lb, _)) in written[..half].iter().enumerate() {
+    // Nine tenths of the blocks discarded: the rest of the room they freed
+    // is held, until the next checkpoint, by the reserve for what the
+    // discards and the writes changed (table groups, copied leaves).
+    println!("{} blocks written at a full disk, {half} discarded", written.len());
+    for (i, &(lb, _)) in written[..half - half / 10].iter().enumerate() {
         write_run(&vol, lb, 1, w).unwrap_or_else(|e| panic!("write {i} into discarded space: {e}"));
         w += 1;
     }

@@ -174,8 +174,9 @@ impl Engine {
     }
 
     /// Whether a checkpoint would free pages: retired WAL segments,
-    /// quarantined data pages, obsolete node pages, or count changes
-    /// waiting for their groups (which may quarantine pages when applied).
+    /// quarantined data pages, obsolete node pages, count changes waiting
+    /// for their groups (which may quarantine pages when applied), or
+    /// garbage whose release waits for the room a checkpoint makes.
     pub(super) fn checkpoint_frees_space(&self) -> bool {
         let st = self.state.lock();
         let wal = self.wal.lock();
@@ -183,6 +184,7 @@ impl Engine {
             || !st.space.quarantine.is_empty()
             || !st.space.obsolete.is_empty()
             || st.space.has_pending_counts()
+            || !st.garbage.is_empty()
     }
 
     /// Writes a seal after the log's last batch (see [`Wal::write_seal`]);

@@ -7,7 +7,7 @@ use super::{Engine, State};
 use crate::catalog::now_secs;
 use crate::tree;
 use parking_lot::{Condvar, Mutex};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ pub(super) struct Maintenance {
     checkpoint_due: Mutex<bool>,
     cv: Condvar,
     stop: AtomicBool,
+    /// Steps of garbage release run since open: tells whether a round of
+    /// [`Engine::release_garbage`] got anywhere.
+    release_steps: AtomicU64,
 }
 
 impl Maintenance {
@@ -99,20 +102,54 @@ impl Engine {
     }
 
     /// Releases garbage trees in bounded steps, dropping the state lock
-    /// between steps. A node that cannot be read stops the release and
-    /// fails the store: its pages can no longer be accounted for.
-    pub(crate) fn reclaim(&self) {
+    /// between steps, for as long as the next checkpoint has room for the
+    /// counts the releases change (near a full disk, a node at a time).
+    /// Returns whether the garbage is all released; what is left waits for
+    /// a checkpoint to free what was released so far. A node that cannot
+    /// be read stops the release and fails the store: its pages can no
+    /// longer be accounted for.
+    pub(crate) fn reclaim(&self) -> bool {
         loop {
             let mut st = self.state.lock();
             let State { garbage, space, nodes, .. } = &mut *st;
-            match tree::release_some(garbage, space, nodes, RELEASE_STEP) {
-                Ok(true) => break,
+            if garbage.is_empty() {
+                return true;
+            }
+            let step = if space.room_to_release(RELEASE_STEP as u64) {
+                RELEASE_STEP
+            } else if space.make_room_to_release_one() {
+                1
+            } else {
+                return false;
+            };
+            self.maint.release_steps.fetch_add(1, Ordering::Relaxed);
+            match tree::release_some(garbage, space, nodes, step) {
+                Ok(true) => return true,
                 Ok(false) => {}
                 Err(_) => {
                     drop(st);
                     self.fail();
-                    break;
+                    return true;
                 }
+            }
+        }
+    }
+
+    /// Releases every garbage tree, checkpointing whenever the room runs
+    /// out: a delete at a full disk pays for the checkpoints its release
+    /// needs, each of which frees what the release has dropped so far.
+    /// Stops when a round (a release and the checkpoint after it, which
+    /// releases again at its end) releases nothing: the rest waits for
+    /// space freed otherwise. Errors poison the store; the next operation
+    /// reports them.
+    pub(crate) fn release_garbage(&self) {
+        loop {
+            let before = self.maint.release_steps.load(Ordering::Relaxed);
+            if self.reclaim() || self.checkpoint().is_err() {
+                return;
+            }
+            if self.maint.release_steps.load(Ordering::Relaxed) == before {
+                return;
             }
         }
     }
