@@ -30,7 +30,7 @@ fn main() {
     for (name, bytes) in cowvol::testing::sample_catalog_inputs() {
         let ok = match name {
             "superblock" => matches!(decode_superblock(&bytes), Ok(Some(_))),
-            "leaf" | "interior" => {
+            "leaf" | "interior" | "wide-leaf" => {
                 let page = u64::from_le_bytes(bytes[..8].try_into().unwrap());
                 decode_tree_node(&bytes[9..], page, bytes[8] as u32).is_ok()
             }

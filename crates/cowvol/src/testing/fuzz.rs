@@ -177,9 +177,9 @@ pub fn sample_wal_batches() -> Vec<(&'static str, Vec<u8>)> {
 /// catalog with volumes of every origin (one with a snapshot policy and a
 /// schedule of every kind), ready, automatic, held, creating, failed and
 /// scheduled snapshots with labels, expiry and idempotency key, and
-/// a template; an empty catalog; a superblock; and a leaf and an interior
-/// tree node, each after the 9-byte page and level prefix the target reads
-/// first. `fuzz/examples/write_seeds.rs` writes them as seeds.
+/// a template; an empty catalog; a superblock; and a leaf, an interior
+/// and a wide leaf tree node (format 7), each after the 9-byte page and
+/// level prefix the target reads first. `fuzz/examples/write_seeds.rs` writes them as seeds.
 pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
     use crate::catalog::CatalogImage;
     use crate::tree::{build_node, encode_node, DecodedNode, LeafEntry};
@@ -254,6 +254,9 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
     let leaf =
         build_node(DecodedNode::Leaf(entries.iter().map(|&(idx, page, crc)| LeafEntry { idx, page, crc }).collect()));
     let interior = build_node(DecodedNode::Interior(vec![(0, 9), (1, 31), (200, 32)]));
+    let wide = [(0, 40, 0x3333_3333), (300, 41, 1), (65_535, 42, 2)];
+    let wide =
+        build_node(DecodedNode::Leaf(wide.iter().map(|&(idx, page, crc)| LeafEntry { idx, page, crc }).collect()));
     let node = |page: u64, level: u8, n: &crate::tree::Node| {
         let mut b = page.to_le_bytes().to_vec();
         b.push(level);
@@ -266,6 +269,7 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
         ("superblock", sb.encode()),
         ("leaf", node(9, 0, &leaf)),
         ("interior", node(30, 1, &interior)),
+        ("wide-leaf", node(33, 1, &wide)),
     ]
 }
 
