@@ -410,11 +410,11 @@ impl Space {
     /// the nodes already dirty; this covers the ones the write is about to
     /// make, so that the checkpoint after it always finds its pages.
     fn nodes_a_write_may_add(&self, first: u64, n: u64) -> u64 {
-        let bits = crate::format::fanout_bits_for(self.block_size as u32);
+        let bits = self.fanout_bits();
         let fanout = 1u64 << bits;
         // Logical block numbers fit in 48 bits (page numbers do too).
         let paths = 2 * u64::from(48u32.div_ceil(bits));
-        let splits = if 2 * bits <= 16 {
+        let splits = if (crate::tree::Geometry { bits, levels: 2 }).leaf_fits(1) {
             let span = fanout * fanout;
             (first + n.max(1) - 1) / span - first / span + 1
         } else {
@@ -466,7 +466,12 @@ impl Space {
     /// pages, each perhaps in a group of its own, and each group moved may
     /// move another (see `table_reserve`).
     fn release_margin(&self) -> u64 {
-        2 * ((1u64 << crate::format::fanout_bits_for(self.block_size as u32)) + 1)
+        2 * ((1u64 << self.fanout_bits()) + 1)
+    }
+
+    /// The trees' fan-out bits for this store's block size.
+    fn fanout_bits(&self) -> u32 {
+        crate::format::fanout_bits_for(self.block_size as u32)
     }
 
     /// Makes sure `need` pages are free, discovering free space and growing

@@ -445,10 +445,11 @@ pub(crate) fn walk_cached(
                 Body::Leaf(entries) => break Some(entries),
             }
         };
-        let mask = geo.span(level) - 1;
+        // The span of the leaf found at `level`, or of the missing node.
+        let span = geo.span(level);
+        let mask = span - 1;
         let Some(entries) = leaf else {
             // No node at `level` covers `lb`: its whole span is unmapped.
-            let span = geo.span(level);
             let stop = (lb - lb % span).saturating_add(span).min(end);
             (lb..stop).for_each(|b| emit(b, None));
             lb = stop;

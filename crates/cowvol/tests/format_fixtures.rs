@@ -205,12 +205,10 @@ fn a_crashed_version_4_store_replays_its_log() {
     assert_history(&store);
 }
 
-/// Version 5 wrote segment headers without the field version 6 added:
-/// its log is read as it was written, replayed, and then replaced by a
-/// version-6 one at the checkpoint open writes.
-#[test]
-fn a_crashed_version_5_store_replays_its_log_and_is_upgraded() {
-    let dir = copy_of("v5-crashed");
+/// Opens a crashed fixture, whose log open replays, checks what it reads
+/// back, and checks that the checkpoint open wrote upgraded the store.
+fn replay_and_upgrade(version: &str) {
+    let dir = copy_of(&format!("{version}-crashed"));
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
     assert_history(&store);
     store.close().unwrap();
@@ -220,18 +218,19 @@ fn a_crashed_version_5_store_replays_its_log_and_is_upgraded() {
     assert_history(&store);
 }
 
+/// Version 5 wrote segment headers without the field version 6 added:
+/// its log is read as it was written, replayed, and then replaced by one
+/// of the current version at the checkpoint open writes.
+#[test]
+fn a_crashed_version_5_store_replays_its_log_and_is_upgraded() {
+    replay_and_upgrade("v5");
+}
+
 /// A version 6 log (links and seals) is replayed, then replaced at the
 /// checkpoint open writes to upgrade the store.
 #[test]
 fn a_crashed_version_6_store_replays_its_log_and_is_upgraded() {
-    let dir = copy_of("v6-crashed");
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    assert_history(&store);
-    store.close().unwrap();
-    let image = std::fs::read(dir.path().join("cowvol.dat")).unwrap();
-    assert_eq!(cowvol::testing::format_version(&image), Some(CURRENT));
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    assert_history(&store);
+    replay_and_upgrade("v6");
 }
 
 #[test]

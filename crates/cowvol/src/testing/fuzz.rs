@@ -179,7 +179,8 @@ pub fn sample_wal_batches() -> Vec<(&'static str, Vec<u8>)> {
 /// scheduled snapshots with labels, expiry and idempotency key, and
 /// a template; an empty catalog; a superblock; and a leaf, an interior
 /// and a wide leaf tree node (format 7), each after the 9-byte page and
-/// level prefix the target reads first. `fuzz/examples/write_seeds.rs` writes them as seeds.
+/// level prefix the target reads first. `fuzz/examples/write_seeds.rs`
+/// writes them as seeds.
 pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
     use crate::catalog::CatalogImage;
     use crate::tree::{build_node, encode_node, DecodedNode, LeafEntry};
