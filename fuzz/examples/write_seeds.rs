@@ -10,7 +10,9 @@
 //! `ops_scripts`) encoded with `Op::encode_all`, the inverse of the
 //! `Op::decode_all` the target runs.
 use cowvol::testing::model::Op;
-use cowvol::testing::{crc32, decode_catalog, decode_superblock, decode_tree_node, decode_wal_batch};
+use cowvol::testing::{
+    crc32, decode_catalog, decode_change_chunk, decode_superblock, decode_tree_node, decode_wal_batch,
+};
 use std::path::Path;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -30,6 +32,7 @@ fn main() {
     for (name, bytes) in cowvol::testing::sample_catalog_inputs() {
         let ok = match name {
             "superblock" => matches!(decode_superblock(&bytes), Ok(Some(_))),
+            "change-chunk" => decode_change_chunk(&bytes).is_ok_and(|n| n > 0),
             "leaf" | "interior" | "wide-leaf" => {
                 let page = u64::from_le_bytes(bytes[..8].try_into().unwrap());
                 decode_tree_node(&bytes[9..], page, bytes[8] as u32).is_ok()

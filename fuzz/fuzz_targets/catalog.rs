@@ -5,12 +5,14 @@
 //!   with kind, status and hold, templates, labels, strings) is exercised;
 //! * a superblock slot (the first 112 bytes, and the whole input);
 //! * a tree node page, read as if at the page and level taken from the first
-//!   bytes of the input.
+//!   bytes of the input;
+//! * a chunk of the reference table's change log, its entry count taken from
+//!   the first bytes of the input.
 //!
 //! Every decoder must return `Ok` or `Err`, never panic.
 #![no_main]
 
-use cowvol::testing::{crc32, decode_catalog, decode_superblock, decode_tree_node};
+use cowvol::testing::{crc32, decode_catalog, decode_change_chunk, decode_superblock, decode_tree_node};
 use libfuzzer_sys::fuzz_target;
 
 /// Superblock length (`format::SUPERBLOCK_LEN`).
@@ -44,6 +46,10 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(n) = decode_tree_node(node, page, level) {
             assert!(24 + n * 8 <= node.len(), "{n} entries from a {}-byte node", node.len());
         }
+    }
+    // Change log chunk: 12 bytes an entry, in whole pages after the count.
+    if let Ok(n) = decode_change_chunk(data) {
+        assert!(n * 12 <= data.len(), "{n} change log entries from {} bytes", data.len());
     }
     // The whole input as the node, at page 1 / level 0 and at page 1 / level 1.
     let _ = decode_tree_node(data, 1, 0);

@@ -801,7 +801,15 @@ mod tests {
             volumes: vec![(v, 9)],
             snapshots: vec![(s, 0)],
             templates: vec![(t, 9)],
-            table: Some(TableRoot { covered_pages: 5000, index: vec![crate::space::IndexRef { page: 31, crc: 7 }] }),
+            table: Some(TableRoot {
+                covered_pages: 5000,
+                index: vec![crate::space::IndexRef { page: 31, crc: 7 }],
+                changes: vec![crate::space::ChunkRef {
+                    runs: vec![crate::space::Run { start: 40, len: 2 }],
+                    entries: 500,
+                    crc: 9,
+                }],
+            }),
             garbage: vec![(44, 1)],
         };
         let bytes = img.encode();
@@ -814,6 +822,7 @@ mod tests {
         assert!(CatalogImage::decode(&bytes, crc, "t", 2).is_err());
         assert!(CatalogImage::decode(&bytes, crc, "t", 3).is_err());
         assert!(CatalogImage::decode(&bytes, crc, "t", 4).is_err());
+        assert!(CatalogImage::decode(&bytes, crc, "t", 7).is_err(), "version 7 has no change log");
     }
 
     /// The backup record is an extras flag, not a format version: a
@@ -855,11 +864,13 @@ mod tests {
         };
         let v5 = CatalogImage { table: Some(TableRoot::default()), garbage: vec![(12, 0)], ..v4.clone() };
         let bytes = v5.encode();
-        assert_eq!(CatalogImage::decode(&bytes, Crc::of(&bytes).0, "t", 5).unwrap(), v5);
+        let v = crate::format::FORMAT_VERSION;
+        assert_eq!(CatalogImage::decode(&bytes, Crc::of(&bytes).0, "t", v).unwrap(), v5);
         // Version 5 appended an empty table (u64 covered pages, u32 index
-        // count) and a garbage list (u32 count, one u64 page and u32 level):
-        // without them the bytes are a version-4 catalog.
-        let old = &bytes[..bytes.len() - (8 + 4 + 4 + 12)];
+        // count; version 8 a u32 count of change log chunks) and a garbage
+        // list (u32 count, one u64 page and u32 level): without them the
+        // bytes are a version-4 catalog.
+        let old = &bytes[..bytes.len() - (8 + 4 + 4 + 4 + 12)];
         assert_eq!(CatalogImage::decode(old, Crc::of(old).0, "t", 4).unwrap(), v4);
     }
 }

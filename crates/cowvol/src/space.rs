@@ -22,16 +22,21 @@ use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod changes;
 mod counts;
 mod discover;
 mod group_set;
 mod table;
 
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use changes::{decode_chunk, encode_chunk, ChunkRef, Logged};
 use counts::Counts;
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use counts::Op;
 pub(crate) use table::{IndexRef, TableRoot};
 
 /// A contiguous run of pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Run {
     pub(crate) start: u64,
     pub(crate) len: u64,
@@ -1010,7 +1015,7 @@ mod tests {
         let mut s = big_space(&dir);
         let c = s.chunk_pages();
         // One page in use in the second chunk, a reserved one in the fifth.
-        s.set_refcount(c + 3, 1);
+        s.set_node_refcount(c + 3, 1);
         s.set_reserved(4 * c + 1, true);
         s.start_free_map(0);
         s.discover_all().unwrap();

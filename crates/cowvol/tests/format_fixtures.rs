@@ -1,7 +1,7 @@
 //! Stores written by earlier versions of cowvol still open and read back
 //! what was written into them, and a damaged one is refused cleanly.
 //!
-//! For each version N kept here (2 to 6), `tests/fixtures/vN-clean` was
+//! For each version N kept here (2 to 7), `tests/fixtures/vN-clean` was
 //! closed cleanly; `vN-crashed` was abandoned like a killed process with
 //! changes in its WAL after the last checkpoint, so opening it replays
 //! version-N records; `vN-damaged-catalog` is `vN-clean` with one byte of
@@ -116,7 +116,7 @@ fn assert_history(store: &Store) {
 }
 
 /// The format version this build writes.
-const CURRENT: u32 = 7;
+const CURRENT: u32 = 8;
 
 /// Opens a clean fixture, checks it, writes to it, and checks that the
 /// first checkpoint upgraded it and that what the new version added works.
@@ -184,6 +184,13 @@ fn a_cleanly_closed_version_6_store_opens_and_is_upgraded() {
     upgrade_clean("v6");
 }
 
+/// A version-7 table has no change log; version 8 reads it as one whose
+/// log is empty, and the checkpoint that upgrades it starts one.
+#[test]
+fn a_cleanly_closed_version_7_store_opens_and_is_upgraded() {
+    upgrade_clean("v7");
+}
+
 #[test]
 fn a_crashed_version_2_store_replays_its_log() {
     let dir = copy_of("v2-crashed");
@@ -231,6 +238,18 @@ fn a_crashed_version_5_store_replays_its_log_and_is_upgraded() {
 #[test]
 fn a_crashed_version_6_store_replays_its_log_and_is_upgraded() {
     replay_and_upgrade("v6");
+}
+
+/// A version-7 log is replayed onto a table without a change log, then
+/// replaced at the checkpoint open writes to upgrade the store.
+#[test]
+fn a_crashed_version_7_store_replays_its_log_and_is_upgraded() {
+    replay_and_upgrade("v7");
+}
+
+#[test]
+fn a_damaged_version_7_store_is_refused_as_corruption() {
+    refused_as_corruption("v7");
 }
 
 #[test]

@@ -4,9 +4,10 @@
 //! the simulated disk with the power cut after each disk operation in turn.
 //!
 //! After each cut the recovered store must show exactly the state after the
-//! last acknowledged operation, or after the one in progress (each is one
-//! atomic step), with `Creating` snapshots resolved to `Failed`, and a clean
-//! `check()`.
+//! last acknowledged operation, or after the one in progress (each
+//! lifecycle operation is one atomic step; a volume write in progress may
+//! land block by block, as the contract allows for writes not flushed),
+//! with `Creating` snapshots resolved to `Failed`, and a clean `check()`.
 
 use cowvol::testing::{LossMode, SimDir};
 use cowvol::*;
@@ -32,13 +33,51 @@ fn digest(v: &Volume) -> u64 {
     h.finish()
 }
 
+/// A digest of each block of `v`, joined by commas.
+fn block_digests(v: &Volume) -> String {
+    let mut buf = vec![0u8; v.size() as usize];
+    v.read_at(&mut buf, 0).unwrap();
+    let each = buf.chunks(BS).map(|b| {
+        let mut h = DefaultHasher::new();
+        b.hash(&mut h);
+        format!("{:x}", h.finish())
+    });
+    each.collect::<Vec<_>>().join(",")
+}
+
+/// Whether `seen` is `before` or `after`, or either with volumes whose
+/// blocks each come from one of the two (a write not yet acknowledged lands
+/// block by block: contract item 2 in docs/reliability.md).
+fn is_before_or_after(seen: &[String], before: &[String], after: &[String]) -> bool {
+    let line_ok = |(s, (b, a)): (&String, (&String, &String))| {
+        if s == b || s == a {
+            return true;
+        }
+        let split = |l: &str| l.rsplit_once(' ').map(|(head, blocks)| (head.to_string(), blocks.to_string()));
+        let (Some((sh, sb)), Some((bh, bb)), Some((ah, ab))) = (split(s), split(b), split(a)) else { return false };
+        let (sb, bb, ab): (Vec<&str>, Vec<&str>, Vec<&str>) =
+            (sb.split(',').collect(), bb.split(',').collect(), ab.split(',').collect());
+        s.starts_with("volume ")
+            && sh == bh
+            && sh == ah
+            && sb.len() == bb.len()
+            && sb.len() == ab.len()
+            && sb.iter().zip(bb.iter().zip(&ab)).all(|(x, (y, z))| x == y || x == z)
+    };
+    seen == before
+        || seen == after
+        || (seen.len() == before.len()
+            && seen.len() == after.len()
+            && seen.iter().zip(before.iter().zip(after)).all(line_ok))
+}
+
 /// Everything a user can see of the store, as comparable text. A
 /// `Creating` snapshot shows as failed: that is what recovery makes of it.
 fn fingerprint(store: &Store) -> Vec<String> {
     let mut out = Vec::new();
     for v in store.list_volumes() {
-        let h = digest(&store.open_volume_with(v.id, OpenMode::ReadOnly).unwrap());
-        out.push(format!("volume {} {} {:?} {:?} {h:x}", v.name, v.size_bytes, v.origin, v.policy));
+        let blocks = block_digests(&store.open_volume_with(v.id, OpenMode::ReadOnly).unwrap());
+        out.push(format!("volume {} {} {:?} {:?} {blocks}", v.name, v.size_bytes, v.origin, v.policy));
     }
     for s in store.all_snapshots() {
         let status = if s.status == SnapshotStatus::Creating { SnapshotStatus::Failed } else { s.status };
@@ -180,10 +219,11 @@ fn every_cut_in_lifecycle_operations_recovers_to_an_acknowledged_state() {
             // `states` ends with the last acknowledged state; the operation
             // under way when the power went may also have landed.
             let acked = states.len();
-            let allowed: Vec<&Vec<String>> =
-                full[acked.saturating_sub(1)..(acked + 1).min(full.len())].iter().collect();
+            let before = &full[acked.saturating_sub(1)];
+            let after = full.get(acked).unwrap_or(before);
+            let allowed = [before, after];
             assert!(
-                allowed.contains(&&seen),
+                is_before_or_after(&seen, before, after),
                 "{what}: recovered state is neither the last acknowledged one nor the next:\n{seen:#?}\nallowed: {allowed:#?}"
             );
             checked += 1;

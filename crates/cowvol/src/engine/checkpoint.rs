@@ -100,7 +100,7 @@ impl Engine {
         }
         let dirty = collect_dirty(&st);
         let node_runs = if dirty.nodes.is_empty() { Vec::new() } else { st.space.alloc(dirty.nodes.len() as u64)? };
-        let moves = match st.space.plan_table_moves(&node_runs) {
+        let moves = match st.space.plan_table_moves(dirty.nodes.len() as u64) {
             Ok(m) => m,
             Err(e) => {
                 free_runs(&mut st, &node_runs);
@@ -110,7 +110,11 @@ impl Engine {
         let garbage = garbage_pages(&st);
         // The root's shape is fixed by now: only its page numbers and
         // CRCs are still to come.
-        let shape = TableRoot { covered_pages: 0, index: vec![IndexRef::default(); moves.index_pages(&st.space)] };
+        let shape = TableRoot {
+            covered_pages: 0,
+            index: vec![IndexRef::default(); moves.index_pages(&st.space)],
+            changes: moves.chunk_shapes(&st.space),
+        };
         let catalog_len = catalog_image(&st, shape, garbage.clone()).encode().len();
         let catalog_pages = (catalog_len as u64).div_ceil(self.block_size as u64).max(1);
         let catalog_page = match st.space.alloc_contiguous(catalog_pages) {
@@ -319,8 +323,7 @@ fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedN
             tree::Body::Interior(c) => Arc::new(Node::new(tree::Body::Interior(c.written(page_of)))),
         };
         n.set_placed(page, epoch);
-        st.space.set_refcount(page, *refs);
-        st.space.set_reserved(page, true);
+        st.space.set_node_refcount(page, *refs);
         st.nodes.insert_pinned(page, *level, written.clone());
         placed.push(PlacedNode { node: written, level: *level, page });
     }

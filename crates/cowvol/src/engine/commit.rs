@@ -134,7 +134,7 @@ impl Engine {
         }
         let lsn = wal.next_lsn();
         let want_checkpoint = wal.bytes_since_checkpoint > self.opts.checkpoint_wal_bytes
-            || st.space.quarantine.len() + st.space.pending_count_changes() > QUARANTINE_CHECKPOINT
+            || st.space.quarantine.len() + st.space.unseen_changes() as usize > QUARANTINE_CHECKPOINT
             || st.space.dirty_nodes > self.dirty_node_limit();
         drop(wal);
         if want_checkpoint {
@@ -183,7 +183,7 @@ impl Engine {
         wal.has_retired_segments()
             || !st.space.quarantine.is_empty()
             || !st.space.obsolete.is_empty()
-            || st.space.has_pending_counts()
+            || st.space.has_unseen_changes()
             || !st.garbage.is_empty()
     }
 

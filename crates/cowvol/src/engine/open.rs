@@ -421,9 +421,10 @@ fn recover(
     }
     // Pages freed during replay stay out of the free map until the next
     // checkpoint is durable, like any page freed since the last one.
-    // Changes replay made to counts whose groups are on the disk are
-    // applied now, so that every page they free is in the quarantine.
-    st.space.settle_counts()?;
+    // Changes replay made to counts whose groups are on the disk wait
+    // for each group's next load, which quarantines every page they free
+    // (the free map takes a group's pages only from its load): open reads
+    // neither those groups nor the table's change log.
     let quarantined = st.space.quarantine.clone();
     for &p in &quarantined {
         st.space.set_reserved(p, true);
@@ -630,8 +631,7 @@ fn count_references(st: &mut State, npages: u64) -> Result<()> {
         if st.space.refcount(page)? != 0 || st.space.is_reserved(page) {
             return Err(Error::corruption("tree", format!("page {page}"), "a data page is also metadata"));
         }
-        st.space.set_refcount(page, refs);
-        st.space.set_reserved(page, true);
+        st.space.set_node_refcount(page, refs);
     }
     Ok(())
 }

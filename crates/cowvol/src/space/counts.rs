@@ -2,24 +2,35 @@
 //! are in RAM only while something needs them, so RAM follows what is in
 //! use rather than the size of the file.
 //!
-//! A group is in one of three places:
-//! - *in RAM* (`slots[g]` holds its counts): read and changed there;
-//! - *on the disk*: its page in the table (see [`super::table`]) holds
-//!   them, as of the last checkpoint that wrote it;
-//! - *never written*: every count is zero, and "loading" it costs no read.
+//! A group's counts are its page in the table (as of the last checkpoint
+//! that *folded* the group, see [`super::table`]) with the group's *count
+//! changes* applied in order. Every change to a count is kept as a change
+//! ([`Op`]): in RAM for every group that has any, and on the disk in the
+//! table's change log once a checkpoint has written it. A checkpoint writes
+//! only the changes made since the last one, a dozen bytes each, instead of
+//! a page per group they touch; a group's page is rewritten (folded) only
+//! when the changes waiting in RAM pass their budget, the groups with most
+//! changes first, so that a page write carries many changes.
 //!
-//! Changes to a group that is not in RAM are not a reason to read it: a
-//! write that overwrites a block must not wait for a table page under the
-//! state lock. They wait as *pending* changes, in order, and are applied
-//! when the group is next loaded; the next checkpoint loads every group
-//! with pending changes before it captures the table, so a data page whose
-//! count reaches zero that way is quarantined before the capture, exactly
-//! as if its count had been in RAM.
+//! A group is in one of three places:
+//! - *in RAM* (`slots[g]` holds its counts): read and changed there, and
+//!   each change is also kept as a change;
+//! - *on the disk*: its page, with its changes applied when it is loaded;
+//! - *never written*: every count of its page is zero, and "loading" it
+//!   costs no read.
 //!
 //! Invariants enforced here:
-//! - a group with changes not yet captured (dirty) or captured but not yet
-//!   written by its checkpoint (`unwritten`) is never evicted: its page on
-//!   the disk is not its current state;
+//! - the counts of a group are its page with its changes applied, in the
+//!   order they were made; a change is dropped only when a checkpoint folds
+//!   its group (writes the page with the change in it, and logs that the
+//!   page holds every change before);
+//! - every change made to a group not in RAM is applied the first time the
+//!   group is loaded afterwards (*unseen* until then): a count it brings to
+//!   zero is quarantined then, exactly as if the count had been in RAM. A
+//!   change already seen is applied silently at later loads;
+//! - a group captured by a checkpoint but not yet written by it
+//!   (`unwritten`) is never evicted: its page on the disk is not its
+//!   current state, and its changes are gone;
 //! - counts whose value decides what a tree does next (is this node shared,
 //!   was that its last reference) are read through [`Space::refcount`],
 //!   which loads the group; [`Space::dec_node`] is only called on a node
@@ -31,22 +42,56 @@
 use super::group_set::GroupSet;
 use super::table::{META, NODE};
 use super::Space;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::format::DATA_FILE;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-/// A change to a count whose group is not in RAM.
-#[derive(Debug, Clone, Copy)]
-enum Pending {
-    /// One more reference.
+/// A change to the table entry of one page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// One more reference (a page with none becomes data).
     Inc,
-    /// One reference fewer; at zero the page is quarantined, as
-    /// [`Space::dec`] does with the count in RAM.
+    /// One reference fewer; at zero the page is free.
     Dec,
-    /// The count set outright.
-    Set(u32),
+    /// The entry set outright: a node placed, a page of the table taken or
+    /// given back.
+    Raw(u32),
 }
 
-/// The counts of the groups in RAM, and what waits for the others.
+impl Op {
+    /// `entry` (as the table stores it) after this change, or `None` when
+    /// the change cannot apply to it: a count below zero or past its
+    /// width, or a count on a page of the table.
+    pub(crate) fn apply(self, entry: u32) -> Option<u32> {
+        let count = entry & !NODE;
+        match self {
+            Op::Raw(v) => Some(v),
+            Op::Inc if entry == META || count >= NODE - 1 => None,
+            Op::Inc => Some(entry + 1),
+            Op::Dec if entry == META || count == 0 => None,
+            Op::Dec if entry == NODE | 1 => Some(0),
+            Op::Dec => Some(entry - 1),
+        }
+    }
+}
+
+/// The changes kept for one group since its page was last written.
+#[derive(Debug, Default)]
+struct GroupChanges {
+    /// Slot in the group and change, in the order they were made.
+    ops: Vec<(u32, Op)>,
+    /// The first `durable` are in the change log on the disk.
+    durable: usize,
+    /// The first `seen` were applied to the group's counts in RAM at some
+    /// load (or made while it was in RAM).
+    seen: usize,
+}
+
+/// Bytes of RAM a kept change takes, and a group that has some.
+const CHANGE_BYTES: u64 = 12;
+const GROUP_CHANGES_BYTES: u64 = 64;
+
+/// The counts of the groups in RAM, and the changes kept for every group.
 #[derive(Debug, Default)]
 pub(crate) struct Counts {
     slots: Vec<Option<Box<[u32]>>>,
@@ -55,9 +100,17 @@ pub(crate) struct Counts {
     loaded: usize,
     /// Groups kept in RAM at most, beyond those that cannot be evicted.
     budget: usize,
-    pending: HashMap<u64, Vec<(u32, Pending)>>,
-    /// Changes in `pending`, all groups together.
-    pending_changes: usize,
+    changes: HashMap<u64, GroupChanges>,
+    /// Changes kept, all groups together.
+    live: u64,
+    /// Changes not yet in the change log on the disk.
+    fresh: u64,
+    /// Changes made to groups not in RAM and not applied by a load since.
+    unseen: u64,
+    /// Groups with unseen changes.
+    unseen_groups: BTreeSet<u64>,
+    /// Changes kept at most before checkpoints fold groups.
+    pub(super) max_live: u64,
     /// Groups checked at their first load.
     checked: GroupSet,
     /// Groups the last capture encoded whose pages are not yet written.
@@ -68,10 +121,12 @@ pub(crate) struct Counts {
 
 /// Groups kept in RAM at least, whatever the budget.
 const MIN_GROUPS: usize = 2;
+/// Changes kept at least before checkpoints fold groups.
+const MIN_LIVE_CHANGES: u64 = 4096;
 
 impl Counts {
     pub(super) fn new(ngroups: u64) -> Counts {
-        Counts { slots: vec![None; ngroups as usize], budget: usize::MAX, ..Counts::default() }
+        Counts { slots: vec![None; ngroups as usize], budget: usize::MAX, max_live: u64::MAX, ..Counts::default() }
     }
 
     pub(super) fn cover(&mut self, ngroups: u64) {
@@ -87,17 +142,18 @@ impl Counts {
 
 impl Space {
     /// Keeps about `bytes` of counts in RAM (groups that cannot be evicted
-    /// come on top).
+    /// come on top), and about as much again of changes.
     pub(crate) fn set_count_budget(&mut self, bytes: u64) {
         let per_group = self.block_size.max(1);
         self.counts.budget = usize::try_from(bytes / per_group).unwrap_or(usize::MAX).max(MIN_GROUPS);
+        self.counts.max_live = (bytes / (CHANGE_BYTES + 4)).max(MIN_LIVE_CHANGES);
     }
 
-    /// Bytes the counts take in RAM: the groups loaded, the changes
-    /// waiting, and a slot per group.
+    /// Bytes the counts take in RAM: the groups loaded, the changes kept,
+    /// and a slot per group.
     pub(crate) fn count_bytes(&self) -> u64 {
-        let pending: usize = self.counts.pending.values().map(|v| v.len() * 8 + 32).sum();
-        (self.counts.loaded as u64 * self.block_size) + pending as u64 + self.counts.slots.len() as u64 * 16
+        let changes = self.counts.live * CHANGE_BYTES + self.counts.changes.len() as u64 * GROUP_CHANGES_BYTES;
+        (self.counts.loaded as u64 * self.block_size) + changes + self.counts.slots.len() as u64 * 16
     }
 
     /// Group pages read since open.
@@ -112,8 +168,8 @@ impl Space {
         self.counts.loaded as u64
     }
 
-    /// The count of `page` if its group is in RAM (pending changes are
-    /// applied at load, so a group in RAM has none).
+    /// The count of `page` if its group is in RAM (a group in RAM has
+    /// every change applied).
     pub(crate) fn loaded_count(&self, page: u64) -> Option<u32> {
         let (g, k) = self.group_and_slot(page);
         self.counts.slots.get(g as usize)?.as_ref().map(|c| c[k])
@@ -136,30 +192,26 @@ impl Space {
 
     /// A new leaf (or parent, for a node page) references `page`.
     pub(crate) fn inc(&mut self, page: u64) {
-        self.mark_changed(page);
         let (g, k) = self.group_and_slot(page);
-        match self.counts_in_ram(g) {
-            Some(c) => c[k] += 1,
-            None => self.add_pending(g, k, Pending::Inc),
+        if let Some(c) = self.counts_in_ram(g) {
+            c[k] += 1;
         }
+        self.keep_change(page, Op::Inc);
     }
 
     /// A leaf that referenced `page` is gone or changed; at zero the page is
     /// quarantined until the next checkpoint is durable (at the group's
-    /// load, when it is not in RAM now).
+    /// next load, when it is not in RAM now).
     pub(crate) fn dec(&mut self, page: u64) {
-        self.mark_changed(page);
         let (g, k) = self.group_and_slot(page);
-        match self.counts_in_ram(g) {
-            Some(c) => {
-                debug_assert!(c[k] > 0, "refcount underflow on page {page}");
-                c[k] = c[k].saturating_sub(1);
-                if c[k] == 0 {
-                    self.quarantine.push(page);
-                }
+        if let Some(c) = self.counts_in_ram(g) {
+            debug_assert!(c[k] > 0, "refcount underflow on page {page}");
+            c[k] = c[k].saturating_sub(1);
+            if c[k] == 0 {
+                self.quarantine.push(page);
             }
-            None => self.add_pending(g, k, Pending::Dec),
         }
+        self.keep_change(page, Op::Dec);
     }
 
     /// A reference to the tree node at `page` is gone. Returns whether it
@@ -167,43 +219,66 @@ impl Space {
     /// reused before the next checkpoint is durable). The caller read the
     /// count through [`Space::refcount`] just before, so the group is in RAM.
     pub(crate) fn dec_node(&mut self, page: u64) -> bool {
-        self.mark_changed(page);
         let (g, k) = self.group_and_slot(page);
         let Some(c) = self.counts.slots.get_mut(g as usize).and_then(|s| s.as_mut()) else {
             debug_assert!(false, "node page {page} dropped with its group on the disk");
-            self.add_pending(g, k, Pending::Dec);
+            self.keep_change(page, Op::Dec);
             return false;
         };
         debug_assert!(c[k] > 0, "node refcount underflow on page {page}");
         c[k] = c[k].saturating_sub(1);
-        if c[k] == 0 {
+        let last = c[k] == 0;
+        self.keep_change(page, Op::Dec);
+        if last {
             self.obsolete.push(page);
-            return true;
         }
-        false
+        last
     }
 
-    /// Sets the reference count directly (recovery, and nodes a checkpoint
-    /// places).
-    pub(crate) fn set_refcount(&mut self, page: u64, n: u32) {
+    /// Makes `page` a tree node referenced `n` times (a node a checkpoint
+    /// places, or one open counted by walking the trees): reserved, with
+    /// that count.
+    pub(crate) fn set_node_refcount(&mut self, page: u64, n: u32) {
+        let (g, k) = self.group_and_slot(page);
+        if let Some(c) = self.counts_in_ram(g) {
+            c[k] = n;
+        }
+        self.set_reserved(page, true);
+        self.keep_change(page, Op::Raw(NODE | n));
+    }
+
+    /// Keeps the change of a page of the table itself: it becomes one
+    /// (`META`) or stops being one (free). Its count is zero either way.
+    pub(super) fn keep_table_page_change(&mut self, page: u64, is_table: bool) {
+        self.keep_change(page, Op::Raw(if is_table { META } else { 0 }));
+    }
+
+    /// Keeps `op` among the changes of `page`'s group, applied or not.
+    fn keep_change(&mut self, page: u64, op: Op) {
         self.mark_changed(page);
         let (g, k) = self.group_and_slot(page);
-        match self.counts_in_ram(g) {
-            Some(c) => c[k] = n,
-            None => self.add_pending(g, k, Pending::Set(n)),
+        let loaded = self.is_loaded(g);
+        let c = self.counts.changes.entry(g).or_default();
+        c.ops.push((k as u32, op));
+        if loaded {
+            c.seen = c.ops.len();
+        } else {
+            self.counts.unseen += 1;
+            self.counts.unseen_groups.insert(g);
         }
+        self.counts.live += 1;
+        self.counts.fresh += 1;
     }
 
     /// Group `g`'s counts when they are in RAM, or can be without a read
-    /// (a group never written is all zero).
+    /// (a group never written is all zero, and its changes are in RAM once
+    /// the change log is read).
     fn counts_in_ram(&mut self, g: u64) -> Option<&mut Box<[u32]>> {
-        let loaded = self.is_loaded(g);
-        let blank = self.group_is_blank(g);
-        if !loaded && blank && !self.counts.pending.contains_key(&g) {
+        if !self.is_loaded(g) && self.group_is_blank(g) && self.change_log_read() {
             // No read happens, and nothing is evicted: the caller may be
             // between reading a node's count and dropping its reference
             // (see `dec_node`). A failed check of an all-zero group (a
-            // table page in it) leaves the change pending, for the
+            // table page in it) leaves the change unseen, for the
             // checkpoint's load to report.
             self.bring_in(g, false).ok()?;
         }
@@ -211,8 +286,8 @@ impl Space {
     }
 
     /// Brings group `g` into RAM (a read of its page unless it was never
-    /// written) and applies what waited for it, first evicting others to
-    /// keep within the budget. Only `g` is sure to be in RAM afterwards.
+    /// written) with its changes applied, first evicting others to keep
+    /// within the budget. Only `g` is sure to be in RAM afterwards.
     pub(crate) fn load_group(&mut self, g: u64) -> Result<()> {
         self.bring_in(g, true)
     }
@@ -221,25 +296,8 @@ impl Space {
         if self.is_loaded(g) {
             return Ok(());
         }
-        let mut counts = self.read_counts(g)?;
-        let first = g * self.group_entries();
-        let waiting = self.counts.pending.remove(&g).unwrap_or_default();
-        self.counts.pending_changes -= waiting.len();
         let quarantined_before = self.quarantine.len();
-        for (k, change) in waiting {
-            let c = &mut counts[k as usize];
-            match change {
-                Pending::Dec => {
-                    debug_assert!(*c > 0, "refcount underflow on page {}", first + k as u64);
-                    *c = c.saturating_sub(1);
-                    if *c == 0 {
-                        self.quarantine.push(first + k as u64);
-                    }
-                }
-                Pending::Inc => *c += 1,
-                Pending::Set(n) => *c = n,
-            }
-        }
+        let counts = self.current_counts(g, true)?;
         let quarantined = self.quarantine[quarantined_before..].to_vec();
         self.note_loaded(g, &counts, &quarantined);
         if evict {
@@ -252,31 +310,140 @@ impl Space {
         Ok(())
     }
 
-    /// Loads every group with changes waiting (a checkpoint does this
-    /// before it captures the table; `check` before it copies counts).
+    /// Group `g`'s counts as they stand: its page (checked at the group's
+    /// first read) with its changes applied. With `see`, a data page an
+    /// unseen change brings to zero is quarantined and the changes count as
+    /// seen; `check`, which looks without keeping, passes `false` after
+    /// settling every group.
+    fn current_counts(&mut self, g: u64, see: bool) -> Result<Box<[u32]>> {
+        self.read_change_log()?;
+        let mut entries = self.read_group(g)?;
+        let first_read = !self.counts.is_checked(g);
+        if first_read {
+            self.check_group_hint(g, &entries)?;
+        }
+        let first = g * self.group_entries();
+        let mut zeroed = Vec::new();
+        if let Some(c) = self.counts.changes.get(&g) {
+            for (i, &(k, op)) in c.ops.iter().enumerate() {
+                let e = &mut entries[k as usize];
+                *e = op.apply(*e).ok_or_else(|| {
+                    let page = first + k as u64;
+                    Error::corruption(
+                        "reference table",
+                        format!("{DATA_FILE} change log"),
+                        format!("{op:?} does not apply to page {page}, whose entry is {e:#x}"),
+                    )
+                })?;
+                if see && i >= c.seen && op == Op::Dec && *e == 0 {
+                    zeroed.push(first + k as u64);
+                }
+            }
+        }
+        if first_read {
+            self.check_group(g, &entries)?;
+            self.name_group_page(g)?;
+            self.counts.checked.insert(g);
+        }
+        if see {
+            self.mark_seen(g);
+            self.quarantine.extend(zeroed);
+        }
+        strip_kinds(&mut entries);
+        Ok(entries)
+    }
+
+    fn mark_seen(&mut self, g: u64) {
+        if let Some(c) = self.counts.changes.get_mut(&g) {
+            self.counts.unseen -= (c.ops.len() - c.seen) as u64;
+            c.seen = c.ops.len();
+        }
+        self.counts.unseen_groups.remove(&g);
+    }
+
+    /// Loads every group with unseen changes, so that every page they free
+    /// is in the quarantine (a checkpoint does this before it captures the
+    /// table; `check` before it copies counts).
     pub(crate) fn settle_counts(&mut self) -> Result<()> {
-        let waiting: Vec<u64> = self.counts.pending.keys().copied().collect();
+        let waiting: Vec<u64> = self.counts.unseen_groups.iter().copied().collect();
         for g in waiting {
             self.load_group(g)?;
         }
         Ok(())
     }
 
-    /// Whether some count changes wait for their group to load (a
-    /// checkpoint would then free pages it cannot name yet).
-    pub(crate) fn has_pending_counts(&self) -> bool {
-        !self.counts.pending.is_empty()
+    /// Whether some changes wait for their groups to load (they may free
+    /// pages no one can name yet).
+    pub(crate) fn has_unseen_changes(&self) -> bool {
+        !self.counts.unseen_groups.is_empty()
     }
 
-    /// Count changes waiting for their groups: like quarantined pages, a
-    /// reason for a checkpoint when they pile up.
-    pub(crate) fn pending_count_changes(&self) -> usize {
-        self.counts.pending_changes
+    /// Changes made to groups not in RAM and not applied since: like
+    /// quarantined pages, a reason for a checkpoint when they pile up.
+    pub(crate) fn unseen_changes(&self) -> u64 {
+        self.counts.unseen
     }
 
-    fn add_pending(&mut self, g: u64, slot: usize, change: Pending) {
-        self.counts.pending.entry(g).or_default().push((slot as u32, change));
-        self.counts.pending_changes += 1;
+    /// Changes kept in RAM, all groups together.
+    pub(crate) fn live_changes(&self) -> u64 {
+        self.counts.live
+    }
+
+    /// Changes not yet in the change log on the disk.
+    pub(super) fn fresh_changes(&self) -> u64 {
+        self.counts.fresh
+    }
+
+    /// Whether group `g` has changes kept.
+    pub(super) fn has_changes(&self, g: u64) -> bool {
+        self.counts.changes.get(&g).is_some_and(|c| !c.ops.is_empty())
+    }
+
+    /// The groups with changes kept and how many each has.
+    pub(super) fn change_counts(&self) -> Vec<(u64, usize)> {
+        self.counts.changes.iter().map(|(&g, c)| (g, c.ops.len())).collect()
+    }
+
+    /// Group `g`'s changes from the `from_durable`-th on (0: all of them;
+    /// otherwise those not yet in the change log), as pages and changes.
+    pub(super) fn group_changes(&self, g: u64, all: bool) -> Vec<(u64, Op)> {
+        let first = g * self.group_entries();
+        self.counts.changes.get(&g).map_or_else(Vec::new, |c| {
+            let from = if all { 0 } else { c.durable };
+            c.ops[from..].iter().map(|&(k, op)| (first + k as u64, op)).collect()
+        })
+    }
+
+    /// Adds changes the change log on the disk holds for group `g` (read
+    /// after open) before the ones made since.
+    pub(super) fn prepend_logged_changes(&mut self, g: u64, logged: Vec<(u32, Op)>) {
+        debug_assert!(!self.is_loaded(g), "group {g} loaded before the change log was read");
+        let n = logged.len();
+        let c = self.counts.changes.entry(g).or_default();
+        let mut ops = logged;
+        ops.append(&mut c.ops);
+        c.ops = ops;
+        c.durable += n;
+        c.seen += n;
+        self.counts.live += n as u64;
+    }
+
+    /// Group `g` was folded: its page holds every change, which are dropped.
+    pub(super) fn drop_changes(&mut self, g: u64) {
+        if let Some(c) = self.counts.changes.remove(&g) {
+            self.counts.live -= c.ops.len() as u64;
+            self.counts.fresh -= (c.ops.len() - c.durable) as u64;
+            self.counts.unseen -= (c.ops.len() - c.seen) as u64;
+        }
+        self.counts.unseen_groups.remove(&g);
+    }
+
+    /// Every change kept is in the change log now.
+    pub(super) fn changes_logged(&mut self) {
+        for c in self.counts.changes.values_mut() {
+            c.durable = c.ops.len();
+        }
+        self.counts.fresh = 0;
     }
 
     /// Groups a checkpoint is about to encode stay in RAM until their pages
@@ -285,8 +452,8 @@ impl Space {
         self.counts.unwritten.extend(groups);
     }
 
-    /// The checkpoint wrote the pages of the groups it captured: they may
-    /// leave RAM now.
+    /// The checkpoint wrote the pages of the groups it captured (or gave
+    /// up on them): they may leave RAM now.
     pub(crate) fn table_written(&mut self) {
         self.counts.unwritten.clear();
         self.evict_down_to(self.counts.budget);
@@ -301,7 +468,7 @@ impl Space {
             if self.counts.slots.get(g as usize).is_none_or(|s| s.is_none()) {
                 continue;
             }
-            if self.is_group_dirty(g) || self.counts.unwritten.contains(&g) {
+            if self.counts.unwritten.contains(&g) {
                 self.counts.fifo.push_back(g);
                 looked += 1;
                 continue;
@@ -309,19 +476,6 @@ impl Space {
             self.counts.slots[g as usize] = None;
             self.counts.loaded -= 1;
         }
-    }
-
-    /// Group `g`'s counts as its page holds them, checked at the group's
-    /// first read.
-    fn read_counts(&mut self, g: u64) -> Result<Box<[u32]>> {
-        let mut counts = self.read_group(g)?;
-        if !self.counts.is_checked(g) {
-            self.check_group(g, &counts)?;
-            self.name_group_page(g)?;
-            self.counts.checked.insert(g);
-        }
-        strip_kinds(&mut counts);
-        Ok(counts)
     }
 
     /// Whether group `g` has been read (and checked) since open.
@@ -348,7 +502,7 @@ impl Space {
 
     /// Copies the counts of pages `pages` (into `out`) without keeping
     /// groups in RAM that were not there: `check` looks at every page once.
-    /// Changes waiting for a group are applied first ([`Space::settle_counts`]).
+    /// Unseen changes are applied first ([`Space::settle_counts`]).
     pub(crate) fn copy_group_counts(&mut self, pages: std::ops::Range<u64>, out: &mut Vec<u32>) -> Result<()> {
         self.settle_counts()?;
         out.clear();
@@ -360,7 +514,7 @@ impl Space {
             let (from_k, to_k) = ((p - g * n) as usize, (to - g * n) as usize);
             match self.counts.slots.get(g as usize).and_then(|s| s.as_ref()) {
                 Some(c) => out.extend_from_slice(&c[from_k..to_k]),
-                None => out.extend_from_slice(&self.read_counts(g)?[from_k..to_k]),
+                None => out.extend_from_slice(&self.current_counts(g, false)?[from_k..to_k]),
             }
             p = to;
         }
@@ -369,12 +523,13 @@ impl Space {
 
     /// Whether group `g` may hold a page with no references, as far as the
     /// table tells without reading it: `Some(true)` every entry is zero,
-    /// `Some(false)` none is, `None` it must be read to tell.
-    /// Reads the index page above the group when RAM does not have it.
+    /// `Some(false)` none is, `None` it must be read to tell (its page
+    /// says neither, or changes are kept for it).
+    /// Reads the index page above the group when RAM does not have it, and
+    /// the change log when it has not been read.
     pub(super) fn group_zeros_hint(&mut self, g: u64) -> Result<Option<bool>> {
-        // Discovery asks this of every group: no hash of `g` when nothing waits.
-        let waiting = !self.counts.pending.is_empty() && self.counts.pending.contains_key(&g);
-        if self.is_loaded(g) || waiting {
+        self.read_change_log()?;
+        if self.is_loaded(g) || self.has_changes(g) {
             return Ok(None);
         }
         Ok(match self.group_ref(g)? {
@@ -407,5 +562,24 @@ fn strip_kinds(entries: &mut [u32]) {
             META => 0,
             v => v & !NODE,
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_applies_to_the_entries_it_can_and_refuses_the_rest() {
+        assert_eq!(Op::Inc.apply(0), Some(1));
+        assert_eq!(Op::Inc.apply(NODE | 2), Some(NODE | 3));
+        assert_eq!(Op::Inc.apply(META), None);
+        assert_eq!(Op::Inc.apply(NODE - 1), None);
+        assert_eq!(Op::Dec.apply(1), Some(0));
+        assert_eq!(Op::Dec.apply(NODE | 1), Some(0));
+        assert_eq!(Op::Dec.apply(NODE | 5), Some(NODE | 4));
+        assert_eq!(Op::Dec.apply(0), None);
+        assert_eq!(Op::Dec.apply(META), None);
+        assert_eq!(Op::Raw(META).apply(0), Some(META));
     }
 }

@@ -58,7 +58,6 @@ impl Space {
     /// may be a hole. Those become holes, to be re-reserved before use and
     /// punched once more.
     pub(crate) fn start_free_map(&mut self, hint_page: u64) {
-        debug_assert!(!self.has_pending_counts(), "counts changed without their groups at open");
         self.free.clear();
         self.free_pages = 0;
         self.holes.clear();

@@ -45,6 +45,7 @@
 //!   open marks them from the superblock and the log chain, and a table
 //!   entry for one of their pages is corruption.
 
+use super::changes::{self, ChunkRef, Logged};
 use super::group_set::GroupSet;
 use super::{Run, Space};
 use crate::error::{Error, Result};
@@ -58,6 +59,11 @@ pub(crate) const NODE: u32 = 1 << 31;
 pub(crate) const META: u32 = u32::MAX;
 /// Bytes per group in an index page: page (8), CRC (4), zero entries (4).
 const INDEX_ENTRY: usize = 16;
+/// Groups a checkpoint may fold beyond those that changed since the last.
+const FOLD_SLACK: u64 = 8;
+/// Entries the change log holds beyond twice the changes kept, at least,
+/// before a checkpoint compacts it.
+const MIN_COMPACTION_ENTRIES: u64 = 1024;
 
 /// Where one group page lives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,6 +89,8 @@ pub(crate) struct TableRoot {
     /// Pages the table describes; pages past this are free.
     pub(crate) covered_pages: u64,
     pub(crate) index: Vec<IndexRef>,
+    /// The change log's chunks, oldest first (version 8 on).
+    pub(crate) changes: Vec<ChunkRef>,
 }
 
 impl TableRoot {
@@ -92,6 +100,10 @@ impl TableRoot {
         for r in &self.index {
             e.u64(r.page);
             e.u32(r.crc);
+        }
+        e.u32(self.changes.len() as u32);
+        for c in &self.changes {
+            c.encode(e);
         }
     }
 
@@ -105,7 +117,17 @@ impl TableRoot {
         for _ in 0..n {
             index.push(IndexRef { page: d.u64()?, crc: d.u32()? });
         }
-        Ok(TableRoot { covered_pages, index })
+        let mut changes = Vec::new();
+        if d.version >= 8 {
+            let n = d.u32()? as usize;
+            if n > d.remaining() / ChunkRef::MIN_ENCODED {
+                return Err(d.bad(format!("{n} change log chunks do not fit")));
+            }
+            for _ in 0..n {
+                changes.push(ChunkRef::decode(d)?);
+            }
+        }
+        Ok(TableRoot { covered_pages, index, changes })
     }
 }
 
@@ -114,6 +136,8 @@ impl TableRoot {
 enum Owner {
     Group(u64),
     Index(u64),
+    /// A page of the change log's chunk that starts at this page.
+    Changes(u64),
 }
 
 impl fmt::Display for Owner {
@@ -121,6 +145,7 @@ impl fmt::Display for Owner {
         match self {
             Owner::Group(g) => write!(f, "group {g}"),
             Owner::Index(i) => write!(f, "index page {i}"),
+            Owner::Changes(start) => write!(f, "the change log chunk at page {start}"),
         }
     }
 }
@@ -142,7 +167,7 @@ pub(crate) struct Table {
     /// first need of one of its groups does).
     groups: Vec<Option<Box<[GroupRef]>>>,
     /// Groups the table has: those past it are all free, never written.
-    ngroups: u64,
+    pub(super) ngroups: u64,
     index: Vec<IndexRef>,
     /// Index pages read since open (tests and figures).
     pub(crate) index_reads: u64,
@@ -153,11 +178,18 @@ pub(crate) struct Table {
     pages: BTreeMap<u64, TablePage>,
     /// Groups whose entries changed since the last capture.
     dirty: GroupSet,
+    /// The change log's chunks as the last checkpoint listed them.
+    pub(super) chunks: Vec<ChunkRef>,
+    /// The chunks open found, until the log is read.
+    pub(super) unread: Vec<ChunkRef>,
+    /// Entries the chunks hold, all together.
+    pub(super) logged_entries: u64,
 }
 
-/// What a checkpoint plan took for the table: new pages for the groups and
-/// index pages that change, from a pool allocated up front, so that a full
-/// disk fails the plan before anything changed.
+/// What a checkpoint plan took for the table: new pages for the groups it
+/// folds and the index pages above them, and a run for the change log's
+/// new chunk, allocated up front, so that a full disk fails the plan
+/// before anything changed.
 #[derive(Debug, Default)]
 pub(crate) struct TableMoves {
     groups: BTreeMap<u64, u64>,
@@ -167,6 +199,13 @@ pub(crate) struct TableMoves {
     /// Pages the captured table describes: the file as it was once the
     /// pool was allocated (later growth is free space, implicitly).
     covered: u64,
+    /// Pages set aside for the new chunk (none when empty), for as many
+    /// entries as it may hold. The capture gives back what its last run
+    /// does not need but one page, so that the chunk keeps as many runs as
+    /// planned and the catalog the length it was planned with.
+    chunk: Vec<Run>,
+    /// Whether the new chunk holds every change kept, and the old chunks go.
+    compact: bool,
 }
 
 impl TableMoves {
@@ -174,6 +213,16 @@ impl TableMoves {
     /// on it).
     pub(crate) fn index_pages(&self, space: &Space) -> usize {
         space.groups_for(self.covered).div_ceil(space.index_fanout()) as usize
+    }
+
+    /// The chunks the captured table lists, as far as their length in the
+    /// catalog goes (the catalog's length depends on it).
+    pub(crate) fn chunk_shapes(&self, space: &Space) -> Vec<ChunkRef> {
+        let mut chunks = if self.compact { Vec::new() } else { space.table.chunks.clone() };
+        if !self.chunk.is_empty() {
+            chunks.push(ChunkRef { runs: self.chunk.clone(), ..ChunkRef::default() });
+        }
+        chunks
     }
 }
 
@@ -211,10 +260,6 @@ impl Space {
 
     fn mark_group_changed(&mut self, g: u64) {
         self.table.dirty.insert(g);
-    }
-
-    pub(super) fn is_group_dirty(&self, g: u64) -> bool {
-        self.table.dirty.contains(g)
     }
 
     /// Where group `g`'s page lives, if the table has the group: reads
@@ -292,14 +337,15 @@ impl Space {
     }
 
     /// Pages the next checkpoint may need for the table: a page for each
-    /// group that changed and for each group of the nodes it places, as
-    /// many again for the groups those moves touch, and the index pages;
-    /// never more than the whole table, since a group moves at most once
-    /// per checkpoint.
+    /// group it may fold (at most as many as changed, and a few), the
+    /// index pages, and a chunk for the changes it logs: those made since
+    /// the last one, the nodes it places and the pages of the table that
+    /// move. Never more groups than the whole table.
     pub(super) fn table_reserve(&self) -> u64 {
         let ngroups = self.groups_for(self.npages) + 1;
-        let moved = (2 * (self.table.dirty.len() + self.dirty_nodes) + 8).min(ngroups);
-        moved + ngroups.div_ceil(self.index_fanout())
+        let folded = (self.table.dirty.len() + FOLD_SLACK).min(ngroups);
+        let changes = self.fresh_changes() + self.dirty_nodes + 3 * folded + ngroups.div_ceil(self.index_fanout());
+        folded + ngroups.div_ceil(self.index_fanout()) + self.chunk_pages_bound(changes)
     }
 
     /// The entry of `page` as the table records it now.
@@ -318,77 +364,110 @@ impl Space {
         }
     }
 
-    /// Chooses new pages for every group that changed (and for the pages
-    /// in `also`, which the caller is about to change: the nodes a
-    /// checkpoint places) and for the index pages above them, until the
-    /// moves change no further group. Allocates all of it; on failure
-    /// gives it back and changes nothing.
-    pub(crate) fn plan_table_moves(&mut self, also: &[Run]) -> Result<TableMoves> {
-        let mut moves = TableMoves::default();
-        let mut dirty: BTreeSet<u64> = self.table.dirty.iter().collect();
-        for r in also {
-            dirty.extend(self.group_of(r.start)..=self.group_of(r.start + r.len - 1));
-        }
-        loop {
-            let mut changed = false;
-            let waiting: Vec<u64> = dirty.iter().copied().filter(|g| !moves.groups.contains_key(g)).collect();
-            for g in waiting {
-                let page = self.take_from_pool(&mut moves)?;
-                moves.groups.insert(g, page);
-                dirty.insert(self.group_of(page));
-                let old = match self.group_ref(g) {
-                    Ok(r) => r.map_or(0, |r| r.page),
-                    Err(e) => {
-                        self.abandon_table_moves(moves);
-                        return Err(e);
-                    }
-                };
-                if old != 0 {
-                    dirty.insert(self.group_of(old));
-                }
-                changed = true;
-            }
-            let fanout = self.index_fanout();
-            let index_dirty: BTreeSet<u64> = moves.groups.keys().map(|g| g / fanout).collect();
-            for i in index_dirty {
-                if moves.index.contains_key(&i) {
-                    continue;
-                }
-                let page = self.take_from_pool(&mut moves)?;
-                moves.index.insert(i, page);
-                dirty.insert(self.group_of(page));
-                if let Some(old) = self.table.index.get(i as usize).map(|r| r.page).filter(|&p| p != 0) {
-                    dirty.insert(self.group_of(old));
-                }
-                changed = true;
-            }
-            if !changed {
-                // A table read at open may cover more than the file holds
-                // (see `load_table`); it never shrinks.
-                moves.covered = self.npages.max(self.table.ngroups * self.group_entries());
-                if let Err(e) = self.load_groups_to_encode(&moves) {
-                    self.abandon_table_moves(moves);
-                    return Err(e);
-                }
-                return Ok(moves);
+    /// Plans the table's part of a checkpoint: applies every unseen change
+    /// (so that the pages it frees are quarantined and the checkpoint frees
+    /// them), chooses the groups to fold and new pages for them and for
+    /// the index pages above them, and sets aside a run for the chunk of
+    /// the change log that keeps the rest, `extra_changes` (changes the
+    /// caller makes before the capture) among them. Allocates all of it;
+    /// on failure gives it back and changes nothing.
+    pub(crate) fn plan_table_moves(&mut self, extra_changes: u64) -> Result<TableMoves> {
+        self.settle_counts()?;
+        let folds = self.choose_folds()?;
+        let mut moves = TableMoves { compact: self.wants_compaction(&folds), ..TableMoves::default() };
+        match self.take_table_pages(&mut moves, &folds, extra_changes) {
+            Ok(()) => Ok(moves),
+            Err(e) => {
+                self.abandon_table_moves(moves);
+                Err(e)
             }
         }
     }
 
-    /// Brings every group the capture will encode into RAM, marked changed
-    /// first so that none of them is evicted by the loads of the others.
-    fn load_groups_to_encode(&mut self, moves: &TableMoves) -> Result<()> {
-        for &g in moves.groups.keys() {
-            self.mark_group_changed(g);
+    fn take_table_pages(&mut self, moves: &mut TableMoves, folds: &[u64], extra_changes: u64) -> Result<()> {
+        for &g in folds {
+            let page = self.take_from_pool(moves)?;
+            moves.groups.insert(g, page);
+            self.group_ref(g)?;
         }
+        let fanout = self.index_fanout();
+        let index: BTreeSet<u64> = moves.groups.keys().map(|g| g / fanout).collect();
+        for i in index {
+            let page = self.take_from_pool(moves)?;
+            moves.index.insert(i, page);
+        }
+        let entries = self.chunk_entries_bound(moves, extra_changes);
+        if entries > 0 {
+            moves.chunk = self.alloc(self.chunk_pages_bound(entries))?;
+        }
+        // The file as the pool left it (later growth is free space). A table
+        // read at open may cover more than the file holds (see
+        // `load_table`); it never shrinks.
+        moves.covered = self.npages.max(self.table.ngroups * self.group_entries());
+        // The groups folded are encoded from RAM: loaded, and held there.
+        self.hold_unwritten(moves.groups.keys().copied());
         for &g in moves.groups.keys() {
             self.load_group(g)?;
         }
         Ok(())
     }
 
+    /// The most entries the new chunk can hold: a fold mark per group
+    /// folded, the changes it keeps (all of them when compacting, those
+    /// since the last checkpoint otherwise), the caller's, and a change per
+    /// page of the table that moves.
+    fn chunk_entries_bound(&self, moves: &TableMoves, extra_changes: u64) -> u64 {
+        let kept = if moves.compact { self.live_changes() } else { self.fresh_changes() };
+        let moved = 2 * (moves.groups.len() + moves.index.len()) as u64;
+        let dropped: u64 = if moves.compact { self.table.chunks.iter().map(ChunkRef::page_count).sum() } else { 0 };
+        moves.groups.len() as u64 + kept + extra_changes + moved + dropped
+    }
+
+    /// The groups this checkpoint folds: those whose changes would take
+    /// more room in the log than a quarter of their page (a page written
+    /// then carries many changes: a write in order folds every group it
+    /// filled), and, while the changes kept are past their budget, those
+    /// with the most changes until half the budget is left. At most as
+    /// many as changed since the last checkpoint (and a few), which the
+    /// metadata reserve counts on; the most changes first.
+    fn choose_folds(&mut self) -> Result<Vec<u64>> {
+        let max_live = self.counts.max_live;
+        let unread_past_budget = !self.change_log_read() && self.table.logged_entries + self.fresh_changes() > max_live;
+        if unread_past_budget {
+            self.read_change_log()?;
+        }
+        let mut by_changes = self.change_counts();
+        by_changes.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let fold_at = changes::entries_per_page(self.block_size) / 4;
+        let limit = self.table.dirty.len() + FOLD_SLACK;
+        let mut live = self.live_changes();
+        let mut folds = Vec::new();
+        for (g, n) in by_changes {
+            let dense = n as u64 >= fold_at;
+            let over_budget = self.change_log_read() && live > max_live / 2 && self.live_changes() > max_live;
+            if folds.len() as u64 >= limit || !(dense || over_budget) {
+                break;
+            }
+            folds.push(g);
+            live -= n as u64;
+        }
+        Ok(folds)
+    }
+
+    /// Whether the next chunk should hold every change kept, so that the
+    /// chunks before it go: when they hold more than twice as many entries
+    /// as the changes still kept after `folds` (and some).
+    fn wants_compaction(&self, folds: &[u64]) -> bool {
+        if !self.change_log_read() || self.table.chunks.is_empty() {
+            return false;
+        }
+        let folded: u64 = folds.iter().map(|g| self.group_changes(*g, true).len() as u64).sum();
+        let kept = self.live_changes() - folded;
+        self.table.logged_entries > 2 * kept + (self.counts.max_live / 4).max(MIN_COMPACTION_ENTRIES)
+    }
+
     /// A page for the table from the plan's pool, allocating more when the
-    /// pool is used up; on failure everything the pool took is freed.
+    /// pool is used up.
     fn take_from_pool(&mut self, moves: &mut TableMoves) -> Result<u64> {
         let mut skip = moves.used;
         for r in &moves.pool {
@@ -399,16 +478,8 @@ impl Space {
             skip -= r.len;
         }
         let want = (self.dirty_groups() / 8).clamp(4, 1024);
-        match self.alloc(want) {
-            Ok(runs) => {
-                moves.pool.extend(runs);
-                self.take_from_pool(moves)
-            }
-            Err(e) => {
-                self.abandon_table_moves(std::mem::take(moves));
-                Err(e)
-            }
-        }
+        moves.pool.extend(self.alloc(want)?);
+        self.take_from_pool(moves)
     }
 
     /// Gives back every page a plan took (the checkpoint failed before it
@@ -417,33 +488,26 @@ impl Space {
         for r in moves.pool {
             self.free_run(r);
         }
+        for &r in &moves.chunk {
+            self.free_run(r);
+        }
+        self.table_written();
     }
 
-    /// Makes the moves, and encodes every moved group and index page as the
-    /// store stands now (under the same hold of the state lock as the rest
-    /// of the checkpoint's capture). Returns the pages to write and the
-    /// root for the catalog.
+    /// Makes the moves, and encodes every folded group and moved index
+    /// page, and the new chunk of the change log, as the store stands now
+    /// (under the same hold of the state lock as the rest of the
+    /// checkpoint's capture). Returns the pages to write and the root for
+    /// the catalog.
     pub(crate) fn capture_table(&mut self, moves: TableMoves) -> TableWrite {
-        self.give_back_unused(&moves);
         let ngroups = self.groups_for(moves.covered);
         let nindex = ngroups.div_ceil(self.index_fanout());
         self.table.index.resize(nindex as usize, IndexRef::default());
         self.table.groups.resize(nindex as usize, None);
         self.table.ngroups = ngroups;
-        // The plan read the index page above every group it moved.
-        let old_page = |s: &Space, g: u64| s.known_group_ref(g).map_or(0, |r| r.page);
-        let moved = moves.groups.iter().map(|(&g, &p)| (Owner::Group(g), p, old_page(self, g)));
-        let moved_index = moves.index.iter().map(|(&i, &p)| (Owner::Index(i), p, self.table.index[i as usize].page));
-        let relocations: Vec<(Owner, u64, u64)> = moved.chain(moved_index).collect();
-        for (owner, new, old) in relocations {
-            if old != 0 {
-                self.table.pages.remove(&old);
-                self.obsolete.push(old);
-            }
-            // Its group is in RAM (the plan moved and loaded it), so the
-            // page is both named and marked from now on.
-            self.table.pages.insert(new, TablePage { owner: Some(owner), marked: true });
-            self.set_reserved(new, true);
+        self.relocate_table_pages(&moves);
+        if moves.compact {
+            self.drop_change_log();
         }
         let mut pages = Vec::with_capacity(moves.groups.len() + moves.index.len());
         for (&g, &page) in &moves.groups {
@@ -458,11 +522,116 @@ impl Space {
             pages.push((page, bytes));
         }
         for &g in moves.groups.keys() {
-            self.table.dirty.remove(g);
+            self.drop_changes(g);
         }
-        debug_assert_eq!(self.table.dirty.len(), 0, "a group changed after the table's moves were planned");
-        self.hold_unwritten(moves.groups.keys().copied());
-        TableWrite { pages, root: TableRoot { covered_pages: moves.covered, index: self.table.index.clone() } }
+        if !moves.chunk.is_empty() {
+            pages.extend(self.log_changes(&moves));
+        }
+        self.changes_logged();
+        self.table.dirty = GroupSet::default();
+        self.give_back_unused(&moves);
+        let root = TableRoot {
+            covered_pages: moves.covered,
+            index: self.table.index.clone(),
+            changes: self.table.chunks.clone(),
+        };
+        TableWrite { pages, root }
+    }
+
+    /// Gives every folded group and moved index page its new page: the old
+    /// ones become obsolete, and both changes are kept for the groups they
+    /// lie in.
+    fn relocate_table_pages(&mut self, moves: &TableMoves) {
+        // The plan read the index page above every group it folds.
+        let old_page = |s: &Space, g: u64| s.known_group_ref(g).map_or(0, |r| r.page);
+        let moved = moves.groups.iter().map(|(&g, &p)| (Owner::Group(g), p, old_page(self, g)));
+        let moved_index = moves.index.iter().map(|(&i, &p)| (Owner::Index(i), p, self.table.index[i as usize].page));
+        let relocations: Vec<(Owner, u64, u64)> = moved.chain(moved_index).collect();
+        for (owner, new, old) in relocations {
+            if old != 0 {
+                self.give_back_table_page(old);
+            }
+            self.take_table_page(new, owner);
+        }
+    }
+
+    /// Drops every chunk of the change log (the new chunk keeps every
+    /// change they held that is still kept).
+    fn drop_change_log(&mut self) {
+        for c in std::mem::take(&mut self.table.chunks) {
+            for p in c.pages() {
+                self.give_back_table_page(p);
+            }
+        }
+        self.table.logged_entries = 0;
+    }
+
+    /// `page` becomes a page of the table, held by `owner`. Its group need
+    /// not be in RAM: the change kept for it marks it at the group's load,
+    /// as its entry would.
+    fn take_table_page(&mut self, page: u64, owner: Owner) {
+        self.table.pages.insert(page, TablePage { owner: Some(owner), marked: true });
+        self.set_reserved(page, true);
+        self.keep_table_page_change(page, true);
+    }
+
+    /// `page` stops being the table's: obsolete until the checkpoint is
+    /// durable.
+    fn give_back_table_page(&mut self, page: u64) {
+        self.table.pages.remove(&page);
+        self.obsolete.push(page);
+        self.keep_table_page_change(page, false);
+    }
+
+    /// Writes the new chunk: a fold mark for each group folded, then the
+    /// changes kept (every one when compacting, else those since the last
+    /// checkpoint), its own pages' among them. Returns its pages.
+    fn log_changes(&mut self, moves: &TableMoves) -> Vec<(u64, Vec<u8>)> {
+        let mut groups: Vec<u64> = if moves.compact {
+            self.change_counts().into_iter().map(|(g, _)| g).collect()
+        } else {
+            self.table.dirty.iter().collect()
+        };
+        let base = moves.groups.len() as u64
+            + groups.iter().map(|&g| self.group_changes(g, moves.compact).len() as u64).sum::<u64>();
+        let chunk = ChunkRef { runs: self.trim_chunk(&moves.chunk, base), ..ChunkRef::default() };
+        let owner = Owner::Changes(chunk.runs[0].start);
+        let pages: Vec<u64> = chunk.pages().collect();
+        for &p in &pages {
+            self.take_table_page(p, owner);
+            groups.push(self.group_of(p));
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        let mut entries: Vec<Logged> = moves.groups.keys().map(|&g| Logged::Fold(g)).collect();
+        for &g in &groups {
+            entries.extend(self.group_changes(g, moves.compact).into_iter().map(|(p, op)| Logged::Change(p, op)));
+        }
+        let per_page = changes::entries_per_page(self.block_size);
+        assert!(entries.len() as u64 <= pages.len() as u64 * per_page, "the change log chunk outgrew its bound");
+        let bytes = changes::encode_chunk(&entries, pages.len() as u64, self.block_size);
+        let chunk = ChunkRef { entries: entries.len() as u64, crc: Crc::of(&bytes).0, ..chunk };
+        self.table.logged_entries += chunk.entries;
+        self.table.chunks.push(chunk);
+        let bs = self.block_size as usize;
+        pages.into_iter().zip(bytes.chunks_exact(bs)).map(|(p, b)| (p, b.to_vec())).collect()
+    }
+
+    /// The runs of `planned` a chunk of `base` entries (and one for each of
+    /// its pages) needs: the last run shortened, down to one page, and the
+    /// pages cut from it freed.
+    fn trim_chunk(&mut self, planned: &[Run], base: u64) -> Vec<Run> {
+        let mut runs = planned.to_vec();
+        let have: u64 = runs.iter().map(|r| r.len).sum();
+        let need = changes::pages_for(base, self.block_size);
+        if let Some(last) = runs.last_mut() {
+            let cut = have.saturating_sub(need).min(last.len - 1);
+            last.len -= cut;
+            if cut > 0 {
+                self.free_run(Run { start: last.start + last.len, len: cut });
+            }
+        }
+        runs
     }
 
     fn give_back_unused(&mut self, moves: &TableMoves) {
@@ -536,6 +705,18 @@ impl Space {
                 self.name_table_page(r.page, Owner::Index(i as u64))?;
             }
         }
+        for c in &root.changes {
+            let outside = |r: &Run| r.len == 0 || r.start.checked_add(r.len).is_none_or(|end| end > self.npages);
+            if c.runs.is_empty() || c.runs.iter().any(outside) {
+                return Err(table_corruption(c.location(), "no pages, or pages outside the file"));
+            }
+            for p in c.pages() {
+                self.name_table_page(p, Owner::Changes(c.runs[0].start))?;
+            }
+        }
+        self.table.chunks = root.changes.clone();
+        self.table.unread = root.changes.clone();
+        self.table.logged_entries = root.changes.iter().map(|c| c.entries).sum();
         Ok(())
     }
 
@@ -629,24 +810,29 @@ impl Space {
         Crc(crc).verify(buf, "reference table", || format!("{DATA_FILE} {what} at page {page}"))
     }
 
-    /// Checks group `g`'s entries, as its page holds them, against what
-    /// only RAM knows, and marks its node pages and the table's pages in
-    /// it reserved. Called at the group's first load: until then nothing
-    /// changed any of its pages but the reserved bits of the catalog's,
-    /// the log's and the table's pages RAM knows.
-    pub(super) fn check_group(&mut self, g: u64, entries: &[u32]) -> Result<()> {
-        let zeros = entries.iter().filter(|&&v| v == 0).count() as u64;
+    /// Checks group `g`'s page against its index entry, whose count of
+    /// zero entries the free map trusts for groups it does not read.
+    pub(super) fn check_group_hint(&mut self, g: u64, page_entries: &[u32]) -> Result<()> {
+        let zeros = page_entries.iter().filter(|&&v| v == 0).count() as u64;
         let hint = match self.group_ref(g)? {
             Some(r) if r.page != 0 => r.zeros as u64,
             _ => self.group_entries(),
         };
         if zeros != hint {
-            // The free map trusts the hint for groups it does not read.
             return Err(table_corruption(
                 format!("{DATA_FILE} group {g}"),
                 format!("{zeros} zero entries where its index entry says {hint}"),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks group `g`'s entries, its page with its changes applied,
+    /// against what only RAM knows, and marks its node pages and the
+    /// table's pages in it reserved. Called at the group's first load:
+    /// until then nothing changed any of its pages but the reserved bits
+    /// of the catalog's, the log's and the table's pages RAM knows.
+    pub(super) fn check_group(&mut self, g: u64, entries: &[u32]) -> Result<()> {
         let first = g * self.group_entries();
         // The table's pages RAM already knows in this group (a few at
         // most): looked up once for the group, not once per entry.

@@ -86,6 +86,22 @@ pub fn decode_tree_node(bytes: &[u8], page: u64, level: u32) -> Result<usize> {
     })
 }
 
+/// Decodes a chunk of the reference table's change log (format 8) of a
+/// store with 4 KiB blocks and a table of 2^40 pages: the first 8 bytes
+/// are its entry count, the whole 4 KiB pages after them its pages.
+/// Returns the entries decoded.
+///
+/// # Errors
+/// [`crate::Error::Corruption`] for anything malformed.
+pub fn decode_change_chunk(bytes: &[u8]) -> Result<usize> {
+    let Some((count, pages)) = bytes.split_first_chunk::<8>() else {
+        return Ok(0);
+    };
+    let pages = &pages[..pages.len() / 4096 * 4096];
+    let limits = (1 << 40, (1 << 40) / 1024);
+    Ok(crate::space::decode_chunk(pages, u64::from_le_bytes(*count), 4096, limits, "fuzz input")?.len())
+}
+
 /// CRC32 as the on-disk formats use it, for building valid fuzz seeds.
 pub fn crc32(bytes: &[u8]) -> u32 {
     crate::format::Crc::of(bytes).0
@@ -177,9 +193,11 @@ pub fn sample_wal_batches() -> Vec<(&'static str, Vec<u8>)> {
 /// catalog with volumes of every origin (one with a snapshot policy and a
 /// schedule of every kind), ready, automatic, held, creating, failed and
 /// scheduled snapshots with labels, expiry and idempotency key, and
-/// a template; an empty catalog; a superblock; and a leaf, an interior
-/// and a wide leaf tree node (format 7), each after the 9-byte page and
-/// level prefix the target reads first. `fuzz/examples/write_seeds.rs`
+/// a template and a change log chunk in its table; an empty catalog; a
+/// superblock; a leaf, an interior and a wide leaf tree node (format 7),
+/// each after the 9-byte page and level prefix the target reads first; and
+/// a chunk of the reference table's change log (format 8) after its 8-byte
+/// entry count. `fuzz/examples/write_seeds.rs`
 /// writes them as seeds.
 pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
     use crate::catalog::CatalogImage;
@@ -230,7 +248,14 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
         volumes,
         snapshots,
         templates: vec![(samples::template(), 9)],
-        table: Some(crate::space::TableRoot::default()),
+        table: Some(crate::space::TableRoot {
+            changes: vec![crate::space::ChunkRef {
+                runs: vec![crate::space::Run { start: 40, len: 1 }, crate::space::Run { start: 90, len: 2 }],
+                entries: 4,
+                crc: 0x0bad_cafe,
+            }],
+            ..Default::default()
+        }),
         garbage: vec![(9, 0)],
     };
     let empty = CatalogImage {
@@ -264,8 +289,22 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
         b.extend(encode_node(n, level as u32, page, 4096));
         b
     };
+    let changes = {
+        use crate::space::Logged;
+        use crate::space::Op;
+        let entries = [
+            Logged::Fold(2),
+            Logged::Change(2048, Op::Inc),
+            Logged::Change(2049, Op::Dec),
+            Logged::Change(7, Op::Raw(!0)),
+        ];
+        let mut b = (entries.len() as u64).to_le_bytes().to_vec();
+        b.extend(crate::space::encode_chunk(&entries, 1, 4096));
+        b
+    };
     vec![
         ("catalog", full.encode()),
+        ("change-chunk", changes),
         ("catalog-empty", empty.encode()),
         ("superblock", sb.encode()),
         ("leaf", node(9, 0, &leaf)),

@@ -24,8 +24,9 @@ pub fn format_version(image: &[u8]) -> Option<u32> {
 }
 
 /// The pages of the live reference table in a data file's image, as
-/// `(page, kind)` with kind `"index"` or `"group"`: what the live catalog's
-/// table root and its index pages name. Empty when the image has no valid
+/// `(page, kind)` with kind `"index"`, `"group"` or `"changes"` (a page of
+/// the change log): what the live catalog's table root and its index pages
+/// name. Empty when the image has no valid
 /// superblock or catalog, or a catalog of a version without the table.
 pub fn table_pages(image: &[u8]) -> Vec<(u64, &'static str)> {
     let Some(sb) = live_superblock(image) else {
@@ -42,7 +43,11 @@ pub fn table_pages(image: &[u8]) -> Vec<(u64, &'static str)> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for r in img.table.map(|t| t.index).unwrap_or_default().into_iter().filter(|r| r.page != 0) {
+    let table = img.table.unwrap_or_default();
+    for c in &table.changes {
+        out.extend(c.pages().map(|p| (p, "changes")));
+    }
+    for r in table.index.into_iter().filter(|r| r.page != 0) {
         out.push((r.page, "index"));
         let Some(bytes) = page_bytes(r.page) else { continue };
         for entry in bytes.chunks_exact(16) {

@@ -17,7 +17,7 @@ mod rng;
 pub mod sim;
 
 pub use fuzz::{
-    crc32, decode_catalog, decode_superblock, decode_tree_node, decode_wal_batch, decode_wal_log,
+    crc32, decode_catalog, decode_change_chunk, decode_superblock, decode_tree_node, decode_wal_batch, decode_wal_log,
     sample_catalog_inputs, sample_wal_batches,
 };
 pub use image::{catalog_offset, format_version, table_pages};
@@ -59,6 +59,13 @@ pub fn node_cache_bytes(store: &crate::Store) -> u64 {
 pub fn count_groups(store: &crate::Store) -> (u64, u64) {
     let st = store.engine.state.lock();
     (st.space.group_reads(), st.space.groups_in_ram())
+}
+
+/// The reference table's change log as the store holds it now: changes
+/// kept in RAM, chunks on the disk and the entries they hold (see
+/// `space::changes`).
+pub fn change_log(store: &crate::Store) -> (u64, usize, u64) {
+    store.engine.state.lock().space.change_log_figures()
 }
 
 /// Index pages of the reference table the store has read so far (open

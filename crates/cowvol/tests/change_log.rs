@@ -1,0 +1,170 @@
+//! The reference table's change log (format 8): a checkpoint writes the
+//! count changes made since the last one instead of a page per group they
+//! touch; a group's page is rewritten only once the changes kept pass
+//! their budget, and the log is compacted when it holds mostly changes
+//! already folded. Counts stay what the trees imply across checkpoints,
+//! folds, compaction, reopening and crashes, and a damaged chunk is
+//! refused, naming the table.
+
+mod common;
+use common::{assert_clean, block};
+use cowvol::testing::{self, SimDir};
+use cowvol::*;
+use std::sync::Arc;
+
+const BS: u64 = 4096;
+/// Pages per group of counts (one `u32` per page in a 4 KiB page).
+const GROUP: u64 = BS / 4;
+const BLOCKS: u64 = 32 * GROUP;
+
+fn opts(node_cache_bytes: u64) -> StoreOptions {
+    StoreOptions { background_checkpoints: false, node_cache_bytes, ..Default::default() }
+}
+
+/// A volume of [`BLOCKS`] blocks in `store`, every block written (write
+/// 0) and checkpointed, and the generation of each block.
+fn filled_volume(store: &Store) -> (VolumeId, Volume, Vec<u64>) {
+    let id = store.create_volume(VolumeOptions::new("v", BLOCKS * BS)).unwrap().id;
+    let v = store.open_volume(id).unwrap();
+    let mut gens = vec![0; BLOCKS as usize];
+    overwrite(&v, &mut gens, 0..BLOCKS, 0);
+    store.checkpoint().unwrap();
+    (id, v, gens)
+}
+
+/// Writes generation `w` of blocks `lbs` and flushes, noting it in `gens`.
+fn overwrite(v: &Volume, gens: &mut [u64], lbs: impl Iterator<Item = u64>, w: u64) {
+    for lb in lbs {
+        v.write_at(&block(w, lb), lb * BS).unwrap();
+        gens[lb as usize] = w;
+    }
+    v.flush().unwrap();
+}
+
+fn assert_blocks(v: &Volume, gens: &[u64]) {
+    let mut buf = vec![0u8; BS as usize];
+    for lb in 0..BLOCKS {
+        v.read_at(&mut buf, lb * BS).unwrap();
+        assert!(buf == block(gens[lb as usize], lb), "block {lb} holds the wrong data");
+    }
+}
+
+/// Every `step`-th block from `first`: scattered over every group.
+fn scattered(first: u64, step: u64) -> impl Iterator<Item = u64> {
+    (first..BLOCKS).step_by(step as usize)
+}
+
+#[test]
+fn a_checkpoint_after_scattered_overwrites_writes_their_changes_not_a_page_per_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+    let (id, v, mut gens) = filled_volume(&store);
+    // One overwrite in every 97 blocks: the old blocks' counts lie in
+    // every group of data pages.
+    let lbs: Vec<u64> = scattered(5, 97).collect();
+    overwrite(&v, &mut gens, lbs.iter().copied(), 1);
+    let before = store.written();
+    store.checkpoint().unwrap();
+    let table = store.written().table_bytes - before.table_bytes;
+    // Rewriting each group the overwrites touched would cost a page per
+    // group: 32 and more here. The changes take a dozen bytes each, a few
+    // per overwrite (about four pages), and the group the new blocks filled
+    // is folded, with its index page.
+    assert!(table <= 8 * BS, "{table} bytes of table for {} scattered overwrites", lbs.len());
+    let (live, chunks, _) = testing::change_log(&store);
+    assert!(live > 0 && chunks > 0, "the changes are kept and logged: {live} kept, {chunks} chunks");
+    assert_clean(&store);
+    drop(v);
+    store.close().unwrap();
+
+    // Reopened, the counts are the pages with the logged changes applied.
+    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+    assert_clean(&store);
+    assert_blocks(&store.open_volume(id).unwrap(), &gens);
+}
+
+#[test]
+fn with_a_small_budget_groups_are_folded_and_the_log_is_compacted() {
+    let disk = SimDir::new();
+    // A 1 MiB node cache keeps 128 KiB of counts, and 8,192 changes.
+    let small = || opts(1 << 20);
+    let store = Store::open_in(Arc::new(disk.clone()), small()).unwrap();
+    let (id, v, mut gens) = filled_volume(&store);
+    let mut most_kept = 0;
+    let mut most_chunks = 0;
+    for round in 1..=24u64 {
+        overwrite(&v, &mut gens, scattered(round % 13, 13), round);
+        store.checkpoint().unwrap();
+        let (live, chunks, _) = testing::change_log(&store);
+        most_kept = most_kept.max(live);
+        most_chunks = most_chunks.max(chunks);
+    }
+    // Each round keeps about 2,500 changes (an overwrite drops a data
+    // page and a leaf and adds their successors): without folds they
+    // would reach 60,000, and the log would hold one chunk per round.
+    assert!(most_kept <= 8192 + 4000, "{most_kept} changes kept");
+    assert!(most_chunks < 24, "{most_chunks} chunks: the log was never compacted");
+    assert_clean(&store);
+    assert_blocks(&v, &gens);
+    drop(v);
+    store.close().unwrap();
+    let store = Store::open_in(Arc::new(disk.clone()), small()).unwrap();
+    assert_clean(&store);
+    assert_blocks(&store.open_volume(id).unwrap(), &gens);
+}
+
+#[test]
+fn a_crash_after_logged_checkpoints_replays_onto_pages_and_log_and_checks_clean() {
+    let disk = SimDir::new();
+    let store = Store::open_in(Arc::new(disk.clone()), opts(1 << 20)).unwrap();
+    let (id, v, mut gens) = filled_volume(&store);
+    for round in 1..=6u64 {
+        overwrite(&v, &mut gens, scattered(round, 11), round);
+        store.checkpoint().unwrap();
+    }
+    let snap = store.create_snapshot(id, SnapshotOptions::named("s")).unwrap().id;
+    let at_snapshot = gens.clone();
+    overwrite(&v, &mut gens, scattered(3, 7), 7);
+    drop(v);
+    testing::abandon(store);
+    let after = disk.crash(testing::LossMode::KeepAll, 0);
+
+    let store = Store::open_in(Arc::new(after), opts(1 << 20)).unwrap();
+    assert_clean(&store);
+    assert_blocks(&store.open_volume(id).unwrap(), &gens);
+    let from_snapshot = store.create_volume_from_snapshot(snap, VolumeOptions::new("f", BLOCKS * BS)).unwrap().id;
+    assert_blocks(&store.open_volume(from_snapshot).unwrap(), &at_snapshot);
+    store.delete_snapshot(id, snap).unwrap();
+    store.checkpoint().unwrap();
+    assert_clean(&store);
+}
+
+#[test]
+fn a_damaged_change_log_chunk_is_refused_naming_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+    let (_, v, mut gens) = filled_volume(&store);
+    overwrite(&v, &mut gens, scattered(1, 50), 1);
+    drop(v);
+    store.checkpoint().unwrap();
+    store.close().unwrap();
+    let path = dir.path().join("cowvol.dat");
+    let mut image = std::fs::read(&path).unwrap();
+    let pages = testing::table_pages(&image);
+    let (page, _) = *pages.iter().rev().find(|(_, kind)| *kind == "changes").expect("a change log page");
+    image[8192 + page as usize * BS as usize + 30] ^= 0x10;
+    std::fs::write(&path, image).unwrap();
+    // Open reads no part of the log; the first need of a group's counts
+    // reads all of it, and `check` needs every group's.
+    let found = match Store::open(dir.path(), opts(256 << 20)) {
+        Err(e) => e,
+        Ok(store) => store.check().expect_err("check passed over a damaged change log"),
+    };
+    match found {
+        Error::Corruption { what, location, .. } => {
+            assert_eq!(what, "reference table");
+            assert!(location.contains("change log"), "{location}");
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}
