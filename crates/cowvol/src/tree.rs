@@ -242,12 +242,15 @@ impl Children {
 
     /// The written form of a dirty node's children: each `Mem` child is
     /// replaced by the page `page_of` gives it (it is being written too).
-    pub(crate) fn written(&self, page_of: impl Fn(&Arc<Node>) -> u64) -> Children {
+    /// The written form: every child by page, `page_of` giving a dirty
+    /// child's, or `None` for one to leave out (a reference no count stands
+    /// for).
+    pub(crate) fn written(&self, page_of: impl Fn(&Arc<Node>) -> Option<u64>) -> Children {
         let to_disk = |(i, c): &(u16, Child)| match c {
-            Child::Disk(p) => (*i, Child::Disk(*p)),
-            Child::Mem(a) => (*i, Child::Disk(page_of(a))),
+            Child::Disk(p) => Some((*i, Child::Disk(*p))),
+            Child::Mem(a) => page_of(a).map(|p| (*i, Child::Disk(p))),
         };
-        Children(self.0.iter().map(to_disk).collect())
+        Children(self.0.iter().filter_map(to_disk).collect())
     }
 }
 

@@ -73,6 +73,8 @@ fn a_checkpoint_after_scattered_overwrites_writes_their_changes_not_a_page_per_g
     assert!(table <= 8 * BS, "{table} bytes of table for {} scattered overwrites", lbs.len());
     let (live, chunks, _) = testing::change_log(&store);
     assert!(live > 0 && chunks > 0, "the changes are kept and logged: {live} kept, {chunks} chunks");
+    // What the disk says (pages with the log applied) is what RAM holds.
+    assert_eq!(testing::counts_differing_on_disk(&store), []);
     assert_clean(&store);
     drop(v);
     store.close().unwrap();
@@ -95,6 +97,7 @@ fn with_a_small_budget_groups_are_folded_and_the_log_is_compacted() {
     for round in 1..=24u64 {
         overwrite(&v, &mut gens, scattered(round % 13, 13), round);
         store.checkpoint().unwrap();
+        assert_eq!(testing::counts_differing_on_disk(&store), [], "round {round}");
         let (live, chunks, _) = testing::change_log(&store);
         most_kept = most_kept.max(live);
         most_chunks = most_chunks.max(chunks);

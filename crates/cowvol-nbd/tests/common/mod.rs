@@ -239,6 +239,12 @@ pub mod raw {
 
         /// `NBD_OPT_GO`; returns (size, transmission flags).
         pub fn go(&mut self, export: &str) -> (u64, u16) {
+            self.try_go(export).unwrap_or_else(|(kind, why)| panic!("NBD_OPT_GO failed with reply {kind:#x}: {why}"))
+        }
+
+        /// `NBD_OPT_GO`; returns (size, transmission flags), or the error
+        /// reply's type and message (the negotiation then goes on).
+        pub fn try_go(&mut self, export: &str) -> Result<(u64, u16), (u32, String)> {
             let mut d = Vec::new();
             d.extend_from_slice(&(export.len() as u32).to_be_bytes());
             d.extend_from_slice(export.as_bytes());
@@ -254,8 +260,8 @@ pub mod raw {
                         export_info = Some((size, flags));
                     }
                     REP_INFO => {}
-                    REP_ACK => return export_info.expect("NBD_INFO_EXPORT before the ACK"),
-                    other => panic!("NBD_OPT_GO failed with reply {other:#x}: {}", String::from_utf8_lossy(&data)),
+                    REP_ACK => return Ok(export_info.expect("NBD_INFO_EXPORT before the ACK")),
+                    other => return Err((other, String::from_utf8_lossy(&data).into_owned())),
                 }
             }
         }

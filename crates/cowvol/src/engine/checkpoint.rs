@@ -107,7 +107,10 @@ impl Engine {
                 return Err(e);
             }
         };
-        let garbage = garbage_pages(&st);
+        let pages: Vec<u64> = node_runs.iter().flat_map(|r| r.start..r.start + r.len).collect();
+        let orphans: Vec<(u64, u32)> = dirty.orphans.iter().map(|&i| (pages[i], dirty.nodes[i].1)).collect();
+        let mut garbage = garbage_pages(&st);
+        garbage.extend(&orphans);
         // The root's shape is fixed by now: only its page numbers and
         // CRCs are still to come.
         let shape = TableRoot {
@@ -137,8 +140,8 @@ impl Engine {
         for p in catalog_page..catalog_page + catalog_pages {
             st.space.set_reserved(p, true);
         }
-        let pages: Vec<u64> = node_runs.iter().flat_map(|r| r.start..r.start + r.len).collect();
         let nodes = place_dirty_nodes(&mut st, dirty, &pages);
+        st.garbage.extend(orphans.iter().map(|&(page, level)| (Child::Disk(page), level)));
         let table = st.space.capture_table(moves);
         let catalog = catalog_image(&st, table.root, garbage).encode();
         debug_assert_eq!(catalog.len(), catalog_len, "root pages and table references are fixed width");
@@ -267,41 +270,80 @@ struct Plan {
 
 /// Every dirty node reachable from a tree, each once, with its level and
 /// the number of references to it (tree roots and dirty parents' slots),
-/// which becomes its page's reference count.
+/// which becomes its page's reference count; and the dirty nodes only
+/// pinned views hold.
+///
+/// A dirty node keeps its children and data pages referenced, counted in
+/// the space map, for as long as anything holds it, a pinned view too (see
+/// `engine::pin`). One that only a view holds (the trees moved on, or the
+/// garbage list dropped it while the view kept it) is in no tree and in no
+/// garbage list, so a checkpoint that captured the counts and nothing else
+/// would leave references on the disk that nothing durable ever drops: a
+/// store reopened from it would count them for good. So the checkpoint
+/// places such a node too (an *orphan*), with one reference, and lists its
+/// page in the garbage list, the catalog's and the live one: the live list
+/// drops the reference when `reclaim` gets to it (the pages it frees wait
+/// while a view lives, as any do), and an open drops it as any garbage.
+/// The view's own reference stays uncounted, and releases nothing when it
+/// is dropped, since a placed node owns nothing.
 struct Dirty {
     nodes: Vec<(Arc<Node>, u32, u32)>,
     index: HashMap<*const Node, usize>,
+    /// Indexes in `nodes` of the orphans, each with one reference.
+    orphans: Vec<usize>,
 }
 
 fn collect_dirty(st: &State) -> Dirty {
-    let mut d = Dirty { nodes: Vec::new(), index: HashMap::new() };
-    let mut stack: Vec<(Arc<Node>, u32)> = Vec::new();
-    let reference = |d: &mut Dirty, a: &Arc<Node>, level: u32, stack: &mut Vec<(Arc<Node>, u32)>| match d
-        .index
-        .get(&Arc::as_ptr(a))
-    {
-        Some(&i) => d.nodes[i].2 += 1,
-        None => {
-            d.index.insert(Arc::as_ptr(a), d.nodes.len());
-            d.nodes.push((a.clone(), level, 1));
-            stack.push((a.clone(), level));
-        }
-    };
+    let mut d = Dirty { nodes: Vec::new(), index: HashMap::new(), orphans: Vec::new() };
     for (root, level) in st.all_roots() {
         if let Child::Mem(a) = root {
-            reference(&mut d, a, level, &mut stack);
+            reference(&mut d, a, level);
         }
     }
-    while let Some((n, level)) = stack.pop() {
-        if let tree::Body::Interior(children) = &n.body {
-            for c in children.refs() {
-                if let Child::Mem(a) = c {
-                    reference(&mut d, a, level - 1, &mut stack);
-                }
+    let pinned = st.pins.values().flatten();
+    for (c, level) in pinned {
+        if let Child::Mem(a) = c {
+            if a.placed().is_none() && !d.index.contains_key(&Arc::as_ptr(a)) {
+                d.orphans.push(d.nodes.len());
+                reference(&mut d, a, *level);
             }
         }
     }
     d
+}
+
+/// Counts one reference to the dirty node `a` at `level`, collecting it and
+/// everything dirty below it the first time.
+fn reference(d: &mut Dirty, a: &Arc<Node>, level: u32) {
+    let mut stack: Vec<(Arc<Node>, u32)> = Vec::new();
+    let count = |d: &mut Dirty, a: &Arc<Node>, level: u32, stack: &mut Vec<(Arc<Node>, u32)>| {
+        if a.placed().is_some() {
+            // Every dirty node a tree or a view reaches is placed at once,
+            // so no unplaced node holds a placed one; were one to, its
+            // reference would be one no count stands for (a view's), and
+            // its written form leaves it out.
+            debug_assert!(false, "an unplaced dirty node holds a placed one");
+            return;
+        }
+        match d.index.get(&Arc::as_ptr(a)) {
+            Some(&i) => d.nodes[i].2 += 1,
+            None => {
+                d.index.insert(Arc::as_ptr(a), d.nodes.len());
+                d.nodes.push((a.clone(), level, 1));
+                stack.push((a.clone(), level));
+            }
+        }
+    };
+    count(d, a, level, &mut stack);
+    while let Some((n, level)) = stack.pop() {
+        if let tree::Body::Interior(children) = &n.body {
+            for c in children.refs() {
+                if let Child::Mem(a) = c {
+                    count(d, a, level - 1, &mut stack);
+                }
+            }
+        }
+    }
 }
 
 /// Gives each dirty node its page: builds its written form, sets the
@@ -309,7 +351,7 @@ fn collect_dirty(st: &State) -> Dirty {
 /// tree root that pointed at a dirty node into its page. Afterwards no
 /// dirty node is left in any tree.
 fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedNode> {
-    let page_of = |a: &Arc<Node>| pages[dirty.index[&Arc::as_ptr(a)]];
+    let page_of = |a: &Arc<Node>| dirty.index.get(&Arc::as_ptr(a)).map(|&i| pages[i]);
     st.placements += 1;
     let epoch = st.placements;
     let mut placed = Vec::with_capacity(dirty.nodes.len());
@@ -334,8 +376,9 @@ fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedN
         .chain(snapshots.values_mut().map(|e| &mut e.root))
         .chain(templates.values_mut().map(|e| &mut e.root));
     for root in roots {
-        if let Some(Child::Mem(a)) = root {
-            *root = Some(Child::Disk(page_of(a)));
+        // Every tree root is collected.
+        if let Some(page) = root.as_ref().and_then(|r| if let Child::Mem(a) = r { page_of(a) } else { None }) {
+            *root = Some(Child::Disk(page));
         }
     }
     st.space.dirty_nodes = 0;

@@ -343,6 +343,7 @@ fn recover(
     let ds = format::data_start(bs);
     let npages = pages_in(&*file, &sb)?;
     let mut st = empty_state(file.clone(), bs, npages, cache_budget(&opts));
+    st.space.hold_groups_until_free_map();
     // The catalog has no size limit of its own (its objects are bounded,
     // their number is not; see `catalog::limits`), so any catalog inside the
     // file is read: whatever a checkpoint wrote opens again. The file's

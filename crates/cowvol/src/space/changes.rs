@@ -229,6 +229,65 @@ impl Space {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
+impl Space {
+    /// The pages whose counts, as the table on the disk gives them (each
+    /// group's page with every chunk's changes applied), differ from the
+    /// counts RAM holds now, as `(page, on the disk, in RAM)`. Meaningful
+    /// right after a checkpoint with nothing changed since (tests).
+    pub(crate) fn counts_differing_on_disk(&mut self) -> Result<Vec<(u64, u32, u32)>> {
+        self.read_change_log()?;
+        let n = self.group_entries();
+        let bs = self.block_size as usize;
+        let read_page = |s: &Space, p: u64| -> Result<Vec<u8>> {
+            let mut b = vec![0u8; bs];
+            s.file.read_at(&mut b, s.offset_of(p)).map_err(|e| Error::io("reading the table back", e))?;
+            Ok(b)
+        };
+        let mut per_group: HashMap<u64, Vec<(u32, Op)>> = HashMap::new();
+        for chunk in self.table.chunks.clone() {
+            let mut buf = Vec::with_capacity(chunk.page_count() as usize * bs);
+            for p in chunk.pages() {
+                buf.extend(read_page(self, p)?);
+            }
+            Crc(chunk.crc).verify(&buf, "reference table", || chunk.location())?;
+            let limits = (self.table.ngroups * n, self.table.ngroups);
+            for entry in decode_chunk(&buf, chunk.entries, self.block_size, limits, &chunk.location())? {
+                match entry {
+                    Logged::Change(page, op) => per_group.entry(page / n).or_default().push(((page % n) as u32, op)),
+                    Logged::Fold(g) => {
+                        per_group.remove(&g);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for g in 0..self.table.ngroups {
+            let mut entries: Vec<u32> = match self.group_ref(g)?.filter(|r| r.page != 0) {
+                Some(r) => read_page(self, r.page)?
+                    .chunks_exact(4)
+                    .map(|w| u32::from_le_bytes(w.try_into().expect("four bytes")))
+                    .collect(),
+                None => vec![0; n as usize],
+            };
+            for &(k, op) in per_group.get(&g).map(Vec::as_slice).unwrap_or_default() {
+                entries[k as usize] = op.apply(entries[k as usize]).unwrap_or(u32::MAX - 1);
+            }
+            let ram = match self.loaded_counts(g) {
+                Some(c) => c,
+                None => self.current_counts(g, false)?,
+            };
+            let strip = |e: u32| if e == super::table::META { 0 } else { e & !super::table::NODE };
+            out.extend(
+                (0..n as usize)
+                    .filter(|&k| strip(entries[k]) != ram[k])
+                    .map(|k| (g * n + k as u64, strip(entries[k]), ram[k])),
+            );
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

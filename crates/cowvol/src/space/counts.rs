@@ -31,6 +31,12 @@
 //! - a group captured by a checkpoint but not yet written by it
 //!   (`unwritten`) is never evicted: its page on the disk is not its
 //!   current state, and its changes are gone;
+//! - while an open recovers, no group is evicted until the free map starts:
+//!   a load then may quarantine pages (unseen changes bringing counts to
+//!   zero), and the free map's start reserves the quarantine while it
+//!   discovers the groups in RAM; a group evicted before would be
+//!   discovered later, by a load that no longer knows those pages wait, and
+//!   would put them in the free map twice;
 //! - counts whose value decides what a tree does next (is this node shared,
 //!   was that its last reference) are read through [`Space::refcount`],
 //!   which loads the group; [`Space::dec_node`] is only called on a node
@@ -115,6 +121,8 @@ pub(crate) struct Counts {
     checked: GroupSet,
     /// Groups the last capture encoded whose pages are not yet written.
     unwritten: BTreeSet<u64>,
+    /// No eviction at all (an open recovering, until the free map starts).
+    hold_all: bool,
     /// Group pages read since the store was opened (tests and figures).
     pub(crate) reads: u64,
 }
@@ -315,7 +323,7 @@ impl Space {
     /// unseen change brings to zero is quarantined and the changes count as
     /// seen; `check`, which looks without keeping, passes `false` after
     /// settling every group.
-    fn current_counts(&mut self, g: u64, see: bool) -> Result<Box<[u32]>> {
+    pub(super) fn current_counts(&mut self, g: u64, see: bool) -> Result<Box<[u32]>> {
         self.read_change_log()?;
         let mut entries = self.read_group(g)?;
         let first_read = !self.counts.is_checked(g);
@@ -459,9 +467,24 @@ impl Space {
         self.evict_down_to(self.counts.budget);
     }
 
+    /// Keeps every group loaded from now until the free map starts (an open
+    /// recovering; see the module's invariants).
+    pub(crate) fn hold_groups_until_free_map(&mut self) {
+        self.counts.hold_all = true;
+    }
+
+    /// The free map started: groups may be evicted again.
+    pub(super) fn release_held_groups(&mut self) {
+        self.counts.hold_all = false;
+        self.evict_down_to(self.counts.budget);
+    }
+
     /// Drops groups, oldest loaded first, until at most `keep` are in RAM
     /// or none left can go.
     fn evict_down_to(&mut self, keep: usize) {
+        if self.counts.hold_all {
+            return;
+        }
         let mut looked = 0;
         while self.counts.loaded > keep && looked < self.counts.fifo.len() {
             let Some(g) = self.counts.fifo.pop_front() else { break };
@@ -489,7 +512,7 @@ impl Space {
 
     /// Group `g`'s entries as its page holds them (all zero when it was
     /// never written).
-    fn read_group(&mut self, g: u64) -> Result<Box<[u32]>> {
+    pub(super) fn read_group(&mut self, g: u64) -> Result<Box<[u32]>> {
         let n = self.group_entries() as usize;
         let Some(r) = self.group_ref(g)?.filter(|r| r.page != 0) else {
             return Ok(vec![0; n].into_boxed_slice());

@@ -75,6 +75,7 @@ impl Space {
                 self.add_discovered(g, runs);
             }
         }
+        self.release_held_groups();
     }
 
     /// Whether group `g`'s free pages are in the free map.

@@ -68,6 +68,25 @@ pub fn change_log(store: &crate::Store) -> (u64, usize, u64) {
     store.engine.state.lock().space.change_log_figures()
 }
 
+/// A pinned view of every tree, as `check` holds one, until it is dropped
+/// (tests of what a checkpoint does while a view lives).
+pub struct HeldView<'a>(#[allow(dead_code)] crate::engine::PinnedView<'a>);
+
+/// Pins a view of every tree of `store` and holds it until the result is
+/// dropped.
+pub fn hold_view(store: &crate::Store) -> HeldView<'_> {
+    let mut st = store.engine.state.lock();
+    HeldView(store.engine.pin(&mut st))
+}
+
+/// Pages whose counts as the table on the disk gives them (group pages
+/// with the change log applied) differ from the counts in RAM, as `(page,
+/// on the disk, in RAM)`: none right after a checkpoint with nothing
+/// changed since.
+pub fn counts_differing_on_disk(store: &crate::Store) -> Vec<(u64, u32, u32)> {
+    store.engine.state.lock().space.counts_differing_on_disk().expect("the table reads back")
+}
+
 /// Index pages of the reference table the store has read so far (open
 /// reads none; see `space/discover.rs`).
 pub fn index_reads(store: &crate::Store) -> u64 {
