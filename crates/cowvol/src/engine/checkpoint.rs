@@ -376,8 +376,8 @@ fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedN
         .chain(snapshots.values_mut().map(|e| &mut e.root))
         .chain(templates.values_mut().map(|e| &mut e.root));
     for root in roots {
-        // Every tree root is collected.
-        if let Some(page) = root.as_ref().and_then(|r| if let Child::Mem(a) = r { page_of(a) } else { None }) {
+        if let Some(Child::Mem(a)) = root {
+            let page = page_of(a).expect("every tree root's dirty node is collected");
             *root = Some(Child::Disk(page));
         }
     }

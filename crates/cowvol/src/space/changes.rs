@@ -184,23 +184,21 @@ impl Space {
         if self.table.unread.is_empty() {
             return Ok(());
         }
+        let per_group = self.changes_by_group(&self.table.unread)?;
+        self.table.unread.clear();
+        for (g, ops) in per_group {
+            self.prepend_logged_changes(g, ops);
+        }
+        Ok(())
+    }
+
+    /// The changes `chunks` hold, by group, each group's in log order and
+    /// only those after its last fold.
+    fn changes_by_group(&self, chunks: &[ChunkRef]) -> Result<HashMap<u64, Vec<(u32, Op)>>> {
         let n = self.group_entries();
-        let limits = (self.table.ngroups * n, self.table.ngroups);
         let mut per_group: HashMap<u64, Vec<(u32, Op)>> = HashMap::new();
-        for chunk in self.table.unread.clone() {
-            let location = chunk.location();
-            let bs = self.block_size as usize;
-            let mut buf = vec![0u8; chunk.page_count() as usize * bs];
-            let mut at = 0;
-            for r in &chunk.runs {
-                let bytes = &mut buf[at..at + r.len as usize * bs];
-                self.file
-                    .read_at(bytes, self.offset_of(r.start))
-                    .map_err(|e| Error::io("reading the reference table's change log", e))?;
-                at += bytes.len();
-            }
-            Crc(chunk.crc).verify(&buf, "reference table", || location.clone())?;
-            for entry in decode_chunk(&buf, chunk.entries, self.block_size, limits, &location)? {
+        for chunk in chunks {
+            for entry in self.read_chunk(chunk)? {
                 match entry {
                     Logged::Change(page, op) => per_group.entry(page / n).or_default().push(((page % n) as u32, op)),
                     Logged::Fold(g) => {
@@ -209,11 +207,25 @@ impl Space {
                 }
             }
         }
-        self.table.unread.clear();
-        for (g, ops) in per_group {
-            self.prepend_logged_changes(g, ops);
+        Ok(per_group)
+    }
+
+    /// The entries of `chunk`, read from its pages and checked.
+    fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<Logged>> {
+        let location = chunk.location();
+        let bs = self.block_size as usize;
+        let mut buf = vec![0u8; chunk.page_count() as usize * bs];
+        let mut at = 0;
+        for r in &chunk.runs {
+            let bytes = &mut buf[at..at + r.len as usize * bs];
+            self.file
+                .read_at(bytes, self.offset_of(r.start))
+                .map_err(|e| Error::io("reading the reference table's change log", e))?;
+            at += bytes.len();
         }
-        Ok(())
+        Crc(chunk.crc).verify(&buf, "reference table", || location.clone())?;
+        let limits = (self.table.ngroups * self.group_entries(), self.table.ngroups);
+        decode_chunk(&buf, chunk.entries, self.block_size, limits, &location)
     }
 
     /// Changes kept in RAM, chunks of the log and the entries they hold.
@@ -238,38 +250,10 @@ impl Space {
     pub(crate) fn counts_differing_on_disk(&mut self) -> Result<Vec<(u64, u32, u32)>> {
         self.read_change_log()?;
         let n = self.group_entries();
-        let bs = self.block_size as usize;
-        let read_page = |s: &Space, p: u64| -> Result<Vec<u8>> {
-            let mut b = vec![0u8; bs];
-            s.file.read_at(&mut b, s.offset_of(p)).map_err(|e| Error::io("reading the table back", e))?;
-            Ok(b)
-        };
-        let mut per_group: HashMap<u64, Vec<(u32, Op)>> = HashMap::new();
-        for chunk in self.table.chunks.clone() {
-            let mut buf = Vec::with_capacity(chunk.page_count() as usize * bs);
-            for p in chunk.pages() {
-                buf.extend(read_page(self, p)?);
-            }
-            Crc(chunk.crc).verify(&buf, "reference table", || chunk.location())?;
-            let limits = (self.table.ngroups * n, self.table.ngroups);
-            for entry in decode_chunk(&buf, chunk.entries, self.block_size, limits, &chunk.location())? {
-                match entry {
-                    Logged::Change(page, op) => per_group.entry(page / n).or_default().push(((page % n) as u32, op)),
-                    Logged::Fold(g) => {
-                        per_group.remove(&g);
-                    }
-                }
-            }
-        }
+        let per_group = self.changes_by_group(&self.table.chunks.clone())?;
         let mut out = Vec::new();
         for g in 0..self.table.ngroups {
-            let mut entries: Vec<u32> = match self.group_ref(g)?.filter(|r| r.page != 0) {
-                Some(r) => read_page(self, r.page)?
-                    .chunks_exact(4)
-                    .map(|w| u32::from_le_bytes(w.try_into().expect("four bytes")))
-                    .collect(),
-                None => vec![0; n as usize],
-            };
+            let mut entries = self.read_group(g)?;
             for &(k, op) in per_group.get(&g).map(Vec::as_slice).unwrap_or_default() {
                 entries[k as usize] = op.apply(entries[k as usize]).unwrap_or(u32::MAX - 1);
             }

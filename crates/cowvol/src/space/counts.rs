@@ -412,8 +412,8 @@ impl Space {
         self.counts.changes.iter().map(|(&g, c)| (g, c.ops.len())).collect()
     }
 
-    /// Group `g`'s changes from the `from_durable`-th on (0: all of them;
-    /// otherwise those not yet in the change log), as pages and changes.
+    /// Group `g`'s changes (`all` of them, or those not yet in the change
+    /// log), as pages and changes, in the order they were made.
     pub(super) fn group_changes(&self, g: u64, all: bool) -> Vec<(u64, Op)> {
         let first = g * self.group_entries();
         self.counts.changes.get(&g).map_or_else(Vec::new, |c| {

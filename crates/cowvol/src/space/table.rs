@@ -46,6 +46,7 @@
 //!   entry for one of their pages is corruption.
 
 use super::changes::{self, ChunkRef, Logged};
+use super::counts::Op;
 use super::group_set::GroupSet;
 use super::{Run, Space};
 use crate::error::{Error, Result};
@@ -440,11 +441,12 @@ impl Space {
         by_changes.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let fold_at = changes::entries_per_page(self.block_size) / 4;
         let limit = self.table.dirty.len() + FOLD_SLACK;
+        let past_budget = self.change_log_read() && self.live_changes() > max_live;
         let mut live = self.live_changes();
         let mut folds = Vec::new();
         for (g, n) in by_changes {
             let dense = n as u64 >= fold_at;
-            let over_budget = self.change_log_read() && live > max_live / 2 && self.live_changes() > max_live;
+            let over_budget = past_budget && live > max_live / 2;
             if folds.len() as u64 >= limit || !(dense || over_budget) {
                 break;
             }
@@ -587,25 +589,23 @@ impl Space {
     /// changes kept (every one when compacting, else those since the last
     /// checkpoint), its own pages' among them. Returns its pages.
     fn log_changes(&mut self, moves: &TableMoves) -> Vec<(u64, Vec<u8>)> {
-        let mut groups: Vec<u64> = if moves.compact {
+        let groups: Vec<u64> = if moves.compact {
             self.change_counts().into_iter().map(|(g, _)| g).collect()
         } else {
             self.table.dirty.iter().collect()
         };
-        let base = moves.groups.len() as u64
-            + groups.iter().map(|&g| self.group_changes(g, moves.compact).len() as u64).sum::<u64>();
-        let chunk = ChunkRef { runs: self.trim_chunk(&moves.chunk, base), ..ChunkRef::default() };
-        let owner = Owner::Changes(chunk.runs[0].start);
-        let pages: Vec<u64> = chunk.pages().collect();
-        for &p in &pages {
-            self.take_table_page(p, owner);
-            groups.push(self.group_of(p));
-        }
-        groups.sort_unstable();
-        groups.dedup();
         let mut entries: Vec<Logged> = moves.groups.keys().map(|&g| Logged::Fold(g)).collect();
         for &g in &groups {
             entries.extend(self.group_changes(g, moves.compact).into_iter().map(|(p, op)| Logged::Change(p, op)));
+        }
+        let chunk = ChunkRef { runs: self.trim_chunk(&moves.chunk, entries.len() as u64), ..ChunkRef::default() };
+        let owner = Owner::Changes(chunk.runs[0].start);
+        let pages: Vec<u64> = chunk.pages().collect();
+        // Its own pages become the table's: the last change of their groups,
+        // so appended after all the others, in the order they are kept.
+        for &p in &pages {
+            self.take_table_page(p, owner);
+            entries.push(Logged::Change(p, Op::Raw(META)));
         }
         let per_page = changes::entries_per_page(self.block_size);
         assert!(entries.len() as u64 <= pages.len() as u64 * per_page, "the change log chunk outgrew its bound");
