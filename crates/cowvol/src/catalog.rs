@@ -807,7 +807,11 @@ mod tests {
                 changes: vec![crate::space::ChunkRef {
                     runs: vec![crate::space::Run { start: 40, len: 2 }],
                     entries: 500,
-                    crc: 9,
+                    fences: vec![
+                        crate::space::Fence { first_group: 0, crc: 9 },
+                        crate::space::Fence { first_group: 3, crc: 10 },
+                    ],
+                    crc: 0,
                 }],
             }),
             garbage: vec![(44, 1)],
@@ -823,6 +827,7 @@ mod tests {
         assert!(CatalogImage::decode(&bytes, crc, "t", 3).is_err());
         assert!(CatalogImage::decode(&bytes, crc, "t", 4).is_err());
         assert!(CatalogImage::decode(&bytes, crc, "t", 7).is_err(), "version 7 has no change log");
+        assert!(CatalogImage::decode(&bytes, crc, "t", 8).is_err(), "version 8 has no fences");
     }
 
     /// The backup record is an extras flag, not a format version: a

@@ -22,7 +22,7 @@ pub(crate) const DATA_FILE: &str = "cowvol.dat";
 /// open carry on the log it found instead of checkpointing (see `wal`);
 /// version 7 added wide leaves, leaves that stand above level 0 (a node
 /// header flag, see `tree`).
-pub(crate) const FORMAT_VERSION: u32 = 8;
+pub(crate) const FORMAT_VERSION: u32 = 9;
 /// The oldest version this build opens. Its stores are read as they are and
 /// written in the current version from their first checkpoint on.
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 2;

@@ -1,10 +1,11 @@
-//! The reference table's change log (format 8): a checkpoint writes the
-//! count changes made since the last one instead of a page per group they
-//! touch; a group's page is rewritten only once the changes kept pass
+//! The reference table's change log (formats 8 and 9): a checkpoint writes
+//! the count changes made since the last one instead of a page per group
+//! they touch; a group's page is rewritten only once the changes kept pass
 //! their budget, and the log is compacted when it holds mostly changes
-//! already folded. Counts stay what the trees imply across checkpoints,
-//! folds, compaction, reopening and crashes, and a damaged chunk is
-//! refused, naming the table.
+//! already folded. Each chunk is sorted by group with a fence per page, so
+//! a reopened store reads one group's changes without the rest of the log.
+//! Counts stay what the trees imply across checkpoints, folds, compaction,
+//! reopening and crashes, and a damaged chunk is refused, naming the table.
 
 mod common;
 use common::{assert_clean, block};
@@ -170,4 +171,52 @@ fn a_damaged_change_log_chunk_is_refused_naming_the_table() {
         }
         other => panic!("expected corruption, got {other:?}"),
     }
+}
+
+#[test]
+fn a_reopened_store_reads_a_groups_changes_without_the_rest_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+    let (id, v, mut gens) = filled_volume(&store);
+    // Three rounds of one overwrite in 64 blocks: a few dozen changes per
+    // group each, too few for a group to be folded, so each round's chunk
+    // spans several pages and names every group.
+    for round in 1..=3u64 {
+        overwrite(&v, &mut gens, scattered(round, 64), round);
+        store.checkpoint().unwrap();
+    }
+    let (_, chunks, entries) = testing::change_log(&store);
+    assert!(chunks >= 3 && entries > 2_000, "{chunks} chunks, {entries} entries");
+    drop(v);
+    store.close().unwrap();
+    let image = std::fs::read(dir.path().join("cowvol.dat")).unwrap();
+    let log_pages = testing::table_pages(&image).iter().filter(|(_, kind)| *kind == "changes").count() as u64;
+    // A page or two per chunk for each group whose counts were needed.
+    let at_most = |store: &Store| 2 * chunks as u64 * testing::count_groups(store).0.max(1);
+
+    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+    let at_open = testing::change_log_page_reads(&store);
+    assert!(at_open <= at_most(&store) && at_open < log_pages, "open read {at_open} of {log_pages} log pages");
+    // A snapshot, a few overwrites and a checkpoint need a handful of
+    // groups (the leaves', the replaced blocks', the root's), not the log.
+    let snap = store.create_snapshot(id, SnapshotOptions::named("s")).unwrap().id;
+    let v = store.open_volume(id).unwrap();
+    let at_snapshot = gens.clone();
+    overwrite(&v, &mut gens, [7, 9, 3000].into_iter(), 9);
+    store.checkpoint().unwrap();
+    assert!(!testing::change_log_read_whole(&store), "a snapshot and three overwrites read the whole log");
+    let read = testing::change_log_page_reads(&store);
+    assert!(read <= at_most(&store), "read {read} log pages for {:?} groups", testing::count_groups(&store));
+    assert_blocks(&v, &gens);
+    // Reading the rest now must not apply twice what was read group by
+    // group: the disk and RAM agree, and the trees' counts check clean.
+    assert_eq!(testing::counts_differing_on_disk(&store), []);
+    assert!(testing::change_log_read_whole(&store));
+    assert_clean(&store);
+    assert_blocks(&store.open_snapshot(id, snap).unwrap(), &at_snapshot);
+    drop(v);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+    assert_clean(&store);
+    assert_blocks(&store.open_volume(id).unwrap(), &gens);
 }

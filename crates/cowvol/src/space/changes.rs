@@ -34,7 +34,9 @@ use super::counts::Op;
 use super::{Run, Space};
 use crate::error::{Error, Result};
 use crate::format::{Crc, Dec, Enc, DATA_FILE};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 /// Bytes per entry of the change log.
 const ENTRY: usize = 12;
@@ -51,22 +53,46 @@ pub(crate) struct ChunkRef {
     /// Its pages, in order.
     pub(crate) runs: Vec<Run>,
     pub(crate) entries: u64,
-    /// CRC of its pages, in order.
+    /// One per page (version 9 on): the group of its first entry and the
+    /// page's CRC. Empty for a chunk of version 8, whose entries are in log
+    /// order and whose pages have one CRC together.
+    pub(crate) fences: Vec<Fence>,
+    /// CRC of its pages, in order (version 8 only).
     pub(crate) crc: u32,
 }
 
-impl ChunkRef {
-    /// Bytes a chunk takes in the catalog at least (no run).
-    pub(crate) const MIN_ENCODED: usize = 16;
+/// What the catalog says of one page of a sorted chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Fence {
+    /// The group its first entry belongs to ([`NO_ENTRY`] for a page that
+    /// holds none).
+    pub(crate) first_group: u64,
+    pub(crate) crc: u32,
+}
 
+/// The fence of a page with no entries.
+pub(crate) const NO_ENTRY: u64 = u64::MAX;
+
+impl ChunkRef {
+    /// Bytes a chunk takes in the catalog at least (no run, no page).
+    pub(crate) const MIN_ENCODED: usize = 12;
+    /// Bytes of a page's fence in the catalog.
+    const FENCE_BYTES: usize = 12;
+
+    /// As the current version writes it: its runs, entries, and a fence
+    /// per page.
     pub(crate) fn encode(&self, e: &mut Enc) {
+        debug_assert!(self.is_sorted(), "a chunk of version 8 is compacted before a catalog is written");
         e.u32(self.runs.len() as u32);
         for r in &self.runs {
             e.u64(r.start);
             e.u64(r.len);
         }
         e.u64(self.entries);
-        e.u32(self.crc);
+        for f in &self.fences {
+            e.u64(f.first_group);
+            e.u32(f.crc);
+        }
     }
 
     pub(crate) fn decode(d: &mut Dec<'_>) -> Result<ChunkRef> {
@@ -78,7 +104,26 @@ impl ChunkRef {
         for _ in 0..n {
             runs.push(Run { start: d.u64()?, len: d.u64()? });
         }
-        Ok(ChunkRef { runs, entries: d.u64()?, crc: d.u32()? })
+        let entries = d.u64()?;
+        if d.version < 9 {
+            return Ok(ChunkRef { runs, entries, fences: Vec::new(), crc: d.u32()? });
+        }
+        let pages = runs.iter().try_fold(0u64, |sum, r| sum.checked_add(r.len));
+        let pages = match pages {
+            Some(p) if p <= (d.remaining() / Self::FENCE_BYTES) as u64 => p,
+            _ => return Err(d.bad("the pages of a change log chunk outnumber their fences")),
+        };
+        let mut fences = Vec::with_capacity(pages as usize);
+        for _ in 0..pages {
+            fences.push(Fence { first_group: d.u64()?, crc: d.u32()? });
+        }
+        Ok(ChunkRef { runs, entries, fences, crc: 0 })
+    }
+
+    /// Whether its entries are sorted by group with a fence per page, so
+    /// that one group's changes can be read without the rest (version 9).
+    pub(crate) fn is_sorted(&self) -> bool {
+        !self.fences.is_empty()
     }
 
     /// Its pages, in order.
@@ -90,9 +135,58 @@ impl ChunkRef {
         self.runs.iter().map(|r| r.len).sum()
     }
 
+    /// The page number of its `i`th page.
+    fn page_at(&self, mut i: u64) -> Option<u64> {
+        for r in &self.runs {
+            if i < r.len {
+                return Some(r.start + i);
+            }
+            i -= r.len;
+        }
+        None
+    }
+
+    /// Which of its pages may hold entries of group `g`: those from the
+    /// last page whose first entry is of an earlier group through the last
+    /// whose first entry is of `g` (fences ascend).
+    fn pages_of_group(&self, g: u64) -> std::ops::Range<usize> {
+        let before = self.fences.partition_point(|f| f.first_group < g);
+        let through = self.fences.partition_point(|f| f.first_group <= g);
+        before.saturating_sub(1)..through
+    }
+
     /// Where it is, for errors.
     pub(crate) fn location(&self) -> String {
         format!("{DATA_FILE} change log chunk at page {}", self.runs.first().map_or(0, |r| r.start))
+    }
+}
+
+/// Pages of the change log read last, decoded: a few, so that groups read
+/// one after another do not read the pages they share again. A page is
+/// named by its page number, which stays the log's while the chunks found
+/// at open are unread (the only ones read from the disk).
+#[derive(Debug, Default)]
+pub(crate) struct RecentLogPages(Mutex<VecDeque<(u64, Arc<Vec<Logged>>)>>);
+
+/// Pages [`RecentLogPages`] keeps.
+const RECENT_LOG_PAGES: usize = 64;
+
+impl RecentLogPages {
+    fn get(&self, page: u64) -> Option<Arc<Vec<Logged>>> {
+        let pages = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        pages.iter().find(|(p, _)| *p == page).map(|(_, e)| e.clone())
+    }
+
+    fn put(&self, page: u64, entries: Arc<Vec<Logged>>) {
+        let mut pages = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pages.len() == RECENT_LOG_PAGES {
+            pages.pop_front();
+        }
+        pages.push_back((page, entries));
+    }
+
+    pub(super) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -115,6 +209,26 @@ pub(crate) fn pages_for(entries: u64, block_size: u64) -> u64 {
     entries.div_ceil(per.saturating_sub(1).max(1)).max(1)
 }
 
+/// Sorts a chunk's entries: by group, each group's fold before its
+/// changes, then by page. The sort is stable, so each page's changes keep
+/// the order they were made in, which is all their order means: changes to
+/// different pages commute, and a fold covers every change to its group
+/// that came before it.
+pub(crate) fn sort_entries(entries: &mut [Logged], group_entries: u64) {
+    entries.sort_by_key(|e| sort_key(e, group_entries));
+}
+
+fn sort_key(entry: &Logged, group_entries: u64) -> (u64, u64) {
+    match *entry {
+        Logged::Fold(g) => (g, 0),
+        Logged::Change(page, _) => (page / group_entries, 1 + page % group_entries),
+    }
+}
+
+fn entry_group(entry: &Logged, group_entries: u64) -> u64 {
+    sort_key(entry, group_entries).0
+}
+
 /// The pages of a chunk holding `entries`: whole entries per page, each
 /// page's tail and the last pages zero.
 pub(crate) fn encode_chunk(entries: &[Logged], pages: u64, block_size: u64) -> Vec<u8> {
@@ -133,6 +247,25 @@ pub(crate) fn encode_chunk(entries: &[Logged], pages: u64, block_size: u64) -> V
         buf[at + 8..at + ENTRY].copy_from_slice(&value.to_le_bytes());
     }
     buf
+}
+
+/// The fence of each page of a chunk whose sorted `entries` are encoded in
+/// `buf`.
+pub(crate) fn fences_of(entries: &[Logged], buf: &[u8], block_size: u64, group_entries: u64) -> Vec<Fence> {
+    let per = entries_per_page(block_size) as usize;
+    buf.chunks_exact(block_size as usize)
+        .enumerate()
+        .map(|(i, page)| Fence {
+            first_group: entries.get(i * per).map_or(NO_ENTRY, |e| entry_group(e, group_entries)),
+            crc: Crc::of(page).0,
+        })
+        .collect()
+}
+
+/// How many of a chunk's `entries` its `i`th page holds.
+fn entries_on_page(entries: u64, i: u64, block_size: u64) -> u64 {
+    let per = entries_per_page(block_size);
+    entries.saturating_sub(i * per).min(per)
 }
 
 /// The entries of a chunk's pages; fails on an entry of no known kind, or
@@ -168,28 +301,140 @@ pub(crate) fn decode_chunk(
     Ok(out)
 }
 
+/// The entries of one page of a sorted chunk (`count` of them), checked
+/// against its fence: in order, and the first of the group the fence
+/// names. A page whose CRC matched can still disagree with its fence only
+/// if the catalog or the writer was wrong; either way no count may be
+/// built from it.
+pub(crate) fn decode_sorted_page(
+    page: &[u8],
+    count: u64,
+    fence: Fence,
+    limits: (u64, u64),
+    group_entries: u64,
+    location: &str,
+) -> Result<Vec<Logged>> {
+    let entries = decode_chunk(page, count, page.len() as u64, limits, location)?;
+    let first = entries.first().map_or(NO_ENTRY, |e| entry_group(e, group_entries));
+    if first != fence.first_group {
+        return Err(log_corruption(
+            location,
+            format!("a page starts at group {first}, its fence says {}", fence.first_group),
+        ));
+    }
+    if entries.windows(2).any(|w| sort_key(&w[0], group_entries) > sort_key(&w[1], group_entries)) {
+        return Err(log_corruption(location, "a page's entries are out of order"));
+    }
+    Ok(entries)
+}
+
 fn log_corruption(location: &str, detail: impl Into<String>) -> Error {
     Error::corruption("reference table", location, detail)
 }
 
 impl Space {
     /// Whether the change log on the disk is in RAM (read, or empty).
-    pub(super) fn change_log_read(&self) -> bool {
+    pub(crate) fn change_log_read(&self) -> bool {
         self.table.unread.is_empty()
     }
 
+    /// Whether group `g`'s changes in the change log on the disk are in
+    /// RAM: the whole log is, or the group's were read on their own.
+    pub(super) fn group_log_read(&self, g: u64) -> bool {
+        self.change_log_read() || self.table.groups_read.contains(g)
+    }
+
     /// Reads the change log, unless it is in RAM: every chunk open found,
-    /// checked, and its changes kept before those made since.
+    /// checked, and its changes kept before those made since (except for
+    /// the groups whose changes were read on their own).
     pub(super) fn read_change_log(&mut self) -> Result<()> {
         if self.table.unread.is_empty() {
             return Ok(());
         }
         let per_group = self.changes_by_group(&self.table.unread)?;
         self.table.unread.clear();
+        // Only chunks found at open are read from the disk: none is left.
+        self.table.recent_log_pages.clear();
+        let read_before = std::mem::take(&mut self.table.groups_read);
         for (g, ops) in per_group {
+            if !read_before.contains(g) {
+                self.prepend_logged_changes(g, ops);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads group `g`'s changes from the change log, unless they are in
+    /// RAM: from each chunk only the pages that may hold them (found by
+    /// the fences), so a group's first load costs a page or two per chunk
+    /// and never the whole log. A log of version 8, not sorted, is read
+    /// whole instead.
+    pub(super) fn read_group_log(&mut self, g: u64) -> Result<()> {
+        if self.group_log_read(g) {
+            return Ok(());
+        }
+        if self.table.unread.iter().any(|c| !c.is_sorted()) {
+            return self.read_change_log();
+        }
+        let n = self.group_entries();
+        let mut ops = Vec::new();
+        for i in 0..self.table.unread.len() {
+            for entry in self.group_in_chunk(&self.table.unread[i], g)? {
+                match entry {
+                    Logged::Change(page, op) => ops.push(((page % n) as u32, op)),
+                    Logged::Fold(_) => ops.clear(),
+                }
+            }
+        }
+        self.table.groups_read.insert(g);
+        if !ops.is_empty() {
             self.prepend_logged_changes(g, ops);
         }
         Ok(())
+    }
+
+    /// The entries of group `g` in a sorted `chunk`, in order.
+    fn group_in_chunk(&self, chunk: &ChunkRef, g: u64) -> Result<Vec<Logged>> {
+        let n = self.group_entries();
+        let mut out = Vec::new();
+        for i in chunk.pages_of_group(g) {
+            let entries = self.read_sorted_page(chunk, i)?;
+            out.extend(entries.iter().filter(|e| entry_group(e, n) == g));
+        }
+        Ok(out)
+    }
+
+    /// The entries of page `i` of a sorted `chunk`, read and checked, or
+    /// taken from the pages read last: groups are mostly read in order
+    /// (discovery, a checkpoint's settling), and neighbours share pages.
+    fn read_sorted_page(&self, chunk: &ChunkRef, i: usize) -> Result<Arc<Vec<Logged>>> {
+        let location = chunk.location();
+        let (Some(page), Some(&fence)) = (chunk.page_at(i as u64), chunk.fences.get(i)) else {
+            return Err(log_corruption(&location, format!("no page {i}")));
+        };
+        if let Some(entries) = self.table.recent_log_pages.get(page) {
+            return Ok(entries);
+        }
+        let entries = Arc::new(self.read_sorted_page_from_disk(chunk, i, page, fence)?);
+        self.table.recent_log_pages.put(page, entries.clone());
+        Ok(entries)
+    }
+
+    fn read_sorted_page_from_disk(&self, chunk: &ChunkRef, i: usize, page: u64, fence: Fence) -> Result<Vec<Logged>> {
+        let location = chunk.location();
+        let mut buf = vec![0u8; self.block_size as usize];
+        self.table.log_page_reads.fetch_add(1, Ordering::Relaxed);
+        self.file
+            .read_at(&mut buf, self.offset_of(page))
+            .map_err(|e| Error::io("reading the reference table's change log", e))?;
+        Crc(fence.crc).verify(&buf, "reference table", || format!("{location}, page {page}"))?;
+        let count = entries_on_page(chunk.entries, i as u64, self.block_size);
+        decode_sorted_page(&buf, count, fence, self.log_limits(), self.group_entries(), &location)
+    }
+
+    /// The pages and groups an entry of the log may name.
+    fn log_limits(&self) -> (u64, u64) {
+        (self.table.ngroups * self.group_entries(), self.table.ngroups)
     }
 
     /// The changes `chunks` hold, by group, each group's in log order and
@@ -212,9 +457,17 @@ impl Space {
 
     /// The entries of `chunk`, read from its pages and checked.
     fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<Logged>> {
+        if chunk.is_sorted() {
+            let mut out = Vec::with_capacity(chunk.entries as usize);
+            for i in 0..chunk.fences.len() {
+                out.extend(self.read_sorted_page(chunk, i)?.iter());
+            }
+            return Ok(out);
+        }
         let location = chunk.location();
         let bs = self.block_size as usize;
         let mut buf = vec![0u8; chunk.page_count() as usize * bs];
+        self.table.log_page_reads.fetch_add(chunk.page_count(), Ordering::Relaxed);
         let mut at = 0;
         for r in &chunk.runs {
             let bytes = &mut buf[at..at + r.len as usize * bs];
@@ -224,14 +477,19 @@ impl Space {
             at += bytes.len();
         }
         Crc(chunk.crc).verify(&buf, "reference table", || location.clone())?;
-        let limits = (self.table.ngroups * self.group_entries(), self.table.ngroups);
-        decode_chunk(&buf, chunk.entries, self.block_size, limits, &location)
+        decode_chunk(&buf, chunk.entries, self.block_size, self.log_limits(), &location)
     }
 
     /// Changes kept in RAM, chunks of the log and the entries they hold.
     #[cfg(any(test, feature = "testing"))]
     pub(crate) fn change_log_figures(&self) -> (u64, usize, u64) {
         (self.live_changes(), self.table.chunks.len(), self.table.logged_entries)
+    }
+
+    /// Pages of the change log read since open.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn change_log_page_reads(&self) -> u64 {
+        self.table.log_page_reads.load(Ordering::Relaxed)
     }
 
     /// Pages the next chunk of the change log may need for `changes`
@@ -293,6 +551,76 @@ mod tests {
         let mut bad = buf.clone();
         bad[7] = 9;
         assert!(decode_chunk(&bad, 1, bs, (8192, 8), "t").is_err(), "unknown kind");
+    }
+
+    #[test]
+    fn sorting_puts_a_groups_fold_first_and_keeps_each_pages_changes_in_order() {
+        let n = 1024;
+        let mut entries = vec![
+            Logged::Change(2049, Op::Inc),
+            Logged::Change(5, Op::Raw(7)),
+            Logged::Fold(2),
+            Logged::Change(5, Op::Dec),
+            Logged::Change(2048, Op::Dec),
+            Logged::Change(5, Op::Inc),
+            Logged::Fold(0),
+        ];
+        sort_entries(&mut entries, n);
+        assert_eq!(
+            entries,
+            vec![
+                Logged::Fold(0),
+                Logged::Change(5, Op::Raw(7)),
+                Logged::Change(5, Op::Dec),
+                Logged::Change(5, Op::Inc),
+                Logged::Fold(2),
+                Logged::Change(2048, Op::Dec),
+                Logged::Change(2049, Op::Inc),
+            ]
+        );
+    }
+
+    /// A sorted chunk of `entries` over 3 pages of 4 KiB, as a checkpoint
+    /// writes it, with its fences.
+    fn sorted_chunk(mut entries: Vec<Logged>) -> (Vec<u8>, ChunkRef) {
+        sort_entries(&mut entries, 1024);
+        let buf = encode_chunk(&entries, 3, 4096);
+        let fences = fences_of(&entries, &buf, 4096, 1024);
+        let runs = vec![Run { start: 10, len: 3 }];
+        (buf, ChunkRef { runs, entries: entries.len() as u64, fences, crc: 0 })
+    }
+
+    #[test]
+    fn fences_find_the_pages_of_a_group_and_each_page_reads_back_checked() {
+        // 400 changes of group 1 spill over the first page into the second,
+        // which group 2 also starts on; the third page holds none.
+        let mut entries: Vec<Logged> = (0..400).map(|i| Logged::Change(1024 + i % 1000, Op::Inc)).collect();
+        entries.push(Logged::Change(2048 + 3, Op::Dec));
+        entries.push(Logged::Fold(0));
+        let (buf, chunk) = sorted_chunk(entries);
+        let firsts: Vec<u64> = chunk.fences.iter().map(|f| f.first_group).collect();
+        assert_eq!(firsts, vec![0, 1, NO_ENTRY]);
+        assert_eq!(chunk.pages_of_group(0), 0..1);
+        assert_eq!(chunk.pages_of_group(1), 0..2, "group 1 starts on the first page and ends on the second");
+        assert_eq!(chunk.pages_of_group(2), 1..2);
+        assert_eq!(chunk.pages_of_group(3), 1..2, "a group past the last holds nothing past its page");
+        let limits = (1 << 20, 1 << 10);
+        let mut all = Vec::new();
+        for i in 0..3u64 {
+            let page = &buf[(i * 4096) as usize..((i + 1) * 4096) as usize];
+            let count = entries_on_page(chunk.entries, i, 4096);
+            all.extend(decode_sorted_page(page, count, chunk.fences[i as usize], limits, 1024, "t").unwrap());
+        }
+        assert_eq!(all.len(), 402);
+        assert_eq!(all[0], Logged::Fold(0));
+        // A page that disagrees with its fence, or whose entries are out of
+        // order, is refused.
+        let first_page = &buf[..4096];
+        let wrong_fence = Fence { first_group: 1, ..chunk.fences[0] };
+        assert!(decode_sorted_page(first_page, 341, wrong_fence, limits, 1024, "t").is_err());
+        let swapped = encode_chunk(&[Logged::Change(2048, Op::Inc), Logged::Change(1024, Op::Inc)], 1, 4096);
+        let fence = Fence { first_group: 2, crc: 0 };
+        assert!(decode_sorted_page(&swapped, 2, fence, limits, 1024, "t").is_err());
     }
 
     #[test]

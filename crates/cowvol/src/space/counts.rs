@@ -282,7 +282,7 @@ impl Space {
     /// (a group never written is all zero, and its changes are in RAM once
     /// the change log is read).
     fn counts_in_ram(&mut self, g: u64) -> Option<&mut Box<[u32]>> {
-        if !self.is_loaded(g) && self.group_is_blank(g) && self.change_log_read() {
+        if !self.is_loaded(g) && self.group_is_blank(g) && self.group_log_read(g) {
             // No read happens, and nothing is evicted: the caller may be
             // between reading a node's count and dropping its reference
             // (see `dec_node`). A failed check of an all-zero group (a
@@ -324,7 +324,7 @@ impl Space {
     /// seen; `check`, which looks without keeping, passes `false` after
     /// settling every group.
     pub(super) fn current_counts(&mut self, g: u64, see: bool) -> Result<Box<[u32]>> {
-        self.read_change_log()?;
+        self.read_group_log(g)?;
         let mut entries = self.read_group(g)?;
         let first_read = !self.counts.is_checked(g);
         if first_read {
@@ -423,7 +423,8 @@ impl Space {
     }
 
     /// Adds changes the change log on the disk holds for group `g` (read
-    /// after open) before the ones made since.
+    /// after open, the whole log's or the group's alone) before the ones
+    /// made since.
     pub(super) fn prepend_logged_changes(&mut self, g: u64, logged: Vec<(u32, Op)>) {
         debug_assert!(!self.is_loaded(g), "group {g} loaded before the change log was read");
         let n = logged.len();
@@ -549,9 +550,9 @@ impl Space {
     /// `Some(false)` none is, `None` it must be read to tell (its page
     /// says neither, or changes are kept for it).
     /// Reads the index page above the group when RAM does not have it, and
-    /// the change log when it has not been read.
+    /// the group's changes in the change log when they are not in RAM.
     pub(super) fn group_zeros_hint(&mut self, g: u64) -> Result<Option<bool>> {
-        self.read_change_log()?;
+        self.read_group_log(g)?;
         if self.is_loaded(g) || self.has_changes(g) {
             return Ok(None);
         }

@@ -65,6 +65,9 @@ const FOLD_SLACK: u64 = 8;
 /// Entries the change log holds beyond twice the changes kept, at least,
 /// before a checkpoint compacts it.
 const MIN_COMPACTION_ENTRIES: u64 = 1024;
+/// A checkpoint whose fresh changes are at least this share of the budget
+/// of changes kept may read the whole change log to fold groups.
+const BIG_CHECKPOINT_SHARE: u64 = 64;
 
 /// Where one group page lives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -181,8 +184,15 @@ pub(crate) struct Table {
     dirty: GroupSet,
     /// The change log's chunks as the last checkpoint listed them.
     pub(super) chunks: Vec<ChunkRef>,
-    /// The chunks open found, until the log is read.
+    /// The chunks open found, until the log is read whole.
     pub(super) unread: Vec<ChunkRef>,
+    /// Groups whose changes in `unread` were read on their own (and are
+    /// kept in RAM like every change since).
+    pub(super) groups_read: GroupSet,
+    /// Pages of the change log read since open (tests and figures).
+    pub(super) log_page_reads: std::sync::atomic::AtomicU64,
+    /// The last pages of the change log read, decoded.
+    pub(super) recent_log_pages: changes::RecentLogPages,
     /// Entries the chunks hold, all together.
     pub(super) logged_entries: u64,
 }
@@ -203,7 +213,8 @@ pub(crate) struct TableMoves {
     /// Pages set aside for the new chunk (none when empty), for as many
     /// entries as it may hold. The capture gives back what its last run
     /// does not need but one page, so that the chunk keeps as many runs as
-    /// planned and the catalog the length it was planned with.
+    /// planned, and the catalog (a fence per page) at most the length it
+    /// was planned with.
     chunk: Vec<Run>,
     /// Whether the new chunk holds every change kept, and the old chunks go.
     compact: bool,
@@ -216,12 +227,15 @@ impl TableMoves {
         space.groups_for(self.covered).div_ceil(space.index_fanout()) as usize
     }
 
-    /// The chunks the captured table lists, as far as their length in the
-    /// catalog goes (the catalog's length depends on it).
+    /// The chunks the captured table lists, at their longest in the
+    /// catalog (the catalog's length depends on it): the new chunk with
+    /// every page planned for it, of which the capture may give some back.
     pub(crate) fn chunk_shapes(&self, space: &Space) -> Vec<ChunkRef> {
         let mut chunks = if self.compact { Vec::new() } else { space.table.chunks.clone() };
         if !self.chunk.is_empty() {
-            chunks.push(ChunkRef { runs: self.chunk.clone(), ..ChunkRef::default() });
+            let pages: u64 = self.chunk.iter().map(|r| r.len).sum();
+            let fences = vec![changes::Fence::default(); pages as usize];
+            chunks.push(ChunkRef { runs: self.chunk.clone(), fences, ..ChunkRef::default() });
         }
         chunks
     }
@@ -374,6 +388,11 @@ impl Space {
     /// on failure gives it back and changes nothing.
     pub(crate) fn plan_table_moves(&mut self, extra_changes: u64) -> Result<TableMoves> {
         self.settle_counts()?;
+        if self.table.chunks.iter().any(|c| !c.is_sorted()) {
+            // A log of version 8: read whole, and rewritten sorted by this
+            // checkpoint's compaction (see `wants_compaction`).
+            self.read_change_log()?;
+        }
         let folds = self.choose_folds()?;
         let mut moves = TableMoves { compact: self.wants_compaction(&folds), ..TableMoves::default() };
         match self.take_table_pages(&mut moves, &folds, extra_changes) {
@@ -433,7 +452,12 @@ impl Space {
     /// metadata reserve counts on; the most changes first.
     fn choose_folds(&mut self) -> Result<Vec<u64>> {
         let max_live = self.counts.max_live;
-        let unread_past_budget = !self.change_log_read() && self.table.logged_entries + self.fresh_changes() > max_live;
+        // Reading the whole log is put off until a checkpoint carries
+        // enough changes for folding to pay: a process that opens, takes a
+        // snapshot and closes reads a page or two of it, not all of it.
+        let unread_past_budget = !self.change_log_read()
+            && self.table.logged_entries + self.fresh_changes() > max_live
+            && self.fresh_changes() >= max_live / BIG_CHECKPOINT_SHARE;
         if unread_past_budget {
             self.read_change_log()?;
         }
@@ -460,6 +484,9 @@ impl Space {
     /// chunks before it go: when they hold more than twice as many entries
     /// as the changes still kept after `folds` (and some).
     fn wants_compaction(&self, folds: &[u64]) -> bool {
+        if self.table.chunks.iter().any(|c| !c.is_sorted()) {
+            return true;
+        }
         if !self.change_log_read() || self.table.chunks.is_empty() {
             return false;
         }
@@ -568,6 +595,30 @@ impl Space {
         self.table.logged_entries = 0;
     }
 
+    /// Checks that a sorted chunk's fences can be searched: one per page,
+    /// ascending, and naming a group exactly for the pages that hold
+    /// entries. A fence out of order would hide a group's changes from the
+    /// search, and a count would be computed without them.
+    fn check_fences(&self, c: &ChunkRef) -> Result<()> {
+        let per = changes::entries_per_page(self.block_size);
+        let holding = c.entries.div_ceil(per);
+        let bad = |what: &str| Err(table_corruption(c.location(), what.to_string()));
+        if c.fences.len() as u64 != c.page_count() || holding > c.page_count() {
+            return bad("its entries, pages and fences disagree");
+        }
+        let named = |i: usize| c.fences[i].first_group != changes::NO_ENTRY;
+        if (0..c.fences.len()).any(|i| named(i) != ((i as u64) < holding)) {
+            return bad("a fence names no group for a page with entries, or one for a page without");
+        }
+        if c.fences.windows(2).any(|w| w[0].first_group > w[1].first_group) {
+            return bad("its fences are out of order");
+        }
+        if c.fences.iter().any(|f| f.first_group != changes::NO_ENTRY && f.first_group >= self.table.ngroups) {
+            return bad("a fence names a group outside the table");
+        }
+        Ok(())
+    }
+
     /// `page` becomes a page of the table, held by `owner`. Its group need
     /// not be in RAM: the change kept for it marks it at the group's load,
     /// as its entry would.
@@ -585,9 +636,10 @@ impl Space {
         self.keep_table_page_change(page, false);
     }
 
-    /// Writes the new chunk: a fold mark for each group folded, then the
+    /// Writes the new chunk: a fold mark for each group folded, and the
     /// changes kept (every one when compacting, else those since the last
-    /// checkpoint), its own pages' among them. Returns its pages.
+    /// checkpoint), its own pages' among them, sorted by group with a fence
+    /// per page. Returns its pages.
     fn log_changes(&mut self, moves: &TableMoves) -> Vec<(u64, Vec<u8>)> {
         let groups: Vec<u64> = if moves.compact {
             self.change_counts().into_iter().map(|(g, _)| g).collect()
@@ -601,16 +653,19 @@ impl Space {
         let chunk = ChunkRef { runs: self.trim_chunk(&moves.chunk, entries.len() as u64), ..ChunkRef::default() };
         let owner = Owner::Changes(chunk.runs[0].start);
         let pages: Vec<u64> = chunk.pages().collect();
-        // Its own pages become the table's: the last change of their groups,
-        // so appended after all the others, in the order they are kept.
+        // Its own pages become the table's: the last change of each, as
+        // they are taken after every other change kept for them.
         for &p in &pages {
             self.take_table_page(p, owner);
             entries.push(Logged::Change(p, Op::Raw(META)));
         }
         let per_page = changes::entries_per_page(self.block_size);
         assert!(entries.len() as u64 <= pages.len() as u64 * per_page, "the change log chunk outgrew its bound");
+        let n = self.group_entries();
+        changes::sort_entries(&mut entries, n);
         let bytes = changes::encode_chunk(&entries, pages.len() as u64, self.block_size);
-        let chunk = ChunkRef { entries: entries.len() as u64, crc: Crc::of(&bytes).0, ..chunk };
+        let fences = changes::fences_of(&entries, &bytes, self.block_size, n);
+        let chunk = ChunkRef { entries: entries.len() as u64, fences, ..chunk };
         self.table.logged_entries += chunk.entries;
         self.table.chunks.push(chunk);
         let bs = self.block_size as usize;
@@ -710,12 +765,17 @@ impl Space {
             if c.runs.is_empty() || c.runs.iter().any(outside) {
                 return Err(table_corruption(c.location(), "no pages, or pages outside the file"));
             }
+            if c.is_sorted() {
+                self.check_fences(c)?;
+            }
             for p in c.pages() {
                 self.name_table_page(p, Owner::Changes(c.runs[0].start))?;
             }
         }
         self.table.chunks = root.changes.clone();
         self.table.unread = root.changes.clone();
+        self.table.groups_read = GroupSet::default();
+        self.table.recent_log_pages.clear();
         self.table.logged_entries = root.changes.iter().map(|c| c.entries).sum();
         Ok(())
     }

@@ -252,7 +252,10 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
             changes: vec![crate::space::ChunkRef {
                 runs: vec![crate::space::Run { start: 40, len: 1 }, crate::space::Run { start: 90, len: 2 }],
                 entries: 4,
-                crc: 0x0bad_cafe,
+                fences: [(2, 0x0bad_cafe), (u64::MAX, 7), (u64::MAX, 9)]
+                    .map(|(first_group, crc)| crate::space::Fence { first_group, crc })
+                    .to_vec(),
+                crc: 0,
             }],
             ..Default::default()
         }),

@@ -68,6 +68,18 @@ pub fn change_log(store: &crate::Store) -> (u64, usize, u64) {
     store.engine.state.lock().space.change_log_figures()
 }
 
+/// Pages of the reference table's change log the store has read since it
+/// was opened.
+pub fn change_log_page_reads(store: &crate::Store) -> u64 {
+    store.engine.state.lock().space.change_log_page_reads()
+}
+
+/// Whether the store holds the whole change log in RAM (read whole since
+/// open, or empty), rather than only some groups' changes.
+pub fn change_log_read_whole(store: &crate::Store) -> bool {
+    store.engine.state.lock().space.change_log_read()
+}
+
 /// A pinned view of every tree, as `check` holds one, until it is dropped
 /// (tests of what a checkpoint does while a view lives).
 pub struct HeldView<'a>(#[allow(dead_code)] crate::engine::PinnedView<'a>);
