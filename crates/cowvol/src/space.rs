@@ -29,7 +29,7 @@ mod group_set;
 mod table;
 
 #[cfg(any(test, feature = "testing"))]
-pub(crate) use changes::{decode_chunk, encode_chunk, ChunkRef, Fence, Logged};
+pub(crate) use changes::{decode_chunk, decode_sorted_page, encode_chunk, ChunkRef, Fence, Logged};
 use counts::Counts;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use counts::Op;

@@ -173,14 +173,14 @@ fn a_damaged_change_log_chunk_is_refused_naming_the_table() {
     }
 }
 
-#[test]
-fn a_reopened_store_reads_a_groups_changes_without_the_rest_of_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+/// A store in `dir` with a filled volume and three rounds of one overwrite
+/// in 64 blocks, each checkpointed: a few dozen changes per group each,
+/// too few for a group to be folded, so each round's chunk spans several
+/// pages and names every group. Closed; returns the volume, the
+/// generations of its blocks and the chunks of the log.
+fn store_with_an_unfolded_log(dir: &std::path::Path) -> (VolumeId, Vec<u64>, usize) {
+    let store = Store::open(dir, opts(256 << 20)).unwrap();
     let (id, v, mut gens) = filled_volume(&store);
-    // Three rounds of one overwrite in 64 blocks: a few dozen changes per
-    // group each, too few for a group to be folded, so each round's chunk
-    // spans several pages and names every group.
     for round in 1..=3u64 {
         overwrite(&v, &mut gens, scattered(round, 64), round);
         store.checkpoint().unwrap();
@@ -189,6 +189,13 @@ fn a_reopened_store_reads_a_groups_changes_without_the_rest_of_the_log() {
     assert!(chunks >= 3 && entries > 2_000, "{chunks} chunks, {entries} entries");
     drop(v);
     store.close().unwrap();
+    (id, gens, chunks)
+}
+
+#[test]
+fn a_reopened_store_reads_a_groups_changes_without_the_rest_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, mut gens, chunks) = store_with_an_unfolded_log(dir.path());
     let image = std::fs::read(dir.path().join("cowvol.dat")).unwrap();
     let log_pages = testing::table_pages(&image).iter().filter(|(_, kind)| *kind == "changes").count() as u64;
     // A page or two per chunk for each group whose counts were needed.
@@ -219,4 +226,37 @@ fn a_reopened_store_reads_a_groups_changes_without_the_rest_of_the_log() {
     let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
     assert_clean(&store);
     assert_blocks(&store.open_volume(id).unwrap(), &gens);
+}
+
+#[test]
+fn groups_leaving_ram_let_their_logged_changes_go_and_read_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, mut gens, _) = store_with_an_unfolded_log(dir.path());
+    // A 1 MiB node cache keeps 32 groups of counts in RAM, fewer than the
+    // volume's: loads evict groups, each taking its logged changes with
+    // it. Its budget of changes (8,192) is more than the log holds, so the
+    // log is never read whole to fold groups.
+    let tiny = || opts(1 << 20);
+    let store = Store::open(dir.path(), tiny()).unwrap();
+    assert_clean(&store);
+    let v = store.open_volume(id).unwrap();
+    for round in 10..=12u64 {
+        overwrite(&v, &mut gens, scattered(round, 37), round);
+        assert!(!testing::change_log_read_whole(&store), "round {round}: the log was read whole");
+        assert_eq!(testing::logged_changes_outside_ram(&store), 0, "round {round}: they did not leave");
+        let (reads, in_ram) = testing::count_groups(&store);
+        assert!(reads > in_ram, "round {round}: {reads} group reads, {in_ram} groups in RAM: nothing was evicted");
+        assert_blocks(&v, &gens);
+        store.checkpoint().unwrap();
+    }
+    // Read back group by group, again and again, they are still every
+    // change: the disk and RAM agree, and the counts check clean.
+    assert_eq!(testing::counts_differing_on_disk(&store), []);
+    assert_clean(&store);
+    drop(v);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), tiny()).unwrap();
+    assert_clean(&store);
+    assert_blocks(&store.open_volume(id).unwrap(), &gens);
+    assert_eq!(testing::counts_differing_on_disk(&store), []);
 }

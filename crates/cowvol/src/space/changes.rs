@@ -361,20 +361,39 @@ impl Space {
                 self.prepend_logged_changes(g, ops);
             }
         }
+        // Read whole, the log's changes stay in RAM until their groups fold.
+        self.keep_logged_changes();
         Ok(())
     }
 
-    /// Reads group `g`'s changes from the change log, unless they are in
-    /// RAM: from each chunk only the pages that may hold them (found by
-    /// the fences), so a group's first load costs a page or two per chunk
-    /// and never the whole log. A log of version 8, not sorted, is read
-    /// whole instead.
+    /// Reads group `g`'s changes from the change log into RAM, unless they
+    /// are there (a load: they leave with the group's counts, see
+    /// [`Space::unread_changes_of`]).
     pub(super) fn read_group_log(&mut self, g: u64) -> Result<()> {
+        let ops = self.unread_changes_of(g)?;
         if self.group_log_read(g) {
             return Ok(());
         }
+        self.table.groups_read.insert(g);
+        if !ops.is_empty() {
+            self.prepend_logged_changes(g, ops);
+        }
+        Ok(())
+    }
+
+    /// Group `g`'s changes in the change log on the disk, as slots in the
+    /// group and changes in log order, when they are not in RAM (none when
+    /// they are): from each chunk only the pages that may hold them (found
+    /// by the fences), so that a group costs a page or two per chunk and
+    /// never the whole log. A log of version 8, not sorted, is read whole
+    /// into RAM instead.
+    pub(super) fn unread_changes_of(&mut self, g: u64) -> Result<Vec<(u32, Op)>> {
+        if self.group_log_read(g) {
+            return Ok(Vec::new());
+        }
         if self.table.unread.iter().any(|c| !c.is_sorted()) {
-            return self.read_change_log();
+            self.read_change_log()?;
+            return Ok(Vec::new());
         }
         let n = self.group_entries();
         let mut ops = Vec::new();
@@ -386,11 +405,7 @@ impl Space {
                 }
             }
         }
-        self.table.groups_read.insert(g);
-        if !ops.is_empty() {
-            self.prepend_logged_changes(g, ops);
-        }
-        Ok(())
+        Ok(ops)
     }
 
     /// The entries of group `g` in a sorted `chunk`, in order.

@@ -88,6 +88,10 @@ struct GroupChanges {
     ops: Vec<(u32, Op)>,
     /// The first `durable` are in the change log on the disk.
     durable: usize,
+    /// The first `reread` of those were read from chunks open found, and
+    /// can be read from them again: they leave RAM with the group's counts
+    /// while the log is read a group at a time.
+    reread: usize,
     /// The first `seen` were applied to the group's counts in RAM at some
     /// load (or made while it was in RAM).
     seen: usize,
@@ -168,6 +172,14 @@ impl Space {
     #[cfg(any(test, feature = "testing"))]
     pub(crate) fn group_reads(&self) -> u64 {
         self.counts.reads
+    }
+
+    /// Changes read from the log (and readable again) kept for groups whose
+    /// counts are not in RAM.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn rereadable_changes_outside_ram(&self) -> u64 {
+        let outside = self.counts.changes.iter().filter(|(&g, _)| !self.is_loaded(g));
+        outside.map(|(_, c)| c.reread as u64).sum()
     }
 
     /// Groups of counts in RAM now.
@@ -324,32 +336,35 @@ impl Space {
     /// seen; `check`, which looks without keeping, passes `false` after
     /// settling every group.
     pub(super) fn current_counts(&mut self, g: u64, see: bool) -> Result<Box<[u32]>> {
-        self.read_group_log(g)?;
+        // A load keeps the group's logged changes in RAM while the group
+        // is; a look (`check`) reads them and lets them go.
+        let logged = if see {
+            self.read_group_log(g)?;
+            Vec::new()
+        } else {
+            self.unread_changes_of(g)?
+        };
         let mut entries = self.read_group(g)?;
         let first_read = !self.counts.is_checked(g);
         if first_read {
             self.check_group_hint(g, &entries)?;
         }
         let first = g * self.group_entries();
+        for &(k, op) in &logged {
+            apply_change(&mut entries, first, k, op)?;
+        }
         let mut zeroed = Vec::new();
         if let Some(c) = self.counts.changes.get(&g) {
             for (i, &(k, op)) in c.ops.iter().enumerate() {
-                let e = &mut entries[k as usize];
-                *e = op.apply(*e).ok_or_else(|| {
-                    let page = first + k as u64;
-                    Error::corruption(
-                        "reference table",
-                        format!("{DATA_FILE} change log"),
-                        format!("{op:?} does not apply to page {page}, whose entry is {e:#x}"),
-                    )
-                })?;
-                if see && i >= c.seen && op == Op::Dec && *e == 0 {
+                let e = apply_change(&mut entries, first, k, op)?;
+                if see && i >= c.seen && op == Op::Dec && e == 0 {
                     zeroed.push(first + k as u64);
                 }
             }
         }
         if first_read {
-            self.check_group(g, &entries)?;
+            let own = self.own_changed_slots(g);
+            self.check_group(g, &entries, &own)?;
             self.name_group_page(g)?;
             self.counts.checked.insert(g);
         }
@@ -359,6 +374,19 @@ impl Space {
         }
         strip_kinds(&mut entries);
         Ok(entries)
+    }
+
+    /// The slots of group `g` this process changed (not those it read from
+    /// the log), sorted: their entries are what this process made them,
+    /// a node it placed on a page it reserved among them.
+    fn own_changed_slots(&self, g: u64) -> Vec<u32> {
+        let Some(c) = self.counts.changes.get(&g) else {
+            return Vec::new();
+        };
+        let mut slots: Vec<u32> = c.ops[c.reread..].iter().map(|&(k, _)| k).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        slots
     }
 
     fn mark_seen(&mut self, g: u64) {
@@ -434,7 +462,15 @@ impl Space {
         c.ops = ops;
         c.durable += n;
         c.seen += n;
+        c.reread += n;
         self.counts.live += n as u64;
+    }
+
+    /// The whole change log is in RAM now: no change is read again.
+    pub(super) fn keep_logged_changes(&mut self) {
+        for c in self.counts.changes.values_mut() {
+            c.reread = 0;
+        }
     }
 
     /// Group `g` was folded: its page holds every change, which are dropped.
@@ -499,7 +535,33 @@ impl Space {
             }
             self.counts.slots[g as usize] = None;
             self.counts.loaded -= 1;
+            self.forget_rereadable_changes(g);
         }
+    }
+
+    /// Drops the changes of group `g` that the chunks found at open hold,
+    /// while those are read a group at a time: its next load reads them
+    /// again, so the changes in RAM follow the groups in RAM rather than
+    /// every group ever loaded. A group folded since open has none (its
+    /// fold is in a newer chunk, and those found at open must not be read
+    /// for it again), nor has one whose changes were read with the whole
+    /// log.
+    fn forget_rereadable_changes(&mut self, g: u64) {
+        let Some(c) = self.counts.changes.get_mut(&g).filter(|c| c.reread > 0) else {
+            return;
+        };
+        let n = c.reread;
+        debug_assert!(c.seen >= n && c.durable >= n, "changes read from the log are seen and durable");
+        c.ops.drain(..n);
+        c.durable -= n;
+        c.seen -= n;
+        c.reread = 0;
+        let empty = c.ops.is_empty();
+        self.counts.live -= n as u64;
+        if empty {
+            self.counts.changes.remove(&g);
+        }
+        self.table.groups_read.remove(g);
     }
 
     /// Whether group `g` has been read (and checked) since open.
@@ -552,8 +614,7 @@ impl Space {
     /// Reads the index page above the group when RAM does not have it, and
     /// the group's changes in the change log when they are not in RAM.
     pub(super) fn group_zeros_hint(&mut self, g: u64) -> Result<Option<bool>> {
-        self.read_group_log(g)?;
-        if self.is_loaded(g) || self.has_changes(g) {
+        if self.is_loaded(g) || self.has_changes(g) || !self.unread_changes_of(g)?.is_empty() {
             return Ok(None);
         }
         Ok(match self.group_ref(g)? {
@@ -576,6 +637,21 @@ impl Space {
     pub(super) fn loaded_counts(&self, g: u64) -> Option<Box<[u32]>> {
         self.counts.slots.get(g as usize)?.clone()
     }
+}
+
+/// Applies change `op` to slot `k` of a group's `entries` (the group whose
+/// first page is `first`), and returns the entry it leaves.
+fn apply_change(entries: &mut [u32], first: u64, k: u32, op: Op) -> Result<u32> {
+    let e = &mut entries[k as usize];
+    *e = op.apply(*e).ok_or_else(|| {
+        let page = first + k as u64;
+        Error::corruption(
+            "reference table",
+            format!("{DATA_FILE} change log"),
+            format!("{op:?} does not apply to page {page}, whose entry is {e:#x}"),
+        )
+    })?;
+    Ok(*e)
 }
 
 /// Turns entries as the table stores them into counts: a node's count

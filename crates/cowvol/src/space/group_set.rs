@@ -27,7 +27,6 @@ impl GroupSet {
     }
 
     /// Takes `g` out; returns whether it was there.
-    #[cfg(test)]
     pub(crate) fn remove(&mut self, g: u64) -> bool {
         let (w, bit) = ((g / 64) as usize, 1u64 << (g % 64));
         let Some(word) = self.words.get_mut(w).filter(|word| **word & bit != 0) else {

@@ -890,9 +890,12 @@ impl Space {
     /// Checks group `g`'s entries, its page with its changes applied,
     /// against what only RAM knows, and marks its node pages and the
     /// table's pages in it reserved. Called at the group's first load:
-    /// until then nothing changed any of its pages but the reserved bits
-    /// of the catalog's, the log's and the table's pages RAM knows.
-    pub(super) fn check_group(&mut self, g: u64, entries: &[u32]) -> Result<()> {
+    /// until then nothing changed its pages but the reserved bits of the
+    /// catalog's, the log's and the table's pages RAM knows, and the
+    /// changes this process made (`own`, sorted slots), which reserved
+    /// what they placed (a node placed on a page of a group not yet loaded
+    /// is reserved, and is not the catalog's or the log's).
+    pub(super) fn check_group(&mut self, g: u64, entries: &[u32], own: &[u32]) -> Result<()> {
         let first = g * self.group_entries();
         // The table's pages RAM already knows in this group (a few at
         // most): looked up once for the group, not once per entry.
@@ -909,7 +912,8 @@ impl Space {
             if v == 0 {
                 continue;
             }
-            if page == 0 || page >= self.npages || self.is_reserved(page) {
+            let placed_here = own.binary_search(&(k as u32)).is_ok() && v & NODE != 0;
+            if page == 0 || page >= self.npages || (self.is_reserved(page) && !placed_here) {
                 return Err(table_corruption(
                     format!("entry of page {page}"),
                     "in use, but the page is page 0, outside the file, or the catalog's or the log's",

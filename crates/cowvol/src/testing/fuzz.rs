@@ -86,20 +86,32 @@ pub fn decode_tree_node(bytes: &[u8], page: u64, level: u32) -> Result<usize> {
     })
 }
 
-/// Decodes a chunk of the reference table's change log (format 8) of a
-/// store with 4 KiB blocks and a table of 2^40 pages: the first 8 bytes
-/// are its entry count, the whole 4 KiB pages after them its pages.
-/// Returns the entries decoded.
+/// Decodes a chunk of the reference table's change log (formats 8 and 9)
+/// of a store with 4 KiB blocks and a table of 2^40 pages: the first 8
+/// bytes are its entry count, the next 8 the fence of its first page (the
+/// group of the page's first entry, format 9), the whole 4 KiB pages after
+/// them its pages. Decodes the pages as a chunk in log order, then the
+/// first page as a page of a sorted chunk under that fence. Returns the
+/// entries decoded.
 ///
 /// # Errors
 /// [`crate::Error::Corruption`] for anything malformed.
 pub fn decode_change_chunk(bytes: &[u8]) -> Result<usize> {
-    let Some((count, pages)) = bytes.split_first_chunk::<8>() else {
+    let Some((count, rest)) = bytes.split_first_chunk::<8>() else {
+        return Ok(0);
+    };
+    let Some((first_group, pages)) = rest.split_first_chunk::<8>() else {
         return Ok(0);
     };
     let pages = &pages[..pages.len() / 4096 * 4096];
     let limits = (1 << 40, (1 << 40) / 1024);
-    Ok(crate::space::decode_chunk(pages, u64::from_le_bytes(*count), 4096, limits, "fuzz input")?.len())
+    let count = u64::from_le_bytes(*count);
+    let entries = crate::space::decode_chunk(pages, count, 4096, limits, "fuzz input")?.len();
+    if let Some(page) = pages.get(..4096) {
+        let fence = crate::space::Fence { first_group: u64::from_le_bytes(*first_group), crc: 0 };
+        crate::space::decode_sorted_page(page, count.min(341), fence, limits, 1024, "fuzz input")?;
+    }
+    Ok(entries)
 }
 
 /// CRC32 as the on-disk formats use it, for building valid fuzz seeds.
@@ -295,13 +307,15 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
     let changes = {
         use crate::space::Logged;
         use crate::space::Op;
+        // Sorted as a chunk of format 9 is: its first page's fence is group 0.
         let entries = [
+            Logged::Change(7, Op::Raw(!0)),
             Logged::Fold(2),
             Logged::Change(2048, Op::Inc),
             Logged::Change(2049, Op::Dec),
-            Logged::Change(7, Op::Raw(!0)),
         ];
         let mut b = (entries.len() as u64).to_le_bytes().to_vec();
+        b.extend(0u64.to_le_bytes());
         b.extend(crate::space::encode_chunk(&entries, 1, 4096));
         b
     };

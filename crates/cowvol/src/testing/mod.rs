@@ -80,6 +80,13 @@ pub fn change_log_read_whole(store: &crate::Store) -> bool {
     store.engine.state.lock().space.change_log_read()
 }
 
+/// Changes the store read from its change log a group at a time and keeps
+/// for groups whose counts are not in RAM (none: they leave with the
+/// group).
+pub fn logged_changes_outside_ram(store: &crate::Store) -> u64 {
+    store.engine.state.lock().space.rereadable_changes_outside_ram()
+}
+
 /// A pinned view of every tree, as `check` holds one, until it is dropped
 /// (tests of what a checkpoint does while a view lives).
 pub struct HeldView<'a>(#[allow(dead_code)] crate::engine::PinnedView<'a>);
