@@ -25,6 +25,7 @@ use std::sync::Arc;
 mod changes;
 mod counts;
 mod discover;
+mod extents;
 mod group_set;
 mod table;
 
@@ -33,6 +34,7 @@ pub(crate) use changes::{decode_chunk, decode_sorted_page, encode_chunk, ChunkRe
 use counts::Counts;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use counts::Op;
+use extents::Extents;
 pub(crate) use table::{IndexRef, TableRoot};
 
 /// A contiguous run of pages.
@@ -77,8 +79,8 @@ pub(crate) struct Space {
     counts: Counts,
     /// One bit per page: metadata still needed by the durable checkpoint or WAL.
     reserved: Vec<u64>,
-    /// Free extents: start page -> length.
-    free: BTreeMap<u64, u64>,
+    /// Free extents: start page -> length (and by length).
+    free: Extents,
     free_pages: u64,
     /// Where the next search for free space starts, so allocation sweeps
     /// forward and sequential writes get sequential pages.
@@ -139,7 +141,7 @@ impl Space {
             npages,
             counts: Counts::new(npages.div_ceil(block_size as u64 / 4)),
             reserved: vec![0; (npages as usize).div_ceil(64)],
-            free: BTreeMap::new(),
+            free: Extents::default(),
             free_pages: 0,
             cursor: 1,
             quarantine: Vec::new(),
@@ -324,7 +326,9 @@ impl Space {
 
     /// Allocates exactly `n` contiguous pages.
     pub(crate) fn alloc_contiguous(&mut self, n: u64) -> Result<u64> {
-        let find = |s: &Space| s.free.iter().find(|(_, &l)| l >= n).map(|(&s, &l)| (s, l));
+        // The shortest free extent long enough: no pass over a free map
+        // that copy-on-write fragmented into millions of single pages.
+        let find = |s: &Space| s.free.best_fit(n);
         self.discover_run_of(n)?;
         let mut found = find(self);
         if found.is_none() {
@@ -376,7 +380,7 @@ impl Space {
                 carve(&mut self.holes, s, l);
                 self.hole_pages -= l;
             } else {
-                carve(&mut self.free, s, l);
+                self.free.carve(s, l);
                 self.free_pages -= l;
             }
         }
@@ -714,7 +718,7 @@ impl Space {
                     stopped = true;
                     break 'extents;
                 }
-                carve(&mut self.free, piece.start, take);
+                self.free.carve(piece.start, take);
                 self.free_pages -= take;
                 *left = left.saturating_sub(take);
                 batch.runs.push(Run { start: piece.start, len: take });
