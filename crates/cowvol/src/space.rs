@@ -105,7 +105,7 @@ pub(crate) struct Space {
     /// Free pages whose file space may have been given back to the file
     /// system: start page -> length, whole punch chunks. Not in `free`, so
     /// nothing is handed out from here before [`Space::grow`] re-reserves it.
-    holes: BTreeMap<u64, u64>,
+    holes: Extents,
     hole_pages: u64,
     /// The lowest page at which `free` may hold a whole chunk not yet
     /// punched; `None` when a punch step has looked at all of it.
@@ -152,7 +152,7 @@ impl Space {
             catalog_growth: 0,
             segment_pages: 1,
             unwritten_from: npages,
-            holes: BTreeMap::new(),
+            holes: Extents::default(),
             hole_pages: 0,
             punch_from: None,
             repunch_from: None,
@@ -377,7 +377,7 @@ impl Space {
         }
         for (s, l, punched) in pieces {
             if punched {
-                carve(&mut self.holes, s, l);
+                self.holes.carve(s, l);
                 self.hole_pages -= l;
             } else {
                 self.free.carve(s, l);
@@ -685,7 +685,7 @@ impl Space {
                 stopped = true;
                 break;
             }
-            carve(&mut self.holes, h.start, take);
+            self.holes.carve(h.start, take);
             self.hole_pages -= take;
             *left = left.saturating_sub(take);
             batch.runs.push(Run { start: h.start, len: take });
@@ -830,7 +830,7 @@ impl Space {
                 }
                 return Err(Error::io("re-reserving punched space in the data file", e));
             }
-            carve(&mut self.holes, start, take);
+            self.holes.carve(start, take);
             self.hole_pages -= take;
             self.insert_free(start, take);
             got += take;
@@ -872,22 +872,6 @@ fn extents_from(map: &BTreeMap<u64, u64>, from: u64) -> Vec<Run> {
 /// The extent of `map` (start -> length) that holds `page`, if any.
 fn extent_holding(map: &BTreeMap<u64, u64>, page: u64) -> Option<(u64, u64)> {
     map.range(..=page).next_back().map(|(&s, &l)| (s, l)).filter(|&(s, l)| page < s + l)
-}
-
-/// Takes `[start, start + len)`, which lies inside one extent of `map`,
-/// out of it.
-fn carve(map: &mut BTreeMap<u64, u64>, start: u64, len: u64) {
-    let Some((&s, &l)) = map.range(..=start).next_back() else {
-        return;
-    };
-    debug_assert!(s <= start && start + len <= s + l);
-    map.remove(&s);
-    if start > s {
-        map.insert(s, start - s);
-    }
-    if s + l > start + len {
-        map.insert(start + len, s + l - start - len);
-    }
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ impl Space {
     }
 
     fn longest_known_run(&self) -> u64 {
-        self.free.longest().max(self.holes.values().copied().max().unwrap_or(0))
+        self.free.longest().max(self.holes.longest())
     }
 
     /// Discovers the groups holding pages `start..end`.

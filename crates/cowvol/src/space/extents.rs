@@ -1,7 +1,7 @@
-//! The free map's extents: start page -> length, with the extents also
-//! ordered by length, so that the longest free extent, and the shortest
-//! one of at least `n` pages, are found without a pass over the map. A
-//! file fragmented by copy-on-write holds millions of single free pages,
+//! Extents of pages, start page -> length, for the free map and the
+//! punched holes, also ordered by length: the longest extent, and the
+//! shortest of at least `n` pages, are found without a pass over the map.
+//! A file fragmented by copy-on-write holds millions of single free pages,
 //! and a checkpoint looks for a contiguous run for its catalog, the log for
 //! each segment.
 //!
