@@ -161,32 +161,49 @@ impl ChunkRef {
     }
 }
 
-/// Pages of the change log read last, decoded: a few, so that groups read
-/// one after another do not read the pages they share again. A page is
-/// named by its page number, which stays the log's while the chunks found
-/// at open are unread (the only ones read from the disk).
+/// Pages of the change log read last, decoded, so that groups read one
+/// after another (discovery, a checkpoint's settling) do not read the pages
+/// they share again, even while other threads' loads read pages elsewhere.
+/// A page is named by its page number, which stays the log's until a
+/// compaction drops the chunks (and empties the cache).
 #[derive(Debug, Default)]
-pub(crate) struct RecentLogPages(Mutex<VecDeque<(u64, Arc<Vec<Logged>>)>>);
+pub(crate) struct RecentLogPages(Mutex<RecentPages>);
 
-/// Pages [`RecentLogPages`] keeps.
-const RECENT_LOG_PAGES: usize = 64;
+#[derive(Debug, Default)]
+pub(crate) struct RecentPages {
+    pages: HashMap<u64, Arc<Vec<Logged>>>,
+    order: VecDeque<u64>,
+}
+
+/// Groups a checkpoint settles one by one at most before it may read the
+/// whole change log instead: a few thousand page reads from the page cache
+/// per chunk, milliseconds.
+const MANY_WAITING_GROUPS: u64 = 1024;
+
+/// Pages [`RecentLogPages`] keeps: about 5.5 MiB decoded.
+const RECENT_LOG_PAGES: usize = 1024;
 
 impl RecentLogPages {
     fn get(&self, page: u64) -> Option<Arc<Vec<Logged>>> {
-        let pages = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        pages.iter().find(|(p, _)| *p == page).map(|(_, e)| e.clone())
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pages.get(&page).cloned()
     }
 
     fn put(&self, page: u64, entries: Arc<Vec<Logged>>) {
-        let mut pages = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if pages.len() == RECENT_LOG_PAGES {
-            pages.pop_front();
+        let mut recent = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.order.len() == RECENT_LOG_PAGES {
+            if let Some(oldest) = recent.order.pop_front() {
+                recent.pages.remove(&oldest);
+            }
         }
-        pages.push_back((page, entries));
+        if recent.pages.insert(page, entries).is_none() {
+            recent.order.push_back(page);
+        }
     }
 
     pub(super) fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut recent = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        recent.pages.clear();
+        recent.order.clear();
     }
 }
 
@@ -366,6 +383,25 @@ impl Space {
         Ok(())
     }
 
+    /// Reads the whole change log when a checkpoint is about to settle
+    /// many groups (at least [`MANY_WAITING_GROUPS`]) and reading them one
+    /// by one (a page or two per chunk each) would read more of it than it
+    /// holds: after a burst of writes over a large volume most groups have
+    /// changes waiting, and one pass over the log costs less than a search
+    /// per group. A process that made a few changes (a snapshot, a short
+    /// session) keeps reading groups alone.
+    pub(super) fn read_log_whole_if_cheaper(&mut self) -> Result<()> {
+        if self.change_log_read() || self.waiting_groups() < MANY_WAITING_GROUPS {
+            return Ok(());
+        }
+        let pages: u64 = self.table.unread.iter().map(ChunkRef::page_count).sum();
+        let per_group = 2 * self.table.unread.len() as u64;
+        if self.waiting_groups().saturating_mul(per_group) >= pages {
+            self.read_change_log()?;
+        }
+        Ok(())
+    }
+
     /// Reads group `g`'s changes from the change log into RAM, unless they
     /// are there (a load: they leave with the group's counts, see
     /// [`Space::unread_changes_of`]).
@@ -413,8 +449,12 @@ impl Space {
         let n = self.group_entries();
         let mut out = Vec::new();
         for i in chunk.pages_of_group(g) {
+            // The page is sorted (checked when it was read): the group's
+            // entries are one stretch of it.
             let entries = self.read_sorted_page(chunk, i)?;
-            out.extend(entries.iter().filter(|e| entry_group(e, n) == g));
+            let from = entries.partition_point(|e| entry_group(e, n) < g);
+            let to = entries.partition_point(|e| entry_group(e, n) <= g);
+            out.extend_from_slice(&entries[from..to]);
         }
         Ok(out)
     }
@@ -423,9 +463,8 @@ impl Space {
     /// taken from the pages read last: groups are mostly read in order
     /// (discovery, a checkpoint's settling), and neighbours share pages.
     fn read_sorted_page(&self, chunk: &ChunkRef, i: usize) -> Result<Arc<Vec<Logged>>> {
-        let location = chunk.location();
         let (Some(page), Some(&fence)) = (chunk.page_at(i as u64), chunk.fences.get(i)) else {
-            return Err(log_corruption(&location, format!("no page {i}")));
+            return Err(log_corruption(&chunk.location(), format!("no page {i}")));
         };
         if let Some(entries) = self.table.recent_log_pages.get(page) {
             return Ok(entries);

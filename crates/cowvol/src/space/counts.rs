@@ -408,6 +408,11 @@ impl Space {
         Ok(())
     }
 
+    /// How many groups have changes waiting for their load.
+    pub(super) fn waiting_groups(&self) -> u64 {
+        self.counts.unseen_groups.len() as u64
+    }
+
     /// Whether some changes wait for their groups to load (they may free
     /// pages no one can name yet).
     pub(crate) fn has_unseen_changes(&self) -> bool {

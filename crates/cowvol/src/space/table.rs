@@ -387,6 +387,7 @@ impl Space {
     /// caller makes before the capture) among them. Allocates all of it;
     /// on failure gives it back and changes nothing.
     pub(crate) fn plan_table_moves(&mut self, extra_changes: u64) -> Result<TableMoves> {
+        self.read_log_whole_if_cheaper()?;
         self.settle_counts()?;
         if self.table.chunks.iter().any(|c| !c.is_sorted()) {
             // A log of version 8: read whole, and rewritten sorted by this
@@ -587,6 +588,9 @@ impl Space {
     /// Drops every chunk of the change log (the new chunk keeps every
     /// change they held that is still kept).
     fn drop_change_log(&mut self) {
+        // Their pages may be reused: none of them may be taken from the
+        // cache of decoded pages again.
+        self.table.recent_log_pages.clear();
         for c in std::mem::take(&mut self.table.chunks) {
             for p in c.pages() {
                 self.give_back_table_page(p);
