@@ -42,6 +42,14 @@ fn overwrite(v: &Volume, gens: &mut [u64], lbs: impl Iterator<Item = u64>, w: u6
     v.flush().unwrap();
 }
 
+/// Reopened (default cache), the store checks clean and volume `id` reads
+/// back generations `gens`.
+fn reopens_clean_with(dir: &std::path::Path, id: VolumeId, gens: &[u64]) {
+    let store = Store::open(dir, opts(256 << 20)).unwrap();
+    assert_clean(&store);
+    assert_blocks(&store.open_volume(id).unwrap(), gens);
+}
+
 fn assert_blocks(v: &Volume, gens: &[u64]) {
     let mut buf = vec![0u8; BS as usize];
     for lb in 0..BLOCKS {
@@ -81,9 +89,7 @@ fn a_checkpoint_after_scattered_overwrites_writes_their_changes_not_a_page_per_g
     store.close().unwrap();
 
     // Reopened, the counts are the pages with the logged changes applied.
-    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
-    assert_clean(&store);
-    assert_blocks(&store.open_volume(id).unwrap(), &gens);
+    reopens_clean_with(dir.path(), id, &gens);
 }
 
 #[test]
@@ -226,9 +232,7 @@ fn a_reopened_store_reads_a_groups_changes_without_the_rest_of_the_log() {
     assert_blocks(&store.open_snapshot(id, snap).unwrap(), &at_snapshot);
     drop(v);
     store.close().unwrap();
-    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
-    assert_clean(&store);
-    assert_blocks(&store.open_volume(id).unwrap(), &gens);
+    reopens_clean_with(dir.path(), id, &gens);
 }
 
 #[test]
