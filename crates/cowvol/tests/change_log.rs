@@ -50,11 +50,18 @@ fn reopens_clean_with(dir: &std::path::Path, id: VolumeId, gens: &[u64]) {
     assert_blocks(&store.open_volume(id).unwrap(), gens);
 }
 
+/// The generation of a block discarded: it reads as zeroes.
+const DISCARDED: u64 = u64::MAX;
+
 fn assert_blocks(v: &Volume, gens: &[u64]) {
     let mut buf = vec![0u8; BS as usize];
     for lb in 0..BLOCKS {
         v.read_at(&mut buf, lb * BS).unwrap();
-        assert!(buf == block(gens[lb as usize], lb), "block {lb} holds the wrong data");
+        let want = match gens[lb as usize] {
+            DISCARDED => vec![0; BS as usize],
+            w => block(w, lb),
+        };
+        assert!(buf == want, "block {lb} holds the wrong data");
     }
 }
 
@@ -266,4 +273,44 @@ fn groups_leaving_ram_let_their_logged_changes_go_and_read_them_again() {
     assert_clean(&store);
     assert_blocks(&store.open_volume(id).unwrap(), &gens);
     assert_eq!(testing::counts_differing_on_disk(&store), []);
+}
+
+/// A checkpoint sets pages aside for the most entries its chunk may hold,
+/// in as many runs as the free map gives; on a file whose free space is
+/// scattered single pages, those are many. The chunk keeps only the pages
+/// its entries fill: the others go back to the free map, and no catalog
+/// lists a run or a fence for them.
+#[test]
+fn a_chunk_laid_over_scattered_free_pages_keeps_only_the_pages_it_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+    let (id, v, mut gens) = filled_volume(&store);
+    // Every other block discarded: its page is free once a checkpoint
+    // has made the discard durable, between two pages in use.
+    for lb in (0..BLOCKS).step_by(2) {
+        v.discard(lb * BS, BS).unwrap();
+        gens[lb as usize] = DISCARDED;
+    }
+    v.flush().unwrap();
+    store.checkpoint().unwrap();
+    let mut fragmented = false;
+    for round in 1..=4u64 {
+        let lbs = scattered(2 * round + 1, 16);
+        overwrite(&v, &mut gens, lbs, round);
+        store.checkpoint().unwrap();
+        let per_page = BS / 12 - 1;
+        for (entries, pages, runs) in testing::change_log_chunks(&store) {
+            fragmented |= runs > 1;
+            assert!(
+                pages <= entries.div_ceil(per_page).max(1),
+                "round {round}: a chunk of {entries} entries kept {pages} pages in {runs} runs"
+            );
+        }
+    }
+    assert!(fragmented, "no chunk was laid over more than one run: the free space was not scattered");
+    assert_eq!(testing::counts_differing_on_disk(&store), []);
+    assert_clean(&store);
+    drop(v);
+    store.close().unwrap();
+    reopens_clean_with(dir.path(), id, &gens);
 }

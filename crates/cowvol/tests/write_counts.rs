@@ -91,3 +91,42 @@ fn counters_start_at_zero_with_each_open() {
     assert_eq!(w.node_bytes + w.table_bytes + w.catalog_bytes + w.superblock_bytes, 0, "open wrote no checkpoint");
     assert_eq!(w.metadata_per_data_byte(), 0.0);
 }
+
+/// A write that finds the dirty nodes past their limit asks for a
+/// checkpoint; one that runs after the request answers it. Left standing,
+/// the request ran a second checkpoint at the next sync, writing a catalog
+/// and a superblock for the few changes made in between (on a 1 TiB volume
+/// under random overwrites, nearly every checkpoint had such a twin).
+#[test]
+fn a_checkpoint_answers_the_requests_made_before_it() {
+    let dir = SimDir::new();
+    // The smallest cache: a checkpoint is asked for past 4,096 dirty nodes.
+    let small_cache = StoreOptions { node_cache_bytes: 0, ..opts() };
+    let store = Store::open_in(Arc::new(dir.clone()), small_cache).unwrap();
+    let id = store.create_volume(VolumeOptions::new("v", 1 << 42)).unwrap().id;
+    let vol = store.open_volume(id).unwrap();
+    // A block in each of 5,000 spans of 65,536 blocks: a leaf each.
+    let dirty_many_leaves = |round: u64| {
+        for span in 0..5_000u64 {
+            let lb = span << 16 | round;
+            vol.write_at(&block(round, lb), lb * BS).unwrap();
+        }
+    };
+    dirty_many_leaves(1);
+    store.checkpoint().unwrap();
+    let after_checkpoint = store.written().superblock_bytes;
+    vol.write_at(&block(2, 7), 7 * BS).unwrap();
+    vol.flush().unwrap();
+    assert_eq!(
+        store.written().superblock_bytes,
+        after_checkpoint,
+        "a sync after the checkpoint ran another for a request the first had answered"
+    );
+    dirty_many_leaves(3);
+    vol.flush().unwrap();
+    assert_eq!(
+        store.written().superblock_bytes,
+        after_checkpoint + 112,
+        "dirty nodes past their limit since the checkpoint get one of their own at the next sync"
+    );
+}

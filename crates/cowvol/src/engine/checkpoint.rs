@@ -137,6 +137,12 @@ impl Engine {
                 return Err(e);
             }
         };
+        // A request made before this point (a write that found the dirty
+        // nodes or the log past their limits while this checkpoint waited
+        // for the lock) is answered by this checkpoint, which takes all of
+        // it: left standing, it ran a second checkpoint straight after,
+        // with a few hundred changes and a whole catalog to write.
+        self.maint.take_checkpoint_request();
         for p in catalog_page..catalog_page + catalog_pages {
             st.space.set_reserved(p, true);
         }

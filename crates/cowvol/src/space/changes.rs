@@ -540,6 +540,12 @@ impl Space {
         (self.live_changes(), self.table.chunks.len(), self.table.logged_entries)
     }
 
+    /// Each chunk's entries, pages and runs.
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn change_log_chunks(&self) -> Vec<(u64, u64, usize)> {
+        self.table.chunks.iter().map(|c| (c.entries, c.page_count(), c.runs.len())).collect()
+    }
+
     /// Pages of the change log read since open.
     #[cfg(any(test, feature = "testing"))]
     pub(crate) fn change_log_page_reads(&self) -> u64 {

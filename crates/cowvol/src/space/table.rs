@@ -211,10 +211,9 @@ pub(crate) struct TableMoves {
     /// pool was allocated (later growth is free space, implicitly).
     covered: u64,
     /// Pages set aside for the new chunk (none when empty), for as many
-    /// entries as it may hold. The capture gives back what its last run
-    /// does not need but one page, so that the chunk keeps as many runs as
-    /// planned, and the catalog (a fence per page) at most the length it
-    /// was planned with.
+    /// entries as it may hold. The capture gives back the pages past those
+    /// the chunk needs, so that the catalog (a run and a fence per page
+    /// each) is at most the length it was planned with.
     chunk: Vec<Run>,
     /// Whether the new chunk holds every change kept, and the old chunks go.
     compact: bool,
@@ -677,18 +676,23 @@ impl Space {
     }
 
     /// The runs of `planned` a chunk of `base` entries (and one for each of
-    /// its pages) needs: the last run shortened, down to one page, and the
-    /// pages cut from it freed.
+    /// its pages) needs, at least one page: the pages past them freed. The
+    /// plan sets aside pages for the most entries the chunk may hold, in
+    /// as many runs as a fragmented free map gives; cutting only the last
+    /// run kept the others' pages in the chunk, empty, and a fence for each
+    /// in every catalog after it.
     fn trim_chunk(&mut self, planned: &[Run], base: u64) -> Vec<Run> {
-        let mut runs = planned.to_vec();
-        let have: u64 = runs.iter().map(|r| r.len).sum();
-        let need = changes::pages_for(base, self.block_size);
-        if let Some(last) = runs.last_mut() {
-            let cut = have.saturating_sub(need).min(last.len - 1);
-            last.len -= cut;
-            if cut > 0 {
-                self.free_run(Run { start: last.start + last.len, len: cut });
+        let mut need = changes::pages_for(base, self.block_size);
+        let mut runs = Vec::new();
+        for &r in planned {
+            let keep = r.len.min(need);
+            if keep > 0 {
+                runs.push(Run { start: r.start, len: keep });
             }
+            if keep < r.len {
+                self.free_run(Run { start: r.start + keep, len: r.len - keep });
+            }
+            need -= keep;
         }
         runs
     }

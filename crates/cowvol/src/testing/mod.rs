@@ -68,6 +68,12 @@ pub fn change_log(store: &crate::Store) -> (u64, usize, u64) {
     store.engine.state.lock().space.change_log_figures()
 }
 
+/// Each chunk of the reference table's change log: the entries it holds,
+/// its pages, and the runs they lie in.
+pub fn change_log_chunks(store: &crate::Store) -> Vec<(u64, u64, usize)> {
+    store.engine.state.lock().space.change_log_chunks()
+}
+
 /// Pages of the reference table's change log the store has read since it
 /// was opened.
 pub fn change_log_page_reads(store: &crate::Store) -> u64 {
