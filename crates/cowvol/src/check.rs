@@ -130,8 +130,10 @@ pub struct StoreStats {
     /// Bytes the metadata takes in memory: nodes changed since the last
     /// checkpoint, the node cache, and the reference counts.
     pub metadata_memory_bytes: u64,
-    /// Bytes of written tree nodes in the node cache (at most
-    /// `StoreOptions::node_cache_bytes`, plus nodes a checkpoint is writing).
+    /// Bytes of written tree nodes in the node cache (with the nodes
+    /// changed since the last checkpoint, at most three quarters of
+    /// `StoreOptions::node_cache_bytes`, plus nodes a checkpoint is
+    /// writing).
     pub node_cache_bytes: u64,
     /// Tree node reads the cache answered, and those that read a page.
     pub node_cache_hits: u64,

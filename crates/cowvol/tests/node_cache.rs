@@ -78,3 +78,59 @@ fn a_tree_fifty_times_the_cache_reads_writes_snapshots_and_reopens_unchanged() {
     let stats = store.stats();
     assert_eq!(stats.data_blocks, 2 * leaves, "only the volume's own blocks are left");
 }
+
+/// Nodes changed since the last checkpoint count against the budget: the
+/// cache drops written nodes to make room for them, so that random writes
+/// over a large volume (a dirty leaf each, up to half the budget before a
+/// checkpoint is asked for) do not hold that much again beside a full
+/// cache.
+#[test]
+fn written_nodes_make_room_for_dirty_ones() {
+    const BUDGET: u64 = 256 << 10;
+    const LEAVES: u64 = 128;
+    let disk = SimDir::new();
+    let opts = StoreOptions { node_cache_bytes: BUDGET, background_checkpoints: false, ..Default::default() };
+    let store = Store::open_in(Arc::new(disk.clone()), opts).unwrap();
+    let id = store.create_volume(VolumeOptions::new("big", LEAVES * 256 * 4096)).unwrap().id;
+    let v = store.open_volume(id).unwrap();
+    // Full leaves, 4 KiB each in RAM: 64 of them are more than the nodes'
+    // share of the budget (three quarters), 128 twice that.
+    let leaf = |w: u64, n: u64| -> Vec<u8> { (n * 256..(n + 1) * 256).flat_map(|lb| block(w, lb)).collect() };
+    for n in 0..LEAVES {
+        v.write_at(&leaf(1, n), n * 256 * 4096).unwrap();
+    }
+    v.flush().unwrap();
+    store.checkpoint().unwrap();
+    // The first half read: the cache is full of leaves no write changes.
+    let mut buf = vec![0u8; 256 * 4096];
+    for n in 0..LEAVES / 2 {
+        v.read_at(&mut buf, n * 256 * 4096).unwrap();
+    }
+    let full = store.stats().node_cache_bytes;
+    assert!(full > BUDGET / 2, "the reads filled only {full} bytes of cache");
+    // A block in each of 40 leaves of the other half: 160 KiB of dirty
+    // leaves, far fewer nodes than a checkpoint is asked for.
+    let changed = LEAVES / 2..LEAVES / 2 + 40;
+    for n in changed.clone() {
+        v.write_at(&block(2, n * 256 + 9), (n * 256 + 9) * 4096).unwrap();
+    }
+    let s = store.stats();
+    assert!(
+        s.metadata_memory_bytes <= BUDGET + BUDGET / 4,
+        "{} bytes of metadata in RAM for a budget of {BUDGET} ({} of them written nodes in the cache)",
+        s.metadata_memory_bytes,
+        s.node_cache_bytes
+    );
+    assert!(s.node_cache_bytes < full, "no written node left the cache for the dirty ones");
+    v.flush().unwrap();
+    store.checkpoint().unwrap();
+    for n in 0..LEAVES {
+        v.read_at(&mut buf, n * 256 * 4096).unwrap();
+        let mut want = leaf(1, n);
+        if changed.contains(&n) {
+            want[9 * 4096..10 * 4096].copy_from_slice(&block(2, n * 256 + 9));
+        }
+        assert!(buf == want, "leaf {n} reads back wrong");
+    }
+    assert_clean(&store);
+}

@@ -364,6 +364,9 @@ fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedN
     let page_of = |a: &Arc<Node>| dirty.index.get(&Arc::as_ptr(a)).map(|&i| pages[i]);
     st.placements += 1;
     let epoch = st.placements;
+    // The dirty nodes move into the cache, pinned: they stop counting
+    // against its budget from outside it.
+    st.nodes.make_room_for_dirty(0);
     let mut placed = Vec::with_capacity(dirty.nodes.len());
     for ((n, level, refs), &page) in dirty.nodes.iter().zip(pages) {
         // A leaf has no children to turn into pages: it is its own written

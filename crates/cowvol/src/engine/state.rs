@@ -352,6 +352,7 @@ impl State {
                 self.garbage.extend(old);
             }
         }
+        self.nodes.make_room_for_dirty(self.space.dirty_nodes);
         Ok(())
     }
 
@@ -421,12 +422,16 @@ impl State {
 
 pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u64, cache_bytes: usize) -> State {
     let bits = format::fanout_bits_for(block_size);
-    let nodes = Arc::new(NodeCache::new(file.clone(), format::data_start(block_size), block_size, bits, cache_bytes));
+    // One budget for the metadata in RAM: an eighth of it holds groups of
+    // reference counts, about an eighth the count changes kept (see
+    // `Space::set_count_budget`), and the rest tree nodes, dirty ones
+    // included (see `NodeCache::make_room_for_dirty`).
+    let count_bytes = cache_bytes / 8;
+    let node_bytes = cache_bytes - 2 * count_bytes;
+    let nodes = Arc::new(NodeCache::new(file.clone(), format::data_start(block_size), block_size, bits, node_bytes));
     let mut space = Space::new(file, block_size, format::data_start(block_size), npages);
     space.segment_pages = LogGeometry::new(format::data_start(block_size), block_size).segment_pages;
-    // Reference counts are paged beside the nodes they describe: an eighth
-    // of the node cache's budget holds the groups of counts in RAM.
-    space.set_count_budget(cache_bytes as u64 / 8);
+    space.set_count_budget(count_bytes as u64);
     State {
         space,
         volumes: BTreeMap::new(),

@@ -6,11 +6,18 @@
 //! each segment.
 //!
 //! Invariant enforced here: `by_len` holds `(length, start)` for exactly
-//! the extents of `by_start`; every change goes through these methods (the
-//! map is lent out read-only).
+//! the extents of `by_start` longer than one page; every change goes
+//! through these methods (the map is lent out read-only). Single pages are
+//! left out of it because they are most of a fragmented map (about two
+//! million on a 1 TiB volume after random overwrites, 35 MB a copy), and
+//! any extent serves a request for one page.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Deref;
+
+/// Extents looked at, lowest first, for a single page before a longer one
+/// is cut.
+const SINGLES_LOOKED_AT: usize = 64;
 
 #[derive(Debug, Default)]
 pub(crate) struct Extents {
@@ -23,12 +30,16 @@ impl Extents {
         if let Some(old) = self.by_start.insert(start, len) {
             self.by_len.remove(&(old, start));
         }
-        self.by_len.insert((len, start));
+        if len > 1 {
+            self.by_len.insert((len, start));
+        }
     }
 
     pub(crate) fn remove(&mut self, start: &u64) -> Option<u64> {
         let len = self.by_start.remove(start)?;
-        self.by_len.remove(&(len, *start));
+        if len > 1 {
+            self.by_len.remove(&(len, *start));
+        }
         Some(len)
     }
 
@@ -39,13 +50,25 @@ impl Extents {
 
     /// The length of the longest extent, 0 when there is none.
     pub(crate) fn longest(&self) -> u64 {
-        self.by_len.last().map_or(0, |&(len, _)| len)
+        match self.by_len.last() {
+            Some(&(len, _)) => len,
+            None => u64::from(!self.by_start.is_empty()),
+        }
     }
 
     /// The shortest extent of at least `n` pages (the lowest of those that
-    /// long), as `(start, length)`.
+    /// long), as `(start, length)`. For one page: a single page among the
+    /// lowest few extents, else the shortest longer one, so that a long
+    /// extent is not cut for it while singles are easy to find.
     pub(crate) fn best_fit(&self, n: u64) -> Option<(u64, u64)> {
-        self.by_len.range((n, 0)..).next().map(|&(len, start)| (start, len))
+        if n <= 1 {
+            let single = self.by_start.iter().take(SINGLES_LOOKED_AT).find(|&(_, &len)| len == 1);
+            if let Some((&start, &len)) = single {
+                return Some((start, len));
+            }
+        }
+        let longer = self.by_len.range((n.max(2), 0)..).next().map(|&(len, start)| (start, len));
+        longer.or_else(|| self.by_start.first_key_value().map(|(&start, &len)| (start, len)).filter(|_| n <= 1))
     }
 
     /// Takes `[start, start + len)`, which lies inside one extent, out of
@@ -92,5 +115,18 @@ mod tests {
         assert_eq!((e.longest(), e.best_fit(3)), (9, Some((24, 9))));
         e.clear();
         assert_eq!((e.longest(), e.best_fit(1), e.is_empty()), (0, None, true));
+    }
+
+    #[test]
+    fn single_pages_are_found_without_the_length_order() {
+        let mut e = Extents::default();
+        e.insert(5, 4);
+        e.insert(10, 1);
+        assert_eq!((e.longest(), e.best_fit(1), e.best_fit(2)), (4, Some((10, 1)), Some((5, 4))));
+        e.carve(10, 1);
+        assert_eq!((e.best_fit(1), e.best_fit(5)), (Some((5, 4)), None), "no single left: the shortest longer");
+        e.carve(5, 3);
+        assert_eq!((e.longest(), e.best_fit(1), e.best_fit(2)), (1, Some((8, 1)), None));
+        assert!(e.by_len.is_empty(), "single pages stay out of the length order");
     }
 }

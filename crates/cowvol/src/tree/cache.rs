@@ -35,6 +35,9 @@ use std::sync::Arc;
 /// apart; a miss older than this many departures is read again. A few
 /// kilobytes, and far more than leave during one node read.
 const DEPARTURES_KEPT: usize = 1024;
+/// Bytes a cached node costs beyond its own: its slot, map entry and place
+/// in the clock.
+const SLOT_OVERHEAD: usize = 64;
 
 #[derive(Debug)]
 struct Slot {
@@ -64,6 +67,9 @@ struct Inner {
     /// Pages in clock order; a page may appear after it left `map` (skipped).
     clock: VecDeque<u64>,
     bytes: usize,
+    /// Bytes of the dirty nodes the trees hold, which count against the
+    /// budget as the cached ones do.
+    outside: usize,
     stats: CacheStats,
     /// Pages forgotten or replaced, counted since the cache was made: the
     /// ticket of a [`NodeMiss`].
@@ -182,6 +188,7 @@ impl NodeCache {
     pub(crate) fn new(file: Arc<dyn StorageFile>, data_start: u64, block_size: u32, bits: u32, budget: usize) -> Self {
         let inner = Inner {
             budget,
+            outside: 0,
             map: HashMap::with_hasher(PageHash),
             clock: VecDeque::new(),
             bytes: 0,
@@ -305,6 +312,21 @@ impl NodeCache {
         c.evict_to_budget();
     }
 
+    /// Counts `dirty` nodes the trees hold outside the cache (changed
+    /// since the last checkpoint) against its budget, evicting written
+    /// ones to make room: the budget bounds every node in RAM, so that
+    /// random writes over a large volume, which dirty a leaf each, do not
+    /// add up to half the budget again beside a full cache.
+    pub(crate) fn make_room_for_dirty(&self, dirty: u64) {
+        let bytes = (dirty as usize).saturating_mul(self.block_size + SLOT_OVERHEAD);
+        let mut c = self.inner.lock();
+        let grew = bytes > c.outside;
+        c.outside = bytes;
+        if grew {
+            c.evict_to_budget();
+        }
+    }
+
     /// The page no longer holds a node any tree references.
     pub(crate) fn forget(&self, page: u64) {
         let mut c = self.inner.lock();
@@ -347,7 +369,7 @@ impl Inner {
 
     fn insert(&mut self, page: u64, level: u32, node: Arc<Node>, pinned: bool) {
         self.forget(page);
-        let bytes = node.mem_bytes() + 64;
+        let bytes = node.mem_bytes() + SLOT_OVERHEAD;
         self.bytes += bytes;
         let slot = Slot { node, level, bytes, referenced: AtomicBool::new(false), pinned };
         self.map.insert(page, slot);
@@ -359,7 +381,7 @@ impl Inner {
     /// nodes (and nodes hit since the hand last passed) are left.
     fn evict_to_budget(&mut self) {
         let mut turns = 2 * self.clock.len();
-        while self.bytes > self.budget && turns > 0 {
+        while self.bytes + self.outside > self.budget && turns > 0 {
             turns -= 1;
             let Some(page) = self.clock.pop_front() else { break };
             let Some(s) = self.map.get(&page) else { continue };
