@@ -92,6 +92,10 @@ pub(crate) struct Space {
     /// Tree nodes changed since the last checkpoint capture: the pages the
     /// next checkpoint will need for them.
     pub(crate) dirty_nodes: u64,
+    /// Bytes of metadata the store may keep in RAM
+    /// (`StoreOptions::node_cache_bytes`): what the background's share of
+    /// the free map is measured against.
+    pub(crate) metadata_budget: u64,
     /// Pages the next catalog may need.
     pub(crate) catalog_reserve: u64,
     /// Bytes of catalog records added since the last checkpoint: the next
@@ -148,6 +152,7 @@ impl Space {
             obsolete: Vec::new(),
             in_flight: BTreeMap::new(),
             dirty_nodes: 0,
+            metadata_budget: u64::MAX,
             catalog_reserve: 1,
             catalog_growth: 0,
             segment_pages: 1,

@@ -278,3 +278,59 @@ fn a_reopened_store_fills_free_space_it_has_not_read_before_growing() {
     assert_blocks(&store.open_volume(kept).unwrap(), &gen);
     assert_clean(&store);
 }
+
+/// The background thread discovers a reopened file's free space until the
+/// free map holds what its share of the metadata budget pays for, and then
+/// pauses: on a file whose free space copy-on-write scattered into single
+/// pages, the whole map would grow with the file. The allocator still
+/// finds every free page, discovering further groups when the map runs
+/// short, before it grows the file.
+#[test]
+fn the_background_fills_the_free_map_to_its_window_and_writes_still_find_every_free_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = filled_and_closed(dir.path());
+    let every_other: Vec<u64> = (0..BLOCKS).step_by(2).collect();
+    {
+        let store = Store::open(dir.path(), opts(256 << 20)).unwrap();
+        let v = store.open_volume(id).unwrap();
+        for &lb in &every_other {
+            v.discard(lb * BS, BS).unwrap();
+        }
+        v.flush().unwrap();
+        // The discarded pages are free once a checkpoint has made their
+        // release durable.
+        store.checkpoint().unwrap();
+        drop(v);
+        store.close().unwrap();
+    }
+    // 8,192 single free pages in 16 groups; a 256 KiB budget pays for the
+    // smallest window, 1,024 extents.
+    let small = StoreOptions { background_checkpoints: true, ..opts(256 << 10) };
+    let store = Store::open(dir.path(), small).unwrap();
+    let mut seen = (u64::MAX, false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let now = testing::free_map_extents(&store);
+        if now == seen {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the background never settled: {now:?}");
+        seen = now;
+    }
+    let (extents, everything) = seen;
+    assert!(extents >= 1024, "the background stopped short of its window: {extents} extents");
+    assert!(
+        extents <= 1024 + GROUP / 2 && !everything,
+        "the background filled the free map past its window: {extents} extents, all discovered: {everything}"
+    );
+    // Not `stats`, which discovers the rest.
+    let file_len = || std::fs::metadata(dir.path().join("cowvol.dat")).unwrap().len();
+    let before = file_len();
+    let v = store.open_volume(id).unwrap();
+    write_blocks(&v, &|_| 1, &every_other);
+    assert_eq!(file_len(), before, "the writes grew the file past free pages not yet discovered");
+    assert_blocks(&v, &|lb| u64::from(lb % 2 == 0));
+    drop(v);
+    assert_clean(&store);
+}

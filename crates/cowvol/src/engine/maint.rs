@@ -94,7 +94,25 @@ impl Engine {
     /// a bounded step per hold of the state lock, until done or `stop`.
     pub(crate) fn discover_free_space(&self, stop: impl Fn() -> bool) -> crate::Result<()> {
         while !stop() {
-            if self.state.lock().space.discover_some(DISCOVER_STEP)? {
+            if self.state.lock().space.discover_some(DISCOVER_STEP, u64::MAX)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Engine::discover_free_space`] for the background thread: it also
+    /// pauses while the free map holds as many extents as its share of the
+    /// metadata budget pays for (see `Space::free_map_window`). On a file
+    /// that copy-on-write scattered into millions of single free pages the
+    /// whole map would cost tens of megabytes for space the allocator
+    /// reaches group by group anyway (it discovers further groups when the
+    /// map runs short), and single pages are never punched.
+    fn discover_free_space_in_background(&self, stop: impl Fn() -> bool) -> crate::Result<()> {
+        while !stop() {
+            let mut st = self.state.lock();
+            let window = st.space.free_map_window();
+            if st.space.discover_some(DISCOVER_STEP, window)? || st.space.free_extents() >= window {
                 break;
             }
         }
@@ -191,7 +209,7 @@ fn spawn_maintenance(
             let stop = || maint.stop.load(Ordering::Acquire);
             // Errors are left for the operation that needs the group, and
             // for `check`, to report.
-            let _ = engine.discover_free_space(stop);
+            let _ = engine.discover_free_space_in_background(stop);
             engine.punch_in_background(stop);
         }
     });

@@ -432,6 +432,7 @@ pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u
     let mut space = Space::new(file, block_size, format::data_start(block_size), npages);
     space.segment_pages = LogGeometry::new(format::data_start(block_size), block_size).segment_pages;
     space.set_count_budget(count_bytes as u64);
+    space.metadata_budget = cache_bytes as u64;
     State {
         space,
         volumes: BTreeMap::new(),

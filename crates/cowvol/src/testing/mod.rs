@@ -68,6 +68,13 @@ pub fn change_log(store: &crate::Store) -> (u64, usize, u64) {
     store.engine.state.lock().space.change_log_figures()
 }
 
+/// Extents in the free map (holes included), and whether every group of
+/// the file has been discovered (see `space::discover`).
+pub fn free_map_extents(store: &crate::Store) -> (u64, bool) {
+    let st = store.engine.state.lock();
+    (st.space.free_extents(), st.space.fully_discovered())
+}
+
 /// Each chunk of the reference table's change log: the entries it holds,
 /// its pages, and the runs they lie in.
 pub fn change_log_chunks(store: &crate::Store) -> Vec<(u64, u64, usize)> {
