@@ -130,3 +130,54 @@ fn a_checkpoint_answers_the_requests_made_before_it() {
         "dirty nodes past their limit since the checkpoint get one of their own at the next sync"
     );
 }
+
+/// The first write to each leaf a snapshot shares copies the leaf and
+/// raises the counts of its 256 blocks, in groups mostly not in RAM. Those
+/// increments wait for their groups' loads but free nothing, so they ask
+/// for no checkpoint until they pass the budget of changes kept; counted
+/// with the pages held back for reuse, they asked for one every 256
+/// writes, and a 1 TiB volume overwritten after a snapshot wrote a catalog
+/// and the interior nodes above a few hundred leaves each time.
+#[test]
+fn after_a_snapshot_copied_leaves_ask_for_no_checkpoint_every_few_hundred_writes() {
+    const LEAVES: u64 = 320;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let id = store.create_volume(VolumeOptions::new("v", LEAVES * 256 * BS)).unwrap().id;
+    let vol = store.open_volume(id).unwrap();
+    for leaf in 0..LEAVES {
+        let run: Vec<u8> = (leaf * 256..(leaf + 1) * 256).flat_map(|lb| block(1, lb)).collect();
+        vol.write_at(&run, leaf * 256 * BS).unwrap();
+    }
+    vol.flush().unwrap();
+    store.create_snapshot(id, SnapshotOptions::named("before")).unwrap();
+    drop(vol);
+    store.close().unwrap();
+    // Reopened, no group of counts is in RAM.
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let vol = store.open_volume(id).unwrap();
+    let checkpoints_before = store.written().superblock_bytes;
+    // One block in each leaf, a flush every 16: 81,920 counts raised.
+    for leaf in 0..LEAVES {
+        let lb = leaf * 256 + leaf % 256;
+        vol.write_at(&block(2, lb), lb * BS).unwrap();
+        if leaf % 16 == 15 {
+            vol.flush().unwrap();
+        }
+    }
+    assert_eq!(
+        store.written().superblock_bytes,
+        checkpoints_before,
+        "raised counts waiting for their groups asked for checkpoints"
+    );
+    store.checkpoint().unwrap();
+    let mut buf = vec![0u8; BS as usize];
+    for leaf in 0..LEAVES {
+        let lb = leaf * 256 + leaf % 256;
+        vol.read_at(&mut buf, lb * BS).unwrap();
+        assert!(buf == block(2, lb), "block {lb}");
+    }
+    drop(vol);
+    let report = store.check().unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}

@@ -97,6 +97,13 @@ struct GroupChanges {
     seen: usize,
 }
 
+impl GroupChanges {
+    /// Decrements among the changes no load has applied yet.
+    fn unseen_decrements(&self) -> u64 {
+        self.ops[self.seen..].iter().filter(|&&(_, op)| op == Op::Dec).count() as u64
+    }
+}
+
 /// Bytes of RAM a kept change takes, and a group that has some.
 const CHANGE_BYTES: u64 = 12;
 const GROUP_CHANGES_BYTES: u64 = 64;
@@ -117,6 +124,8 @@ pub(crate) struct Counts {
     fresh: u64,
     /// Changes made to groups not in RAM and not applied by a load since.
     unseen: u64,
+    /// Of those, decrements: the ones that may free a page.
+    unseen_decs: u64,
     /// Groups with unseen changes.
     unseen_groups: BTreeSet<u64>,
     /// Changes kept at most before checkpoints fold groups.
@@ -284,6 +293,7 @@ impl Space {
             c.seen = c.ops.len();
         } else {
             self.counts.unseen += 1;
+            self.counts.unseen_decs += u64::from(op == Op::Dec);
             self.counts.unseen_groups.insert(g);
         }
         self.counts.live += 1;
@@ -392,6 +402,7 @@ impl Space {
     fn mark_seen(&mut self, g: u64) {
         if let Some(c) = self.counts.changes.get_mut(&g) {
             self.counts.unseen -= (c.ops.len() - c.seen) as u64;
+            self.counts.unseen_decs -= c.unseen_decrements();
             c.seen = c.ops.len();
         }
         self.counts.unseen_groups.remove(&g);
@@ -423,6 +434,12 @@ impl Space {
     /// quarantined pages, a reason for a checkpoint when they pile up.
     pub(crate) fn unseen_changes(&self) -> u64 {
         self.counts.unseen
+    }
+
+    /// Unseen changes that lower a count: each may free a page, which
+    /// stays out of use until a load applies it.
+    pub(crate) fn unseen_decrements(&self) -> u64 {
+        self.counts.unseen_decs
     }
 
     /// Changes kept in RAM, all groups together.
@@ -484,6 +501,7 @@ impl Space {
             self.counts.live -= c.ops.len() as u64;
             self.counts.fresh -= (c.ops.len() - c.durable) as u64;
             self.counts.unseen -= (c.ops.len() - c.seen) as u64;
+            self.counts.unseen_decs -= c.unseen_decrements();
         }
         self.counts.unseen_groups.remove(&g);
     }
