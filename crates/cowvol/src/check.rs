@@ -128,10 +128,11 @@ pub struct StoreStats {
     /// Distinct tree nodes.
     pub tree_nodes: u64,
     /// Bytes the metadata takes in memory: nodes changed since the last
-    /// checkpoint, the node cache, and the reference counts.
+    /// checkpoint, the node cache, the reference counts, the free map and
+    /// the reserved bitmap (a bit per page of the file).
     pub metadata_memory_bytes: u64,
     /// Bytes of written tree nodes in the node cache (with the nodes
-    /// changed since the last checkpoint, at most three quarters of
+    /// changed since the last checkpoint, the counts and the free map, at most
     /// `StoreOptions::node_cache_bytes`, plus nodes a checkpoint is
     /// writing).
     pub node_cache_bytes: u64,
@@ -1044,7 +1045,10 @@ fn stats_of(st: &mut State) -> StoreStats {
     };
     s.used_bytes = s.file_bytes.saturating_sub(s.free_bytes);
     let State { volumes, snapshots, templates, nodes, space, .. } = st;
-    s.metadata_memory_bytes = dirty_bytes(volumes, snapshots, templates) + nodes.bytes() as u64 + space.count_bytes();
+    s.metadata_memory_bytes = dirty_bytes(volumes, snapshots, templates)
+        + nodes.bytes() as u64
+        + space.count_bytes()
+        + space.bookkeeping_bytes();
     let cache = nodes.stats();
     s.node_cache_bytes = nodes.bytes() as u64;
     (s.node_cache_hits, s.node_cache_misses) = (cache.hits, cache.misses);

@@ -25,14 +25,14 @@ pub struct StoreOptions {
     /// often, with the wall clock (see [`crate::Store::run_policies`]).
     /// Default: `None`: the host calls `run_policies` when it decides.
     pub policy_interval: Option<Duration>,
-    /// Bytes of metadata kept in memory: three quarters for tree nodes,
-    /// an eighth for groups of reference counts and an eighth for the
-    /// count changes not yet folded into them. Written nodes beyond their
-    /// share are dropped (least recently used first, by a clock) and read
-    /// back from their pages when needed; nodes changed since the last
-    /// checkpoint count against the share and are kept until it writes
-    /// them (a checkpoint is asked for when they reach half of this).
-    /// Default: 256 MiB.
+    /// Bytes of metadata kept in memory: groups of reference counts (up
+    /// to an eighth of it), the count changes not yet folded into them
+    /// (about as much again), and tree nodes in the rest. Written nodes
+    /// beyond what is left are dropped (least recently used first, by a
+    /// clock) and read back from their pages when needed; nodes changed
+    /// since the last checkpoint count against it too and are kept until
+    /// it writes them (a checkpoint is asked for when they reach half of
+    /// this). Default: 256 MiB.
     pub node_cache_bytes: u64,
     /// Give the file space of free pages back to the file system (punch
     /// holes) once the checkpoint that freed them is durable, in bounded

@@ -231,6 +231,13 @@ impl Space {
         self.file.allocated_bytes().unwrap_or(0)
     }
 
+    /// Bytes the free map and the reserved bitmap take in RAM, about: they
+    /// grow with the file (a bit per page) and with how scattered its free
+    /// space is, and count against the metadata budget with the counts.
+    pub(crate) fn bookkeeping_bytes(&self) -> u64 {
+        self.reserved.len() as u64 * 8 + self.free_extents() * discover::FREE_EXTENT_BYTES
+    }
+
     pub(crate) fn is_reserved(&self, page: u64) -> bool {
         self.reserved.get((page / 64) as usize).is_some_and(|w| w & (1 << (page % 64)) != 0)
     }

@@ -93,8 +93,8 @@ fn written_nodes_make_room_for_dirty_ones() {
     let store = Store::open_in(Arc::new(disk.clone()), opts).unwrap();
     let id = store.create_volume(VolumeOptions::new("big", LEAVES * 256 * 4096)).unwrap().id;
     let v = store.open_volume(id).unwrap();
-    // Full leaves, 4 KiB each in RAM: 64 of them are more than the nodes'
-    // share of the budget (three quarters), 128 twice that.
+    // Full leaves, 4 KiB each in RAM: 64 of them are the whole budget,
+    // 128 twice that.
     let leaf = |w: u64, n: u64| -> Vec<u8> { (n * 256..(n + 1) * 256).flat_map(|lb| block(w, lb)).collect() };
     for n in 0..LEAVES {
         v.write_at(&leaf(1, n), n * 256 * 4096).unwrap();
@@ -107,7 +107,9 @@ fn written_nodes_make_room_for_dirty_ones() {
         v.read_at(&mut buf, n * 256 * 4096).unwrap();
     }
     let full = store.stats().node_cache_bytes;
-    assert!(full > BUDGET / 2, "the reads filled only {full} bytes of cache");
+    // What the counts do not hold is the nodes': reads leave the counts on
+    // the disk, so the nodes have most of the budget.
+    assert!(full > BUDGET * 3 / 4, "the reads filled only {full} bytes of cache");
     // A block in each of 40 leaves of the other half: 160 KiB of dirty
     // leaves, far fewer nodes than a checkpoint is asked for.
     let changed = LEAVES / 2..LEAVES / 2 + 40;

@@ -209,6 +209,7 @@ impl Engine {
         st.space.catalog_reserve = 2 * cat.len + 1;
         st.space.catalog_growth = 0;
         st.space.table_written();
+        st.count_metadata_outside_the_cache();
         release_freed(&mut st, plan.quarantine, meta);
         st.nodes.unpin(plan.nodes.iter().map(|n| n.page));
         drop(st);
@@ -366,7 +367,8 @@ fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedN
     let epoch = st.placements;
     // The dirty nodes move into the cache, pinned: they stop counting
     // against its budget from outside it.
-    st.nodes.make_room_for_dirty(0);
+    st.space.dirty_nodes = 0;
+    st.count_metadata_outside_the_cache();
     let mut placed = Vec::with_capacity(dirty.nodes.len());
     for ((n, level, refs), &page) in dirty.nodes.iter().zip(pages) {
         // A leaf has no children to turn into pages: it is its own written

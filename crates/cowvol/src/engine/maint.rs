@@ -112,7 +112,10 @@ impl Engine {
         while !stop() {
             let mut st = self.state.lock();
             let window = st.space.free_map_window();
-            if st.space.discover_some(DISCOVER_STEP, window)? || st.space.free_extents() >= window {
+            let done = st.space.discover_some(DISCOVER_STEP, window)? || st.space.free_extents() >= window;
+            // Discovery loads groups of counts.
+            st.count_metadata_outside_the_cache();
+            if done {
                 break;
             }
         }

@@ -352,8 +352,18 @@ impl State {
                 self.garbage.extend(old);
             }
         }
-        self.nodes.make_room_for_dirty(self.space.dirty_nodes);
+        self.count_metadata_outside_the_cache();
         Ok(())
+    }
+
+    /// Tells the node cache what the dirty nodes, the counts, the free map
+    /// and the reserved bitmap hold, so that the written nodes it keeps
+    /// leave the rest of the budget to them (see `NodeCache::make_room_for`).
+    /// Called wherever they change much: a change applied, a checkpoint's
+    /// end, a step of discovery.
+    pub(crate) fn count_metadata_outside_the_cache(&self) {
+        let other = self.space.count_bytes() + self.space.bookkeeping_bytes();
+        self.nodes.make_room_for(self.space.dirty_nodes, other);
     }
 
     /// Adds a snapshot: a `Ready` one shares its volume's tree as it is
@@ -422,13 +432,12 @@ impl State {
 
 pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u64, cache_bytes: usize) -> State {
     let bits = format::fanout_bits_for(block_size);
-    // One budget for the metadata in RAM: an eighth of it holds groups of
-    // reference counts, about an eighth the count changes kept (see
-    // `Space::set_count_budget`), and the rest tree nodes, dirty ones
-    // included (see `NodeCache::make_room_for_dirty`).
+    // One budget for the metadata in RAM: groups of reference counts up to
+    // an eighth of it, and about as much again of count changes kept (see
+    // `Space::set_count_budget`); tree nodes, dirty ones included, have
+    // what the counts leave (see `NodeCache::make_room_for`).
     let count_bytes = cache_bytes / 8;
-    let node_bytes = cache_bytes - 2 * count_bytes;
-    let nodes = Arc::new(NodeCache::new(file.clone(), format::data_start(block_size), block_size, bits, node_bytes));
+    let nodes = Arc::new(NodeCache::new(file.clone(), format::data_start(block_size), block_size, bits, cache_bytes));
     let mut space = Space::new(file, block_size, format::data_start(block_size), npages);
     space.segment_pages = LogGeometry::new(format::data_start(block_size), block_size).segment_pages;
     space.set_count_budget(count_bytes as u64);

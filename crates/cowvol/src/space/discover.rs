@@ -40,7 +40,7 @@ use crate::error::Result;
 /// Bytes of RAM a free extent takes in the free map (its share of a
 /// B-tree node keyed by start; `heaptrack` measured about 20 on a map of
 /// two million single pages).
-const FREE_EXTENT_BYTES: u64 = 24;
+pub(super) const FREE_EXTENT_BYTES: u64 = 24;
 /// The fewest extents the background fills the free map with, whatever
 /// the budget.
 const MIN_FREE_MAP_WINDOW: u64 = 1024;

@@ -67,8 +67,8 @@ struct Inner {
     /// Pages in clock order; a page may appear after it left `map` (skipped).
     clock: VecDeque<u64>,
     bytes: usize,
-    /// Bytes of the dirty nodes the trees hold, which count against the
-    /// budget as the cached ones do.
+    /// Bytes of the metadata outside the cache (dirty nodes, counts),
+    /// which count against the budget as the cached nodes do.
     outside: usize,
     stats: CacheStats,
     /// Pages forgotten or replaced, counted since the cache was made: the
@@ -312,13 +312,16 @@ impl NodeCache {
         c.evict_to_budget();
     }
 
-    /// Counts `dirty` nodes the trees hold outside the cache (changed
-    /// since the last checkpoint) against its budget, evicting written
-    /// ones to make room: the budget bounds every node in RAM, so that
+    /// Counts what the metadata holds in RAM outside the cache against its
+    /// budget, evicting written nodes to make room: `dirty` nodes the trees
+    /// hold (changed since the last checkpoint) and `other` bytes (the
+    /// reference counts). The budget then bounds the metadata as a whole:
     /// random writes over a large volume, which dirty a leaf each, do not
-    /// add up to half the budget again beside a full cache.
-    pub(crate) fn make_room_for_dirty(&self, dirty: u64) {
-        let bytes = (dirty as usize).saturating_mul(self.block_size + SLOT_OVERHEAD);
+    /// add up to half the budget again beside a full cache, and a reader,
+    /// whose counts stay on the disk, gets all of it for nodes.
+    pub(crate) fn make_room_for(&self, dirty: u64, other: u64) {
+        let dirty_bytes = (dirty as usize).saturating_mul(self.block_size + SLOT_OVERHEAD);
+        let bytes = dirty_bytes.saturating_add(usize::try_from(other).unwrap_or(usize::MAX));
         let mut c = self.inner.lock();
         let grew = bytes > c.outside;
         c.outside = bytes;
