@@ -27,7 +27,8 @@ pub struct StoreOptions {
     pub policy_interval: Option<Duration>,
     /// Bytes of metadata kept in memory: groups of reference counts (up
     /// to an eighth of it), the count changes not yet folded into them
-    /// (about as much again), and tree nodes in the rest. Written nodes
+    /// (about as much again), the free map and the reserved bitmap (a bit
+    /// per page of the file), and tree nodes in the rest. Written nodes
     /// beyond what is left are dropped (least recently used first, by a
     /// clock) and read back from their pages when needed; nodes changed
     /// since the last checkpoint count against it too and are kept until
