@@ -396,7 +396,6 @@ fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedN
             *root = Some(Child::Disk(page));
         }
     }
-    st.space.dirty_nodes = 0;
     placed
 }
 

@@ -5,6 +5,7 @@
 
 use super::{Engine, State};
 use crate::catalog::now_secs;
+use crate::space::Space;
 use crate::tree;
 use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -93,12 +94,7 @@ impl Engine {
     /// Adds to the free map every group of the file open left undiscovered,
     /// a bounded step per hold of the state lock, until done or `stop`.
     pub(crate) fn discover_free_space(&self, stop: impl Fn() -> bool) -> crate::Result<()> {
-        while !stop() {
-            if self.state.lock().space.discover_some(DISCOVER_STEP, u64::MAX)? {
-                break;
-            }
-        }
-        Ok(())
+        self.discover_in_steps(stop, |_| u64::MAX)
     }
 
     /// [`Engine::discover_free_space`] for the background thread: it also
@@ -109,13 +105,21 @@ impl Engine {
     /// reaches group by group anyway (it discovers further groups when the
     /// map runs short), and single pages are never punched.
     fn discover_free_space_in_background(&self, stop: impl Fn() -> bool) -> crate::Result<()> {
+        self.discover_in_steps(stop, Space::free_map_window)
+    }
+
+    /// Discovers groups a step per hold of the state lock until every group
+    /// is, `stop` says so, or the free map holds `window` extents.
+    fn discover_in_steps(&self, stop: impl Fn() -> bool, window: impl Fn(&Space) -> u64) -> crate::Result<()> {
         while !stop() {
             let mut st = self.state.lock();
-            let window = st.space.free_map_window();
-            let done = st.space.discover_some(DISCOVER_STEP, window)? || st.space.free_extents() >= window;
-            // Discovery loads groups of counts.
+            let max_extents = window(&st.space);
+            let step = st.space.discover_some(DISCOVER_STEP, max_extents);
+            // Discovery loads groups of counts and fills the free map, which
+            // the node cache makes room for (errors included: what a step
+            // loaded before failing stays).
             st.count_metadata_outside_the_cache();
-            if done {
+            if step? || st.space.free_extents() >= max_extents {
                 break;
             }
         }

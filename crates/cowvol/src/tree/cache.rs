@@ -67,8 +67,9 @@ struct Inner {
     /// Pages in clock order; a page may appear after it left `map` (skipped).
     clock: VecDeque<u64>,
     bytes: usize,
-    /// Bytes of the metadata outside the cache (dirty nodes, counts),
-    /// which count against the budget as the cached nodes do.
+    /// Bytes of the metadata outside the cache (dirty nodes, counts, the
+    /// free map, the reserved bitmap), which count against the budget as
+    /// the cached nodes do.
     outside: usize,
     stats: CacheStats,
     /// Pages forgotten or replaced, counted since the cache was made: the
@@ -315,7 +316,8 @@ impl NodeCache {
     /// Counts what the metadata holds in RAM outside the cache against its
     /// budget, evicting written nodes to make room: `dirty` nodes the trees
     /// hold (changed since the last checkpoint) and `other` bytes (the
-    /// reference counts). The budget then bounds the metadata as a whole:
+    /// reference counts, the free map and the reserved bitmap). The budget
+    /// then bounds the metadata as a whole:
     /// random writes over a large volume, which dirty a leaf each, do not
     /// add up to half the budget again beside a full cache, and a reader,
     /// whose counts stay on the disk, gets all of it for nodes.
