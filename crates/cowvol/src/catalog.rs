@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::format::{Crc, Dec, Enc};
 use crate::space::TableRoot;
+use crate::tree::NodeAddr;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -636,8 +637,9 @@ pub(crate) struct CatalogImage {
     /// open counts references by walking the trees).
     pub(crate) table: Option<TableRoot>,
     /// Subtrees no longer in any tree whose references are not yet
-    /// dropped: (node page, level). Version 5 on.
-    pub(crate) garbage: Vec<(u64, u32)>,
+    /// dropped: (node address, level). Version 5 on; the node's delta
+    /// record version 10 on.
+    pub(crate) garbage: Vec<(NodeAddr, u32)>,
 }
 
 const CATALOG_MAGIC: u32 = u32::from_le_bytes(*b"CVCT");
@@ -666,9 +668,10 @@ impl CatalogImage {
         }
         self.table.clone().unwrap_or_default().encode(&mut e);
         e.u32(self.garbage.len() as u32);
-        for &(page, level) in &self.garbage {
-            e.u64(page);
+        for &(addr, level) in &self.garbage {
+            e.u64(addr.page);
             e.u32(level);
+            e.u64(addr.delta);
         }
         e.buf
     }
@@ -709,12 +712,20 @@ impl CatalogImage {
     }
 }
 
-fn decode_garbage(d: &mut Dec<'_>) -> Result<Vec<(u64, u32)>> {
+fn decode_garbage(d: &mut Dec<'_>) -> Result<Vec<(NodeAddr, u32)>> {
     let n = d.u32()? as usize;
-    if n > d.remaining() / 12 {
+    let with_delta = d.version >= 10;
+    let entry = if with_delta { 20 } else { 12 };
+    if n > d.remaining() / entry {
         return Err(d.bad(format!("{n} garbage entries do not fit")));
     }
-    (0..n).map(|_| Ok((d.u64()?, d.u32()?))).collect()
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (page, level) = (d.u64()?, d.u32()?);
+        let delta = if with_delta { d.u64()? } else { 0 };
+        out.push((NodeAddr { page, delta }, level));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -814,7 +825,7 @@ mod tests {
                     crc: 0,
                 }],
             }),
-            garbage: vec![(44, 1)],
+            garbage: vec![(NodeAddr::whole(44), 1), (NodeAddr { page: 45, delta: 46 * 256 + 2 }, 0)],
         };
         let bytes = img.encode();
         let crc = Crc::of(&bytes).0;
@@ -867,15 +878,16 @@ mod tests {
             snapshots: vec![(s, 9)],
             ..Default::default()
         };
-        let v5 = CatalogImage { table: Some(TableRoot::default()), garbage: vec![(12, 0)], ..v4.clone() };
+        let v5 =
+            CatalogImage { table: Some(TableRoot::default()), garbage: vec![(NodeAddr::whole(12), 0)], ..v4.clone() };
         let bytes = v5.encode();
         let v = crate::format::FORMAT_VERSION;
         assert_eq!(CatalogImage::decode(&bytes, Crc::of(&bytes).0, "t", v).unwrap(), v5);
         // Version 5 appended an empty table (u64 covered pages, u32 index
         // count; version 8 a u32 count of change log chunks) and a garbage
-        // list (u32 count, one u64 page and u32 level): without them the
-        // bytes are a version-4 catalog.
-        let old = &bytes[..bytes.len() - (8 + 4 + 4 + 4 + 12)];
+        // list (u32 count, one u64 page and u32 level, and from version 10
+        // a u64 delta): without them the bytes are a version-4 catalog.
+        let old = &bytes[..bytes.len() - (8 + 4 + 4 + 4 + 20)];
         assert_eq!(CatalogImage::decode(old, Crc::of(old).0, "t", 4).unwrap(), v4);
     }
 }

@@ -933,25 +933,45 @@ impl ViewWalk<'_, '_> {
             Child::Disk(_) => None,
         };
         match (c, placed) {
-            (Child::Mem(_), Some(p)) if root_counted => self.follow(&Child::Disk(p), level, true, on, problems),
+            (Child::Mem(_), Some(a)) if root_counted => self.follow(&Child::Disk(a), level, true, on, problems),
             (Child::Mem(_), Some(_)) => {}
-            (Child::Disk(p), _) => {
-                on(Seen::Reference(*p));
-                if self.seen_pages.insert(*p) {
-                    match self.view.nodes().load(*p, level) {
+            (Child::Disk(a), _) => {
+                on(Seen::Reference(a.page));
+                if self.seen_pages.insert(a.page) {
+                    // A record counts once, for the node, however many
+                    // references the node has.
+                    self.refer_to_record(a.delta, on);
+                    match self.view.nodes().load(*a, level) {
                         Ok(n) => {
-                            self.written.push(*p);
+                            self.written.push(a.page);
                             self.stack.push((n, level));
                         }
-                        Err(e) => problems.push(Problem::UnreadableNode { page: *p, detail: e.to_string() }),
+                        Err(e) => problems.push(Problem::UnreadableNode { page: a.page, detail: e.to_string() }),
                     }
                 }
             }
             (Child::Mem(a), None) => {
                 if self.seen_dirty.insert(Arc::as_ptr(a)) {
+                    // A dirty node holds the page it was copied from, and
+                    // that page's record, until a checkpoint places it.
+                    if let Some(base) = a.held_base() {
+                        on(Seen::Reference(base.page));
+                        self.refer_to_record(base.delta, on);
+                    }
                     self.stack.push((a.clone(), level));
                 }
             }
+        }
+    }
+}
+
+impl ViewWalk<'_, '_> {
+    /// Reports the reference a node makes to the page of its delta record
+    /// (`delta`, 0 for none).
+    fn refer_to_record(&self, delta: u64, on: &mut impl FnMut(Seen<'_>)) {
+        if delta != 0 {
+            let bs = self.view.nodes().block_size();
+            on(Seen::Reference(crate::tree::delta::location(delta, bs).0));
         }
     }
 }

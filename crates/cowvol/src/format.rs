@@ -21,8 +21,10 @@ pub(crate) const DATA_FILE: &str = "cowvol.dat";
 /// catalog (see `space::table`); version 6 added the log link, which lets an
 /// open carry on the log it found instead of checkpointing (see `wal`);
 /// version 7 added wide leaves, leaves that stand above level 0 (a node
-/// header flag, see `tree`).
-pub(crate) const FORMAT_VERSION: u32 = 9;
+/// header flag, see `tree`); versions 8 and 9 the reference table's change
+/// log; version 10 node deltas: a written node is a page and, optionally, a
+/// small record of the entries that differ from it (see `tree::delta`).
+pub(crate) const FORMAT_VERSION: u32 = 10;
 /// The oldest version this build opens. Its stores are read as they are and
 /// written in the current version from their first checkpoint on.
 pub(crate) const OLDEST_READABLE_VERSION: u32 = 2;
@@ -295,11 +297,21 @@ pub(crate) const NODE_HEADER_LEN: usize = 4 + 4 + 8 + 1 + 1 + 2 + 4;
 const _: () = assert!(NODE_HEADER_LEN == 24);
 /// A leaf entry: index within the leaf (u16), page (u48), data CRC (u32).
 pub(crate) const LEAF_ENTRY_LEN: usize = 2 + 6 + 4;
-/// An interior entry: child index (u16), child node page (u48).
+/// An interior entry before format 10: child index (u16), child node page
+/// (u48).
 pub(crate) const INTERIOR_ENTRY_LEN: usize = 2 + 6;
+/// An interior entry from format 10: child index (u16), child node page
+/// (u48), and the child's delta (u48, 0 for none).
+pub(crate) const INTERIOR_DELTA_ENTRY_LEN: usize = 2 + 6 + 6;
 /// Node flag (format 7): a leaf standing above level 0, a *wide leaf*
 /// whose entries index every block of its level's span.
 const NODE_WIDE_LEAF: u8 = 1;
+/// Node flag (format 10): an interior node whose entries name their
+/// children's deltas too ([`INTERIOR_DELTA_ENTRY_LEN`]).
+const NODE_DELTA_ENTRIES: u8 = 2;
+/// Magic of a delta page (format 10), which packs the delta records of
+/// many nodes (see `tree::delta`).
+pub(crate) const DELTA_MAGIC: u32 = u32::from_le_bytes(*b"CVDL");
 /// Where the node's CRC sits; it covers every byte after it up to the end
 /// of the entries.
 const NODE_CRC_AT: usize = 4;
@@ -314,6 +326,9 @@ pub(crate) struct NodeHeader {
     pub(crate) level: u32,
     /// Always true at level 0; above it, a wide leaf.
     pub(crate) leaf: bool,
+    /// An interior node whose entries carry their children's deltas
+    /// (written from format 10 on; never set on a leaf).
+    pub(crate) deltas: bool,
     pub(crate) count: usize,
 }
 
@@ -325,7 +340,13 @@ impl NodeHeader {
         e.u32(0);
         e.u64(self.page);
         e.u8(self.level as u8);
-        e.u8(if self.leaf && self.level > 0 { NODE_WIDE_LEAF } else { 0 });
+        let flags = match (self.leaf, self.deltas) {
+            (true, _) if self.level > 0 => NODE_WIDE_LEAF,
+            (true, _) => 0,
+            (false, true) => NODE_DELTA_ENTRIES,
+            (false, false) => 0,
+        };
+        e.u8(flags);
         e.bytes(&[0; 2]);
         e.u32(self.count as u32);
     }
@@ -338,7 +359,11 @@ impl NodeHeader {
 
     /// Bytes of the entries that follow the header.
     pub(crate) fn entries_len(&self) -> Option<usize> {
-        let entry = if self.leaf { LEAF_ENTRY_LEN } else { INTERIOR_ENTRY_LEN };
+        let entry = match (self.leaf, self.deltas) {
+            (true, _) => LEAF_ENTRY_LEN,
+            (false, true) => INTERIOR_DELTA_ENTRY_LEN,
+            (false, false) => INTERIOR_ENTRY_LEN,
+        };
         self.count.checked_mul(entry)
     }
 
@@ -358,11 +383,14 @@ impl NodeHeader {
         let flags = d.u8()?;
         d.bytes(2)?;
         let count = d.u32()? as usize;
-        // A version 6 node has no flags: its leaves are all at level 0.
-        if flags & !NODE_WIDE_LEAF != 0 || (flags != 0 && level == 0) {
+        // A version 6 node has no flags: its leaves are all at level 0. A
+        // leaf's entries never name deltas.
+        let known = flags == 0 || flags == NODE_WIDE_LEAF || flags == NODE_DELTA_ENTRIES;
+        if !known || (flags != 0 && level == 0) {
             return Err(Error::corruption("tree node", loc(), format!("unknown flags {flags:#x} at level {level}")));
         }
-        let hdr = NodeHeader { page: page_field, level, leaf: level == 0 || flags == NODE_WIDE_LEAF, count };
+        let leaf = level == 0 || flags == NODE_WIDE_LEAF;
+        let hdr = NodeHeader { page: page_field, level, leaf, deltas: flags == NODE_DELTA_ENTRIES, count };
         let end = hdr.entries_len().map(|n| NODE_HEADER_LEN + n).filter(|&end| end <= buf.len()).ok_or_else(|| {
             Error::corruption("tree node", loc(), format!("entry count {} overflows the page", hdr.count))
         })?;

@@ -187,6 +187,11 @@ impl Space {
         }
     }
 
+    /// Bytes per page.
+    pub(crate) fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
     /// Pages per punch chunk.
     fn chunk_pages(&self) -> u64 {
         (PUNCH_CHUNK_BYTES / self.block_size).max(1)

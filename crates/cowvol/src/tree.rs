@@ -37,6 +37,7 @@
 //! same dirty node); a checkpoint writes exactly the dirty nodes.
 
 mod cache;
+pub(crate) mod delta;
 mod diff;
 
 pub(crate) use cache::{Cached, NodeCache, NodeMiss};
@@ -62,11 +63,28 @@ pub(crate) struct LeafEntry {
     pub(crate) page: u64,
 }
 
+/// Where a written node lives: its page and, from format 10, its delta
+/// record (0 for none): the node is the page's entries with the record's
+/// applied (see [`delta`]). Every reference to a page names the same
+/// record, so the page alone identifies the node among the live ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub(crate) struct NodeAddr {
+    pub(crate) page: u64,
+    pub(crate) delta: u64,
+}
+
+impl NodeAddr {
+    /// A node written whole to `page`.
+    pub(crate) fn whole(page: u64) -> NodeAddr {
+        NodeAddr { page, delta: 0 }
+    }
+}
+
 /// A reference to a tree node; see the module documentation.
 #[derive(Debug)]
 pub(crate) enum Child {
-    /// A written node, by its page.
-    Disk(u64),
+    /// A written node, by its page (and delta).
+    Disk(NodeAddr),
     /// A node changed since the last checkpoint.
     Mem(Arc<Node>),
 }
@@ -74,14 +92,19 @@ pub(crate) enum Child {
 impl Child {
     /// The page of a written node.
     pub(crate) fn page(&self) -> Option<u64> {
+        self.addr().map(|a| a.page)
+    }
+
+    /// The address of a written node.
+    pub(crate) fn addr(&self) -> Option<NodeAddr> {
         match self {
-            Child::Disk(p) => Some(*p),
+            Child::Disk(a) => Some(*a),
             Child::Mem(_) => None,
         }
     }
 
-    /// Whether both references name one subtree: the same page, or the
-    /// same dirty node.
+    /// Whether both references name one subtree: the same page and delta,
+    /// or the same dirty node.
     pub(crate) fn same_as(&self, other: &Child) -> bool {
         match (self, other) {
             (Child::Disk(a), Child::Disk(b)) => a == b,
@@ -94,9 +117,9 @@ impl Child {
     /// counts it, a dirty node's `Arc` does.
     pub(crate) fn share(&self, space: &mut Space) -> Child {
         match self {
-            Child::Disk(p) => {
-                space.inc(*p);
-                Child::Disk(*p)
+            Child::Disk(a) => {
+                space.inc(a.page);
+                Child::Disk(*a)
             }
             Child::Mem(a) => Child::Mem(a.clone()),
         }
@@ -105,7 +128,7 @@ impl Child {
     /// The node itself, from memory or through the cache.
     pub(crate) fn node(&self, level: u32, nodes: &NodeCache) -> Result<Arc<Node>> {
         match self {
-            Child::Disk(p) => nodes.load(*p, level),
+            Child::Disk(a) => nodes.load(*a, level),
             Child::Mem(a) => Ok(a.clone()),
         }
     }
@@ -130,14 +153,42 @@ pub(crate) enum Body {
 #[derive(Debug)]
 pub(crate) struct Node {
     pub(crate) body: Body,
+    /// The written node this one is, or was copied from when that took its
+    /// references over: a checkpoint may write it as a delta of that page.
+    base: Option<Base>,
     /// 0, or the page a checkpoint placed this dirty node at: from then on
     /// the page owns the node's references, and an `Arc` to the node that
     /// something other than a tree still holds (a pinned view) owns none.
     placed: AtomicU64,
+    /// The delta record it was placed with (0 for none).
+    placed_delta: AtomicU64,
     /// Which placement (`State::placements`) that was, so that a pinned
     /// view can tell a node placed before it was taken from one placed
     /// while it is walked.
     placed_by: AtomicU64,
+}
+
+/// What a node keeps of the written node it was read as or copied from,
+/// so that a checkpoint can write it as a delta of that node's page.
+///
+/// A written node read from the disk has one (its own address); a copy
+/// that took its references over (the page had no other reference) keeps
+/// it and then *holds* the page and its record: the page keeps its
+/// reference count of one for the copy until a checkpoint either writes the
+/// copy as a new delta of it (the page stays, the old record goes) or whole
+/// to a new page (both go). A copy of a shared node has none.
+#[derive(Debug, Clone)]
+struct Base {
+    addr: NodeAddr,
+    /// Whether the base page holds a leaf: a node whose kind changed since
+    /// (a wide leaf split) is written whole.
+    leaf: bool,
+    /// The indexes at which the node may differ from the base page alone
+    /// (its record's and those changed since), sorted; `None` once more
+    /// than a record holds, or when nothing says which.
+    changed: Option<Vec<u32>>,
+    /// Whether this node holds the base page's reference and its record.
+    held: bool,
 }
 
 /// An interior node's children: only the slots that hold a subtree, sorted
@@ -228,27 +279,25 @@ impl Children {
     /// over its references (the written node is going away).
     fn take_over(&self) -> Children {
         let copy = |(i, c): &(u16, Child)| match c {
-            Child::Disk(p) => (*i, Child::Disk(*p)),
+            Child::Disk(a) => (*i, Child::Disk(*a)),
             Child::Mem(a) => (*i, Child::Mem(a.clone())),
         };
         Children(self.0.iter().map(copy).collect())
     }
 
-    /// Children of a written node from `(index, page)` pairs in ascending
-    /// index order.
-    fn on_disk(pages: Vec<(usize, u64)>) -> Children {
-        Children(pages.into_iter().map(|(i, p)| (i as u16, Child::Disk(p))).collect())
+    /// Children of a written node from `(index, address)` pairs in
+    /// ascending index order.
+    fn on_disk(addrs: Vec<(usize, NodeAddr)>) -> Children {
+        Children(addrs.into_iter().map(|(i, a)| (i as u16, Child::Disk(a))).collect())
     }
 
-    /// The written form of a dirty node's children: each `Mem` child is
-    /// replaced by the page `page_of` gives it (it is being written too).
-    /// The written form: every child by page, `page_of` giving a dirty
-    /// child's, or `None` for one to leave out (a reference no count stands
-    /// for).
-    pub(crate) fn written(&self, page_of: impl Fn(&Arc<Node>) -> Option<u64>) -> Children {
+    /// The written form of a dirty node's children: every child by
+    /// address, `addr_of` giving a dirty child's (it is being written too),
+    /// or `None` for one to leave out (a reference no count stands for).
+    pub(crate) fn written(&self, addr_of: impl Fn(&Arc<Node>) -> Option<NodeAddr>) -> Children {
         let to_disk = |(i, c): &(u16, Child)| match c {
-            Child::Disk(p) => Some((*i, Child::Disk(*p))),
-            Child::Mem(a) => page_of(a).map(|p| (*i, Child::Disk(p))),
+            Child::Disk(a) => Some((*i, Child::Disk(*a))),
+            Child::Mem(n) => addr_of(n).map(|a| (*i, Child::Disk(a))),
         };
         Children(self.0.iter().filter_map(to_disk).collect())
     }
@@ -256,7 +305,97 @@ impl Children {
 
 impl Node {
     pub(crate) fn new(body: Body) -> Node {
-        Node { body, placed: AtomicU64::new(0), placed_by: AtomicU64::new(0) }
+        Node {
+            body,
+            base: None,
+            placed: AtomicU64::new(0),
+            placed_delta: AtomicU64::new(0),
+            placed_by: AtomicU64::new(0),
+        }
+    }
+
+    /// The node read from the disk at `addr`, whose record (if any) named
+    /// `changed`: its own base.
+    fn read_at(body: Body, addr: NodeAddr, changed: Vec<u32>) -> Node {
+        let leaf = matches!(body, Body::Leaf(_));
+        Node { base: Some(Base { addr, leaf, changed: Some(changed), held: false }), ..Node::new(body) }
+    }
+
+    /// The base page and record this dirty node holds (see [`Base`]).
+    pub(crate) fn held_base(&self) -> Option<NodeAddr> {
+        self.base.as_ref().filter(|b| b.held).map(|b| b.addr)
+    }
+
+    /// Notes that the entry at index `idx` may have changed.
+    fn note_changed(&mut self, idx: u32, max: usize) {
+        let Some(b) = &mut self.base else { return };
+        let Some(changed) = &mut b.changed else { return };
+        if let Err(at) = changed.binary_search(&idx) {
+            if changed.len() >= max {
+                b.changed = None;
+            } else {
+                changed.insert(at, idx);
+            }
+        }
+    }
+
+    /// Notes that the node changed in a way no record can say (its kind).
+    fn note_reshaped(&mut self) {
+        if let Some(b) = &mut self.base {
+            b.changed = None;
+        }
+    }
+
+    /// What a checkpoint writes for this dirty node as a delta of its base
+    /// page: the base and the entries at the indexes changed since the base
+    /// was written, `addr_of` giving a dirty child's address. `None` when
+    /// it must be written whole: it holds no base, changed at more indexes
+    /// than a record holds, or changed its kind.
+    pub(crate) fn delta_of(
+        &self,
+        addr_of: impl Fn(&Arc<Node>) -> Option<NodeAddr>,
+    ) -> Option<(NodeAddr, delta::DeltaEntries)> {
+        let b = self.base.as_ref().filter(|b| b.held)?;
+        let changed = b.changed.as_ref().filter(|c| !c.is_empty())?;
+        let entries = match &self.body {
+            Body::Leaf(v) if b.leaf => delta::DeltaEntries::Leaf(
+                changed.iter().map(|&i| (i, find_entry(v, i).ok().map(|p| (v[p].page, v[p].crc)))).collect(),
+            ),
+            Body::Interior(c) if !b.leaf => {
+                let at = |i: u32| match c.get(i as usize)? {
+                    Child::Disk(a) => Some(*a),
+                    Child::Mem(n) => addr_of(n),
+                };
+                delta::DeltaEntries::Interior(changed.iter().map(|&i| (i as usize, at(i))).collect())
+            }
+            _ => return None,
+        };
+        Some((b.addr, entries))
+    }
+
+    /// The written form of this dirty node placed at `addr`, whose record
+    /// names `changed`: children by address, `addr_of` giving a dirty
+    /// child's.
+    pub(crate) fn written_form(
+        &self,
+        addr: NodeAddr,
+        changed: Vec<u32>,
+        addr_of: impl Fn(&Arc<Node>) -> Option<NodeAddr>,
+    ) -> Node {
+        let body = match &self.body {
+            Body::Leaf(v) => Body::Leaf(v.clone()),
+            Body::Interior(c) => Body::Interior(c.written(addr_of)),
+        };
+        Node::read_at(body, addr, changed)
+    }
+
+    /// How many entries [`Node::delta_of`] would write, without building
+    /// them: `None` when the node is written whole.
+    pub(crate) fn delta_len(&self) -> Option<(bool, usize)> {
+        let b = self.base.as_ref().filter(|b| b.held)?;
+        let changed = b.changed.as_ref().filter(|c| !c.is_empty())?;
+        let leaf = matches!(self.body, Body::Leaf(_));
+        (leaf == b.leaf).then_some((leaf, changed.len()))
     }
 
     /// A new node at `level`: a leaf wherever one may stand (see
@@ -267,24 +406,26 @@ impl Node {
         Node::new(if geo.leaf_fits(level) { Body::Leaf(Vec::new()) } else { Body::Interior(Children::default()) })
     }
 
-    /// The page a checkpoint placed this dirty node at, if it did.
-    pub(crate) fn placed(&self) -> Option<u64> {
-        Some(self.placed.load(Ordering::Acquire)).filter(|&p| p != 0)
+    /// Where a checkpoint placed this dirty node, if it did.
+    pub(crate) fn placed(&self) -> Option<NodeAddr> {
+        let page = self.placed.load(Ordering::Acquire);
+        (page != 0).then(|| NodeAddr { page, delta: self.placed_delta.load(Ordering::Acquire) })
     }
 
-    /// The page a checkpoint placed this dirty node at, if placement
-    /// `epoch` or an earlier one did.
-    pub(crate) fn placed_by(&self, epoch: u64) -> Option<u64> {
-        let page = self.placed()?;
-        (self.placed_by.load(Ordering::Acquire) <= epoch).then_some(page)
+    /// Where a checkpoint placed this dirty node, if placement `epoch` or
+    /// an earlier one did.
+    pub(crate) fn placed_by(&self, epoch: u64) -> Option<NodeAddr> {
+        let addr = self.placed()?;
+        (self.placed_by.load(Ordering::Acquire) <= epoch).then_some(addr)
     }
 
     /// Records that placement `epoch` of a checkpoint placed this dirty
-    /// node at `page` (under the state lock, as the trees' references
-    /// become that page).
-    pub(crate) fn set_placed(&self, page: u64, epoch: u64) {
+    /// node at `addr` (under the state lock, as the trees' references
+    /// become that address).
+    pub(crate) fn set_placed(&self, addr: NodeAddr, epoch: u64) {
         self.placed_by.store(epoch, Ordering::Release);
-        self.placed.store(page, Ordering::Release);
+        self.placed_delta.store(addr.delta, Ordering::Release);
+        self.placed.store(addr.page, Ordering::Release);
     }
 
     fn is_empty(&self) -> bool {
@@ -302,6 +443,7 @@ impl Node {
                 Body::Leaf(v) => v.capacity() * std::mem::size_of::<LeafEntry>(),
                 Body::Interior(c) => c.0.capacity() * std::mem::size_of::<(u16, Child)>(),
             }
+            + self.base.as_ref().and_then(|b| b.changed.as_ref()).map_or(0, |c| c.capacity() * 4)
     }
 }
 
@@ -384,8 +526,8 @@ pub(crate) fn walk_loading(
                     Some(h) => held.push(h),
                     // Not while the state lock is held; loading is always right.
                     None => {
-                        let node = nodes.load(miss.page, miss.level)?;
-                        held.push(Held { page: miss.page, level: miss.level, node, ticket: 0 });
+                        let node = nodes.load(miss.addr, miss.level)?;
+                        held.push(Held { addr: miss.addr, level: miss.level, node, ticket: 0 });
                     }
                 }
             }
@@ -407,7 +549,7 @@ pub(crate) enum Walked {
 /// asked for it: the cache may already have evicted it again.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
-    pub(crate) page: u64,
+    pub(crate) addr: NodeAddr,
     pub(crate) level: u32,
     pub(crate) node: Arc<Node>,
     /// The cache's count of departures when it was last validated
@@ -482,18 +624,18 @@ fn node_ref<'a>(
     held: &'a [Held],
     cached: &'a Cached<'_>,
 ) -> Result<std::result::Result<&'a Node, NodeMiss>> {
-    let page = match c {
+    let addr = match c {
         Child::Mem(a) => return Ok(Ok(a)),
-        Child::Disk(p) => *p,
+        Child::Disk(a) => *a,
     };
-    if let Some(h) = held.iter().find(|h| h.page == page) {
+    if let Some(h) = held.iter().find(|h| h.addr == addr) {
         if h.level != level {
             let detail = format!("node of level {} reached at level {level}", h.level);
-            return Err(Error::corruption("tree", format!("page {page}"), detail));
+            return Err(Error::corruption("tree", format!("page {}", addr.page), detail));
         }
         return Ok(Ok(&h.node));
     }
-    Ok(cached.get(page, level)?.ok_or_else(|| cached.miss(page, level)))
+    Ok(cached.get(addr, level)?.ok_or_else(|| cached.miss(addr, level)))
 }
 
 /// Finds the entry for leaf index `idx`. Entries are sorted by unique
@@ -514,9 +656,10 @@ fn find_entry(entries: &[LeafEntry], idx: u32) -> std::result::Result<usize, usi
 ///   each child and data page once more.
 /// - A written node is always copied (the cache and the disk keep the
 ///   original). When this slot was its only reference, the copy takes its
-///   references over and its page becomes obsolete; otherwise the copy
-///   shares each child and data page once more and the page keeps its other
-///   references.
+///   references over and holds the page (and its delta record) as its
+///   base, which the checkpoint keeps, under a new record, or lets go (see
+///   [`Base`]); otherwise the copy shares each child and data page once
+///   more and the page keeps its other references.
 ///
 /// Invariant kept here: `space.dirty_nodes` is at least the number of dirty
 /// nodes, each of which needs a page at the next checkpoint; the metadata
@@ -525,13 +668,16 @@ fn make_mut<'a>(slot: &'a mut Child, level: u32, space: &mut Space, nodes: &Node
     let copy = match slot {
         Child::Mem(arc) if Arc::strong_count(arc) == 1 && Arc::weak_count(arc) == 0 => None,
         Child::Mem(arc) => Some(shared_copy(arc, space)),
-        Child::Disk(page) => {
-            let page = *page;
-            let written = nodes.load(page, level)?;
-            let copy =
-                if space.refcount(page)? == 1 { taken_over_copy(&written) } else { shared_copy(&written, space) };
-            drop_written_ref(page, space, nodes);
-            Some(copy)
+        Child::Disk(addr) => {
+            let addr = *addr;
+            let written = nodes.load(addr, level)?;
+            if space.refcount(addr.page)? == 1 {
+                Some(taken_over_copy(&written, addr))
+            } else {
+                let copy = shared_copy(&written, space);
+                drop_written_ref(addr, space, nodes);
+                Some(copy)
+            }
         }
     };
     if let Some(copy) = copy {
@@ -559,22 +705,52 @@ fn shared_copy(node: &Node, space: &mut Space) -> Node {
     Node::new(body)
 }
 
-/// A copy of a written node that is going away: the copy takes its
-/// references over, so no count changes.
-fn taken_over_copy(node: &Node) -> Node {
+/// A copy of the written node at `addr`, which no other reference holds:
+/// the copy takes its references over, so no count changes, and holds the
+/// page as its base.
+fn taken_over_copy(node: &Node, addr: NodeAddr) -> Node {
     let body = match &node.body {
         Body::Leaf(v) => Body::Leaf(v.clone()),
         Body::Interior(c) => Body::Interior(c.take_over()),
     };
-    Node::new(body)
+    let leaf = matches!(body, Body::Leaf(_));
+    // A node read from the disk knows the indexes of its record; one the
+    // cache got another way (never, but nothing else is safe) is written
+    // whole.
+    let changed = node.base.as_ref().filter(|b| b.addr == addr).and_then(|b| b.changed.clone());
+    Node { base: Some(Base { addr, leaf, changed, held: true }), ..Node::new(body) }
 }
 
 /// Drops one `Disk` reference to a node whose contents the caller has
-/// already dealt with; at zero its page becomes obsolete and leaves the cache.
-fn drop_written_ref(page: u64, space: &mut Space, nodes: &NodeCache) {
-    if space.dec_node(page) {
-        nodes.forget(page);
+/// already dealt with; at zero its page becomes obsolete and leaves the
+/// cache, and its delta record goes.
+pub(crate) fn drop_written_ref(addr: NodeAddr, space: &mut Space, nodes: &NodeCache) {
+    if space.dec_node(addr.page) {
+        nodes.forget(addr.page);
+        drop_record(addr.delta, space);
     }
+}
+
+/// The node using delta record `delta` (0: none) no longer does: its page
+/// loses a reference, and becomes obsolete with its last.
+pub(crate) fn drop_record(delta: u64, space: &mut Space) {
+    if delta != 0 {
+        let (page, _) = delta::location(delta, space.block_size() as usize);
+        space.dec_node_anywhere(page);
+    }
+}
+
+/// Lets go of the base a dirty node held (see [`Base`]): the page's count
+/// was one, the node's, so the page and its record go.
+pub(crate) fn drop_held_base(addr: NodeAddr, space: &mut Space, nodes: &NodeCache) {
+    space.dec_node_anywhere(addr.page);
+    nodes.forget(addr.page);
+    drop_record(addr.delta, space);
+}
+
+/// The most indexes a record holds in this store.
+fn delta_cap(space: &Space) -> usize {
+    delta::max_entries(space.block_size() as usize)
 }
 
 /// A new, empty node: it will need a page at the next checkpoint.
@@ -610,7 +786,13 @@ fn insert_into(
     let node = make_mut(child, level, space, nodes)?;
     if level > 0 && wide_leaf_is_full_for(node, geo, level, lblock) {
         split_wide_leaf(node, geo, level, space);
+        node.note_reshaped();
     }
+    let idx = match node.body {
+        Body::Interior(_) => geo.index(lblock, level) as u32,
+        Body::Leaf(_) => geo.leaf_index(lblock, level),
+    };
+    node.note_changed(idx, delta_cap(space));
     match &mut node.body {
         Body::Interior(children) => {
             let c = children.get_or_insert_with(geo.index(lblock, level), || new_node(geo, level - 1, space));
@@ -702,12 +884,14 @@ impl Remover<'_> {
             return Ok(());
         }
         let node = make_mut(slot.as_mut().expect("checked"), level, self.space, self.nodes)?;
+        let mut touched = Vec::new();
         let result = match &mut node.body {
             Body::Interior(children) => {
                 let child_span = self.geo.span(level - 1);
                 let first = ((start.max(base) - base) / child_span) as usize;
                 let last = ((end - 1).min(base.saturating_add(span) - 1) - base) / child_span;
                 children.retain_in(first..last as usize + 1, |i, child| {
+                    touched.push(i as u32);
                     self.remove_at(child, level - 1, base + i as u64 * child_span)
                 })
             }
@@ -718,16 +902,24 @@ impl Remover<'_> {
                     let keep = lb < start || lb >= end;
                     if !keep {
                         space.dec(e.page);
+                        touched.push(e.idx);
                     }
                     keep
                 });
                 Ok(())
             }
         };
+        let cap = delta_cap(self.space);
+        touched.into_iter().for_each(|i| node.note_changed(i, cap));
         if node.is_empty() {
-            // `make_mut` left it dirty and counted: it will need no page.
+            // `make_mut` left it dirty and counted: it will need no page,
+            // and lets go of the page it was copied from.
+            let held = node.held_base();
             *slot = None;
             self.space.dirty_nodes = self.space.dirty_nodes.saturating_sub(1);
+            if let Some(addr) = held {
+                drop_held_base(addr, self.space, self.nodes);
+            }
         }
         result
     }
@@ -751,26 +943,26 @@ pub(crate) fn release_some(
         };
         budget -= 1;
         match child {
-            Child::Mem(arc) => release_dirty(arc, level, space, garbage),
-            Child::Disk(page) => {
-                let alone = match space.refcount(page) {
+            Child::Mem(arc) => release_dirty(arc, level, space, garbage, nodes),
+            Child::Disk(addr) => {
+                let alone = match space.refcount(addr.page) {
                     Ok(n) => n == 1,
                     Err(e) => {
-                        garbage.push((Child::Disk(page), level));
+                        garbage.push((Child::Disk(addr), level));
                         return Err(e);
                     }
                 };
                 if alone {
-                    let node = match nodes.load(page, level) {
+                    let node = match nodes.load(addr, level) {
                         Ok(n) => n,
                         Err(e) => {
-                            garbage.push((Child::Disk(page), level));
+                            garbage.push((Child::Disk(addr), level));
                             return Err(e);
                         }
                     };
-                    release_contents(taken_over_copy(&node).body, level, space, garbage);
+                    release_contents(taken_over_copy(&node, addr).body, level, space, garbage);
                 }
-                drop_written_ref(page, space, nodes);
+                drop_written_ref(addr, space, nodes);
             }
         }
     }
@@ -778,12 +970,16 @@ pub(crate) fn release_some(
 }
 
 /// Drops one `Arc` to a dirty node; the last one releases what it
-/// references. A node a checkpoint placed owns nothing (its page does), so
-/// its last `Arc` (a pinned view's) releases nothing.
-fn release_dirty(arc: Arc<Node>, level: u32, space: &mut Space, garbage: &mut Garbage) {
+/// references, the page it holds as its base included. A node a checkpoint
+/// placed owns nothing (its page does), so its last `Arc` (a pinned
+/// view's) releases nothing.
+fn release_dirty(arc: Arc<Node>, level: u32, space: &mut Space, garbage: &mut Garbage, nodes: &NodeCache) {
     if let Ok(node) = Arc::try_unwrap(arc) {
         if node.placed().is_none() {
             space.dirty_nodes = space.dirty_nodes.saturating_sub(1);
+            if let Some(addr) = node.held_base() {
+                drop_held_base(addr, space, nodes);
+            }
             release_contents(node.body, level, space, garbage);
         }
     }
@@ -802,11 +998,11 @@ fn release_contents(body: Body, level: u32, space: &mut Space, garbage: &mut Gar
 /// anything: afterwards the list holds only references to written nodes.
 /// A checkpoint does this first, so that no dirty node outside the trees
 /// it writes is left pointing at nodes it turns into pages.
-pub(crate) fn release_dirty_garbage(garbage: &mut Garbage, space: &mut Space) {
+pub(crate) fn release_dirty_garbage(garbage: &mut Garbage, space: &mut Space, nodes: &NodeCache) {
     let mut written = Vec::new();
     while let Some((child, level)) = garbage.pop() {
         match child {
-            Child::Mem(arc) => release_dirty(arc, level, space, garbage),
+            Child::Mem(arc) => release_dirty(arc, level, space, garbage, nodes),
             disk => written.push((disk, level)),
         }
     }
@@ -827,7 +1023,7 @@ pub(crate) fn visit_unique<'r>(
     let mut stack: Vec<(Arc<Node>, u32, Option<u64>)> = Vec::new();
     let mut push = |c: &Child, level: u32, nodes: &NodeCache, stack: &mut Vec<_>| -> Result<()> {
         let first = match c {
-            Child::Disk(p) => seen_pages.insert(*p),
+            Child::Disk(a) => seen_pages.insert(a.page),
             Child::Mem(a) => seen_dirty.insert(Arc::as_ptr(a)),
         };
         if first {
@@ -957,7 +1153,7 @@ pub(crate) fn exclusive_pages(root: &Root, geo: Geometry, space: &mut Space, nod
     let alone = |c: &Child, space: &mut Space| -> Result<bool> {
         Ok(match c {
             Child::Mem(a) => Arc::strong_count(a) == 1,
-            Child::Disk(p) => space.refcount(*p)? == 1,
+            Child::Disk(a) => space.refcount(a.page)? == 1,
         })
     };
     let mut pages = 0;
@@ -996,7 +1192,7 @@ pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize)
         Body::Interior(children) => children.len(),
     };
     let leaf = matches!(node.body, Body::Leaf(_));
-    NodeHeader { page, level, leaf, count }.encode(&mut e);
+    NodeHeader { page, level, leaf, deltas: !leaf, count }.encode(&mut e);
     match &node.body {
         Body::Leaf(entries) => {
             for x in entries {
@@ -1007,10 +1203,12 @@ pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize)
         }
         Body::Interior(children) => {
             for (i, c) in children.iter() {
-                let p = c.page();
-                debug_assert!(p.is_some(), "a written node's children are written");
+                let a = c.addr();
+                debug_assert!(a.is_some(), "a written node's children are written");
+                let NodeAddr { page, delta } = a.unwrap_or_default();
                 e.u16(i as u16);
-                e.u48(p.unwrap_or(0));
+                e.u48(page);
+                e.u48(delta);
             }
         }
     }
@@ -1022,7 +1220,7 @@ pub(crate) fn encode_node(node: &Node, level: u32, page: u64, block_size: usize)
 /// What a decoded node page holds before its children are resolved.
 pub(crate) enum DecodedNode {
     Leaf(Vec<LeafEntry>),
-    Interior(Vec<(usize, u64)>),
+    Interior(Vec<(usize, NodeAddr)>),
 }
 
 /// Decodes and verifies the node page at `page`, which must be at `level`.
@@ -1073,22 +1271,31 @@ pub(crate) fn decode_node(buf: &[u8], page: u64, level: u32, geo: Geometry, npag
         for _ in 0..count {
             let idx = d.u16()? as usize;
             check_idx(idx, &d)?;
-            let p = d.u48()?;
-            check_page(p)?;
-            v.push((idx, p));
+            let page = d.u48()?;
+            check_page(page)?;
+            let delta = if hdr.deltas { d.u48()? } else { 0 };
+            if delta != 0 {
+                let (record_page, offset) = delta::location(delta, buf.len());
+                check_page(record_page)?;
+                if offset < delta::PAGE_HEADER_LEN {
+                    return Err(Error::corruption("tree node", loc(), format!("names delta {delta}, inside a header")));
+                }
+            }
+            v.push((idx, NodeAddr { page, delta }));
         }
         Ok(DecodedNode::Interior(v))
     }
 }
 
-/// Builds a written node from its decoded page: its children stay on disk
-/// until something reads them.
-pub(crate) fn build_node(decoded: DecodedNode) -> Node {
+/// Builds the written node at `addr` from its decoded page with its record
+/// applied, `changed` the indexes the record names: its children stay on
+/// disk until something reads them.
+pub(crate) fn build_node(decoded: DecodedNode, addr: NodeAddr, changed: Vec<u32>) -> Node {
     let body = match decoded {
         DecodedNode::Leaf(v) => Body::Leaf(v),
         DecodedNode::Interior(v) => Body::Interior(Children::on_disk(v)),
     };
-    Node::new(body)
+    Node::read_at(body, addr, changed)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Stores written by earlier versions of cowvol still open and read back
 //! what was written into them, and a damaged one is refused cleanly.
 //!
-//! For each version N kept here (2 to 8), `tests/fixtures/vN-clean` was
+//! For each version N kept here (2 to 9), `tests/fixtures/vN-clean` was
 //! closed cleanly; `vN-crashed` was abandoned like a killed process with
 //! changes in its WAL after the last checkpoint, so opening it replays
 //! version-N records; `vN-damaged-catalog` is `vN-clean` with one byte of
@@ -116,7 +116,7 @@ fn assert_history(store: &Store) {
 }
 
 /// The format version this build writes.
-const CURRENT: u32 = 9;
+const CURRENT: u32 = 10;
 
 /// Opens a clean fixture, checks it, writes to it, and checks that the
 /// first checkpoint upgraded it and that what the new version added works.
@@ -276,6 +276,23 @@ fn a_crashed_version_8_store_replays_its_log_and_is_upgraded() {
 #[test]
 fn a_damaged_version_8_store_is_refused_as_corruption() {
     refused_as_corruption("v8");
+}
+
+/// Version 10 adds node deltas and interior entries that name them; a
+/// version-9 node (entries without them) is read as a node with no delta.
+#[test]
+fn a_cleanly_closed_version_9_store_opens_and_is_upgraded() {
+    upgrade_clean("v9");
+}
+
+#[test]
+fn a_crashed_version_9_store_replays_its_log_and_is_upgraded() {
+    replay_and_upgrade("v9");
+}
+
+#[test]
+fn a_damaged_version_9_store_is_refused_as_corruption() {
+    refused_as_corruption("v9");
 }
 
 #[test]

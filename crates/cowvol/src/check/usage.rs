@@ -77,7 +77,7 @@ pub(super) fn count<'a>(
             // A node not in the cache is read and not kept: this walk
             // reads each node once, and must not evict what I/O uses.
             let node = match &w.child {
-                Child::Disk(p) => nodes.load_passing(*p, level),
+                Child::Disk(a) => nodes.load_passing(*a, level),
                 Child::Mem(a) => Ok(a.clone()),
             };
             let Ok(node) = node else { continue };
@@ -115,9 +115,9 @@ fn refer(
     epoch: u64,
 ) {
     let (key, child) = match c {
-        Child::Disk(p) => (Key::Page(*p), Child::Disk(*p)),
+        Child::Disk(a) => (Key::Page(a.page), Child::Disk(*a)),
         Child::Mem(a) => match a.placed_by(epoch) {
-            Some(p) => (Key::Page(p), Child::Disk(p)),
+            Some(p) => (Key::Page(p.page), Child::Disk(p)),
             None => (Key::Dirty(Arc::as_ptr(a)), Child::Mem(a.clone())),
         },
     };

@@ -8,8 +8,9 @@ use crate::catalog::CatalogImage;
 use crate::error::{Error, Result};
 use crate::format::{self, Crc, LogStart, Superblock, SUPERBLOCK_SLOTS};
 use crate::space::{IndexRef, Run, TableRoot};
-use crate::tree::{self, Child, Node};
-use std::collections::HashMap;
+use crate::tree::delta::{self, DeltaPage};
+use crate::tree::{self, Child, Node, NodeAddr};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// A log at close no longer than this (bytes of batches, and segments, since
@@ -95,12 +96,23 @@ impl Engine {
         {
             // Dirty nodes only the garbage list holds need no page: release
             // them, so that every dirty node left is reachable from a tree.
-            let State { garbage, space, .. } = &mut *st;
-            tree::release_dirty_garbage(garbage, space);
+            let State { garbage, space, nodes, .. } = &mut *st;
+            tree::release_dirty_garbage(garbage, space, nodes);
         }
         let dirty = collect_dirty(&st);
-        let node_runs = if dirty.nodes.is_empty() { Vec::new() } else { st.space.alloc(dirty.nodes.len() as u64)? };
-        let moves = match st.space.plan_table_moves(dirty.nodes.len() as u64) {
+        let forms = choose_forms(&dirty, self.block_size as usize);
+        let node_runs = alloc_pages(&mut st, forms.whole.len() as u64)?;
+        let delta_runs = match alloc_pages(&mut st, forms.delta_pages as u64) {
+            Ok(r) => r,
+            Err(e) => {
+                free_runs(&mut st, &node_runs);
+                return Err(e);
+            }
+        };
+        let node_runs = [node_runs, delta_runs].concat();
+        // Each node placed changes a count or two: its page's (or its
+        // base's), and the page of the record it leaves.
+        let moves = match st.space.plan_table_moves(2 * dirty.nodes.len() as u64 + forms.delta_pages as u64) {
             Ok(m) => m,
             Err(e) => {
                 free_runs(&mut st, &node_runs);
@@ -108,7 +120,8 @@ impl Engine {
             }
         };
         let pages: Vec<u64> = node_runs.iter().flat_map(|r| r.start..r.start + r.len).collect();
-        let orphans: Vec<(u64, u32)> = dirty.orphans.iter().map(|&i| (pages[i], dirty.nodes[i].1)).collect();
+        let addrs = forms.addresses(&dirty, &pages, self.block_size as usize);
+        let orphans: Vec<(NodeAddr, u32)> = dirty.orphans.iter().map(|&i| (addrs[i], dirty.nodes[i].1)).collect();
         let mut garbage = garbage_pages(&st);
         garbage.extend(&orphans);
         // The root's shape is fixed by now: only its page numbers and
@@ -146,8 +159,8 @@ impl Engine {
         for p in catalog_page..catalog_page + catalog_pages {
             st.space.set_reserved(p, true);
         }
-        let nodes = place_dirty_nodes(&mut st, dirty, &pages);
-        st.garbage.extend(orphans.iter().map(|&(page, level)| (Child::Disk(page), level)));
+        let (nodes, delta_pages) = place_dirty_nodes(&mut st, dirty, &forms, &addrs, &pages);
+        st.garbage.extend(orphans.iter().map(|&(addr, level)| (Child::Disk(addr), level)));
         let table = st.space.capture_table(moves);
         let catalog = catalog_image(&st, table.root, garbage).encode();
         // The catalog must fit the run set aside for it: root pages and table
@@ -157,7 +170,7 @@ impl Engine {
         assert!(catalog.len() <= catalog_len, "the catalog outgrew its plan: {} > {catalog_len}", catalog.len());
         Ok(Plan {
             nodes,
-            node_runs,
+            delta_pages,
             table_pages: table.pages,
             catalog,
             catalog_run: Run { start: catalog_page, len: catalog_pages },
@@ -171,8 +184,9 @@ impl Engine {
     /// Writes what [`Engine::plan_checkpoint`] placed, makes it durable, and
     /// frees what only the previous checkpoint needed.
     fn write_checkpoint(&self, ck: &mut CheckpointState, plan: Plan) -> Result<()> {
-        self.write_nodes(&plan.nodes, &plan.node_runs)?;
-        self.write_table(&plan.table_pages)?;
+        self.write_nodes(&plan.nodes)?;
+        self.write_pages(&plan.delta_pages, Wrote::Nodes, "writing node deltas")?;
+        self.write_pages(&plan.table_pages, Wrote::Table, "writing the reference table")?;
         let cat = plan.catalog_run;
         let offset = format::data_start(self.block_size) + cat.start * self.block_size as u64;
         self.write_as(Wrote::Catalog, &plan.catalog, offset).map_err(|e| Error::io("writing the catalog", e))?;
@@ -211,15 +225,16 @@ impl Engine {
         st.space.table_written();
         st.count_metadata_outside_the_cache();
         release_freed(&mut st, plan.quarantine, meta);
-        st.nodes.unpin(plan.nodes.iter().map(|n| n.page));
+        st.nodes.unpin(plan.nodes.iter().map(|n| n.addr.page));
         drop(st);
         self.reclaim();
         Ok(())
     }
 
-    /// Writes the table's group and index pages, one `pwrite` per run of
-    /// consecutive pages (the pool hands them out in runs).
-    fn write_table(&self, pages: &[(u64, Vec<u8>)]) -> Result<()> {
+    /// Writes whole pages (the table's group and index pages, delta
+    /// pages), one `pwrite` per run of consecutive pages (they are handed
+    /// out in runs).
+    fn write_pages(&self, pages: &[(u64, Vec<u8>)], kind: Wrote, what: &str) -> Result<()> {
         let mut sorted: Vec<&(u64, Vec<u8>)> = pages.iter().collect();
         sorted.sort_unstable_by_key(|(p, _)| *p);
         let mut i = 0;
@@ -231,43 +246,38 @@ impl Engine {
                 i += 1;
             }
             let off = format::data_start(self.block_size) + start * self.block_size as u64;
-            self.write_as(Wrote::Table, &buf, off).map_err(|e| Error::io("writing the reference table", e))?;
+            self.write_as(kind, &buf, off).map_err(|e| Error::io(what, e))?;
         }
         Ok(())
     }
 
-    /// Writes the placed nodes, one `pwrite` per run of pages.
-    fn write_nodes(&self, placed: &[PlacedNode], runs: &[Run]) -> Result<()> {
+    /// Writes the nodes placed whole, one `pwrite` per run of consecutive
+    /// pages.
+    fn write_nodes(&self, placed: &[PlacedNode]) -> Result<()> {
         let bs = self.block_size as usize;
-        let mut i = 0;
-        for r in runs {
-            let mut buf = Vec::with_capacity(r.len as usize * bs);
-            for p in r.start..r.start + r.len {
-                let n = &placed[i];
-                debug_assert_eq!(n.page, p);
-                buf.extend_from_slice(&tree::encode_node(&n.node, n.level, p, bs));
-                i += 1;
-            }
-            let off = format::data_start(self.block_size) + r.start * bs as u64;
-            self.write_as(Wrote::Nodes, &buf, off).map_err(|e| Error::io("writing tree nodes", e))?;
-        }
-        Ok(())
+        let pages: Vec<(u64, Vec<u8>)> = placed
+            .iter()
+            .filter(|n| n.addr.delta == 0)
+            .map(|n| (n.addr.page, tree::encode_node(&n.node, n.level, n.addr.page, bs)))
+            .collect();
+        self.write_pages(&pages, Wrote::Nodes, "writing tree nodes")
     }
 }
 
-/// A node a checkpoint writes: its written form (children by page), its
-/// level and its page.
+/// A node a checkpoint placed: its written form (children by address), its
+/// level and its address: a page it is written to whole, or its base page
+/// and its record in a delta page.
 struct PlacedNode {
     node: Arc<Node>,
     level: u32,
-    page: u64,
+    addr: NodeAddr,
 }
 
 /// What a checkpoint writes and frees, fixed under the state lock.
 struct Plan {
-    /// In the order of the pages in `node_runs`.
     nodes: Vec<PlacedNode>,
-    node_runs: Vec<Run>,
+    /// Delta pages, sealed.
+    delta_pages: Vec<(u64, Vec<u8>)>,
     /// The reference table's group and index pages that changed.
     table_pages: Vec<(u64, Vec<u8>)>,
     catalog: Vec<u8>,
@@ -302,13 +312,17 @@ struct Dirty {
     index: HashMap<*const Node, usize>,
     /// Indexes in `nodes` of the orphans, each with one reference.
     orphans: Vec<usize>,
+    /// Indexes in `nodes` of the tree roots: the catalog names a root by
+    /// its page alone, so a root is written whole.
+    roots: HashSet<usize>,
 }
 
 fn collect_dirty(st: &State) -> Dirty {
-    let mut d = Dirty { nodes: Vec::new(), index: HashMap::new(), orphans: Vec::new() };
+    let mut d = Dirty { nodes: Vec::new(), index: HashMap::new(), orphans: Vec::new(), roots: HashSet::new() };
     for (root, level) in st.all_roots() {
         if let Child::Mem(a) = root {
             reference(&mut d, a, level);
+            d.roots.insert(d.index[&Arc::as_ptr(a)]);
         }
     }
     let pinned = st.pins.values().flatten();
@@ -357,32 +371,116 @@ fn reference(d: &mut Dirty, a: &Arc<Node>, level: u32) {
     }
 }
 
-/// Gives each dirty node its page: builds its written form, sets the
-/// page's reference count, pins it in the node cache, and turns every
-/// tree root that pointed at a dirty node into its page. Afterwards no
-/// dirty node is left in any tree.
-fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedNode> {
-    let page_of = |a: &Arc<Node>| dirty.index.get(&Arc::as_ptr(a)).map(|&i| pages[i]);
+/// How a checkpoint writes each dirty node: whole to a page of its own, or
+/// as a delta record of the page it holds as its base (`tree::delta`).
+struct Forms {
+    /// Indexes in `Dirty::nodes` written whole, in the order of their pages.
+    whole: Vec<usize>,
+    /// Indexes written as records, each with its delta page (among
+    /// `delta_pages`) and byte offset.
+    deltas: Vec<(usize, usize, usize)>,
+    delta_pages: usize,
+}
+
+/// Chooses each dirty node's form: a record when it holds a base page, has
+/// changed at no more indexes than a record holds, and is neither a tree
+/// root (the catalog names a root by page) nor an orphan (its garbage entry
+/// too); whole otherwise.
+fn choose_forms(dirty: &Dirty, block_size: usize) -> Forms {
+    let mut whole = Vec::new();
+    let mut records = Vec::new();
+    let mut sizes = Vec::new();
+    for (i, (n, _, _)) in dirty.nodes.iter().enumerate() {
+        let fixed = dirty.roots.contains(&i) || dirty.orphans.contains(&i);
+        match n.delta_len().filter(|_| !fixed) {
+            Some((leaf, count)) => {
+                records.push(i);
+                sizes.push(delta::record_len(leaf, count));
+            }
+            None => whole.push(i),
+        }
+    }
+    let (at, delta_pages) = delta::pack(&sizes, block_size);
+    let deltas = records.into_iter().zip(at).map(|(i, (page, offset))| (i, page, offset)).collect();
+    Forms { whole, deltas, delta_pages }
+}
+
+impl Forms {
+    /// Each dirty node's address, given the pages allocated: first one per
+    /// node written whole, then the delta pages.
+    fn addresses(&self, dirty: &Dirty, pages: &[u64], block_size: usize) -> Vec<NodeAddr> {
+        let mut addrs = vec![NodeAddr::default(); dirty.nodes.len()];
+        for (&i, &page) in self.whole.iter().zip(pages) {
+            addrs[i] = NodeAddr::whole(page);
+        }
+        let delta_pages = &pages[self.whole.len()..];
+        for &(i, k, offset) in &self.deltas {
+            let base = dirty.nodes[i].0.held_base().expect("a node written as a record holds its base");
+            addrs[i] = NodeAddr { page: base.page, delta: delta::address(delta_pages[k], offset, block_size) };
+        }
+        addrs
+    }
+}
+
+/// `n` pages for a checkpoint, none when `n` is 0.
+fn alloc_pages(st: &mut State, n: u64) -> Result<Vec<Run>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    st.space.alloc(n)
+}
+
+/// Gives each dirty node its address: builds its written form and, for a
+/// record, encodes it into its delta page; sets the reference counts (the
+/// page of a node written whole, the base page of one written as a record,
+/// each delta page's records); lets go of what each node held and no
+/// longer needs (a base page not used again, an older record); pins the
+/// written forms in the node cache; and turns every tree root that pointed
+/// at a dirty node into its page. Afterwards no dirty node is left in any
+/// tree. Returns the nodes placed and the delta pages sealed.
+fn place_dirty_nodes(
+    st: &mut State,
+    dirty: Dirty,
+    forms: &Forms,
+    addrs: &[NodeAddr],
+    pages: &[u64],
+) -> (Vec<PlacedNode>, Vec<(u64, Vec<u8>)>) {
+    let addr_of = |a: &Arc<Node>| dirty.index.get(&Arc::as_ptr(a)).map(|&i| addrs[i]);
+    let bs = st.space.block_size() as usize;
     st.placements += 1;
     let epoch = st.placements;
     // The dirty nodes move into the cache, pinned: they stop counting
     // against its budget from outside it.
     st.space.dirty_nodes = 0;
     st.count_metadata_outside_the_cache();
+    let mut delta_pages: Vec<DeltaPage> = pages[forms.whole.len()..].iter().map(|&p| DeltaPage::new(p, bs)).collect();
     let mut placed = Vec::with_capacity(dirty.nodes.len());
-    for ((n, level, refs), &page) in dirty.nodes.iter().zip(pages) {
-        // A leaf has no children to turn into pages: it is its own written
-        // form, and no tree will change it in place again (every tree now
-        // reaches it by page). Only interior nodes, a small fraction, are
-        // copied.
-        let written = match &n.body {
-            tree::Body::Leaf(_) => n.clone(),
-            tree::Body::Interior(c) => Arc::new(Node::new(tree::Body::Interior(c.written(page_of)))),
-        };
-        n.set_placed(page, epoch);
-        st.space.set_node_refcount(page, *refs);
-        st.nodes.insert_pinned(page, *level, written.clone());
-        placed.push(PlacedNode { node: written, level: *level, page });
+    for &i in &forms.whole {
+        let (n, level, refs) = &dirty.nodes[i];
+        let addr = addrs[i];
+        if let Some(base) = n.held_base() {
+            tree::drop_held_base(base, &mut st.space, &st.nodes);
+        }
+        st.space.set_node_refcount(addr.page, *refs);
+        placed.push(place(st, n, *level, addr, Vec::new(), epoch, &addr_of));
+    }
+    for &(i, k, offset) in &forms.deltas {
+        let (n, level, refs) = &dirty.nodes[i];
+        let addr = addrs[i];
+        let (base, entries) = n.delta_of(addr_of).expect("chosen as a record");
+        delta_pages[k].put(offset, base.page, *level, &entries);
+        // The base page keeps the count the node held for it; the record it
+        // was read with is replaced.
+        if *refs != 1 {
+            st.space.set_node_refcount(base.page, *refs);
+        }
+        tree::drop_record(base.delta, &mut st.space);
+        placed.push(place(st, n, *level, addr, entries.indexes(), epoch, &addr_of));
+    }
+    let mut sealed = Vec::with_capacity(delta_pages.len());
+    for p in delta_pages {
+        st.space.set_node_refcount(p.page(), p.records());
+        sealed.push((p.page(), p.seal()));
     }
     let State { volumes, snapshots, templates, .. } = st;
     let roots = volumes
@@ -392,11 +490,29 @@ fn place_dirty_nodes(st: &mut State, dirty: Dirty, pages: &[u64]) -> Vec<PlacedN
         .chain(templates.values_mut().map(|e| &mut e.root));
     for root in roots {
         if let Some(Child::Mem(a)) = root {
-            let page = page_of(a).expect("every tree root's dirty node is collected");
-            *root = Some(Child::Disk(page));
+            let addr = addr_of(a).expect("every tree root's dirty node is collected");
+            debug_assert_eq!(addr.delta, 0, "a root is written whole");
+            *root = Some(Child::Disk(addr));
         }
     }
-    placed
+    (placed, sealed)
+}
+
+/// Places one dirty node at `addr`: marks it placed, and pins its written
+/// form in the node cache until the checkpoint has written it.
+fn place(
+    st: &mut State,
+    n: &Arc<Node>,
+    level: u32,
+    addr: NodeAddr,
+    changed: Vec<u32>,
+    epoch: u64,
+    addr_of: &impl Fn(&Arc<Node>) -> Option<NodeAddr>,
+) -> PlacedNode {
+    let written = Arc::new(n.written_form(addr, changed, addr_of));
+    n.set_placed(addr, epoch);
+    st.nodes.insert_pinned(addr, level, written.clone());
+    PlacedNode { node: written, level, addr }
 }
 
 /// Frees the pages a durable checkpoint no longer needs, unless a pinned
@@ -419,18 +535,18 @@ fn free_runs(st: &mut State, runs: &[Run]) {
     }
 }
 
-/// The garbage list as pages: after `release_dirty_garbage` it holds only
-/// written nodes.
-fn garbage_pages(st: &State) -> Vec<(u64, u32)> {
-    debug_assert!(st.garbage.iter().all(|(c, _)| c.page().is_some()), "dirty garbage left at a checkpoint");
-    st.garbage.iter().filter_map(|(c, level)| c.page().map(|p| (p, *level))).collect()
+/// The garbage list as addresses: after `release_dirty_garbage` it holds
+/// only written nodes.
+fn garbage_pages(st: &State) -> Vec<(NodeAddr, u32)> {
+    debug_assert!(st.garbage.iter().all(|(c, _)| c.addr().is_some()), "dirty garbage left at a checkpoint");
+    st.garbage.iter().filter_map(|(c, level)| c.addr().map(|a| (a, *level))).collect()
 }
 
 /// The catalog as the trees stand: each entry with its root page (0 for
 /// none, and for a dirty root, which the checkpoint places before it
 /// encodes the catalog it writes), the reference table's root and the
 /// garbage list.
-fn catalog_image(st: &State, table: TableRoot, garbage: Vec<(u64, u32)>) -> CatalogImage {
+fn catalog_image(st: &State, table: TableRoot, garbage: Vec<(NodeAddr, u32)>) -> CatalogImage {
     let page = |r: &Option<Child>| r.as_ref().and_then(Child::page).unwrap_or(0);
     CatalogImage {
         next_volume: st.next_volume,

@@ -198,7 +198,8 @@ impl Engine {
     /// Whether a checkpoint would free pages: retired WAL segments,
     /// quarantined data pages, obsolete node pages, count changes waiting
     /// for their groups (which may quarantine pages when applied), or
-    /// garbage whose release waits for the room a checkpoint makes.
+    /// garbage whose release waits for the room a checkpoint makes, or
+    /// dirty nodes whose pages the reserve holds.
     pub(super) fn checkpoint_frees_space(&self) -> bool {
         let st = self.state.lock();
         let wal = self.wal.lock();
@@ -207,6 +208,11 @@ impl Engine {
             || !st.space.obsolete.is_empty()
             || st.space.has_unseen_changes()
             || !st.garbage.is_empty()
+            // The reserve keeps a page for each dirty node, and a node
+            // copied from a page it took over is written as a record of a
+            // few bytes (`tree::delta`): the checkpoint gives most of
+            // those pages back.
+            || st.space.dirty_nodes > 0
     }
 
     /// Writes a seal after the log's last batch (see [`Wal::write_seal`]);

@@ -11,7 +11,7 @@ use crate::catalog::{now_secs, BackupState, CatalogImage, SnapshotStatus};
 use crate::error::{Error, Result};
 use crate::format::{self, Crc, Superblock, DATA_FILE, SUPERBLOCK_SLOTS};
 use crate::options::StoreOptions;
-use crate::tree::{self, Child, Root};
+use crate::tree::{self, Child, NodeAddr, Root};
 use crate::wal::{self, LogContents, LogGeometry, LogTail, Wal};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -394,9 +394,12 @@ fn recover(
         Some(table) => {
             let State { space, .. } = &mut st;
             space.load_table(table)?;
-            st.garbage = image.garbage.iter().map(|&(p, level)| (Child::Disk(p), level)).collect();
-            for &(p, _) in &image.garbage {
-                root_at(p, npages)?;
+            st.garbage = image.garbage.iter().map(|&(a, level)| (Child::Disk(a), level)).collect();
+            for &(a, _) in &image.garbage {
+                root_at(a.page, npages)?;
+                if a.delta != 0 {
+                    root_at(tree::delta::location(a.delta, bs as usize).0, npages)?;
+                }
             }
         }
         // Before version 5: walk the trees; the first checkpoint writes
@@ -562,7 +565,7 @@ fn root_at(page: u64, npages: u64) -> Result<Root> {
     match page {
         0 => Ok(None),
         p if p >= npages => Err(Error::corruption("tree", format!("page {p}"), "node pointer outside the file")),
-        p => Ok(Some(Child::Disk(p))),
+        p => Ok(Some(Child::Disk(NodeAddr::whole(p)))),
     }
 }
 
@@ -600,7 +603,7 @@ fn count_references(st: &mut State, npages: u64) -> Result<()> {
         visit(p, l, &mut stack)?;
     }
     while let Some((page, level)) = stack.pop() {
-        let node = st.nodes.load(page, level)?;
+        let node = st.nodes.load(NodeAddr::whole(page), level)?;
         match &node.body {
             tree::Body::Leaf(entries) => {
                 for e in entries {

@@ -264,6 +264,21 @@ impl Space {
         last
     }
 
+    /// A reference to the metadata page `page` (a tree node or a page of
+    /// delta records) is gone, and the caller does not need to know whether
+    /// it was the last: when the group is in RAM as [`Space::dec_node`];
+    /// otherwise the change waits for the group's next load, which makes the
+    /// page obsolete if it brings the count to zero. For the page of a
+    /// record a node lets go, and the base page a dirty node held alone.
+    pub(crate) fn dec_node_anywhere(&mut self, page: u64) {
+        let (g, _) = self.group_and_slot(page);
+        if self.counts.slots.get(g as usize).is_some_and(|s| s.is_some()) {
+            self.dec_node(page);
+        } else {
+            self.keep_change(page, Op::Dec);
+        }
+    }
+
     /// Makes `page` a tree node referenced `n` times (a node a checkpoint
     /// places, or one open counted by walking the trees): reserved, with
     /// that count.
@@ -380,7 +395,13 @@ impl Space {
         }
         if see {
             self.mark_seen(g);
-            self.quarantine.extend(zeroed);
+            // A data page waits in the quarantine; a metadata page (one a
+            // node or a record no longer uses, see `dec_node_anywhere`)
+            // stays reserved as obsolete. Both are free after the next
+            // checkpoint.
+            let (meta, data): (Vec<u64>, Vec<u64>) = zeroed.into_iter().partition(|&p| self.is_reserved(p));
+            self.obsolete.extend(meta);
+            self.quarantine.extend(data);
         }
         strip_kinds(&mut entries);
         Ok(entries)

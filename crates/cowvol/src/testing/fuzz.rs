@@ -86,6 +86,34 @@ pub fn decode_tree_node(bytes: &[u8], page: u64, level: u32) -> Result<usize> {
     })
 }
 
+/// Decodes the delta record (format 10) a node of a store with 4 KiB blocks
+/// names: the first 8 bytes are the record's address, the next 8 the node's
+/// base page, the next one its level (0: a leaf; above: an interior node),
+/// and the rest the record's page. Applies it to an empty node of that
+/// kind and returns the entries that leaves.
+///
+/// # Errors
+/// [`crate::Error::Corruption`] for anything malformed.
+pub fn decode_node_delta(bytes: &[u8]) -> Result<usize> {
+    use crate::tree::delta::{apply, decode_record, Expected};
+    use crate::tree::DecodedNode;
+    let Some((addr, rest)) = bytes.split_first_chunk::<8>() else { return Ok(0) };
+    let Some((base, rest)) = rest.split_first_chunk::<8>() else { return Ok(0) };
+    let Some((&level, page)) = rest.split_first() else { return Ok(0) };
+    let Some(page) = page.get(..4096) else { return Ok(0) };
+    let (addr, leaf) = (u64::from_le_bytes(*addr), level == 0);
+    let want = Expected { base: u64::from_le_bytes(*base), level: level.into(), leaf, span: 256, npages: 1 << 40 };
+    if crate::tree::delta::location(addr, 4096).0 >= 1 << 40 {
+        return Ok(0);
+    }
+    let record = decode_record(page, addr, want)?;
+    let empty = if leaf { DecodedNode::Leaf(Vec::new()) } else { DecodedNode::Interior(Vec::new()) };
+    Ok(match apply(empty, &record)? {
+        DecodedNode::Leaf(v) => v.len(),
+        DecodedNode::Interior(v) => v.len(),
+    })
+}
+
 /// Decodes a chunk of the reference table's change log (formats 8 and 9)
 /// of a store with 4 KiB blocks and a table of 2^40 pages: the first 8
 /// bytes are its entry count, the next 8 the fence of its first page (the
@@ -213,7 +241,7 @@ pub fn sample_wal_batches() -> Vec<(&'static str, Vec<u8>)> {
 /// writes them as seeds.
 pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
     use crate::catalog::CatalogImage;
-    use crate::tree::{build_node, encode_node, DecodedNode, LeafEntry};
+    use crate::tree::{build_node, encode_node, DecodedNode, LeafEntry, NodeAddr};
     let snap = samples::snapshot();
     let snapshots = vec![
         (snap.clone(), 9),
@@ -271,7 +299,7 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
             }],
             ..Default::default()
         }),
-        garbage: vec![(9, 0)],
+        garbage: vec![(NodeAddr::whole(9), 0), (NodeAddr { page: 31, delta: 48 * 256 + 2 }, 0)],
     };
     let empty = CatalogImage {
         next_volume: 1,
@@ -292,12 +320,13 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
         log: crate::format::LogStart { log_id: 42, segment_page: 1, segment_seq: 3, offset: 4096, lsn: 100 },
     };
     let entries = [(0, 20, 0x1111_1111), (5, 21, 0x2222_2222), (255, 22, 0)];
-    let leaf =
-        build_node(DecodedNode::Leaf(entries.iter().map(|&(idx, page, crc)| LeafEntry { idx, page, crc }).collect()));
-    let interior = build_node(DecodedNode::Interior(vec![(0, 9), (1, 31), (200, 32)]));
+    let built = |d: DecodedNode| build_node(d, NodeAddr::default(), Vec::new());
+    let leaf = built(DecodedNode::Leaf(entries.iter().map(|&(idx, page, crc)| LeafEntry { idx, page, crc }).collect()));
+    let with_delta = NodeAddr { page: 31, delta: crate::tree::delta::address(48, 32, 4096) };
+    let interior =
+        built(DecodedNode::Interior(vec![(0, NodeAddr::whole(9)), (1, with_delta), (200, NodeAddr::whole(32))]));
     let wide = [(0, 40, 0x3333_3333), (300, 41, 1), (65_535, 42, 2)];
-    let wide =
-        build_node(DecodedNode::Leaf(wide.iter().map(|&(idx, page, crc)| LeafEntry { idx, page, crc }).collect()));
+    let wide = built(DecodedNode::Leaf(wide.iter().map(|&(idx, page, crc)| LeafEntry { idx, page, crc }).collect()));
     let node = |page: u64, level: u8, n: &crate::tree::Node| {
         let mut b = page.to_le_bytes().to_vec();
         b.push(level);
@@ -319,8 +348,19 @@ pub fn sample_catalog_inputs() -> Vec<(&'static str, Vec<u8>)> {
         b.extend(crate::space::encode_chunk(&entries, 1, 4096));
         b
     };
+    let delta_page = {
+        use crate::tree::delta::{DeltaEntries, DeltaPage, PAGE_HEADER_LEN};
+        let mut p = DeltaPage::new(48, 4096);
+        p.put(PAGE_HEADER_LEN, 31, 0, &DeltaEntries::Leaf(vec![(4, Some((77, 0x4444_4444))), (9, None)]));
+        let mut b = with_delta.delta.to_le_bytes().to_vec();
+        b.extend(31u64.to_le_bytes());
+        b.push(0);
+        b.extend(p.seal());
+        b
+    };
     vec![
         ("catalog", full.encode()),
+        ("node-delta", delta_page),
         ("change-chunk", changes),
         ("catalog-empty", empty.encode()),
         ("superblock", sb.encode()),

@@ -17,8 +17,8 @@ mod rng;
 pub mod sim;
 
 pub use fuzz::{
-    crc32, decode_catalog, decode_change_chunk, decode_superblock, decode_tree_node, decode_wal_batch, decode_wal_log,
-    sample_catalog_inputs, sample_wal_batches,
+    crc32, decode_catalog, decode_change_chunk, decode_node_delta, decode_superblock, decode_tree_node,
+    decode_wal_batch, decode_wal_log, sample_catalog_inputs, sample_wal_batches,
 };
 pub use image::{catalog_offset, format_version, table_pages};
 pub use keyed::{keyed_block, KeyedDir, KeyedWrites};

@@ -1,8 +1,11 @@
 //! The node cache: written tree nodes by page, bounded in bytes.
 //!
-//! A written node is immutable while any tree references its page, so the
-//! cache may drop it at any time and read it back later: its page holds
-//! exactly what was dropped. The exceptions are pinned: nodes a checkpoint
+//! A written node is immutable while any tree references its address (its
+//! page and its delta record, see [`super::delta`]), so the cache may drop
+//! it at any time and read it back later: its page and record hold exactly
+//! what was dropped. A node is cached under its page with the record it was
+//! read with; a lookup naming another record of the page (a view pinned
+//! before a checkpoint gave the page a new one) misses. The exceptions are pinned: nodes a checkpoint
 //! has placed but not yet written (their pages do not hold them yet).
 //! Eviction is a clock: a hit sets a node's reference bit, and the hand
 //! clears bits until it finds a node without one.
@@ -21,7 +24,8 @@
 //! not been forgotten since, which the cache knows from a short record of
 //! the pages that left the trees (`Inner::departed`).
 
-use super::{build_node, decode_node, Geometry, Held, Node};
+use super::delta::{self, Expected};
+use super::{build_node, decode_node, DecodedNode, Geometry, Held, Node, NodeAddr};
 use crate::backend::StorageFile;
 use crate::error::{Error, Result};
 use parking_lot::{Mutex, MutexGuard};
@@ -42,6 +46,8 @@ const SLOT_OVERHEAD: usize = 64;
 #[derive(Debug)]
 struct Slot {
     node: Arc<Node>,
+    /// The delta record the node was read with (0 for none).
+    delta: u64,
     level: u32,
     bytes: usize,
     /// Set by a hit, cleared by the clock hand.
@@ -116,7 +122,7 @@ impl Hasher for PageHasher {
 /// that reads nothing from the disk; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NodeMiss {
-    pub(crate) page: u64,
+    pub(crate) addr: NodeAddr,
     pub(crate) level: u32,
     /// `Inner::departures` when the miss was noted.
     ticket: u64,
@@ -141,21 +147,21 @@ pub(crate) struct Cached<'a> {
 }
 
 impl Cached<'_> {
-    /// The node at `page` if the cache holds it. `level` is where the
+    /// The node at `addr` if the cache holds it. `level` is where the
     /// caller's tree expects it; a node of another level is corruption.
-    pub(crate) fn get(&self, page: u64, level: u32) -> Result<Option<&Node>> {
-        let Some(s) = self.inner.map.get(&page) else { return Ok(None) };
-        check_level(s, page, level)?;
+    pub(crate) fn get(&self, addr: NodeAddr, level: u32) -> Result<Option<&Node>> {
+        let Some(s) = self.inner.map.get(&addr.page).filter(|s| s.delta == addr.delta) else { return Ok(None) };
+        check_level(s, addr.page, level)?;
         s.referenced.store(true, Ordering::Relaxed);
         self.hits.set(self.hits.get() + 1);
         Ok(Some(&s.node))
     }
 
-    /// Counts a miss on `page` and notes what [`NodeCache::fill`] needs to
+    /// Counts a miss on `addr` and notes what [`NodeCache::fill`] needs to
     /// validate a read of it done after the state lock is released.
-    pub(crate) fn miss(&self, page: u64, level: u32) -> NodeMiss {
+    pub(crate) fn miss(&self, addr: NodeAddr, level: u32) -> NodeMiss {
         self.misses.set(self.misses.get() + 1);
-        NodeMiss { page, level, ticket: self.inner.departures }
+        NodeMiss { addr, level, ticket: self.inner.departures }
     }
 }
 
@@ -200,14 +206,14 @@ impl NodeCache {
         NodeCache { file, data_start, block_size: block_size as usize, bits, inner: Mutex::new(inner) }
     }
 
-    /// The node at `page`, read from the disk on a miss. `level` is where
+    /// The node at `addr`, read from the disk on a miss. `level` is where
     /// the caller's tree expects it; a node of another level is corruption.
-    pub(crate) fn load(&self, page: u64, level: u32) -> Result<Arc<Node>> {
-        if let Some(node) = self.lookup(page, level, true)? {
+    pub(crate) fn load(&self, addr: NodeAddr, level: u32) -> Result<Arc<Node>> {
+        if let Some(node) = self.lookup(addr, level, true)? {
             return Ok(node);
         }
-        let node = Arc::new(self.read(page, level)?);
-        self.inner.lock().insert(page, level, node.clone(), false);
+        let node = Arc::new(self.read(addr, level)?);
+        self.inner.lock().insert(addr, level, node.clone(), false);
         Ok(node)
     }
 
@@ -215,22 +221,22 @@ impl NodeCache {
     /// is not kept. For a walk over every node (`Store::stats`), which
     /// must not push the nodes I/O is using out of the cache for nodes it
     /// reads once, nor mark the cached ones as used.
-    pub(crate) fn load_passing(&self, page: u64, level: u32) -> Result<Arc<Node>> {
-        match self.lookup(page, level, false)? {
+    pub(crate) fn load_passing(&self, addr: NodeAddr, level: u32) -> Result<Arc<Node>> {
+        match self.lookup(addr, level, false)? {
             Some(node) => Ok(node),
-            None => Ok(Arc::new(self.read(page, level)?)),
+            None => Ok(Arc::new(self.read(addr, level)?)),
         }
     }
 
-    /// The cached node at `page`, counted as a hit (and marked used when
+    /// The cached node at `addr`, counted as a hit (and marked used when
     /// `mark` is set), or `None`, counted as a miss.
-    fn lookup(&self, page: u64, level: u32, mark: bool) -> Result<Option<Arc<Node>>> {
+    fn lookup(&self, addr: NodeAddr, level: u32, mark: bool) -> Result<Option<Arc<Node>>> {
         let mut c = self.inner.lock();
-        let Some(s) = c.map.get(&page) else {
+        let Some(s) = c.map.get(&addr.page).filter(|s| s.delta == addr.delta) else {
             c.stats.misses += 1;
             return Ok(None);
         };
-        check_level(s, page, level)?;
+        check_level(s, addr.page, level)?;
         if mark {
             s.referenced.store(true, Ordering::Relaxed);
         }
@@ -247,7 +253,7 @@ impl NodeCache {
     /// Reads the node of `miss` from the disk. Needs no lock: what it
     /// returns is checked by [`NodeCache::fill`] before anyone uses it.
     pub(crate) fn fetch(&self, miss: NodeMiss) -> Fetched {
-        Fetched { miss, node: self.read(miss.page, miss.level) }
+        Fetched { miss, node: self.read(miss.addr, miss.level) }
     }
 
     /// Under the state lock: the node `fetched` holds if its page still held
@@ -257,22 +263,25 @@ impl NodeCache {
     pub(crate) fn fill(&self, fetched: Fetched) -> Result<Option<Held>> {
         let Fetched { miss, node } = fetched;
         let mut c = self.inner.lock();
-        if c.departed_since(miss.ticket, miss.page) {
+        if c.departed_since(miss.ticket, miss.addr.page) {
             return Ok(None);
         }
-        let node = match c.map.get(&miss.page) {
-            Some(s) => {
+        let node = match c.map.get(&miss.addr.page) {
+            Some(s) if s.delta == miss.addr.delta => {
                 // Another reader filled it first; share the one in place.
-                check_level(s, miss.page, miss.level)?;
+                check_level(s, miss.addr.page, miss.level)?;
                 s.node.clone()
             }
+            // The page's node under another record (a pinned view reads an
+            // older one, or the trees a newer one): lent, not cached.
+            Some(_) => Arc::new(node?),
             None => {
                 let node = Arc::new(node?);
-                c.insert(miss.page, miss.level, node.clone(), false);
+                c.insert(miss.addr, miss.level, node.clone(), false);
                 node
             }
         };
-        Ok(Some(Held { page: miss.page, level: miss.level, node, ticket: c.departures }))
+        Ok(Some(Held { addr: miss.addr, level: miss.level, node, ticket: c.departures }))
     }
 
     /// Under the state lock: drops the nodes of `held` whose pages left
@@ -280,26 +289,45 @@ impl NodeCache {
     pub(crate) fn keep_valid(&self, held: &mut Vec<Held>) -> bool {
         let c = self.inner.lock();
         let before = held.len();
-        held.retain(|h| !c.departed_since(h.ticket, h.page));
+        held.retain(|h| !c.departed_since(h.ticket, h.addr.page));
         held.len() == before
     }
 
-    fn read(&self, page: u64, level: u32) -> Result<Node> {
-        let mut buf = vec![0u8; self.block_size];
-        let offset = self.data_start + page * self.block_size as u64;
-        self.file.read_at(&mut buf, offset).map_err(|e| Error::io(format!("reading tree node at page {page}"), e))?;
+    /// Reads the node at `addr`: its page, and its record applied.
+    fn read(&self, addr: NodeAddr, level: u32) -> Result<Node> {
+        let buf = self.read_page(addr.page, "tree node")?;
         let geo = Geometry { bits: self.bits, levels: level + 1 };
-        let decoded = decode_node(&buf, page, level, geo, crate::format::MAX_PAGE + 1)?;
-        Ok(build_node(decoded))
+        let npages = crate::format::MAX_PAGE + 1;
+        let decoded = decode_node(&buf, addr.page, level, geo, npages)?;
+        if addr.delta == 0 {
+            return Ok(build_node(decoded, addr, Vec::new()));
+        }
+        let leaf = matches!(decoded, DecodedNode::Leaf(_));
+        let span = if leaf { geo.span(level) } else { 1 << self.bits };
+        let (record_page, _) = delta::location(addr.delta, self.block_size);
+        let record_buf = self.read_page(record_page, "node delta")?;
+        let want = Expected { base: addr.page, level, leaf, span, npages };
+        let record = delta::decode_record(&record_buf, addr.delta, want)?;
+        let changed = record.indexes();
+        Ok(build_node(delta::apply(decoded, &record)?, addr, changed))
     }
 
-    /// Places a node a checkpoint is about to write at `page`: pinned until
-    /// [`NodeCache::unpin`], replacing whatever the cache held for the page.
-    pub(crate) fn insert_pinned(&self, page: u64, level: u32, node: Arc<Node>) {
+    fn read_page(&self, page: u64, what: &str) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; self.block_size];
+        let offset = self.data_start + page * self.block_size as u64;
+        self.file.read_at(&mut buf, offset).map_err(|e| Error::io(format!("reading {what} at page {page}"), e))?;
+        Ok(buf)
+    }
+
+    /// Places a node a checkpoint is about to write at `addr`: pinned
+    /// until [`NodeCache::unpin`], replacing whatever the cache held for
+    /// the page.
+    pub(crate) fn insert_pinned(&self, addr: NodeAddr, level: u32, node: Arc<Node>) {
         let mut c = self.inner.lock();
-        // The page's contents change when the checkpoint writes it.
-        c.depart(page);
-        c.insert(page, level, node, true);
+        // The page's contents change when the checkpoint writes it (or the
+        // node it holds takes a new record).
+        c.depart(addr.page);
+        c.insert(addr, level, node, true);
     }
 
     /// The checkpoint wrote these pages: their nodes may be evicted.
@@ -339,6 +367,11 @@ impl NodeCache {
         c.forget(page);
     }
 
+    /// Bytes per page.
+    pub(crate) fn block_size(&self) -> usize {
+        self.block_size
+    }
+
     /// Bytes the cached nodes take.
     pub(crate) fn bytes(&self) -> usize {
         self.inner.lock().bytes
@@ -372,13 +405,13 @@ impl Inner {
         }
     }
 
-    fn insert(&mut self, page: u64, level: u32, node: Arc<Node>, pinned: bool) {
-        self.forget(page);
+    fn insert(&mut self, addr: NodeAddr, level: u32, node: Arc<Node>, pinned: bool) {
+        self.forget(addr.page);
         let bytes = node.mem_bytes() + SLOT_OVERHEAD;
         self.bytes += bytes;
-        let slot = Slot { node, level, bytes, referenced: AtomicBool::new(false), pinned };
-        self.map.insert(page, slot);
-        self.clock.push_back(page);
+        let slot = Slot { node, delta: addr.delta, level, bytes, referenced: AtomicBool::new(false), pinned };
+        self.map.insert(addr.page, slot);
+        self.clock.push_back(addr.page);
         self.evict_to_budget();
     }
 
@@ -413,6 +446,10 @@ mod tests {
     use crate::testing::SimDir;
     use crate::tree::Body;
 
+    fn at(page: u64) -> NodeAddr {
+        NodeAddr::whole(page)
+    }
+
     fn cache() -> NodeCache {
         let f = SimDir::new().open_file("f", true).unwrap();
         NodeCache::new(f, 8192, 4096, 2, 1 << 20)
@@ -426,31 +463,31 @@ mod tests {
     #[test]
     fn a_read_is_kept_when_its_page_stayed_in_the_trees() {
         let c = cache();
-        let miss = c.cached().miss(7, 0);
+        let miss = c.cached().miss(at(7), 0);
         c.forget(8);
         let held = c.fill(fetched(miss)).unwrap().expect("page 7 never left");
-        assert_eq!((held.page, held.level), (7, 0));
+        assert_eq!((held.addr.page, held.level), (7, 0));
         assert_eq!(c.stats().misses, 1);
-        assert!(c.cached().get(7, 0).unwrap().is_some(), "and cached");
+        assert!(c.cached().get(at(7), 0).unwrap().is_some(), "and cached");
     }
 
     #[test]
     fn a_read_of_a_page_that_left_the_trees_meanwhile_is_dropped() {
         let c = cache();
-        let miss = c.cached().miss(7, 0);
+        let miss = c.cached().miss(at(7), 0);
         c.forget(7);
         assert!(c.fill(fetched(miss)).unwrap().is_none());
-        assert!(c.cached().get(7, 0).unwrap().is_none(), "nothing cached for the page");
+        assert!(c.cached().get(at(7), 0).unwrap().is_none(), "nothing cached for the page");
         // A checkpoint placing a new node there counts as leaving too.
-        let miss = c.cached().miss(9, 0);
-        c.insert_pinned(9, 0, Arc::new(Node::new(Body::Leaf(Vec::new()))));
+        let miss = c.cached().miss(at(9), 0);
+        c.insert_pinned(at(9), 0, Arc::new(Node::new(Body::Leaf(Vec::new()))));
         assert!(c.fill(fetched(miss)).unwrap().is_none());
     }
 
     #[test]
     fn a_read_older_than_the_departures_kept_is_dropped() {
         let c = cache();
-        let miss = c.cached().miss(7, 0);
+        let miss = c.cached().miss(at(7), 0);
         for p in 100..100 + DEPARTURES_KEPT as u64 + 1 {
             c.forget(p);
         }
@@ -462,12 +499,12 @@ mod tests {
         let c = cache();
         let mut held = Vec::new();
         for p in [1, 2] {
-            let miss = c.cached().miss(p, 0);
+            let miss = c.cached().miss(at(p), 0);
             held.extend(c.fill(fetched(miss)).unwrap());
         }
         assert!(c.keep_valid(&mut held));
         c.forget(2);
         assert!(!c.keep_valid(&mut held));
-        assert_eq!(held.iter().map(|h| h.page).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(held.iter().map(|h| h.addr.page).collect::<Vec<_>>(), vec![1]);
     }
 }
