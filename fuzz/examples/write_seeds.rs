@@ -11,7 +11,8 @@
 //! `Op::decode_all` the target runs.
 use cowvol::testing::model::Op;
 use cowvol::testing::{
-    crc32, decode_catalog, decode_change_chunk, decode_superblock, decode_tree_node, decode_wal_batch,
+    crc32, decode_catalog, decode_change_chunk, decode_node_delta, decode_superblock, decode_tree_node,
+    decode_wal_batch,
 };
 use std::path::Path;
 
@@ -33,6 +34,7 @@ fn main() {
         let ok = match name {
             "superblock" => matches!(decode_superblock(&bytes), Ok(Some(_))),
             "change-chunk" => decode_change_chunk(&bytes).is_ok_and(|n| n > 0),
+            "node-delta" => decode_node_delta(&bytes).is_ok_and(|n| n > 0),
             "leaf" | "interior" | "wide-leaf" => {
                 let page = u64::from_le_bytes(bytes[..8].try_into().unwrap());
                 decode_tree_node(&bytes[9..], page, bytes[8] as u32).is_ok()

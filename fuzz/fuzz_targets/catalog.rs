@@ -7,12 +7,16 @@
 //! * a tree node page, read as if at the page and level taken from the first
 //!   bytes of the input;
 //! * a chunk of the reference table's change log, its entry count taken from
-//!   the first bytes of the input.
+//!   the first bytes of the input;
+//! * a delta record of a node (format 10), its address, base page and level
+//!   taken from the first bytes of the input and the rest its page.
 //!
 //! Every decoder must return `Ok` or `Err`, never panic.
 #![no_main]
 
-use cowvol::testing::{crc32, decode_catalog, decode_change_chunk, decode_superblock, decode_tree_node};
+use cowvol::testing::{
+    crc32, decode_catalog, decode_change_chunk, decode_node_delta, decode_superblock, decode_tree_node,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Superblock length (`format::SUPERBLOCK_LEN`).
@@ -50,6 +54,11 @@ fuzz_target!(|data: &[u8]| {
     // Change log chunk: 12 bytes an entry, in whole pages after the count.
     if let Ok(n) = decode_change_chunk(data) {
         assert!(n * 12 <= data.len(), "{n} change log entries from {} bytes", data.len());
+    }
+    // Node delta: 17 bytes of address, base and level, then the page; what
+    // it applies to an empty node is bounded by a record's entries.
+    if let Ok(n) = decode_node_delta(data) {
+        assert!(n * 12 <= data.len(), "{n} entries from a {}-byte delta page", data.len());
     }
     // The whole input as the node, at page 1 / level 0 and at page 1 / level 1.
     let _ = decode_tree_node(data, 1, 0);

@@ -1239,6 +1239,7 @@ pub struct Overwritten {
     pub metadata_per_data_byte: f64,
     pub log_bytes: u64,
     pub node_bytes: u64,
+    pub delta_bytes: u64,
     pub table_bytes: u64,
     pub catalog_and_superblock_bytes: u64,
     pub zeroed_bytes: u64,
@@ -1261,6 +1262,7 @@ pub fn overwrite_keyed_store(dir: &Path, bytes: u64) -> Result<Overwritten> {
         metadata_per_data_byte: w.metadata_per_data_byte(),
         log_bytes: w.log_bytes,
         node_bytes: w.node_bytes,
+        delta_bytes: w.delta_bytes,
         table_bytes: w.table_bytes,
         catalog_and_superblock_bytes: w.catalog_bytes + w.superblock_bytes,
         zeroed_bytes: w.zeroed_bytes,
@@ -1375,12 +1377,13 @@ fn amplification(opts: &BenchOptions, report: &mut BenchReport, progress: &mut d
     Ok(())
 }
 
-/// The engine's metadata figures by kind: log, tree nodes, reference table,
-/// and catalogs with superblocks.
-fn metadata_by_kind(w: &cowvol::WriteStats) -> [(&'static str, u64); 4] {
+/// The engine's metadata figures by kind: log, tree nodes written whole,
+/// delta pages, reference table, and catalogs with superblocks.
+fn metadata_by_kind(w: &cowvol::WriteStats) -> [(&'static str, u64); 5] {
     [
         ("log", w.log_bytes),
         ("nodes", w.node_bytes),
+        ("deltas", w.delta_bytes),
         ("table", w.table_bytes),
         ("catalog", w.catalog_bytes + w.superblock_bytes),
     ]

@@ -192,6 +192,7 @@ fn render_store(out: &mut String, store: &Store, (tree, walks): (Option<TreeFigu
         ("zeroes", w.zeroed_bytes),
         ("log", w.log_bytes),
         ("nodes", w.node_bytes),
+        ("deltas", w.delta_bytes),
         ("table", w.table_bytes),
         ("catalog", w.catalog_bytes),
         ("superblock", w.superblock_bytes),

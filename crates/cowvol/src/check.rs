@@ -309,23 +309,24 @@ impl Store {
     /// so each of its pages had been written; and no page is reused while
     /// a view lives, so each still holds its node. A page that fails is
     /// read once more on its own before it is reported.
-    fn verify_written_nodes(&self, mut written: Vec<u64>, report: &mut CheckReport) {
+    fn verify_written_nodes(&self, mut written: Vec<(u64, Written)>, report: &mut CheckReport) {
         written.sort_unstable();
+        written.dedup();
         let bs = self.engine.block_size as usize;
         let max_run = ((1 << 20) / bs).max(1);
         let mut suspects = Vec::new();
         let mut buf = Vec::new();
-        for run in written.chunk_by(|a, b| a + 1 == *b) {
+        for run in written.chunk_by(|a, b| a.0 + 1 == b.0) {
             for part in run.chunks(max_run) {
-                let read = self.read_pages(part[0], &mut buf, part.len() as u64);
-                for (&page, image) in part.iter().zip(buf.chunks(bs)) {
-                    if !read || verify_node_page(image, page).is_err() {
-                        suspects.push(page);
+                let read = self.read_pages(part[0].0, &mut buf, part.len() as u64);
+                for (&(page, kind), image) in part.iter().zip(buf.chunks(bs)) {
+                    if !read || verify_written_page(image, page, kind).is_err() {
+                        suspects.push((page, kind));
                     }
                 }
             }
         }
-        for page in suspects {
+        for (page, kind) in suspects {
             let ds = crate::format::data_start(self.engine.block_size);
             buf.resize(bs, 0);
             let res = self
@@ -333,7 +334,7 @@ impl Store {
                 .file
                 .read_at(&mut buf, ds + page * bs as u64)
                 .map_err(|e| Error::io("reading a tree node", e))
-                .and_then(|_| verify_node_page(&buf, page));
+                .and_then(|_| verify_written_page(&buf, page, kind));
             if let Err(e) = res {
                 report.problems.push(Problem::UnreadableNode { page, detail: e.to_string() });
             }
@@ -836,8 +837,8 @@ struct Counted {
     data: Vec<u32>,
     /// Distinct nodes.
     nodes: u64,
-    /// The pages of the written nodes.
-    written: Vec<u64>,
+    /// The pages of the written nodes and of their records.
+    written: Vec<(u64, Written)>,
 }
 
 /// Visits every distinct node of the view once, with no lock held.
@@ -882,7 +883,7 @@ enum Seen<'n> {
 /// reading written nodes through the cache, and tells `on` what it sees. A
 /// node that cannot be read is reported and its subtree skipped. Returns
 /// the pages of the written nodes read.
-fn walk_view(view: &PinnedView<'_>, mut on: impl FnMut(Seen<'_>), problems: &mut Vec<Problem>) -> Vec<u64> {
+fn walk_view(view: &PinnedView<'_>, mut on: impl FnMut(Seen<'_>), problems: &mut Vec<Problem>) -> Vec<(u64, Written)> {
     let mut w = ViewWalk {
         view,
         seen_pages: std::collections::HashSet::new(),
@@ -910,7 +911,7 @@ struct ViewWalk<'v, 'e> {
     seen_pages: std::collections::HashSet<u64>,
     seen_dirty: std::collections::HashSet<*const Node>,
     stack: Vec<(Arc<Node>, u32)>,
-    written: Vec<u64>,
+    written: Vec<(u64, Written)>,
 }
 
 impl ViewWalk<'_, '_> {
@@ -943,7 +944,11 @@ impl ViewWalk<'_, '_> {
                     self.refer_to_record(a.delta, on);
                     match self.view.nodes().load(*a, level) {
                         Ok(n) => {
-                            self.written.push(a.page);
+                            self.written.push((a.page, Written::Node));
+                            if a.delta != 0 {
+                                let bs = self.view.nodes().block_size();
+                                self.written.push((crate::tree::delta::location(a.delta, bs).0, Written::Records));
+                            }
                             self.stack.push((n, level));
                         }
                         Err(e) => problems.push(Problem::UnreadableNode { page: a.page, detail: e.to_string() }),
@@ -1043,10 +1048,21 @@ fn for_each_leaf_entry(view: &PinnedView<'_>, mut f: impl FnMut(u64, u32)) -> Re
     })
 }
 
-fn verify_node_page(buf: &[u8], page: u64) -> Result<()> {
+/// What a page a tree names holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Written {
+    Node,
+    /// Delta records of nodes.
+    Records,
+}
+
+fn verify_written_page(buf: &[u8], page: u64, kind: Written) -> Result<()> {
     // Level and geometry are checked at load; here the page must still be
-    // the node it claims to be and pass its checksum.
-    NodeHeader::decode(buf, page).map(drop)
+    // what it claims to be and pass its checksum.
+    match kind {
+        Written::Node => NodeHeader::decode(buf, page).map(drop),
+        Written::Records => crate::tree::delta::verify_page(buf, page, &|| format!("delta page {page}")).map(drop),
+    }
 }
 
 /// The figures of [`Store::stats`] that need no walk of the trees, taken

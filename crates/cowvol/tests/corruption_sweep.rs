@@ -7,8 +7,8 @@
 //!
 //! Metadata regions are found without knowing the engine's internals, by
 //! their magic numbers: `COWVOLSB` at 0 and 4096, and `CVSG`, `CVBT`,
-//! `CVND`, `CVCT` (little-endian u32) at the start of 4096-byte pages from
-//! byte 8192 on. Data pages are recognised by the test's own block format.
+//! `CVND`, `CVDL` (delta pages of node records), `CVCT` (little-endian
+//! u32) at the start of 4096-byte pages from byte 8192 on. Data pages are recognised by the test's own block format.
 //!
 //! Every damaged image is opened on a fresh simulated disk. The contract
 //! (docs/reliability.md, item 4): open fails with `Error::Corruption` naming
@@ -370,6 +370,7 @@ struct Regions {
     batches: usize,
     live_batches: usize,
     nodes: usize,
+    delta_pages: usize,
     catalogs: usize,
     data_pages: usize,
     live_data_pages: usize,
@@ -419,9 +420,15 @@ fn flip_cases(built: &Built) -> (Vec<Case>, Regions) {
             }
             b"CVND" => {
                 regions.nodes += 1;
-                let level = img[off + 16];
+                let (level, flags) = (img[off + 16], img[off + 17]);
                 let count = u32_at(img, off + 20) as usize;
-                let entry = if level == 0 { 12 } else { 8 };
+                // Leaf entries (level 0, or a wide leaf), interior entries
+                // naming deltas (format 10), or the older interior ones.
+                let entry = match (level, flags) {
+                    (0, _) | (_, 1) => 12,
+                    (_, 2) => 14,
+                    _ => 8,
+                };
                 let used = (count * entry).min(BS - 24);
                 let label = format!("tree node at page {page}");
                 let first = cases.len();
@@ -430,6 +437,18 @@ fn flip_cases(built: &Built) -> (Vec<Case>, Regions) {
                 // A byte past the entries: covered by nothing, must change nothing.
                 if 24 + used + 5 < BS {
                     flips(&mut cases, &format!("{label} past the entries"), off + 24 + used + 5, 1, 1, false, false);
+                }
+                cases[first..].iter_mut().for_each(|c| c.damaged_node = Some(page));
+            }
+            b"CVDL" => {
+                regions.delta_pages += 1;
+                let used = (u32_at(img, off + 16) as usize).clamp(32, BS);
+                let label = format!("node delta page at page {page}");
+                let first = cases.len();
+                flips(&mut cases, &format!("{label} header"), off, 32, 1, true, false);
+                flips(&mut cases, &format!("{label} records"), off + 32, used - 32, 3, false, false);
+                if used + 5 < BS {
+                    flips(&mut cases, &format!("{label} past the records"), off + used + 5, 1, 1, false, false);
                 }
                 cases[first..].iter_mut().for_each(|c| c.damaged_node = Some(page));
             }
@@ -857,6 +876,55 @@ fn truncation_after_crash_with_wal_records() {
 
 /// The segment chain: every byte of every segment header, and the headers
 /// of the batches at the start and end of each segment.
+/// Leaves below the root, overwritten after a checkpoint: the next
+/// checkpoints write them as delta records of their pages.
+fn delta_workload(b: &mut Builder) {
+    b.create("a", 1024);
+    b.write("a", &[(0, 1024)]);
+    b.flush("a");
+    b.checkpoint();
+    b.write("a", &[(3, 1), (300, 2), (600, 1), (1000, 1)]);
+    b.flush("a");
+    b.checkpoint();
+    b.snapshot("a", "s");
+    b.write("a", &[(5, 1), (700, 1)]);
+    b.flush("a");
+    b.checkpoint();
+    b.write("a", &[(6, 1), (701, 1), (900, 2)]);
+    b.discard("a", 10, 3);
+    b.flush("a");
+    b.checkpoint();
+    // The WAL's share: a record the next open replays onto them.
+    b.write("a", &[(7, 1), (901, 1)]);
+    b.flush("a");
+}
+
+#[test]
+fn bit_flips_in_node_deltas() {
+    for crash in [false, true] {
+        let name = if crash { "deltas, crash KeepAll" } else { "deltas, clean close" };
+        let built = build_with(crash, delta_workload);
+        let (cases, regions) = flip_cases(&built);
+        println!("{name}: image of {} bytes, regions found: {regions:?}", built.image.len());
+        assert!(regions.delta_pages >= 2, "the workload wrote delta pages");
+        // Every flip of the delta pages; a quarter of those of the nodes
+        // (interior ones name records here), which the main sweep covers.
+        let cases: Vec<Case> = cases
+            .into_iter()
+            .filter(|c| c.label.starts_with("node delta page") || c.label.starts_with("tree node"))
+            .enumerate()
+            .filter(|(i, c)| c.label.starts_with("node delta page") || i % 4 == 0)
+            .map(|(_, c)| c)
+            .collect();
+        let mut t = Tally::default();
+        for c in &cases {
+            run_case(&built, c, &mut t);
+        }
+        report(name, &t);
+        assert!(t.read_corruption_cases > 0, "{name}: no damaged record ever failed a read");
+    }
+}
+
 #[test]
 fn bit_flips_in_a_wal_of_several_segments() {
     let built = build_with(true, long_log_workload);

@@ -5,6 +5,11 @@
 //! random subset kept and torn at sector granularity; a prefix kept) and the
 //! recovered store is checked against the contract of docs/reliability.md.
 //!
+//! The workload runs on two layouts: the volume's blocks side by side in one
+//! leaf, and spread over a 256 GiB volume so that its tree has interior
+//! nodes and leaves below the root, which checkpoints write as delta
+//! records of their pages (format 10).
+//!
 //! `COWVOL_CRASH_STRIDE=1` checks every crash point (the default checks
 //! every 7th, plus the last ones).
 
@@ -31,6 +36,38 @@ fn opts() -> StoreOptions {
     }
 }
 
+/// Where the workload's blocks live in its volumes.
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    /// Blocks `0..BLOCKS` of a volume of `BLOCKS` blocks: one leaf, the root.
+    Flat,
+    /// Block `lb` at [`Layout::position`] of a 256 GiB volume: four
+    /// subtrees under the root, each with three leaves, all below the root
+    /// and written as records when overwritten.
+    Spread,
+}
+
+impl Layout {
+    fn size(self) -> u64 {
+        match self {
+            Layout::Flat => BLOCKS * BS as u64,
+            Layout::Spread => 256 << 30,
+        }
+    }
+
+    /// The logical block of the workload's block `lb`.
+    fn position(self, lb: u64) -> u64 {
+        match self {
+            Layout::Flat => lb,
+            Layout::Spread => (lb % 4) << 24 | (lb / 4 % 3) << 16 | lb,
+        }
+    }
+
+    fn offset(self, lb: u64) -> u64 {
+        self.position(lb) * BS as u64
+    }
+}
+
 /// Per block: the write ids a recovered volume may show.
 type Allowed = Vec<BTreeSet<u64>>;
 
@@ -53,6 +90,8 @@ struct Tracker {
     snaps: BTreeMap<String, (String, Vec<u64>)>,
     expect: Expect,
     next_write: u64,
+    /// Bytes of delta pages the store wrote, when the workload ran to its end.
+    delta_bytes: u64,
 }
 
 impl Tracker {
@@ -62,20 +101,30 @@ impl Tracker {
 }
 
 /// Runs the workload until the disk fails; returns what recovery must show.
-fn workload(disk: &SimDir) -> Expect {
-    let mut t = Tracker { current: BTreeMap::new(), snaps: BTreeMap::new(), expect: Expect::default(), next_write: 1 };
-    let _ = run_steps(disk, &mut t);
-    t.expect
+fn workload(disk: &SimDir, layout: Layout) -> Expect {
+    run_workload(disk, layout).expect
 }
 
-fn run_steps(disk: &SimDir, t: &mut Tracker) -> Result<()> {
+fn run_workload(disk: &SimDir, layout: Layout) -> Tracker {
+    let mut t = Tracker {
+        current: BTreeMap::new(),
+        snaps: BTreeMap::new(),
+        expect: Expect::default(),
+        next_write: 1,
+        delta_bytes: 0,
+    };
+    let _ = run_steps(disk, &mut t, layout);
+    t
+}
+
+fn run_steps(disk: &SimDir, t: &mut Tracker, layout: Layout) -> Result<()> {
     let store = Store::open_in(Arc::new(disk.clone()), opts())?;
     let mut rng = Rng(7);
     let name = "a".to_string();
     t.expect.may.insert(name.clone(), Tracker::allowed_now(&vec![0; BLOCKS as usize]));
     let info = store.create_volume(VolumeOptions {
         access_mode: AccessMode::ReadWriteMany,
-        ..VolumeOptions::new(&name, BLOCKS * BS as u64)
+        ..VolumeOptions::new(&name, layout.size())
     })?;
     t.current.insert(name.clone(), vec![0; BLOCKS as usize]);
     t.expect.may.remove(&name);
@@ -154,7 +203,14 @@ fn run_steps(disk: &SimDir, t: &mut Tracker) -> Result<()> {
                 for lb in start..start + n {
                     allowed[lb as usize].insert(0);
                 }
-                vol.discard(start * BS as u64, n * BS as u64)?;
+                match layout {
+                    Layout::Flat => vol.discard(start * BS as u64, n * BS as u64)?,
+                    Layout::Spread => {
+                        for lb in start..start + n {
+                            vol.discard(layout.offset(lb), BS as u64)?;
+                        }
+                    }
+                }
                 for lb in start..start + n {
                     t.current.get_mut(&vname).unwrap()[lb as usize] = 0;
                 }
@@ -171,7 +227,14 @@ fn run_steps(disk: &SimDir, t: &mut Tracker) -> Result<()> {
                         buf.extend(block(w, lb));
                         t.expect.must.get_mut(&vname).unwrap()[lb as usize].insert(w);
                     }
-                    vol.write_at(&buf, start * BS as u64)?;
+                    match layout {
+                        Layout::Flat => vol.write_at(&buf, start * BS as u64)?,
+                        Layout::Spread => {
+                            for (lb, b) in (start..start + n).zip(buf.chunks(BS)) {
+                                vol.write_at(b, layout.offset(lb))?;
+                            }
+                        }
+                    }
                     for lb in start..start + n {
                         t.current.get_mut(&vname).unwrap()[lb as usize] = w;
                     }
@@ -187,6 +250,7 @@ fn run_steps(disk: &SimDir, t: &mut Tracker) -> Result<()> {
             ack_flush(t);
         }
     }
+    t.delta_bytes = store.written().delta_bytes;
     Ok(())
 }
 
@@ -198,7 +262,7 @@ fn ack_flush(t: &mut Tracker) {
     }
 }
 
-fn verify(disk: SimDir, exp: &Expect, what: &str) {
+fn verify(disk: SimDir, exp: &Expect, what: &str, layout: Layout) {
     let store = Store::open_in(Arc::new(disk), opts()).unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
     let report = store.check().unwrap();
     assert!(report.is_clean(), "{what}: check: {:?}", report.problems);
@@ -211,7 +275,7 @@ fn verify(disk: SimDir, exp: &Expect, what: &str) {
         let v = store.open_volume_with(info.id, OpenMode::ReadOnly).unwrap();
         let mut buf = vec![0u8; BS];
         for lb in 0..BLOCKS {
-            v.read_at(&mut buf, lb * BS as u64).unwrap_or_else(|e| panic!("{what}: {name} block {lb}: {e}"));
+            v.read_at(&mut buf, layout.offset(lb)).unwrap_or_else(|e| panic!("{what}: {name} block {lb}: {e}"));
             let w = decode(&buf, lb).unwrap_or_else(|| panic!("{what}: {name} block {lb} holds garbage"));
             assert!(
                 allowed[lb as usize].contains(&w),
@@ -232,7 +296,7 @@ fn verify(disk: SimDir, exp: &Expect, what: &str) {
         let h = store.open_snapshot(s.volume_id, s.id).unwrap();
         let mut buf = vec![0u8; BS];
         for lb in 0..BLOCKS {
-            h.read_at(&mut buf, lb * BS as u64).unwrap();
+            h.read_at(&mut buf, layout.offset(lb)).unwrap();
             assert_eq!(decode(&buf, lb), Some(content[lb as usize]), "{what}: snapshot {sname} block {lb}");
         }
     }
@@ -247,8 +311,21 @@ fn verify(disk: SimDir, exp: &Expect, what: &str) {
 
 #[test]
 fn every_crash_point_recovers_to_an_allowed_state() {
+    every_crash_point_recovers(Layout::Flat);
+}
+
+#[test]
+fn every_crash_point_of_a_tree_with_node_deltas_recovers_to_an_allowed_state() {
+    every_crash_point_recovers(Layout::Spread);
+}
+
+fn every_crash_point_recovers(layout: Layout) {
     let calib = SimDir::new();
-    let full = workload(&calib);
+    let calibration = run_workload(&calib, layout);
+    if let Layout::Spread = layout {
+        assert!(calibration.delta_bytes > 0, "the workload wrote no node as a delta");
+    }
+    let full = calibration.expect;
     let total = calib.ops_count();
     assert!(!full.must_snaps.is_empty() || !full.must.is_empty());
     let stride: u64 = std::env::var("COWVOL_CRASH_STRIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
@@ -257,7 +334,7 @@ fn every_crash_point_recovers_to_an_allowed_state() {
     while k <= total {
         let disk = SimDir::new();
         disk.set_cut_after_ops(Some(k));
-        let exp = workload(&disk);
+        let exp = workload(&disk, layout);
         let modes = [
             LossMode::DropAll,
             LossMode::KeepAll,
@@ -266,10 +343,10 @@ fn every_crash_point_recovers_to_an_allowed_state() {
         ];
         for (i, mode) in modes.into_iter().enumerate() {
             let recovered = disk.crash(mode, k * 31 + i as u64);
-            verify(recovered, &exp, &format!("cut after {k} of {total} ops, {mode:?}"));
+            verify(recovered, &exp, &format!("{layout:?}: cut after {k} of {total} ops, {mode:?}"), layout);
             checked += 1;
         }
         k += if k + 30 > total { 1 } else { stride };
     }
-    println!("crash points: {total} disk operations, {checked} recoveries checked");
+    println!("crash points ({layout:?}): {total} disk operations, {checked} recoveries checked");
 }

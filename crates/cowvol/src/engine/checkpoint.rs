@@ -185,7 +185,7 @@ impl Engine {
     /// frees what only the previous checkpoint needed.
     fn write_checkpoint(&self, ck: &mut CheckpointState, plan: Plan) -> Result<()> {
         self.write_nodes(&plan.nodes)?;
-        self.write_pages(&plan.delta_pages, Wrote::Nodes, "writing node deltas")?;
+        self.write_pages(&plan.delta_pages, Wrote::Deltas, "writing node deltas")?;
         self.write_pages(&plan.table_pages, Wrote::Table, "writing the reference table")?;
         let cat = plan.catalog_run;
         let offset = format::data_start(self.block_size) + cat.start * self.block_size as u64;

@@ -19,8 +19,11 @@ pub(crate) enum Wrote {
     Zeroes,
     /// WAL batches, segment headers, links and seals.
     Log,
-    /// Tree nodes a checkpoint wrote.
+    /// Tree nodes a checkpoint wrote whole.
     Nodes,
+    /// Delta pages: the records of nodes a checkpoint wrote as deltas of
+    /// their pages.
+    Deltas,
     /// Group and index pages of the reference table.
     Table,
     /// The catalog blob.
@@ -29,7 +32,7 @@ pub(crate) enum Wrote {
     Superblock,
 }
 
-const KINDS: usize = 7;
+const KINDS: usize = 8;
 
 /// Counters shared by the engine and its counted views of the file.
 #[derive(Debug, Default)]
@@ -54,6 +57,7 @@ impl WriteCounters {
             zeroed_bytes: b(Wrote::Zeroes),
             log_bytes: b(Wrote::Log),
             node_bytes: b(Wrote::Nodes),
+            delta_bytes: b(Wrote::Deltas),
             table_bytes: b(Wrote::Table),
             catalog_bytes: b(Wrote::Catalog),
             superblock_bytes: b(Wrote::Superblock),
@@ -76,8 +80,11 @@ pub struct WriteStats {
     /// The write-ahead log: batches (padded to 4 KiB), segment headers,
     /// links and seals.
     pub log_bytes: u64,
-    /// Tree nodes written by checkpoints.
+    /// Tree nodes written whole by checkpoints.
     pub node_bytes: u64,
+    /// Delta pages written by checkpoints: the records of the nodes
+    /// written as changes to the pages they were copied from.
+    pub delta_bytes: u64,
     /// Pages of the reference table written by checkpoints.
     pub table_bytes: u64,
     /// Catalogs written by checkpoints.
@@ -89,10 +96,15 @@ pub struct WriteStats {
 }
 
 impl WriteStats {
-    /// Every byte that is not data or zero fill: log, nodes, table,
-    /// catalogs and superblocks.
+    /// Every byte that is not data or zero fill: log, nodes, deltas,
+    /// table, catalogs and superblocks.
     pub fn metadata_bytes(&self) -> u64 {
-        self.log_bytes + self.node_bytes + self.table_bytes + self.catalog_bytes + self.superblock_bytes
+        self.log_bytes
+            + self.node_bytes
+            + self.delta_bytes
+            + self.table_bytes
+            + self.catalog_bytes
+            + self.superblock_bytes
     }
 
     /// Metadata bytes per data byte (0 before any data was written).

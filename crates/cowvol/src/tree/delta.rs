@@ -203,20 +203,7 @@ pub(crate) fn decode_record(buf: &[u8], addr: u64, want: Expected) -> Result<Del
     let (page, offset) = location(addr, buf.len());
     let loc = || format!("delta record {addr} (page {page}, byte {offset}) of the node at page {}", want.base);
     let bad = |detail: String| Error::corruption("node delta", loc(), detail);
-    let mut d = Dec::new(buf, "node delta");
-    if d.u32()? != DELTA_MAGIC {
-        return Err(bad("bad magic".into()));
-    }
-    let crc = d.u32()?;
-    let self_page = d.u64()?;
-    let used = d.u32()? as usize;
-    if !(PAGE_HEADER_LEN..=buf.len()).contains(&used) {
-        return Err(bad(format!("page claims {used} bytes used")));
-    }
-    Crc(crc).verify(&buf[8..used], "node delta", loc)?;
-    if self_page != page {
-        return Err(bad(format!("page claims to live at page {self_page}")));
-    }
+    let used = verify_page(buf, page, &loc)?;
     if offset < PAGE_HEADER_LEN || offset + RECORD_HEADER_LEN > used {
         return Err(bad(format!("no record at byte {offset} of {used} used")));
     }
@@ -264,6 +251,27 @@ pub(crate) fn decode_record(buf: &[u8], addr: u64, want: Expected) -> Result<Del
         }
         Ok(DeltaEntries::Interior(v))
     }
+}
+
+/// Checks the delta page read from `page`: magic, bytes used, CRC, and
+/// that it says it lives there. Returns the bytes used.
+pub(crate) fn verify_page(buf: &[u8], page: u64, loc: &dyn Fn() -> String) -> Result<usize> {
+    let bad = |detail: String| Error::corruption("node delta", loc(), detail);
+    let mut d = Dec::new(buf, "node delta");
+    if d.u32()? != DELTA_MAGIC {
+        return Err(bad("bad magic".into()));
+    }
+    let crc = d.u32()?;
+    let self_page = d.u64()?;
+    let used = d.u32()? as usize;
+    if !(PAGE_HEADER_LEN..=buf.len()).contains(&used) {
+        return Err(bad(format!("page claims {used} bytes used")));
+    }
+    Crc(crc).verify(&buf[8..used], "node delta", loc)?;
+    if self_page != page {
+        return Err(bad(format!("page claims to live at page {self_page}")));
+    }
+    Ok(used)
 }
 
 /// The node `base` holds with `delta` applied: each index the record names
