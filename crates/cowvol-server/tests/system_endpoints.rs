@@ -51,6 +51,7 @@ fn health_openapi_metrics_and_panel_are_served() {
         "cowvol_store_physical_bytes ",
         "# TYPE cowvol_store_written_bytes_total counter",
         r#"cowvol_store_written_bytes_total{kind="nodes"} "#,
+        r#"cowvol_store_written_bytes_total{kind="deltas"} "#,
         "cowvol_store_syncs_total ",
     ] {
         assert!(text.contains(want), "metrics lack {want}:\n{text}");

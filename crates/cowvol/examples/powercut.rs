@@ -17,6 +17,16 @@ use std::io::Write;
 const BS: usize = 4096;
 const BLOCKS: u64 = 64;
 const WRITES: u64 = 400;
+/// The volume's size: large enough that its tree has interior nodes and
+/// leaves below the root, which checkpoints write as delta records
+/// (format 10) when their blocks are overwritten.
+const VOLUME_BYTES: u64 = 256 << 30;
+
+/// Where block `b` of the workload lives: the 64 blocks spread over four
+/// subtrees under the root, four leaves in each.
+fn offset(b: u64) -> u64 {
+    ((b % 4) << 24 | (b / 4 % 4) << 16 | b) * BS as u64
+}
 
 fn content(b: u64, g: u64) -> Vec<u8> {
     let mut v = vec![0u8; BS];
@@ -47,7 +57,7 @@ fn workload(dir: &str) -> Result<(), Error> {
     let mut store = open_store(dir)?;
     let id = match store.volume_by_name("pc") {
         Some(v) => v.id,
-        None => store.create_volume(VolumeOptions::new("pc", BLOCKS * BS as u64))?.id,
+        None => store.create_volume(VolumeOptions::new("pc", VOLUME_BYTES))?.id,
     };
     say("ACK volume".into());
     let mut vol = store.open_volume(id)?;
@@ -65,7 +75,7 @@ fn workload(dir: &str) -> Result<(), Error> {
         }
         let b = (g * 7 + g / 3) % BLOCKS;
         say(format!("BEGIN {b}:{g}"));
-        vol.write_at(&content(b, g), b * BS as u64)?;
+        vol.write_at(&content(b, g), offset(b))?;
         unacked.push((b, g));
         if g % 4 == 0 {
             vol.flush()?;
@@ -149,7 +159,7 @@ fn verify(dir: &str) -> Result<(), String> {
     let vol = store.open_volume(info.id).map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; BS];
     for b in 0..BLOCKS {
-        vol.read_at(&mut buf, b * BS as u64).map_err(|e| format!("block {b}: {e}"))?;
+        vol.read_at(&mut buf, offset(b)).map_err(|e| format!("block {b}: {e}"))?;
         let g =
             if buf.iter().all(|&x| x == 0) { 0 } else { u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default()) };
         if g != 0 && buf != content(b, g) {

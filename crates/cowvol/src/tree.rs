@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::format::{Crc, Dec, Enc, NodeHeader, MAX_PAGE, NODE_HEADER_LEN};
 use crate::space::Space;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Where one logical block lives: its page and the CRC of its contents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +162,10 @@ pub(crate) struct Node {
     placed: AtomicU64,
     /// The delta record it was placed with (0 for none).
     placed_delta: AtomicU64,
+    /// The indexes that record names (none when it was placed whole): a
+    /// leaf is its own written form, and a copy of it taken later starts
+    /// from them.
+    placed_changed: OnceLock<Vec<u32>>,
     /// Which placement (`State::placements`) that was, so that a pinned
     /// view can tell a node placed before it was taken from one placed
     /// while it is walked.
@@ -310,6 +314,7 @@ impl Node {
             base: None,
             placed: AtomicU64::new(0),
             placed_delta: AtomicU64::new(0),
+            placed_changed: OnceLock::new(),
             placed_by: AtomicU64::new(0),
         }
     }
@@ -420,9 +425,13 @@ impl Node {
     }
 
     /// Records that placement `epoch` of a checkpoint placed this dirty
-    /// node at `addr` (under the state lock, as the trees' references
-    /// become that address).
-    pub(crate) fn set_placed(&self, addr: NodeAddr, epoch: u64) {
+    /// node at `addr`, with a record naming `changed` (none when placed
+    /// whole), under the state lock, as the trees' references become that
+    /// address.
+    pub(crate) fn set_placed(&self, addr: NodeAddr, changed: Vec<u32>, epoch: u64) {
+        // Placed once: a placed node is never made dirty again (a write
+        // copies it), so this is its only placement.
+        let _ = self.placed_changed.set(changed);
         self.placed_by.store(epoch, Ordering::Release);
         self.placed_delta.store(addr.delta, Ordering::Release);
         self.placed.store(addr.page, Ordering::Release);
@@ -444,6 +453,7 @@ impl Node {
                 Body::Interior(c) => c.0.capacity() * std::mem::size_of::<(u16, Child)>(),
             }
             + self.base.as_ref().and_then(|b| b.changed.as_ref()).map_or(0, |c| c.capacity() * 4)
+            + self.placed_changed.get().map_or(0, |c| c.capacity() * 4)
     }
 }
 
@@ -714,10 +724,14 @@ fn taken_over_copy(node: &Node, addr: NodeAddr) -> Node {
         Body::Interior(c) => Body::Interior(c.take_over()),
     };
     let leaf = matches!(body, Body::Leaf(_));
-    // A node read from the disk knows the indexes of its record; one the
-    // cache got another way (never, but nothing else is safe) is written
-    // whole.
-    let changed = node.base.as_ref().filter(|b| b.addr == addr).and_then(|b| b.changed.clone());
+    // A node read from the disk knows the indexes of its record, and a
+    // leaf a checkpoint placed (its own written form) those it was placed
+    // with; one the cache got another way (never, but nothing else is
+    // safe) is written whole.
+    let changed = match node.placed() {
+        Some(placed) if placed == addr => node.placed_changed.get().cloned(),
+        _ => node.base.as_ref().filter(|b| b.addr == addr).and_then(|b| b.changed.clone()),
+    };
     Node { base: Some(Base { addr, leaf, changed, held: true }), ..Node::new(body) }
 }
 

@@ -509,8 +509,15 @@ fn place(
     epoch: u64,
     addr_of: &impl Fn(&Arc<Node>) -> Option<NodeAddr>,
 ) -> PlacedNode {
-    let written = Arc::new(n.written_form(addr, changed, addr_of));
-    n.set_placed(addr, epoch);
+    // A leaf has no children to turn into addresses: it is its own written
+    // form, and no tree will change it in place again (every tree now
+    // reaches it by address), so it is not copied; interior nodes, a small
+    // fraction, are.
+    let written = match &n.body {
+        tree::Body::Leaf(_) => n.clone(),
+        tree::Body::Interior(_) => Arc::new(n.written_form(addr, changed.clone(), addr_of)),
+    };
+    n.set_placed(addr, changed, epoch);
     st.nodes.insert_pinned(addr, level, written.clone());
     PlacedNode { node: written, level, addr }
 }
