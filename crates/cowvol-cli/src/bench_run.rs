@@ -1251,11 +1251,11 @@ pub struct Overwritten {
 /// amplification figures. Overwrites `bytes` of the store's one volume
 /// (built by [`build_keyed_store`], every block written) in 4 KiB writes at
 /// random offsets with the default options.
-pub fn overwrite_keyed_store(dir: &Path, bytes: u64) -> Result<Overwritten> {
+pub fn overwrite_keyed_store(dir: &Path, bytes: u64, seed: u64) -> Result<Overwritten> {
     let store = Store::open_in(keyed_dir(dir)?, StoreOptions::default())?;
     let id = store.list_volumes().first().ok_or_else(|| Error::NotFound { what: "the scale volume".into() })?.id;
     let t = Instant::now();
-    let (writes, w) = write_for_amplification(store, id, BS, bytes)?;
+    let (writes, w) = write_for_amplification(store, id, BS, bytes, seed)?;
     Ok(Overwritten {
         writes,
         data_bytes: w.data_bytes,
@@ -1355,7 +1355,7 @@ fn amplification(opts: &BenchOptions, report: &mut BenchReport, progress: &mut d
         let store = Store::open_in(Arc::new(dir.clone()), StoreOptions::default())?;
         let id = store.create_volume(VolumeOptions::new("amp", VOLUME))?.id;
         let before = dir.written();
-        let (_, engine) = write_for_amplification(store, id, write_bytes, data_bytes)?;
+        let (_, engine) = write_for_amplification(store, id, write_bytes, data_bytes, AMPLIFICATION_SEED)?;
         let after = dir.written();
         let _ = std::fs::remove_dir_all(&path);
         let data = (after.keyed - before.keyed) as f64;
@@ -1393,11 +1393,16 @@ fn metadata_by_kind(w: &cowvol::WriteStats) -> [(&'static str, u64); 5] {
 /// (4 KiB ones at random offsets of the whole volume, larger ones in
 /// order), flushing every 1 MiB, checkpoints and closes the store. Returns
 /// the writes made and what the engine counted, the checkpoint included.
+/// The seed of the amplification bench's random offsets (and the default
+/// of `bench-probe --overwrite`): the figures repeat exactly.
+const AMPLIFICATION_SEED: u64 = 41;
+
 fn write_for_amplification(
     store: Store,
     id: VolumeId,
     write_bytes: u64,
     data_bytes: u64,
+    seed: u64,
 ) -> Result<(u64, cowvol::WriteStats)> {
     let vol = store.open_volume(id)?;
     let nblocks = vol.size() / BS;
@@ -1406,7 +1411,7 @@ fn write_for_amplification(
     let per_flush = (MIB / write_bytes).max(1);
     // Keys above any the builder used, so that every write is new data.
     let key_base = 1u64 << 62;
-    let mut rng = Rng(41);
+    let mut rng = Rng(seed);
     let mut buf = Vec::with_capacity(write_bytes as usize);
     for i in 0..writes {
         let first = if write_bytes == BS { rng.block(nblocks) } else { i * blocks_per_write % nblocks };

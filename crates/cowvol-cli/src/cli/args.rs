@@ -74,6 +74,11 @@ pub enum Command {
         /// and print the metadata the engine wrote, by kind, as JSON.
         #[arg(long, value_name = "BYTES", value_parser = parse_size, conflicts_with = "build")]
         overwrite: Option<u64>,
+        /// Seed of the overwrite's random offsets: the same seed overwrites
+        /// the same blocks in the same order (a run of many seeds spreads
+        /// the overwrites over the whole volume).
+        #[arg(long, default_value_t = 41, requires = "overwrite")]
+        seed: u64,
     },
     /// Serve volumes and snapshots as NBD exports (qemu, nbdfuse, nbd-client) until SIGINT/SIGTERM.
     Nbd(NbdArgs),

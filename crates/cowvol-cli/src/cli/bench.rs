@@ -209,13 +209,13 @@ fn latency_svg(r: &BenchReport) -> String {
 
 /// `bench-probe DIR` (hidden): one probe of the scale figures, as JSON;
 /// or the build of a keyed store, or random overwrites of one.
-pub fn probe(_ctx: &Ctx, dir: &std::path::Path, build: Option<u64>, overwrite: Option<u64>) -> CliResult {
+pub fn probe(_ctx: &Ctx, dir: &std::path::Path, build: Option<u64>, overwrite: Option<u64>, seed: u64) -> CliResult {
     if let Some(n) = build {
         return bench::build_keyed_store(dir, n).ctx(format!("building a keyed store in {}", dir.display()));
     }
     if let Some(bytes) = overwrite {
-        let figures =
-            bench::overwrite_keyed_store(dir, bytes).ctx(format!("overwriting the store in {}", dir.display()))?;
+        let figures = bench::overwrite_keyed_store(dir, bytes, seed)
+            .ctx(format!("overwriting the store in {}", dir.display()))?;
         let line = serde_json::to_string(&figures).map_err(|e| out_err(std::io::Error::other(e)))?;
         println!("{line}");
         return Ok(());

@@ -443,7 +443,7 @@ fn dispatch(ctx: &Ctx, cmd: Command) -> CliResult {
         Command::Scrub => maint::scrub(ctx),
         Command::Stats => maint::stats(ctx),
         Command::Bench(a) => bench::run(ctx, a),
-        Command::BenchProbe { dir, build, overwrite } => bench::probe(ctx, &dir, build, overwrite),
+        Command::BenchProbe { dir, build, overwrite, seed } => bench::probe(ctx, &dir, build, overwrite, seed),
         Command::Nbd(a) => nbd::run(ctx, a),
         Command::Serve(_) => helper::run_instead("cowvol-serve"),
     }
