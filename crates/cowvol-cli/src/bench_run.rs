@@ -1289,7 +1289,10 @@ fn spawn_probe(dir: &Path) -> Result<Probe> {
 /// The probe itself, run in a process of its own by `cowvol bench-probe
 /// DIR`: opens the keyed store in `dir` with the default options (a
 /// 256 MiB node cache), creates a snapshot and closes; then opens it again
-/// and reads random blocks of its volume.
+/// and reads random blocks of its volume. Last it deletes the snapshots
+/// probes took (not timed): left in place, each would share every leaf of
+/// the volume, and the overwrites measured after a probe would pay for
+/// copying them (the cost after a snapshot) instead of the steady state.
 pub fn probe(dir: &Path) -> Result<Probe> {
     // First what a one-command `cowvol snapshot create` does after exec:
     // open, snapshot, close.
@@ -1317,6 +1320,11 @@ pub fn probe(dir: &Path) -> Result<Probe> {
     drop(vol);
     let rss_reads_mib = rss_mib();
     let node_cache_mib = cowvol::testing::node_cache_bytes(&store) as f64 / MIB as f64;
+    for s in store.list_snapshots(info.id) {
+        if s.name.starts_with("probe-") {
+            store.delete_snapshot(info.id, s.id)?;
+        }
+    }
     store.close()?;
     Ok(Probe { open_ms, rss_open_mib, rss_reads_mib, node_cache_mib, snapshot_ms, close_ms })
 }
