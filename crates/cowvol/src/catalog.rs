@@ -723,6 +723,11 @@ fn decode_garbage(d: &mut Dec<'_>) -> Result<Vec<(NodeAddr, u32)>> {
     for _ in 0..n {
         let (page, level) = (d.u64()?, d.u32()?);
         let delta = if with_delta { d.u64()? } else { 0 };
+        // Record addresses are 48-bit wherever a node names one; a larger
+        // one here is damage, and would overflow when turned into bytes.
+        if delta >> 48 != 0 {
+            return Err(d.bad(format!("garbage record address {delta:#x} is past 48 bits")));
+        }
         out.push((NodeAddr { page, delta }, level));
     }
     Ok(out)
@@ -839,6 +844,12 @@ mod tests {
         assert!(CatalogImage::decode(&bytes, crc, "t", 4).is_err());
         assert!(CatalogImage::decode(&bytes, crc, "t", 7).is_err(), "version 7 has no change log");
         assert!(CatalogImage::decode(&bytes, crc, "t", 8).is_err(), "version 8 has no fences");
+        // A garbage record address past the 48 bits nodes give it is
+        // damage, refused as such rather than turned into a wrong page.
+        let far = CatalogImage { garbage: vec![(NodeAddr { page: 45, delta: 1 << 48 }, 0)], ..img };
+        let bytes = far.encode();
+        let err = CatalogImage::decode(&bytes, Crc::of(&bytes).0, "t", v).unwrap_err();
+        assert!(matches!(err, crate::Error::Corruption { .. }), "{err}");
     }
 
     /// The backup record is an extras flag, not a format version: a

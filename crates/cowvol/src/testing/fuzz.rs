@@ -101,7 +101,9 @@ pub fn decode_node_delta(bytes: &[u8]) -> Result<usize> {
     let Some((base, rest)) = rest.split_first_chunk::<8>() else { return Ok(0) };
     let Some((&level, page)) = rest.split_first() else { return Ok(0) };
     let Some(page) = page.get(..4096) else { return Ok(0) };
-    let (addr, leaf) = (u64::from_le_bytes(*addr), level == 0);
+    // A parent stores a record's address in 48 bits, so no address read
+    // from the disk reaches the range where it would overflow in bytes.
+    let (addr, leaf) = (u64::from_le_bytes(*addr) & ((1 << 48) - 1), level == 0);
     let want = Expected { base: u64::from_le_bytes(*base), level: level.into(), leaf, span: 256, npages: 1 << 40 };
     if crate::tree::delta::location(addr, 4096).0 >= 1 << 40 {
         return Ok(0);
