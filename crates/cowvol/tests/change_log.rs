@@ -314,3 +314,72 @@ fn a_chunk_laid_over_scattered_free_pages_keeps_only_the_pages_it_fills() {
     store.close().unwrap();
     reopens_clean_with(dir.path(), id, &gens);
 }
+
+/// Past their budget, folds take the changes kept down to seven eighths of
+/// it, the groups with the most changes first: the changes kept stay near
+/// the budget, so each group page written carries many of them (folding
+/// down to half, as before, wrote pages carrying about half as many).
+/// Scattered overwrites of a volume spanning 256 groups, a few changes per
+/// group per round, too few for a group to fold for density alone. The
+/// blocks are keyed, so the volume costs little disk.
+#[test]
+fn past_the_budget_folds_keep_the_changes_near_it() {
+    const GROUPS: u64 = 256;
+    const BLOCKS: u64 = GROUPS * GROUP;
+    let dir = tempfile::tempdir().unwrap();
+    let keyed = || Arc::new(testing::KeyedDir::create(dir.path(), BS as usize).unwrap());
+    // A 1 MiB budget keeps 8,192 changes.
+    let budget = 8192;
+    let store = Store::open_in(keyed(), opts(1 << 20)).unwrap();
+    let id = store.create_volume(VolumeOptions::new("v", BLOCKS * BS)).unwrap().id;
+    let v = store.open_volume(id).unwrap();
+    let mut keys = vec![0u64; BLOCKS as usize];
+    let mut next_key = 1;
+    for first in (0..BLOCKS).step_by(256) {
+        let mut buf = Vec::with_capacity(256 * BS as usize);
+        for lb in first..first + 256 {
+            buf.extend(testing::keyed_block(next_key, BS as usize));
+            keys[lb as usize] = next_key;
+            next_key += 1;
+        }
+        v.write_at(&buf, first * BS).unwrap();
+    }
+    v.flush().unwrap();
+    store.checkpoint().unwrap();
+
+    let mut rng = testing::SplitMix64(12);
+    let mut past = false;
+    let mut kept_once_past = Vec::new();
+    for round in 0..24 {
+        for _ in 0..1000 {
+            let lb = rng.below(BLOCKS);
+            v.write_at(&testing::keyed_block(next_key, BS as usize), lb * BS).unwrap();
+            keys[lb as usize] = next_key;
+            next_key += 1;
+        }
+        v.flush().unwrap();
+        let (before, _, _) = testing::change_log(&store);
+        past |= before > budget;
+        store.checkpoint().unwrap();
+        let (kept, _, _) = testing::change_log(&store);
+        if past {
+            kept_once_past.push(kept);
+        }
+        assert!(kept <= budget + 4000, "round {round}: {kept} changes kept");
+    }
+    assert!(kept_once_past.len() > 4, "the budget was passed late or never: {kept_once_past:?}");
+    // Seven eighths of 8,192 is 7,168: after each fold the changes kept sit
+    // just under it, never near half the budget.
+    assert!(kept_once_past.iter().all(|&k| k >= 6000), "{kept_once_past:?}");
+    assert_eq!(testing::counts_differing_on_disk(&store), []);
+    assert_clean(&store);
+    let mut buf = vec![0u8; BS as usize];
+    for lb in (0..BLOCKS).step_by(97) {
+        v.read_at(&mut buf, lb * BS).unwrap();
+        assert_eq!(buf, testing::keyed_block(keys[lb as usize], BS as usize), "block {lb}");
+    }
+    drop(v);
+    store.close().unwrap();
+    let store = Store::open_in(keyed(), opts(1 << 20)).unwrap();
+    assert_clean(&store);
+}
