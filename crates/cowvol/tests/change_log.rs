@@ -102,7 +102,7 @@ fn a_checkpoint_after_scattered_overwrites_writes_their_changes_not_a_page_per_g
 #[test]
 fn with_a_small_budget_groups_are_folded_and_the_log_is_compacted() {
     let disk = SimDir::new();
-    // A 1 MiB node cache keeps 128 KiB of counts, and 8,192 changes.
+    // A 1 MiB node cache keeps 128 KiB of counts, and 16,384 changes.
     let small = || opts(1 << 20);
     let store = Store::open_in(Arc::new(disk.clone()), small()).unwrap();
     let (id, v, mut gens) = filled_volume(&store);
@@ -119,7 +119,7 @@ fn with_a_small_budget_groups_are_folded_and_the_log_is_compacted() {
     // Each round keeps about 2,500 changes (an overwrite drops a data
     // page and a leaf and adds their successors): without folds they
     // would reach 60,000, and the log would hold one chunk per round.
-    assert!(most_kept <= 8192 + 4000, "{most_kept} changes kept");
+    assert!(most_kept <= 16384 + 4000, "{most_kept} changes kept");
     assert!(most_chunks < 24, "{most_chunks} chunks: the log was never compacted");
     assert_clean(&store);
     assert_blocks(&v, &gens);
@@ -319,17 +319,17 @@ fn a_chunk_laid_over_scattered_free_pages_keeps_only_the_pages_it_fills() {
 /// it, the groups with the most changes first: the changes kept stay near
 /// the budget, so each group page written carries many of them (folding
 /// down to half, as before, wrote pages carrying about half as many).
-/// Scattered overwrites of a volume spanning 256 groups, a few changes per
+/// Scattered overwrites of a volume spanning 512 groups, a few changes per
 /// group per round, too few for a group to fold for density alone. The
 /// blocks are keyed, so the volume costs little disk.
 #[test]
 fn past_the_budget_folds_keep_the_changes_near_it() {
-    const GROUPS: u64 = 256;
+    const GROUPS: u64 = 512;
     const BLOCKS: u64 = GROUPS * GROUP;
     let dir = tempfile::tempdir().unwrap();
     let keyed = || Arc::new(testing::KeyedDir::create(dir.path(), BS as usize).unwrap());
-    // A 1 MiB budget keeps 8,192 changes.
-    let budget = 8192;
+    // A 1 MiB budget keeps 16,384 changes.
+    let budget = 16384;
     let store = Store::open_in(keyed(), opts(1 << 20)).unwrap();
     let id = store.create_volume(VolumeOptions::new("v", BLOCKS * BS)).unwrap().id;
     let v = store.open_volume(id).unwrap();
@@ -350,7 +350,7 @@ fn past_the_budget_folds_keep_the_changes_near_it() {
     let mut rng = testing::SplitMix64(12);
     let mut past = false;
     let mut kept_once_past = Vec::new();
-    for round in 0..24 {
+    for round in 0..32 {
         for _ in 0..1000 {
             let lb = rng.below(BLOCKS);
             v.write_at(&testing::keyed_block(next_key, BS as usize), lb * BS).unwrap();
@@ -368,9 +368,9 @@ fn past_the_budget_folds_keep_the_changes_near_it() {
         assert!(kept <= budget + 4000, "round {round}: {kept} changes kept");
     }
     assert!(kept_once_past.len() > 4, "the budget was passed late or never: {kept_once_past:?}");
-    // Seven eighths of 8,192 is 7,168: after each fold the changes kept sit
-    // just under it, never near half the budget.
-    assert!(kept_once_past.iter().all(|&k| k >= 6000), "{kept_once_past:?}");
+    // Seven eighths of 16,384 is 14,336: after each fold the changes kept
+    // sit just under it, never near half the budget.
+    assert!(kept_once_past.iter().all(|&k| k >= 12000), "{kept_once_past:?}");
     assert_eq!(testing::counts_differing_on_disk(&store), []);
     assert_clean(&store);
     let mut buf = vec![0u8; BS as usize];

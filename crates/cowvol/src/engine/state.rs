@@ -433,7 +433,7 @@ impl State {
 pub(super) fn empty_state(file: Arc<dyn StorageFile>, block_size: u32, npages: u64, cache_bytes: usize) -> State {
     let bits = format::fanout_bits_for(block_size);
     // One budget for the metadata in RAM: groups of reference counts up to
-    // an eighth of it, and about as much again of count changes kept (see
+    // an eighth of it, and about twice as much of count changes kept (see
     // `Space::set_count_budget`); tree nodes, dirty ones included, have
     // what the counts leave (see `NodeCache::make_room_for`).
     let count_bytes = cache_bytes / 8;

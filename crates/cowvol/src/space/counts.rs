@@ -163,11 +163,16 @@ impl Counts {
 
 impl Space {
     /// Keeps about `bytes` of counts in RAM (groups that cannot be evicted
-    /// come on top), and about as much again of changes.
+    /// come on top), and about twice as much of changes. The changes get
+    /// the larger share because the table's write cost falls with them: a
+    /// group page folded carries about twice the changes kept per group, and
+    /// on a fully written 1 TiB volume under random overwrites, doubling
+    /// them (to 4 million) took the table from about 0.15 bytes per byte of
+    /// data to about 0.09.
     pub(crate) fn set_count_budget(&mut self, bytes: u64) {
         let per_group = self.block_size.max(1);
         self.counts.budget = usize::try_from(bytes / per_group).unwrap_or(usize::MAX).max(MIN_GROUPS);
-        self.counts.max_live = (bytes / (CHANGE_BYTES + 4)).max(MIN_LIVE_CHANGES);
+        self.counts.max_live = (2 * bytes / (CHANGE_BYTES + 4)).max(MIN_LIVE_CHANGES);
     }
 
     /// Bytes the counts take in RAM: the groups loaded, the changes kept,
