@@ -317,8 +317,7 @@ fn a_chunk_laid_over_scattered_free_pages_keeps_only_the_pages_it_fills() {
 
 /// Past their budget, folds take the changes kept down to seven eighths of
 /// it, the groups with the most changes first: the changes kept stay near
-/// the budget, so each group page written carries many of them (folding
-/// down to half, as before, wrote pages carrying about half as many).
+/// the budget, so each group page written carries many of them.
 /// Scattered overwrites of a volume spanning 512 groups, a few changes per
 /// group per round, too few for a group to fold for density alone. The
 /// blocks are keyed, so the volume costs little disk.

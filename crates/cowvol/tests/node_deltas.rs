@@ -64,6 +64,17 @@ fn assert_reads(v: &Volume, ids: &[u64], what: &str) {
     }
 }
 
+/// Closes `store`, opens it again on `disk`, and checks that volume `v`
+/// reads `ids` and the store checks clean.
+fn reopens_reading(store: Store, v: Volume, disk: SimDir, ids: &[u64]) {
+    let id = v.volume_id().unwrap();
+    drop(v);
+    store.close().unwrap();
+    let store = Store::open_in(Arc::new(disk), opts()).unwrap();
+    assert_reads(&store.open_volume(id).unwrap(), ids, "reopened");
+    assert_clean(&store);
+}
+
 #[test]
 fn overwritten_leaves_are_checkpointed_as_records_until_they_change_too_much() {
     let disk = SimDir::new();
@@ -85,13 +96,7 @@ fn overwritten_leaves_are_checkpointed_as_records_until_they_change_too_much() {
     assert_eq!(nodes, BS);
     assert_reads(&v, &ids, "before the reopen");
     assert_clean(&store);
-    drop(v);
-    store.close().unwrap();
-
-    let store = Store::open_in(Arc::new(disk), opts()).unwrap();
-    let v = store.open_volume(store.list_volumes()[0].id).unwrap();
-    assert_reads(&v, &ids, "after the reopen");
-    assert_clean(&store);
+    reopens_reading(store, v, disk, &ids);
 }
 
 /// A snapshot shares the leaves: the first overwrite of each copies it whole
@@ -123,11 +128,7 @@ fn a_snapshot_keeps_the_records_it_shares_and_its_delete_drops_them() {
     assert!(store.stats().used_bytes < used, "the snapshot's leaves and records were given back");
     assert_reads(&v, &ids, "after the delete");
     assert_clean(&store);
-    drop(v);
-    store.close().unwrap();
-    let store = Store::open_in(Arc::new(disk), opts()).unwrap();
-    assert_reads(&store.open_volume(vid).unwrap(), &ids, "reopened");
-    assert_clean(&store);
+    reopens_reading(store, v, disk, &ids);
 }
 
 /// Discarding every block of a leaf written as a record empties it: the
@@ -146,9 +147,5 @@ fn a_leaf_emptied_after_its_record_leaves_nothing_behind() {
     store.checkpoint().unwrap();
     assert_reads(&v, &ids, "after the discard");
     assert_clean(&store);
-    drop(v);
-    store.close().unwrap();
-    let store = Store::open_in(Arc::new(disk), opts()).unwrap();
-    assert_reads(&store.open_volume(store.list_volumes()[0].id).unwrap(), &ids, "reopened");
-    assert_clean(&store);
+    reopens_reading(store, v, disk, &ids);
 }

@@ -71,7 +71,7 @@ const MIN_COMPACTION_ENTRIES: u64 = 1024;
 /// changes spread evenly below the fold's, twice their mean), and no
 /// checkpoint loads a large share of the groups at once: folding down to
 /// half the budget wrote pages carrying about 10 changes on the dense row,
-/// and held 400 MB of group pages in one checkpoint.
+/// and the writer's peak rose by some 400 MiB once such folds began.
 const FOLD_DOWN_TO_EIGHTHS: u64 = 7;
 /// A checkpoint whose fresh changes are at least this share of the budget
 /// of changes kept may read the whole change log to fold groups.
